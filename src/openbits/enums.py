@@ -1,0 +1,81 @@
+"""BITS enumerations with their numeric values from bits.idl (see ENUM-VALUES.md).
+
+Shared by the daemon, the wire models and the client so every layer speaks the
+same vocabulary as the BITS documentation.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobState(enum.IntEnum):
+    QUEUED = 0
+    CONNECTING = 1
+    TRANSFERRING = 2
+    SUSPENDED = 3
+    ERROR = 4
+    TRANSIENT_ERROR = 5
+    TRANSFERRED = 6
+    ACKNOWLEDGED = 7
+    CANCELLED = 8
+
+    @property
+    def is_final(self) -> bool:
+        """ACKNOWLEDGED and CANCELLED end a job's life: every further call fails."""
+        return self in (JobState.ACKNOWLEDGED, JobState.CANCELLED)
+
+    @property
+    def is_active(self) -> bool:
+        """States the scheduler owns: the job wants to (or does) move bytes."""
+        return self in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR)
+
+
+class JobPriority(enum.IntEnum):
+    FOREGROUND = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+
+class JobType(enum.IntEnum):
+    DOWNLOAD = 0
+    UPLOAD = 1
+    UPLOAD_REPLY = 2
+
+
+class ErrorContext(enum.IntEnum):
+    NONE = 0
+    UNKNOWN = 1
+    GENERAL_QUEUE_MANAGER = 2
+    QUEUE_MANAGER_NOTIFICATION = 3
+    LOCAL_FILE = 4
+    REMOTE_FILE = 5
+    GENERAL_TRANSPORT = 6
+    REMOTE_APPLICATION = 7
+
+
+class TokenFlags(enum.IntFlag):
+    """IBitsTokenOptions::SetHelperTokenFlags values."""
+
+    NONE = 0
+    LOCAL_FILE = 0x1
+    NETWORK = 0x2
+
+
+class NotifyFlags(enum.IntFlag):
+    """BG_NOTIFY_* values for IBackgroundCopyJob::SetNotifyFlags."""
+
+    NONE = 0
+    JOB_TRANSFERRED = 0x1
+    JOB_ERROR = 0x2
+    DISABLE = 0x4
+    JOB_MODIFICATION = 0x8
+    FILE_TRANSFERRED = 0x10
+    FILE_RANGES_TRANSFERRED = 0x20
+
+
+DEFAULT_NOTIFY_FLAGS = NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR
+
+#: BG_SIZE_UNKNOWN: a size the server has not told us (yet).
+SIZE_UNKNOWN = -1

@@ -1,0 +1,138 @@
+"""BITS error codes (HRESULTs from bits-return-values.md) and the one exception type.
+
+The daemon raises `BitsError` for every refusal; the API turns it into a 4xx
+JSON body and the client turns that body back into the same `BitsError`, so a
+caller sees the same name, number and description wherever it stands.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from .enums import ErrorContext
+
+
+class ErrorCode(enum.IntEnum):
+    """HRESULT values, named as in the BITS documentation (without the BG_E_ prefix for BITS codes)."""
+
+    S_OK = 0
+    E_FAIL = 0x80004005
+    E_INVALIDARG = 0x80070057
+    E_ACCESSDENIED = 0x80070005
+    E_OUTOFMEMORY = 0x8007000E
+    E_NOTIMPL = 0x80004001
+    ERROR_FILE_NOT_FOUND = 0x80070002
+    ERROR_PATH_NOT_FOUND = 0x80070003
+    ERROR_FILE_EXISTS = 0x80070050
+    ERROR_DISK_FULL = 0x80070070
+    ERROR_LOGON_FAILURE = 0x8007052E
+    ERROR_INTERNET_CANNOT_CONNECT = 0x80072EFD
+    ERROR_INTERNET_TIMEOUT = 0x80072EE2
+    ERROR_INTERNET_CONNECTION_RESET = 0x80072EFF
+    ERROR_INTERNET_NAME_NOT_RESOLVED = 0x80072EE7
+    ERROR_HTTP_REDIRECT_FAILED = 0x80072F7C
+    ERROR_INTERNET_INVALID_URL = 0x80072EE5
+    ERROR_INTERNET_SECURE_FAILURE = 0x80072F8F
+    BG_E_NOT_FOUND = 0x80200001
+    BG_E_INVALID_STATE = 0x80200002
+    BG_E_EMPTY = 0x80200003
+    BG_E_FILE_NOT_AVAILABLE = 0x80200004
+    BG_E_PROTOCOL_NOT_AVAILABLE = 0x80200005
+    BG_E_DESTINATION_LOCKED = 0x8020000D
+    BG_E_NETWORK_DISCONNECTED = 0x80200010
+    BG_E_MISSING_FILE_SIZE = 0x80200011
+    BG_E_INSUFFICIENT_HTTP_SUPPORT = 0x80200012
+    BG_E_INSUFFICIENT_RANGE_SUPPORT = 0x80200013
+    BG_E_REMOTE_NOT_SUPPORTED = 0x80200014
+    BG_E_TOO_MANY_FILES = 0x8020001C
+    BG_E_LOCAL_FILE_CHANGED = 0x8020001D
+    BG_E_TOO_LARGE = 0x80200020
+    BG_E_STRING_TOO_LONG = 0x80200021
+    BG_E_USERNAME_TOO_LARGE = 0x80200025
+    BG_E_PASSWORD_TOO_LARGE = 0x80200026
+    BG_E_INVALID_AUTH_TARGET = 0x80200027
+    BG_E_INVALID_AUTH_SCHEME = 0x80200028
+    BG_E_NO_PROGRESS = 0x8020002D
+    BG_E_BLOCKED_BY_POLICY = 0x8020003E
+    BG_E_INVALID_PROXY_INFO = 0x8020003F
+    BG_E_INVALID_CREDENTIALS = 0x80200040
+    BG_E_TOKEN_REQUIRED = 0x80200041
+    BG_E_TOO_MANY_JOBS_PER_USER = 0x80200049
+    BG_E_TOO_MANY_JOBS_PER_MACHINE = 0x80200050
+    BG_E_TOO_MANY_FILES_IN_JOB = 0x80200051
+    BG_E_TOO_MANY_RANGES_IN_FILE = 0x80200052
+    BG_E_VALIDATION_FAILED = 0x80200053
+    BG_E_MAXDOWNLOAD_TIMEOUT = 0x80200054
+    BG_E_HTTP_ERROR_100 = 0x80190064
+
+    @classmethod
+    def http(cls, status: int) -> int:
+        """BG_E_HTTP_ERROR_<status> is 0x80190000 + status (e.g. 404 -> 0x80190194)."""
+        return 0x80190000 + status
+
+
+def code_name(code: int) -> str:
+    """The documented name of an HRESULT, e.g. BG_E_HTTP_ERROR_404 or E_ACCESSDENIED."""
+    if 0x80190000 <= code <= 0x801903E7:
+        return f"BG_E_HTTP_ERROR_{code - 0x80190000}"
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"0x{code:08X}"
+
+
+#: Which HTTP status of the API answers which refusal; everything else is 400.
+_API_STATUS = {
+    ErrorCode.BG_E_NOT_FOUND: 404,
+    ErrorCode.E_ACCESSDENIED: 403,
+    ErrorCode.BG_E_INVALID_STATE: 409,
+    ErrorCode.BG_E_EMPTY: 409,
+    ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER: 429,
+    ErrorCode.BG_E_TOO_MANY_JOBS_PER_MACHINE: 429,
+    ErrorCode.ERROR_LOGON_FAILURE: 403,
+}
+
+
+class BitsError(Exception):
+    """A BITS-style failure: an HRESULT, its context, and a description a person can act on."""
+
+    def __init__(
+        self,
+        code: int,
+        description: str,
+        context: ErrorContext = ErrorContext.NONE,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.code = int(code)
+        self.description = description
+        self.context = ErrorContext(context)
+        self.http_status = http_status
+
+    @property
+    def name(self) -> str:
+        return code_name(self.code)
+
+    @property
+    def api_status(self) -> int:
+        """HTTP status the API answers this refusal with (always 4xx)."""
+        return _API_STATUS.get(self.code, 400)  # type: ignore[call-overload]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "context": self.context.name,
+            "code": self.code,
+            "name": self.name,
+            "description": self.description,
+            "http_status": self.http_status,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BitsError:
+        return cls(
+            data["code"], data.get("description", ""), ErrorContext[data.get("context", "NONE")], data.get("http_status")
+        )
+
+    def __str__(self) -> str:
+        return f"{self.name} (0x{self.code:08X}): {self.description}"
