@@ -1,0 +1,143 @@
+"""Wire models of the HTTP+JSON API (`/v1`), shared by the daemon and the client.
+
+Enumerations travel by name (``"TRANSFERRED"``), not number, so that `curl`
+output and `info --json` read like the BITS documentation.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from ..enums import ErrorContext, JobPriority, JobState, JobType
+
+E = TypeVar("E", bound=IntEnum)
+
+
+def _by_name(enum: type[E]) -> Any:
+    """An enum field that is written and read by member name (numbers are accepted too)."""
+
+    def parse(value: Any) -> E:
+        if isinstance(value, enum):
+            return value
+        if isinstance(value, str) and value.upper() in enum.__members__:
+            return enum[value.upper()]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return enum(value)
+        raise ValueError(f"must be one of {', '.join(enum.__members__)}")
+
+    return Annotated[
+        enum,
+        BeforeValidator(parse),
+        PlainSerializer(lambda member: member.name, return_type=str),
+        WithJsonSchema({"type": "string", "enum": list(enum.__members__)}),
+    ]
+
+
+JobStateName = _by_name(JobState)
+JobPriorityName = _by_name(JobPriority)
+JobTypeName = _by_name(JobType)
+ErrorContextName = _by_name(ErrorContext)
+
+#: Seconds; BITS's SetMinimumRetryDelay / SetNoProgressTimeout take ULONG seconds.
+Seconds = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
+
+
+class WireModel(BaseModel):
+    """Unknown fields are refused: a typo in a request is an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorInfo(WireModel):
+    context: ErrorContextName
+    code: int = Field(description="HRESULT, e.g. 2149646740 (0x80190194)")
+    name: str = Field(description="documented name, e.g. BG_E_HTTP_ERROR_404")
+    description: str
+    http_status: int | None = None
+
+
+class ErrorBody(WireModel):
+    """Body of every 4xx answer."""
+
+    error: ErrorInfo
+
+
+class FileInfo(WireModel):
+    remote_url: str
+    local_path: str
+    temp_path: str = Field(description="hidden temporary file beside the destination (GetTemporaryName)")
+    bytes_total: int = Field(description="-1 while unknown (BG_SIZE_UNKNOWN)")
+    bytes_transferred: int
+    completed: bool
+
+
+class JobInfo(WireModel):
+    id: str
+    name: str
+    description: str
+    owner: str
+    owner_uid: int
+    type: JobTypeName
+    state: JobStateName
+    priority: JobPriorityName
+    bytes_total: int = Field(description="-1 while any file's size is unknown")
+    bytes_transferred: int
+    files_total: int
+    files_transferred: int
+    error: ErrorInfo | None
+    error_count: int
+    minimum_retry_delay: int
+    no_progress_timeout: int
+    max_download_time: int = Field(description="seconds; 0 = no limit")
+    custom_headers: list[str]
+    dynamic_content: bool
+    creation_time: float = Field(description="Unix time")
+    modification_time: float
+    transfer_completion_time: float | None
+    files: list[FileInfo]
+
+
+class JobList(WireModel):
+    jobs: list[JobInfo]
+
+
+class CreateJobRequest(WireModel):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    type: JobTypeName = JobType.DOWNLOAD
+    priority: JobPriorityName = JobPriority.NORMAL
+    description: Annotated[str, Field(max_length=1024)] = ""
+
+
+class AddFile(WireModel):
+    remote_url: Annotated[str, Field(min_length=1, max_length=2200)]
+    local_path: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class AddFilesRequest(WireModel):
+    """AddFile and AddFileSet in one call."""
+
+    files: Annotated[list[AddFile], Field(min_length=1)]
+
+
+class JobProperties(WireModel):
+    """PATCH body: only the fields given change."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    description: Annotated[str, Field(max_length=1024)] | None = None
+    priority: JobPriorityName | None = None
+    minimum_retry_delay: Seconds | None = None
+    no_progress_timeout: Seconds | None = None
+    max_download_time: Seconds | None = None
+    custom_headers: list[Annotated[str, Field(max_length=16384)]] | None = None
+    dynamic_content: bool | None = None
+
+
+class DaemonStatus(WireModel):
+    version: str
+    mode: str = Field(description="system or user")
+    pid: int
+    caller_uid: int
+    caller_is_admin: bool
