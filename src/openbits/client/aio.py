@@ -1,0 +1,197 @@
+"""The asyncio client, mirroring BITS's IBackgroundCopyManager and IBackgroundCopyJob.
+
+This is the one implementation; `openbits.client.sync` runs it on a private
+event-loop thread for callers without an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from ..api.models import AddFile, AddFilesRequest, CreateJobRequest, DaemonStatus, JobInfo, JobList, JobProperties
+from ..enums import JobPriority, JobState, JobType
+from ..errors import BitsError
+from . import discovery
+from .connection import Connection
+from .types import File, Progress, error_of
+
+#: States in which waiting ends: nothing will change until someone acts.
+WAIT_STATES = frozenset(
+    {JobState.TRANSFERRED, JobState.ERROR, JobState.ACKNOWLEDGED, JobState.CANCELLED, JobState.SUSPENDED}
+)
+#: The daemon holds one wait request at most this long; longer waits are a loop of requests.
+MAX_WAIT_PER_REQUEST = 30.0
+#: Extra time a wait request may take beyond the server-side timeout before the client gives up on it.
+_WAIT_SLACK = 15.0
+
+#: What add_file(s) accepts as a local name.
+LocalPath = str | os.PathLike[str]
+
+
+class AsyncJob:
+    """A handle on one job. Every getter asks the daemon afresh, as BITS's Get* methods do."""
+
+    def __init__(self, connection: Connection, info: JobInfo) -> None:
+        self._connection = connection
+        self._info = info
+        self._path = f"/v1/jobs/{quote(info.id, safe='')}"
+
+    def __repr__(self) -> str:
+        return f"<AsyncJob {self.id} {self._info.name!r}>"
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def type(self) -> JobType:
+        return self._info.type
+
+    @property
+    def last_info(self) -> JobInfo:
+        """The snapshot from the daemon's latest answer about this job, without asking again."""
+        return self._info
+
+    async def _call(
+        self, method: str, action: str = "", body: Any = None, params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        self._info = await self._connection.request(
+            method, self._path + action, JobInfo, body=body, params=params, timeout=timeout
+        )
+        return self._info
+
+    async def info(self) -> JobInfo:
+        """Everything about the job in one snapshot."""
+        return await self._call("GET")
+
+    async def state(self) -> JobState:
+        return (await self.info()).state
+
+    async def progress(self) -> Progress:
+        return Progress.of(await self.info())
+
+    async def error(self) -> BitsError | None:
+        """The error that put the job in ERROR or TRANSIENT_ERROR, or None."""
+        return error_of(await self.info())
+
+    async def files(self) -> list[File]:
+        return [File.of(file) for file in (await self.info()).files]
+
+    async def add_file(self, remote_url: str, local_path: LocalPath) -> JobInfo:
+        return await self.add_files([(remote_url, local_path)])
+
+    async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
+        """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""
+        request = AddFilesRequest(
+            files=[AddFile(remote_url=url, local_path=os.path.abspath(path)) for url, path in files]
+        )
+        return await self._call("POST", "/files", request)
+
+    async def set_properties(self, **changes: Any) -> JobInfo:
+        """Change the given properties (the fields of JobProperties, e.g. priority=JobPriority.HIGH) at once."""
+        return await self._call("PATCH", body=JobProperties.model_validate(changes))
+
+    async def resume(self) -> JobInfo:
+        return await self._call("POST", "/resume")
+
+    async def suspend(self) -> JobInfo:
+        return await self._call("POST", "/suspend")
+
+    async def cancel(self) -> JobInfo:
+        """Cancel the job; the daemon removes its temporary files."""
+        return await self._call("POST", "/cancel")
+
+    async def complete(self) -> JobInfo:
+        """Make the transferred files visible under their local names and end the job."""
+        return await self._call("POST", "/complete")
+
+    async def take_ownership(self) -> JobInfo:
+        return await self._call("POST", "/takeownership")
+
+    async def wait_info(self, timeout: float | None = None) -> JobInfo:
+        """Wait until the job reaches one of WAIT_STATES or `timeout` seconds pass (None: forever); return the snapshot."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = MAX_WAIT_PER_REQUEST if deadline is None else deadline - time.monotonic()
+            step = max(0.0, min(remaining, MAX_WAIT_PER_REQUEST))
+            info = await self._call("GET", "/wait", params={"timeout": f"{step:.3f}"}, timeout=step + _WAIT_SLACK)
+            if info.state in WAIT_STATES or (deadline is not None and time.monotonic() >= deadline):
+                return info
+
+    async def wait(self, timeout: float | None = None) -> JobState:
+        """Like wait_info, returning only the state the wait ended in."""
+        return (await self.wait_info(timeout)).state
+
+
+class AsyncManager:
+    """IBackgroundCopyManager over asyncio. Finds (or starts) the daemon on first use."""
+
+    def __init__(self, socket_path: LocalPath | None = None, autostart: bool = True) -> None:
+        self._socket_path = socket_path
+        self._autostart = autostart
+        self._connection: Connection | None = None
+        self._connecting = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncManager:
+        await self.connection()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The socket in use, once connected."""
+        return None if self._connection is None else self._connection.socket_path
+
+    async def connection(self) -> Connection:
+        """The daemon connection, found (or the daemon started) the first time it is needed."""
+        async with self._connecting:
+            if self._connection is None:
+                path = await asyncio.to_thread(discovery.locate, self._socket_path, self._autostart)
+                self._connection = Connection(path)
+            return self._connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def status(self) -> DaemonStatus:
+        return await (await self.connection()).request("GET", "/v1/status", DaemonStatus)
+
+    async def create_job(
+        self,
+        name: str,
+        type: JobType = JobType.DOWNLOAD,
+        *,
+        priority: JobPriority = JobPriority.NORMAL,
+        description: str = "",
+    ) -> AsyncJob:
+        """A new job, SUSPENDED until resumed, as with CreateJob."""
+        connection = await self.connection()
+        request = CreateJobRequest(name=name, type=type, priority=priority, description=description)
+        return AsyncJob(connection, await connection.request("POST", "/v1/jobs", JobInfo, body=request))
+
+    async def get_job(self, id_or_name: str) -> AsyncJob:
+        """A job by GUID (braces and case optional) or by display name when that name is unique."""
+        connection = await self.connection()
+        info = await connection.request("GET", f"/v1/jobs/{quote(id_or_name, safe='')}", JobInfo)
+        return AsyncJob(connection, info)
+
+    async def jobs(self, all_users: bool = False) -> list[AsyncJob]:
+        """EnumJobs: the caller's jobs, or everybody's (administrators only) with all_users."""
+        connection = await self.connection()
+        params = {"all_users": "true" if all_users else "false"}
+        listing = await connection.request("GET", "/v1/jobs", JobList, params=params)
+        return [AsyncJob(connection, info) for info in listing.jobs]

@@ -1,0 +1,72 @@
+"""HTTP+JSON to the daemon over its Unix socket: one aiohttp session, error bodies back into BitsError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BitsError, ErrorCode
+from .discovery import DaemonUnavailableError
+
+M = TypeVar("M", bound=BaseModel)
+
+#: The host part is ignored by the daemon; aiohttp needs one to build a URL.
+_BASE_URL = "http://openbits"
+#: Ordinary calls answer at once; anything slower than this means the daemon is stuck.
+DEFAULT_TIMEOUT = 60.0
+
+
+class Connection:
+    """One client session with one daemon. Create and close it on the event loop that uses it."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._session = aiohttp.ClientSession(
+            base_url=_BASE_URL,
+            connector=aiohttp.UnixConnector(path=str(socket_path)),
+            timeout=aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        body: BaseModel | None = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> M:
+        """Send one API call and parse its answer as `model`; a refusal raises the daemon's BitsError."""
+        payload = None if body is None else body.model_dump(mode="json", exclude_unset=True)
+        extra = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
+        try:
+            async with self._session.request(method, path, json=payload, params=params, **extra) as response:
+                text = await response.text()
+                status = response.status
+        except aiohttp.ClientConnectionError as exc:
+            raise DaemonUnavailableError(f"cannot talk to the openbits daemon on {self.socket_path}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise DaemonUnavailableError(f"the openbits daemon on {self.socket_path} did not answer in time") from exc
+        if status >= 400:
+            raise _refusal(status, text)
+        try:
+            return model.model_validate_json(text)
+        except ValidationError as exc:
+            raise BitsError(ErrorCode.E_FAIL, f"unexpected answer from the daemon to {method} {path}: {exc}") from exc
+
+
+def _refusal(status: int, text: str) -> BitsError:
+    """The BitsError an error answer carries; a body without one (a daemon bug, a proxy) becomes E_FAIL."""
+    try:
+        return BitsError.from_dict(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return BitsError(ErrorCode.E_FAIL, f"the daemon answered HTTP {status}: {text.strip()[:200]}")

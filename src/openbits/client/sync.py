@@ -1,0 +1,194 @@
+"""The blocking client: a thin facade that runs the asyncio client on one private event-loop thread.
+
+There is no second implementation here; every call is an `AsyncManager` or
+`AsyncJob` coroutine submitted to that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ..api.models import DaemonStatus, JobInfo
+from ..enums import JobPriority, JobState, JobType
+from ..errors import BitsError
+from .aio import AsyncJob, AsyncManager, LocalPath
+from .types import File, Progress
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop running forever on a daemon thread, so blocking callers can drive coroutines."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openbits-client", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the loop and block for its result; Ctrl-C here cancels it there."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class _Setting(Generic[T]):
+    """A job property read from the daemon on every get and written with one PATCH on every set."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._field = name
+
+    def __get__(self, job: Job, owner: type | None = None) -> T:
+        value: T = getattr(job.info(), self._field)
+        return value
+
+    def __set__(self, job: Job, value: T) -> None:
+        job.set_properties(**{self._field: value})
+
+
+class Job:
+    """A blocking handle on one job; see AsyncJob for the semantics of each call."""
+
+    priority: _Setting[JobPriority] = _Setting()
+    name: _Setting[str] = _Setting()
+    description: _Setting[str] = _Setting()
+    minimum_retry_delay: _Setting[int] = _Setting()
+    no_progress_timeout: _Setting[int] = _Setting()
+    max_download_time: _Setting[int] = _Setting()
+    custom_headers: _Setting[list[str]] = _Setting()
+    dynamic_content: _Setting[bool] = _Setting()
+
+    def __init__(self, loop: _LoopThread, job: AsyncJob) -> None:
+        self._loop = loop
+        self._job = job
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self._job.last_info.name!r}>"
+
+    @property
+    def id(self) -> str:
+        return self._job.id
+
+    @property
+    def type(self) -> JobType:
+        return self._job.type
+
+    @property
+    def owner(self) -> str:
+        return self.info().owner
+
+    @property
+    def state(self) -> JobState:
+        return self._loop.run(self._job.state())
+
+    @property
+    def progress(self) -> Progress:
+        return self._loop.run(self._job.progress())
+
+    @property
+    def error(self) -> BitsError | None:
+        return self._loop.run(self._job.error())
+
+    @property
+    def files(self) -> list[File]:
+        return self._loop.run(self._job.files())
+
+    @property
+    def last_info(self) -> JobInfo:
+        return self._job.last_info
+
+    def info(self) -> JobInfo:
+        return self._loop.run(self._job.info())
+
+    def add_file(self, remote_url: str, local_path: LocalPath) -> JobInfo:
+        return self._loop.run(self._job.add_file(remote_url, local_path))
+
+    def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
+        return self._loop.run(self._job.add_files(list(files)))
+
+    def set_properties(self, **changes: Any) -> JobInfo:
+        return self._loop.run(self._job.set_properties(**changes))
+
+    def resume(self) -> JobInfo:
+        return self._loop.run(self._job.resume())
+
+    def suspend(self) -> JobInfo:
+        return self._loop.run(self._job.suspend())
+
+    def cancel(self) -> JobInfo:
+        return self._loop.run(self._job.cancel())
+
+    def complete(self) -> JobInfo:
+        return self._loop.run(self._job.complete())
+
+    def take_ownership(self) -> JobInfo:
+        return self._loop.run(self._job.take_ownership())
+
+    def wait_info(self, timeout: float | None = None) -> JobInfo:
+        return self._loop.run(self._job.wait_info(timeout))
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        return self._loop.run(self._job.wait(timeout))
+
+
+class Manager:
+    """A blocking IBackgroundCopyManager. Finds (or starts) the daemon on first use; close() it, or use `with`."""
+
+    def __init__(self, socket_path: LocalPath | None = None, autostart: bool = True) -> None:
+        self._loop = _LoopThread()
+        self._manager = AsyncManager(socket_path, autostart)
+        self._closed = False
+
+    def __enter__(self) -> Manager:
+        self._loop.run(self._manager.connection())
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def socket_path(self) -> Path | None:
+        return self._manager.socket_path
+
+    def close(self) -> None:
+        """Close the connection and stop the private loop; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.run(self._manager.close())
+        self._loop.stop()
+
+    def status(self) -> DaemonStatus:
+        return self._loop.run(self._manager.status())
+
+    def create_job(
+        self,
+        name: str,
+        type: JobType = JobType.DOWNLOAD,
+        *,
+        priority: JobPriority = JobPriority.NORMAL,
+        description: str = "",
+    ) -> Job:
+        job = self._manager.create_job(name, type, priority=priority, description=description)
+        return Job(self._loop, self._loop.run(job))
+
+    def get_job(self, id_or_name: str) -> Job:
+        return Job(self._loop, self._loop.run(self._manager.get_job(id_or_name)))
+
+    def jobs(self, all_users: bool = False) -> list[Job]:
+        return [Job(self._loop, job) for job in self._loop.run(self._manager.jobs(all_users))]

@@ -1,0 +1,61 @@
+"""Plain snapshots the client hands out: job progress and the files of a job.
+
+They are values (frozen dataclasses), not live handles, so the sync and the
+async API share them unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api.models import FileInfo, JobInfo
+from ..errors import BitsError
+
+
+@dataclass(frozen=True)
+class Progress:
+    """BG_JOB_PROGRESS: bytes_total is -1 (SIZE_UNKNOWN) while any file's size is unknown."""
+
+    bytes_total: int
+    bytes_transferred: int
+    files_total: int
+    files_transferred: int
+
+    @classmethod
+    def of(cls, info: JobInfo) -> Progress:
+        return cls(info.bytes_total, info.bytes_transferred, info.files_total, info.files_transferred)
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """BG_FILE_PROGRESS: bytes_total is -1 until the server has told the size."""
+
+    bytes_total: int
+    bytes_transferred: int
+    completed: bool
+
+
+@dataclass(frozen=True)
+class File:
+    """One file of a job as the daemon last reported it (IBackgroundCopyFile's getters)."""
+
+    remote_url: str
+    local_path: str
+    temp_path: str
+    progress: FileProgress
+
+    @property
+    def completed(self) -> bool:
+        return self.progress.completed
+
+    @classmethod
+    def of(cls, info: FileInfo) -> File:
+        progress = FileProgress(info.bytes_total, info.bytes_transferred, info.completed)
+        return cls(info.remote_url, info.local_path, info.temp_path, progress)
+
+
+def error_of(info: JobInfo) -> BitsError | None:
+    """The job's last error (IBackgroundCopyJob::GetError) as the exception type callers already catch."""
+    if info.error is None:
+        return None
+    return BitsError(info.error.code, info.error.description, info.error.context, info.error.http_status)
