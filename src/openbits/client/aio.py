@@ -12,12 +12,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from ..api.models import AddFile, AddFilesRequest, CreateJobRequest, DaemonStatus, JobInfo, JobList, JobProperties
+from pydantic import BaseModel, ValidationError
+
+from ..api.models import AddFilesRequest, CreateJobRequest, DaemonStatus, JobInfo, JobList, JobProperties
 from ..enums import JobPriority, JobState, JobType
-from ..errors import BitsError
+from ..errors import BitsError, ErrorCode
 from . import discovery
 from .connection import Connection
 from .types import File, Progress, error_of
@@ -33,6 +35,17 @@ _WAIT_SLACK = 15.0
 
 #: What add_file(s) accepts as a local name.
 LocalPath = str | os.PathLike[str]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _request(model: type[M], **fields: Any) -> M:
+    """Build a request body; a value the API would refuse raises E_INVALIDARG here, as the daemon would."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise BitsError(ErrorCode.E_INVALIDARG, problems) from exc
 
 
 class AsyncJob:
@@ -90,14 +103,14 @@ class AsyncJob:
 
     async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""
-        request = AddFilesRequest(
-            files=[AddFile(remote_url=url, local_path=os.path.abspath(path)) for url, path in files]
+        request = _request(
+            AddFilesRequest, files=[{"remote_url": url, "local_path": os.path.abspath(path)} for url, path in files]
         )
         return await self._call("POST", "/files", request)
 
     async def set_properties(self, **changes: Any) -> JobInfo:
         """Change the given properties (the fields of JobProperties, e.g. priority=JobPriority.HIGH) at once."""
-        return await self._call("PATCH", body=JobProperties.model_validate(changes))
+        return await self._call("PATCH", body=_request(JobProperties, **changes))
 
     async def resume(self) -> JobInfo:
         return await self._call("POST", "/resume")
@@ -180,7 +193,7 @@ class AsyncManager:
     ) -> AsyncJob:
         """A new job, SUSPENDED until resumed, as with CreateJob."""
         connection = await self.connection()
-        request = CreateJobRequest(name=name, type=type, priority=priority, description=description)
+        request = _request(CreateJobRequest, name=name, type=type, priority=priority, description=description)
         return AsyncJob(connection, await connection.request("POST", "/v1/jobs", JobInfo, body=request))
 
     async def get_job(self, id_or_name: str) -> AsyncJob:

@@ -1,0 +1,1 @@
+"""The `openbits` command line: bitsadmin's verbs over the client library."""

@@ -1,0 +1,5 @@
+"""`python -m openbits.cli`."""
+
+from .main import main
+
+main()

@@ -1,0 +1,194 @@
+"""bitsadmin's verbs: create a job, add files, change its state, set and get its properties."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import click
+
+from ..api.models import JobInfo, JobList
+from ..client.types import error_of
+from ..enums import JobPriority, JobType
+from .app import cli, manager, open_job
+from .render import console, error_line, job_panel, job_table, print_json
+
+PRIORITY = click.Choice([p.name for p in JobPriority], case_sensitive=False)
+SECONDS = click.IntRange(0, 0xFFFFFFFF)
+
+
+def job_type_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """bitsadmin's /Download, /Upload and /Upload-Reply, as one option."""
+    for flag, kind in (("--upload-reply", JobType.UPLOAD_REPLY), ("--upload", JobType.UPLOAD)):
+        command = click.option(flag, "job_type", flag_value=kind.name, help=f"Create an {kind.name} job.")(command)
+    return click.option(
+        "--download", "job_type", flag_value=JobType.DOWNLOAD.name, default=True, help="Create a DOWNLOAD job (default)."
+    )(command)
+
+
+@cli.command()
+@job_type_options
+@click.argument("name")
+def create(job_type: str, name: str) -> None:
+    """Create a suspended job named NAME and print its GUID."""
+    click.echo(manager().create_job(name, JobType[job_type]).id)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("url")
+@click.argument("path", type=click.Path(dir_okay=False))
+def addfile(job: str, url: str, path: str) -> None:
+    """Add one file: download URL to PATH (relative paths are taken from the current directory)."""
+    open_job(job).add_file(url, path)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("listfile", type=click.File("r"))
+def addfileset(job: str, listfile: TextIO) -> None:
+    """Add all files listed in LISTFILE ('-' for stdin), one 'URL PATH' pair a line, at once.
+
+    Blank lines and lines starting with '#' are skipped; quote a path that contains spaces.
+    """
+    pairs: list[tuple[str, str]] = []
+    for number, line in enumerate(listfile, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError as error:
+            raise click.BadParameter(f"line {number}: {error}", param_hint="LISTFILE") from error
+        if len(words) != 2:
+            raise click.BadParameter(f"line {number}: expected 'URL PATH', got {line.strip()!r}", param_hint="LISTFILE")
+        pairs.append((words[0], words[1]))
+    if not pairs:
+        raise click.BadParameter("no files listed", param_hint="LISTFILE")
+    open_job(job).add_files(pairs)
+
+
+def _action(name: str, method: str, doc: str) -> None:
+    @cli.command(name, help=doc)
+    @click.argument("job")
+    def command(job: str) -> None:
+        getattr(open_job(job), method)()
+
+
+_action("resume", "resume", "Queue the job for transfer (new jobs start suspended).")
+_action("suspend", "suspend", "Pause the job; resume continues where it stopped.")
+_action("cancel", "cancel", "Delete the job and its temporary files.")
+_action("complete", "complete", "Move the transferred files to their names and end the job.")
+_action("takeownership", "take_ownership", "Make the caller the job's owner (administrators).")
+
+
+def _setter(name: str, field: str, kind: click.ParamType, metavar: str, doc: str) -> None:
+    @cli.command(name, help=doc)
+    @click.argument("job")
+    @click.argument("value", type=kind, metavar=metavar)
+    def command(job: str, value: Any) -> None:
+        open_job(job).set_properties(**{field: value})
+
+
+_setter("setpriority", "priority", PRIORITY, "PRIORITY", "Set the priority: FOREGROUND, HIGH, NORMAL or LOW.")
+_setter("setminretrydelay", "minimum_retry_delay", SECONDS, "SECONDS", "Set the delay before retrying a transient error.")
+_setter(
+    "setnoprogresstimeout", "no_progress_timeout", SECONDS, "SECONDS",
+    "Set how long the job may make no progress before it fails.",
+)
+_setter("setmaxdownloadtime", "max_download_time", SECONDS, "SECONDS", "Set the download time limit (0: none).")
+_setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")
+_setter("setdisplayname", "name", click.STRING, "NAME", "Set the job's display name.")
+_setter(
+    "setdynamiccontent", "dynamic_content", click.BOOL, "true|false",
+    "Allow files whose server sends no size or validator (dynamic content).",
+)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("headers", nargs=-1, metavar="[HEADER]...")
+@click.option("--clear", is_flag=True, help="Remove all custom headers.")
+def setcustomheaders(job: str, headers: tuple[str, ...], clear: bool) -> None:
+    """Replace the job's custom HTTP headers, each given as 'Name: value'."""
+    if clear == bool(headers):
+        raise click.UsageError("give either HEADER arguments or --clear")
+    open_job(job).set_properties(custom_headers=list(headers))
+
+
+def _getter(name: str, read: Callable[[JobInfo], object], doc: str) -> None:
+    @cli.command(name, help=doc)
+    @click.argument("job")
+    def command(job: str) -> None:
+        value = read(open_job(job).last_info)
+        if value is not None:
+            click.echo(value)
+
+
+def _error(info: JobInfo) -> str | None:
+    error = error_of(info)
+    return None if error is None else error_line(error)
+
+
+_getter("getstate", lambda job: job.state.name, "Print the job's state.")
+_getter("gettype", lambda job: job.type.name, "Print the job's type.")
+_getter("getbytestransferred", lambda job: job.bytes_transferred, "Print the bytes transferred.")
+_getter("getbytestotal", lambda job: job.bytes_total, "Print the bytes to transfer (-1 while unknown).")
+_getter("getfilestransferred", lambda job: job.files_transferred, "Print the number of files transferred.")
+_getter("getfilestotal", lambda job: job.files_total, "Print the number of files in the job.")
+_getter("getpriority", lambda job: job.priority.name, "Print the job's priority.")
+_getter("geterror", _error, "Print the job's error in one line (nothing when it has none).")
+_getter("geterrorcount", lambda job: job.error_count, "Print how many times the transfer was interrupted.")
+_getter("getowner", lambda job: job.owner, "Print the job owner's user name.")
+_getter("getdisplayname", lambda job: job.name, "Print the job's display name.")
+_getter("getdescription", lambda job: job.description, "Print the job's description.")
+_getter("getminretrydelay", lambda job: job.minimum_retry_delay, "Print the retry delay in seconds.")
+_getter("getnoprogresstimeout", lambda job: job.no_progress_timeout, "Print the no-progress timeout in seconds.")
+_getter("getmaxdownloadtime", lambda job: job.max_download_time, "Print the download time limit (0: none).")
+_getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
+_getter("getcustomheaders", lambda job: "\n".join(job.custom_headers) or None, "Print the custom headers, one a line.")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as the API returns it.")
+def info(job: str, as_json: bool) -> None:
+    """Show everything about a job."""
+    snapshot = open_job(job).last_info
+    if as_json:
+        print_json(snapshot)
+    else:
+        console().print(job_panel(snapshot, error_of(snapshot)))
+
+
+@cli.command("list")
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@click.option("--json", "as_json", is_flag=True, help="Print the job list as the API returns it.")
+def list_jobs(all_users: bool, as_json: bool) -> None:
+    """List your jobs."""
+    jobs = [job.last_info for job in manager().jobs(all_users)]
+    if as_json:
+        print_json(JobList(jobs=jobs))
+    else:
+        console().print(job_table(jobs, show_owner=all_users))
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--timeout", type=click.FloatRange(0), help="Give up after this many seconds (default: never).")
+def wait(job: str, timeout: float | None) -> None:
+    """Wait until the job is TRANSFERRED, ERROR, SUSPENDED, ACKNOWLEDGED or CANCELLED; print that state."""
+    click.echo(open_job(job).wait(timeout).name)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as the API returns it.")
+def status(as_json: bool) -> None:
+    """Show which daemon answers and who it thinks you are."""
+    answer = manager().status()
+    if as_json:
+        print_json(answer)
+        return
+    click.echo(f"socket: {manager().socket_path}")
+    for key, value in answer.model_dump(mode="json").items():
+        click.echo(f"{key}: {value}")

@@ -1,0 +1,95 @@
+"""Commands that follow jobs as they move: `transfer` (Start-BitsTransfer) and `monitor`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import click
+from rich.live import Live
+
+from ..api.models import JobInfo
+from ..client import DaemonUnavailableError, Job
+from ..client.types import error_of
+from ..enums import SIZE_UNKNOWN, JobPriority, JobState, JobType
+from ..errors import BitsError
+from .app import cli, fail, manager
+from .jobs import PRIORITY, job_type_options
+from .render import console, job_table, print_json, transfer_progress
+
+#: How often the progress bar is brought up to date.
+_POLL = 0.25
+#: Exit code after Ctrl-C, as a shell reports SIGINT.
+_EXIT_INTERRUPTED = 130
+
+
+def _follow(job: Job, show_bar: bool) -> JobInfo:
+    """Wait for the job to leave the active states, drawing a bar meanwhile; return the last snapshot."""
+    with transfer_progress() as bar:
+        task = bar.add_task(job.last_info.name, total=None, visible=show_bar)
+        while True:
+            info = job.wait_info(_POLL)
+            total = None if info.bytes_total == SIZE_UNKNOWN else info.bytes_total
+            note = f" [yellow]{info.state.name}[/]" if info.state == JobState.TRANSIENT_ERROR else ""
+            description = f"{info.name} {info.files_transferred}/{info.files_total}{note}"
+            bar.update(task, total=total, completed=info.bytes_transferred, description=description)
+            if not info.state.is_active:
+                return info
+
+
+@cli.command()
+@job_type_options
+@click.argument("pairs", nargs=-1, required=True, metavar="URL PATH [URL PATH]...")
+@click.option("--name", default="openbits transfer", show_default=True, help="Display name of the job.")
+@click.option("--priority", type=PRIORITY, default=JobPriority.FOREGROUND.name, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the final job as JSON instead of a progress bar.")
+def transfer(job_type: str, pairs: tuple[str, ...], name: str, priority: str, as_json: bool) -> None:
+    """Transfer files now, like Start-BitsTransfer: create, add, resume, wait, complete.
+
+    On ERROR the job is left for inspection (its GUID is printed) and the exit
+    code is 1. Ctrl-C cancels the job, as in Start-BitsTransfer's synchronous
+    mode, and exits 130.
+    """
+    if len(pairs) % 2:
+        raise click.UsageError("give URL PATH pairs: the last URL has no PATH")
+    files = list(zip(pairs[::2], pairs[1::2]))
+    job = manager().create_job(name, JobType[job_type], priority=JobPriority[priority.upper()])
+    try:
+        job.add_files(files)
+        job.resume()
+        info = _follow(job, show_bar=not as_json)
+    except KeyboardInterrupt:
+        job.cancel()
+        fail(f"interrupted: cancelled job {job.id}", _EXIT_INTERRUPTED)
+    except BaseException:
+        with contextlib.suppress(BitsError, DaemonUnavailableError):
+            job.cancel()  # the caller only sees the error: a job nobody will hear of again is litter
+        raise
+    if info.state == JobState.TRANSFERRED:
+        info = job.complete()
+    if as_json:
+        print_json(info)
+    if info.state == JobState.ERROR:
+        error = error_of(info)
+        reason = f"{error.name}: {error.description}" if error else "the job failed"
+        fail(f"{reason} (job {job.id} left for inspection)")
+    if info.state != JobState.ACKNOWLEDGED:
+        fail(f"job {job.id} ended {info.state.name}, not transferred")
+
+
+@cli.command()
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@click.option("--refresh", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Seconds between updates.")
+def monitor(all_users: bool, refresh: float) -> None:
+    """Show the job list live until Ctrl-C."""
+
+    def table() -> object:
+        return job_table([job.last_info for job in manager().jobs(all_users)], show_owner=all_users)
+
+    try:
+        with Live(table(), console=console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(refresh)
+                live.update(table(), refresh=True)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,136 @@
+"""How the CLI shows jobs to people (rich) and to programs (the API's JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+
+import click
+from pydantic import BaseModel
+from rich.console import Console, Group
+from rich.filesize import decimal
+from rich.panel import Panel
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from ..api.models import JobInfo
+from ..enums import SIZE_UNKNOWN, JobState
+from ..errors import BitsError
+
+#: Colour of each state in tables, so trouble stands out.
+_STATE_STYLE = {
+    JobState.TRANSFERRED: "green",
+    JobState.ACKNOWLEDGED: "green",
+    JobState.ERROR: "bold red",
+    JobState.TRANSIENT_ERROR: "yellow",
+    JobState.CANCELLED: "dim",
+    JobState.SUSPENDED: "cyan",
+}
+
+
+def console(stderr: bool = False) -> Console:
+    """A console for tables; when piped it is wide enough that GUIDs and paths are not folded."""
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = 200
+    return out
+
+
+def print_json(model: BaseModel) -> None:
+    """The model as the API sends it (enumerations by name), indented for reading."""
+    click.echo(json.dumps(model.model_dump(mode="json"), indent=2))
+
+
+def size(count: int) -> str:
+    return "UNKNOWN" if count == SIZE_UNKNOWN else decimal(count)
+
+
+def state_text(state: JobState) -> str:
+    style = _STATE_STYLE.get(state)
+    return f"[{style}]{state.name}[/]" if style else state.name
+
+
+def _time(stamp: float | None) -> str:
+    return "-" if stamp is None else datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
+
+
+def error_line(error: BitsError) -> str:
+    """One line naming the error, its number and where it happened (GetError's code and context)."""
+    return f"{error.name} (0x{error.code:08X}) in {error.context.name}: {error.description}"
+
+
+def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
+    """bitsadmin /list: one row a job."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("GUID", no_wrap=True)
+    table.add_column("NAME")
+    table.add_column("TYPE")
+    table.add_column("STATE")
+    table.add_column("PRIORITY")
+    table.add_column("FILES", justify="right")
+    table.add_column("BYTES", justify="right")
+    if show_owner:
+        table.add_column("OWNER")
+    for job in jobs:
+        row = [
+            job.id,
+            job.name,
+            job.type.name,
+            state_text(job.state),
+            job.priority.name,
+            f"{job.files_transferred} / {job.files_total}",
+            f"{size(job.bytes_transferred)} / {size(job.bytes_total)}",
+        ]
+        table.add_row(*row, *([job.owner] if show_owner else []))
+    return table
+
+
+def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
+    """bitsadmin /info /verbose: the job's properties, its error and its files."""
+    props = Table.grid(padding=(0, 2))
+    props.add_column(style="bold")
+    props.add_column()
+    rows = [
+        ("GUID", job.id),
+        ("Type", job.type.name),
+        ("State", state_text(job.state)),
+        ("Owner", f"{job.owner} (uid {job.owner_uid})"),
+        ("Priority", job.priority.name),
+        ("Files", f"{job.files_transferred} / {job.files_total}"),
+        ("Bytes", f"{size(job.bytes_transferred)} / {size(job.bytes_total)}"),
+        ("Description", job.description or "-"),
+        ("Created", _time(job.creation_time)),
+        ("Modified", _time(job.modification_time)),
+        ("Completed", _time(job.transfer_completion_time)),
+        ("Retry delay", f"{job.minimum_retry_delay} s"),
+        ("No-progress timeout", f"{job.no_progress_timeout} s"),
+        ("Max download time", f"{job.max_download_time} s" if job.max_download_time else "no limit"),
+        ("Dynamic content", "yes" if job.dynamic_content else "no"),
+        ("Custom headers", "\n".join(job.custom_headers) or "-"),
+        ("Error count", str(job.error_count)),
+        ("Error", "-" if error is None else f"[red]{error_line(error)}[/]"),
+    ]
+    for label, value in rows:
+        props.add_row(label, value)
+    files = Table(title="Files", title_justify="left", box=None, pad_edge=False)
+    files.add_column("BYTES", justify="right", no_wrap=True)
+    files.add_column("DONE")
+    files.add_column("REMOTE")
+    files.add_column("LOCAL")
+    for file in job.files:
+        transferred = f"{size(file.bytes_transferred)} / {size(file.bytes_total)}"
+        files.add_row(transferred, "yes" if file.completed else "no", file.remote_url, file.local_path)
+    return Panel(Group(props, files) if job.files else props, title=job.name, title_align="left")
+
+
+def transfer_progress() -> Progress:
+    """The progress bar of `openbits transfer`, on stderr so stdout stays for results."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+    )
