@@ -53,17 +53,18 @@ class ErrorCode(enum.IntEnum):
     BG_E_PASSWORD_TOO_LARGE = 0x80200026
     BG_E_INVALID_AUTH_TARGET = 0x80200027
     BG_E_INVALID_AUTH_SCHEME = 0x80200028
-    BG_E_NO_PROGRESS = 0x8020002D
+    BG_E_NO_PROGRESS = 0x80200024
     BG_E_BLOCKED_BY_POLICY = 0x8020003E
     BG_E_INVALID_PROXY_INFO = 0x8020003F
     BG_E_INVALID_CREDENTIALS = 0x80200040
-    BG_E_TOKEN_REQUIRED = 0x80200041
+    BG_E_TOKEN_REQUIRED = 0x80200056
     BG_E_TOO_MANY_JOBS_PER_USER = 0x80200049
     BG_E_TOO_MANY_JOBS_PER_MACHINE = 0x80200050
     BG_E_TOO_MANY_FILES_IN_JOB = 0x80200051
     BG_E_TOO_MANY_RANGES_IN_FILE = 0x80200052
     BG_E_VALIDATION_FAILED = 0x80200053
     BG_E_MAXDOWNLOAD_TIMEOUT = 0x80200054
+    BG_E_BLOCKED_BY_COST_TRANSFER_POLICY = 0x80200059
     BG_E_HTTP_ERROR_100 = 0x80190064
 
     @classmethod
@@ -136,3 +137,22 @@ class BitsError(Exception):
 
     def __str__(self) -> str:
         return f"{self.name} (0x{self.code:08X}): {self.description}"
+
+
+class TransferError(BitsError):
+    """A failed transfer attempt: transient ones go to TRANSIENT_ERROR and retry."""
+
+    def __init__(
+        self,
+        code: int,
+        description: str,
+        context: ErrorContext = ErrorContext.REMOTE_FILE,
+        http_status: int | None = None,
+        *,
+        transient: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(code, description, context, http_status)
+        self.transient = transient
+        #: Seconds the server asked us to wait (Retry-After), if it said.
+        self.retry_after = retry_after

@@ -94,6 +94,7 @@ class JobInfo(WireModel):
     max_download_time: int = Field(description="seconds; 0 = no limit")
     custom_headers: list[str]
     dynamic_content: bool
+    max_bandwidth: int = Field(description="bytes/s this job may use; 0 = no cap of its own")
     creation_time: float = Field(description="Unix time")
     modification_time: float
     transfer_completion_time: float | None
@@ -133,6 +134,7 @@ class JobProperties(WireModel):
     max_download_time: Seconds | None = None
     custom_headers: list[Annotated[str, Field(max_length=16384)]] | None = None
     dynamic_content: bool | None = None
+    max_bandwidth: Annotated[int, Field(ge=0)] | None = None
 
 
 class DaemonStatus(WireModel):

@@ -1,0 +1,64 @@
+"""The OpenAPI 3.1 document of /v1, built from the wire models so it cannot drift from them."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from .. import __version__
+from .models import AddFilesRequest, CreateJobRequest, DaemonStatus, ErrorBody, JobInfo, JobList, JobProperties
+
+_JOB = {"name": "job", "in": "path", "required": True, "description": "job GUID or display name",
+        "schema": {"type": "string"}}
+
+#: (method, path, summary, request model, response model, success status, extra parameters)
+_OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], int, list[dict[str, Any]]]] = [
+    ("get", "/v1/status", "Daemon version, mode and who you are", None, DaemonStatus, 200, []),
+    ("post", "/v1/jobs", "CreateJob", CreateJobRequest, JobInfo, 201, []),
+    ("get", "/v1/jobs", "EnumJobs (all_users: administrators only)", None, JobList, 200,
+     [{"name": "all_users", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]}}]),
+    ("get", "/v1/jobs/{job}", "A job with its files and progress", None, JobInfo, 200, [_JOB]),
+    ("patch", "/v1/jobs/{job}", "Set job properties", JobProperties, JobInfo, 200, [_JOB]),
+    ("post", "/v1/jobs/{job}/files", "AddFile / AddFileSet", AddFilesRequest, JobInfo, 200, [_JOB]),
+    *[("post", f"/v1/jobs/{{job}}/{verb}", verb.capitalize(), None, JobInfo, 200, [_JOB])
+      for verb in ("resume", "suspend", "cancel", "complete", "takeownership")],
+    ("get", "/v1/jobs/{job}/wait", "Wait until the job is TRANSFERRED, ERROR, SUSPENDED or final", None, JobInfo, 200,
+     [_JOB, {"name": "timeout", "in": "query", "required": False,
+             "schema": {"type": "number", "minimum": 0, "maximum": 30}}]),
+]
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    models = {m for op in _OPERATIONS for m in (op[3], op[4]) if m is not None} | {ErrorBody}
+    keys, schema = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    ref = {m: keys[(m, "validation")] for m in models}
+    error = {"description": "refused; the body says why and what to do",
+             "content": {"application/json": {"schema": ref[ErrorBody]}}}
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, request, response, status, params in _OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "operationId": f"{method}_{path.replace('/', '_').strip('_').replace('{', '').replace('}', '')}",
+            "parameters": params,
+            "responses": {
+                str(status): {"description": "OK", "content": {"application/json": {"schema": ref[response]}}},
+                **{str(code): error for code in (400, 403, 404, 409, 429)},
+            },
+        }
+        if request is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[request]}}}
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "openbits", "version": __version__,
+                 "description": "Background Intelligent Transfer Service for Linux, over a Unix socket"},
+        "paths": paths,
+        "components": {"schemas": schema.get("$defs", {})},
+    }

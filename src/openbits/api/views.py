@@ -1,0 +1,59 @@
+"""Domain records -> wire models (the only place that knows both)."""
+
+from __future__ import annotations
+
+import pwd
+
+from ..core.job import Job
+from ..errors import BitsError
+from .models import ErrorInfo, FileInfo, JobInfo
+
+
+def owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def error_info(error: BitsError) -> ErrorInfo:
+    return ErrorInfo.model_validate(error.to_dict())
+
+
+def job_info(job: Job) -> JobInfo:
+    return JobInfo(
+        id=job.id,
+        name=job.name,
+        description=job.description,
+        owner=owner_name(job.owner_uid),
+        owner_uid=job.owner_uid,
+        type=job.type,
+        state=job.state,
+        priority=job.priority,
+        bytes_total=job.bytes_total,
+        bytes_transferred=job.bytes_transferred,
+        files_total=len(job.files),
+        files_transferred=job.files_transferred,
+        error=ErrorInfo.model_validate(job.error) if job.error else None,
+        error_count=job.error_count,
+        minimum_retry_delay=job.minimum_retry_delay,
+        no_progress_timeout=job.no_progress_timeout,
+        max_download_time=job.max_download_time,
+        custom_headers=job.custom_headers,
+        dynamic_content=job.dynamic_content,
+        max_bandwidth=job.max_bandwidth,
+        creation_time=job.creation_time,
+        modification_time=job.modification_time,
+        transfer_completion_time=job.transfer_completion_time,
+        files=[
+            FileInfo(
+                remote_url=f.remote_url,
+                local_path=f.local_path,
+                temp_path=f.temp_path,
+                bytes_total=f.bytes_total,
+                bytes_transferred=f.bytes_transferred,
+                completed=f.completed,
+            )
+            for f in job.files
+        ],
+    )

@@ -1,0 +1,264 @@
+"""The job and file records and the BITS state machine that guards them.
+
+Every method here is a pure state change on memory: it either raises the
+BitsError that BITS documents for the call, or changes the record. Persisting
+the change and starting transfers is the service's business.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..enums import SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType
+from ..errors import BitsError, ErrorCode
+
+SUPPORTED_SCHEMES = ("http", "https", "file")
+
+#: How long BITS waits before retrying a transient error (SetMinimumRetryDelay default).
+DEFAULT_MINIMUM_RETRY_DELAY = 600
+#: How long a job may make no progress before a transient error becomes fatal (14 days).
+DEFAULT_NO_PROGRESS_TIMEOUT = 14 * 24 * 3600
+
+
+def temp_path_for(local_path: str, file_id: str) -> str:
+    """Hidden temporary name beside the destination, unique per file of a job."""
+    directory, name = os.path.split(local_path)
+    return os.path.join(directory, f".{name}.{file_id}.bits-part")
+
+
+@dataclass(slots=True)
+class JobFile:
+    remote_url: str
+    local_path: str
+    temp_path: str
+    bytes_total: int = SIZE_UNKNOWN
+    #: bytes written so far (progress); may run ahead of durable_offset
+    bytes_transferred: int = 0
+    #: bytes known to be fsync'ed in the temporary file; the resume point after a crash
+    durable_offset: int = 0
+    completed: bool = False
+    #: RemoteValidator.to_dict() of the response that produced the bytes on disk
+    validator: dict[str, Any] | None = None
+    #: the temporary file exists on disk (so Cancel / restart must deal with it)
+    temp_created: bool = False
+
+    def restart(self) -> None:
+        """Forget every byte: the remote file changed or cannot be resumed."""
+        self.bytes_transferred = 0
+        self.durable_offset = 0
+        self.validator = None
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    name: str
+    type: JobType
+    owner_uid: int
+    priority: JobPriority = JobPriority.NORMAL
+    description: str = ""
+    state: JobState = JobState.SUSPENDED
+    files: list[JobFile] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    error_count: int = 0
+    minimum_retry_delay: int = DEFAULT_MINIMUM_RETRY_DELAY
+    no_progress_timeout: int = DEFAULT_NO_PROGRESS_TIMEOUT
+    max_download_time: int = 0
+    custom_headers: list[str] = field(default_factory=list)
+    dynamic_content: bool = False
+    #: bytes/s this job may use; 0 = no cap of its own
+    max_bandwidth: int = 0
+    creation_time: float = field(default_factory=time.time)
+    modification_time: float = field(default_factory=time.time)
+    transfer_completion_time: float | None = None
+    #: when the job last moved a byte or was (re)activated; the no-progress clock
+    last_progress_time: float = field(default_factory=time.time)
+    #: seconds spent in action states so far, for max_download_time
+    active_seconds: float = 0.0
+    #: when a TRANSIENT_ERROR job may be retried (Unix time)
+    retry_at: float = 0.0
+
+    @classmethod
+    def new(cls, name: str, job_type: JobType, owner_uid: int, priority: JobPriority, description: str) -> Job:
+        return cls(str(uuid.uuid4()).upper(), name, job_type, owner_uid, priority, description)
+
+    # -- derived progress ---------------------------------------------------
+
+    @property
+    def bytes_total(self) -> int:
+        if any(f.bytes_total == SIZE_UNKNOWN for f in self.files):
+            return SIZE_UNKNOWN
+        return sum(f.bytes_total for f in self.files)
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(f.bytes_transferred for f in self.files)
+
+    @property
+    def files_transferred(self) -> int:
+        return sum(1 for f in self.files if f.completed)
+
+    @property
+    def current_file(self) -> JobFile | None:
+        """Files of a job go in order: the first one not yet complete."""
+        return next((f for f in self.files if not f.completed), None)
+
+    # -- the state machine --------------------------------------------------
+
+    def _require_not_final(self) -> None:
+        if self.state.is_final:
+            raise BitsError(
+                ErrorCode.BG_E_INVALID_STATE,
+                f"job {self.id} is {self.state.name}; a job in a final state accepts no more calls",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+
+    def touch(self) -> None:
+        self.modification_time = time.time()
+
+    def check_modifiable(self) -> None:
+        """Properties may change in every state but the final ones."""
+        self._require_not_final()
+
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int) -> list[JobFile]:
+        self._require_not_final()
+        if self.type != JobType.DOWNLOAD and len(self.files) + len(pairs) > 1:
+            raise BitsError(
+                ErrorCode.BG_E_TOO_MANY_FILES,
+                "upload jobs carry exactly one file; create one job per file",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        if len(self.files) + len(pairs) > max_files:
+            raise BitsError(
+                ErrorCode.BG_E_TOO_MANY_FILES_IN_JOB,
+                f"a job holds at most {max_files} files (it has {len(self.files)}, {len(pairs)} more asked); "
+                "split the transfer into several jobs",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        for remote_url, local_path in pairs:
+            check_remote_url(remote_url)
+            check_local_path(local_path)
+        added = [
+            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"))
+            for i, (url, path) in enumerate(pairs)
+        ]
+        self.files.extend(added)
+        if self.state == JobState.TRANSFERRED:
+            # BITS: adding files to a transferred job needs a Resume to move them.
+            self.state = JobState.SUSPENDED
+        self.touch()
+        return added
+
+    def resume(self) -> None:
+        self._require_not_final()
+        if not self.files:
+            raise BitsError(
+                ErrorCode.BG_E_EMPTY, f"job {self.id} has no files; add a file before resuming it",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        if self.state in (JobState.SUSPENDED, JobState.ERROR, JobState.TRANSIENT_ERROR):
+            self.state = JobState.QUEUED if self.current_file else JobState.TRANSFERRED
+            self.retry_at = 0.0
+            self.last_progress_time = time.time()
+            if self.state == JobState.QUEUED:
+                self.error = None
+        self.touch()
+
+    def suspend(self) -> None:
+        self._require_not_final()
+        if self.state != JobState.SUSPENDED:
+            self.state = JobState.SUSPENDED
+            self.touch()
+
+    def cancel(self) -> None:
+        self._require_not_final()
+        self.state = JobState.CANCELLED
+        self.touch()
+
+    def complete(self) -> list[JobFile]:
+        """Move to ACKNOWLEDGED; returns the files whose bytes become the user's."""
+        self._require_not_final()
+        if self.state not in (JobState.TRANSFERRED, JobState.ERROR):
+            raise BitsError(
+                ErrorCode.BG_E_INVALID_STATE,
+                f"job {self.id} is {self.state.name}; Complete needs TRANSFERRED (or ERROR to keep the finished "
+                "files) - wait for the transfer or Cancel the job",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        self.state = JobState.ACKNOWLEDGED
+        self.touch()
+        return [f for f in self.files if f.completed]
+
+    # -- transitions driven by the transfer ---------------------------------
+
+    def set_error(self, error: BitsError, *, transient: bool, retry_after: float | None = None) -> None:
+        """Record a failed attempt: TRANSIENT_ERROR retries later, ERROR waits for the owner."""
+        now = time.time()
+        self.error = error.to_dict()
+        self.error_count += 1
+        if transient and now - self.last_progress_time < self.no_progress_timeout:
+            self.state = JobState.TRANSIENT_ERROR
+            self.retry_at = now + max(float(self.minimum_retry_delay), retry_after or 0.0)
+        else:
+            if transient:
+                self.error = BitsError(
+                    ErrorCode.BG_E_NO_PROGRESS,
+                    f"no progress for {self.no_progress_timeout} s (last error: {error.description})",
+                    error.context,
+                    error.http_status,
+                ).to_dict()
+            self.state = JobState.ERROR
+        self.touch()
+
+
+def check_remote_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SUPPORTED_SCHEMES:
+        raise BitsError(
+            ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE,
+            f"remote name {url!r} uses scheme {parts.scheme or '(none)'!r}; openbits transfers http, https and file",
+            ErrorContext.REMOTE_FILE,
+        )
+    if parts.scheme.lower() != "file" and not parts.hostname:
+        raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} has no host", ErrorContext.REMOTE_FILE)
+    if parts.scheme.lower() == "file" and not parts.path.startswith("/"):
+        raise BitsError(ErrorCode.E_INVALIDARG, f"file URL {url!r} needs an absolute path", ErrorContext.REMOTE_FILE)
+
+
+def check_local_path(path: str) -> None:
+    if not os.path.isabs(path) or "\0" in path or path.endswith("/"):
+        raise BitsError(
+            ErrorCode.E_INVALIDARG,
+            f"local name {path!r} must be an absolute path to a file (the client library makes paths absolute)",
+            ErrorContext.LOCAL_FILE,
+        )
+    if os.path.normpath(path) != path:
+        raise BitsError(
+            ErrorCode.E_INVALIDARG, f"local name {path!r} must be normalised (no '..', '.' or '//')",
+            ErrorContext.LOCAL_FILE,
+        )
+
+
+_JOB_FIELDS = [name for name in Job.__dataclass_fields__ if name != "files"]
+
+
+def job_to_record(job: Job) -> dict[str, Any]:
+    """The job's own fields as plain JSON values; files are stored (and saved) one by one."""
+    record = {name: getattr(job, name) for name in _JOB_FIELDS}
+    record["type"], record["priority"], record["state"] = int(job.type), int(job.priority), int(job.state)
+    return record
+
+
+def job_from_record(record: dict[str, Any], files: list[dict[str, Any]]) -> Job:
+    job = Job(**record, files=[JobFile(**f) for f in files])
+    job.type, job.priority, job.state = JobType(job.type), JobPriority(job.priority), JobState(job.state)
+    return job
+
+
+def file_to_record(f: JobFile) -> dict[str, Any]:
+    return asdict(f)

@@ -1,0 +1,146 @@
+"""Decides which jobs move bytes now, as BITS does.
+
+FOREGROUND jobs all run at once. Background jobs (HIGH, NORMAL, LOW) run in
+priority order, at most `max_background_transfers` at a time; inside one
+priority they take turns in time slices (round robin), and a job of a higher
+priority preempts a lower one. Every runner task is owned by the scheduler's
+TaskGroup, and a job that leaves the action states has its runner cancelled
+and awaited before anyone touches its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..enums import JobPriority, JobState
+from ..transport.base import Throttle
+from ..transport.http import HttpTransport
+from .job import Job
+from .runner import JobRunner
+from .service import JobService
+
+_RUNNING_STATES = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
+
+#: The bandwidth seam: the Throttle (or None) a job's transfer passes its bytes through.
+ThrottleSource = Callable[[Job], Throttle | None]
+
+
+@dataclass
+class _Turn:
+    task: asyncio.Task[None]
+    started: float
+
+
+class Scheduler:
+    def __init__(self, service: JobService, transport: HttpTransport, throttle_for: ThrottleSource) -> None:
+        self._service = service
+        self._transport = transport
+        self._throttle_for = throttle_for
+        self._running: dict[str, _Turn] = {}
+        #: monotonic time a job last got a turn; the round-robin order within a priority
+        self._last_turn: dict[str, float] = {}
+        #: jobs in action or transient-error states with the state and priority last seen, so
+        #: a pass looks at these only and a progress save wakes nobody
+        self._active: dict[str, tuple[JobState, JobPriority]] = {}
+        self._wake = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        for job in service.jobs.values():
+            self._observe(job)
+        service.listeners.append(self._observe)
+        service.quiesce = self.stop
+
+    def _observe(self, job: Job) -> None:
+        seen = (job.state, job.priority)
+        if self._active.get(job.id) == seen:
+            return
+        if job.state.is_active:
+            self._active[job.id] = seen
+        else:
+            self._active.pop(job.id, None)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The scheduling loop; returns (after stopping every transfer) when cancelled."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            try:
+                while True:
+                    delay = await self._schedule()
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+            finally:
+                for turn in self._running.values():
+                    turn.task.cancel()
+
+    async def stop(self, job: Job) -> None:
+        """Cancel the job's transfer, if any, and return once it has really stopped."""
+        await self._stop(job.id)
+
+    async def _stop(self, job_id: str) -> None:
+        turn = self._running.pop(job_id, None)
+        if turn is not None:
+            turn.task.cancel()
+            await asyncio.wait([turn.task])
+
+    async def _schedule(self) -> float:
+        now, clock = time.time(), time.monotonic()
+        config = self._service.config
+        next_wake = 60.0
+        jobs = [self._service.jobs[job_id] for job_id in self._active if job_id in self._service.jobs]
+        for job in jobs:
+            if job.state == JobState.TRANSIENT_ERROR:
+                if job.retry_at <= now:
+                    job.state = JobState.QUEUED
+                    await self._service.commit(job)
+                else:
+                    next_wake = min(next_wake, job.retry_at - now)
+        for job_id, turn in list(self._running.items()):
+            job = self._service.jobs.get(job_id)
+            if turn.task.done() or job is None or job.state not in _RUNNING_STATES:
+                await self._stop(job_id)
+        wanted = [j for j in jobs if j.state in _RUNNING_STATES]
+        foreground = [j for j in wanted if j.priority == JobPriority.FOREGROUND]
+        background = [j for j in wanted if j.priority != JobPriority.FOREGROUND]
+
+        def order(job: Job) -> tuple[int, int, float]:
+            turn = self._running.get(job.id)
+            keeps_turn = turn is not None and clock - turn.started < config.time_slice
+            return (int(job.priority), 0 if keeps_turn else 1, self._last_turn.get(job.id, 0.0))
+
+        background.sort(key=order)
+        chosen = foreground + background[: config.max_background_transfers]
+        chosen_ids = {j.id for j in chosen}
+        for job in background[config.max_background_transfers:]:
+            if job.id in self._running:  # preempted by a higher priority or a turn that ended
+                await self.stop(job)
+                job.state = JobState.QUEUED
+                await self._service.commit(job)
+        for job in chosen:
+            if job.id not in self._running:
+                self._start(job)
+        if len(background) > config.max_background_transfers:
+            for job_id in chosen_ids:
+                turn = self._running[job_id]
+                next_wake = min(next_wake, max(0.1, config.time_slice - (clock - turn.started)))
+        return max(0.05, next_wake)
+
+    def _start(self, job: Job) -> None:
+        assert self._group is not None, "jobs start only inside run()"
+        runner = JobRunner(self._service, self._transport, job, self._throttle_for(job))
+        task = self._group.create_task(self._run_turn(job, runner), name=f"job {job.id}")
+        self._running[job.id] = _Turn(task, time.monotonic())
+        self._last_turn[job.id] = time.monotonic()
+
+    async def _run_turn(self, job: Job, runner: JobRunner) -> None:
+        try:
+            await runner.run()
+        finally:
+            turn = self._running.get(job.id)
+            if turn is not None and turn.task is asyncio.current_task():
+                del self._running[job.id]
+            self._wake.set()

@@ -1,0 +1,227 @@
+"""JobService: every API operation, with its access rule and its durability.
+
+The order inside each operation is the same: find the job as the caller may
+see it, change it in memory through the state machine, make it durable, then
+let the scheduler and waiters know. The API answers only after the save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+from ..daemon.config import Config
+from ..enums import ErrorContext, JobPriority, JobState, JobType
+from ..errors import BitsError, ErrorCode
+from ..identity import FileBroker, Identity, LocalFiles
+from ..store import Store
+from .job import Job
+
+
+async def _nothing_runs(job: Job) -> None:
+    """Default `quiesce` before a scheduler is attached."""
+
+
+class JobService:
+    def __init__(self, store: Store, broker: FileBroker, config_source: Callable[[], Config], jobs: Iterable[Job]) -> None:
+        self.store = store
+        self.broker = broker
+        self._config = config_source
+        self.jobs: dict[str, Job] = {job.id: job for job in jobs}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._change = asyncio.Event()
+        #: called with the job after every durable change (the scheduler and the event bus subscribe)
+        self.listeners: list[Callable[[Job], None]] = []
+        #: the scheduler's "stop this job's transfer and wait until it has stopped"
+        self.quiesce: Callable[[Job], Awaitable[None]] = _nothing_runs
+
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    def files_of(self, job: Job) -> LocalFiles:
+        """The file broker acting as the job's owner (the helper token's identity comes with the identity issue)."""
+        return self.broker.files_for(Identity.from_uid(job.owner_uid))
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, caller: Identity, ref: str) -> AsyncIterator[Job]:
+        """One state-changing call per job at a time, so no call sees another's half-done file work."""
+        job = self.find(caller, ref)
+        lock = self._locks.setdefault(job.id, asyncio.Lock())
+        async with lock:
+            yield job
+
+    # -- access -------------------------------------------------------------
+
+    def is_admin(self, caller: Identity) -> bool:
+        return caller.is_admin(self.config.admin_group)
+
+    def visible(self, caller: Identity, job: Job) -> bool:
+        return job.owner_uid == caller.uid or self.is_admin(caller)
+
+    def find(self, caller: Identity, ref: str) -> Job:
+        """A job by GUID (braces and case ignored) or display name, among the jobs the caller may see.
+
+        Another user's job is simply not found, so its existence and name never leak.
+        """
+        key = ref.strip().strip("{}").upper()
+        job = self.jobs.get(key)
+        if job is not None and self.visible(caller, job):
+            return job
+        named = [j for j in self.jobs.values() if j.name == ref and self.visible(caller, j)]
+        live = [j for j in named if not j.state.is_final] or named
+        if len(live) == 1:
+            return live[0]
+        if len(live) > 1:
+            raise BitsError(
+                ErrorCode.E_INVALIDARG,
+                f"{len(live)} jobs are named {ref!r}; use the job's GUID ({', '.join(j.id for j in live[:3])}, ...)",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        raise BitsError(ErrorCode.BG_E_NOT_FOUND, f"no job {ref!r}; `openbits list` shows your jobs",
+                        ErrorContext.GENERAL_QUEUE_MANAGER)
+
+    def list(self, caller: Identity, all_users: bool) -> list[Job]:
+        """EnumJobs: live jobs only; all users' only for an administrator."""
+        if all_users and not self.is_admin(caller):
+            raise BitsError(ErrorCode.E_ACCESSDENIED, "only an administrator may list all users' jobs",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        return sorted(
+            (j for j in self.jobs.values()
+             if not j.state.is_final and (j.owner_uid == caller.uid or all_users)),
+            key=lambda j: j.creation_time,
+        )
+
+    # -- operations ---------------------------------------------------------
+
+    async def create(self, caller: Identity, name: str, job_type: JobType, priority: JobPriority,
+                     description: str) -> Job:
+        owned = sum(1 for j in self.jobs.values() if j.owner_uid == caller.uid and not j.state.is_final)
+        if owned >= self.config.max_jobs_per_user:
+            raise BitsError(
+                ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER,
+                f"you have {owned} jobs, the limit is {self.config.max_jobs_per_user}; complete or cancel some first",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        job = Job.new(name, job_type, caller.uid, priority, description)
+        self.jobs[job.id] = job
+        await self.commit(job)
+        return job
+
+    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]]) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.check_modifiable()
+            files = self.files_of(job)
+            for _, local_path in pairs:
+                await files.check_destination(local_path)
+            first = len(job.files)
+            job.add_files(pairs, self.config.max_files_per_job)
+            await self.commit(job, range(first, len(job.files)))
+            return job
+
+    async def resume(self, caller: Identity, ref: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.resume()
+            await self.commit(job)
+            return job
+
+    async def suspend(self, caller: Identity, ref: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.suspend()
+            await self.commit(job)
+            await self.quiesce(job)
+            return job
+
+    async def cancel(self, caller: Identity, ref: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.cancel()
+            await self.commit(job)
+            await self._discard(job)
+            return job
+
+    async def _discard(self, job: Job) -> None:
+        """Cancel's file work: stop the transfer, then remove every temporary file."""
+        await self.quiesce(job)
+        await self.files_of(job).remove([f.temp_path for f in job.files if f.temp_created])
+
+    async def complete(self, caller: Identity, ref: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            if job.state not in (JobState.TRANSFERRED, JobState.ERROR):
+                job.complete()  # raises the documented BG_E_INVALID_STATE
+            files = self.files_of(job)
+            finished = [f for f in job.files if f.completed]
+            results = await files.commit([(f.temp_path, f.local_path) for f in finished])
+            failed = [err for err in results if err is not None]
+            if failed:
+                job.set_error(failed[0], transient=False)
+                await self.commit(job)
+                raise BitsError(failed[0].code, f"{len(failed)} file(s) could not be put in place: "
+                                f"{failed[0].description}", ErrorContext.LOCAL_FILE)
+            await files.remove([f.temp_path for f in job.files if f.temp_created and not f.completed])
+            job.complete()
+            await self.commit(job)
+            return job
+
+    async def take_ownership(self, caller: Identity, ref: str) -> Job:
+        """TakeOwnership: an administrator makes a job theirs."""
+        if not self.is_admin(caller):
+            raise BitsError(ErrorCode.E_ACCESSDENIED, "only an administrator may take ownership of a job",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        async with self._locked(caller, ref) as job:
+            job.check_modifiable()
+            job.owner_uid = caller.uid
+            job.touch()
+            await self.commit(job)
+            return job
+
+    async def update(self, caller: Identity, ref: str, changes: dict[str, object]) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.check_modifiable()
+            for key, value in changes.items():
+                setattr(job, key, value)
+            job.touch()
+            await self.commit(job)
+            return job
+
+    async def wait(self, caller: Identity, ref: str, timeout: float) -> Job:
+        """Until the job needs its owner (TRANSFERRED, ERROR, SUSPENDED, final) or the timeout passes."""
+        job = self.find(caller, ref)
+        settled = (JobState.TRANSFERRED, JobState.ERROR, JobState.SUSPENDED, JobState.ACKNOWLEDGED,
+                   JobState.CANCELLED)
+        deadline = time.monotonic() + timeout
+        while job.state not in settled and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
+        return job
+
+    # -- durability and change notification ---------------------------------
+
+    async def commit(self, job: Job, files: Iterable[int] = ()) -> None:
+        """Make a change durable, then tell the listeners and waiters."""
+        await self.store.save_job(job, list(files))
+        self.announce(job)
+
+    def announce(self, job: Job) -> None:
+        """Wake listeners and every `wait` (each re-checks its own job)."""
+        for listener in self.listeners:
+            listener(job)
+        change, self._change = self._change, asyncio.Event()
+        change.set()
+
+    async def expire(self) -> float:
+        """Cancel jobs untouched for the inactivity timeout and forget old final jobs; returns seconds to next check."""
+        now = time.time()
+        config = self.config
+        for job in list(self.jobs.values()):
+            if job.state.is_final:
+                if now - job.modification_time > config.final_job_retention:
+                    del self.jobs[job.id]
+                    self._locks.pop(job.id, None)
+                    await self.store.delete_job(job.id)
+            elif now - job.modification_time > config.job_inactivity_timeout:
+                job.cancel()
+                await self.commit(job)
+                await self._discard(job)
+        return 3600.0

@@ -1,0 +1,125 @@
+"""Daemon configuration: a TOML file (stdlib tomllib), every key optional.
+
+Reloaded on SIGHUP so limits and bandwidth policy change without a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?)(b|bit)?(?:/s)?\s*$", re.IGNORECASE)
+
+
+def parse_rate(value: int | str) -> int:
+    """Bytes per second from 1048576, "10M", "500kbit/s", "2MiB/s"; 0 means unlimited."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a rate; write bytes per second like 1048576, '10M' or '800kbit/s'")
+    number, prefix, binary, unit = match.groups()
+    scale = (1024 if binary else 1000) ** " kmg".index(prefix.lower() or " ")
+    rate = float(number) * scale
+    return int(rate / 8 if (unit or "").lower() == "bit" else rate)
+
+
+@dataclass(frozen=True)
+class BandwidthWindow:
+    """BITS's MaxInternetBandwidth schedule: a limit that applies on some days between two times."""
+
+    days: frozenset[int]  # 0 = Monday
+    start_minute: int
+    end_minute: int
+    limit: int
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> BandwidthWindow:
+        names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        spec = str(raw.get("days", "mon-sun")).lower()
+        days: set[int] = set()
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            if lo not in names or (hi and hi not in names):
+                raise ValueError(f"days {spec!r}: use names like 'mon-fri' or 'sat,sun'")
+            a, b = names.index(lo), names.index(hi or lo)
+            days.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)])
+
+        def minute(text: str) -> int:
+            h, _, m = str(text).partition(":")
+            if not (h.isdigit() and m.isdigit() and int(h) <= 24 and int(m) < 60):
+                raise ValueError(f"time {text!r}: write HH:MM")
+            return int(h) * 60 + int(m)
+
+        return cls(frozenset(days), minute(raw.get("from", "00:00")), minute(raw.get("to", "24:00")),
+                   parse_rate(raw.get("limit", 0)))
+
+    def applies(self, weekday: int, minute_of_day: int) -> bool:
+        return weekday in self.days and self.start_minute <= minute_of_day < self.end_minute
+
+
+@dataclass(frozen=True)
+class Config:
+    max_jobs_per_user: int = 300
+    max_files_per_job: int = 200
+    #: background jobs that transfer at the same time (BITS: one); foreground jobs are not counted
+    max_background_transfers: int = 2
+    #: seconds a background job transfers before a same-priority job gets its turn
+    time_slice: float = 60.0
+    #: seconds untouched before a job is cancelled (JobInactivityTimeout, 90 days)
+    job_inactivity_timeout: int = 90 * 24 * 3600
+    #: seconds a job in a final state stays queryable before it is forgotten
+    final_job_retention: int = 24 * 3600
+    #: members of this group are administrators (None: sudo, or wheel where that exists)
+    admin_group: str | None = None
+    #: bytes/s for all background jobs together; 0 = unlimited (MaxInternetBandwidth)
+    background_bandwidth: int = 0
+    bandwidth_schedule: tuple[BandwidthWindow, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def load(cls, path: str | None) -> Config:
+        if path is None:
+            return cls()
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw, source=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
+        raw = dict(raw)
+        bandwidth = raw.pop("bandwidth", {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in known or key.startswith("bandwidth"):
+                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}, [bandwidth]")
+            expected = type(getattr(cls(), key))
+            if key == "admin_group" and isinstance(value, str):
+                values[key] = value
+            elif expected is float and isinstance(value, (int, float)) and value > 0:
+                values[key] = float(value)
+            elif expected is int and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                values[key] = value
+            else:
+                raise ValueError(f"{source}: {key} = {value!r} is not a valid value (a positive number expected)")
+        try:
+            values["background_bandwidth"] = parse_rate(bandwidth.get("limit", 0))
+            values["bandwidth_schedule"] = tuple(BandwidthWindow.parse(w) for w in bandwidth.get("schedule", []))
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"{source}: [bandwidth]: {exc}") from None
+        return cls(**values)
+
+    def background_limit(self, weekday: int, minute_of_day: int) -> int:
+        """The background bandwidth cap in force now: the first matching schedule window, else the default."""
+        for window in self.bandwidth_schedule:
+            if window.applies(weekday, minute_of_day):
+                return window.limit
+        return self.background_bandwidth

@@ -1,0 +1,126 @@
+"""SQLite store in WAL mode with group commit.
+
+One writer thread owns the connection. Concurrent saves queue up and are
+committed together in one transaction (one fsync of the WAL), so durability
+costs one fsync per batch rather than one per API call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..core.job import Job, file_to_record, job_from_record, job_to_record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+"""
+
+_Op = Callable[[sqlite3.Connection], None]
+
+
+class SqliteStore:
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        self._path = path
+        self._synchronous = synchronous
+        self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+        self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        return conn
+
+    def load_jobs(self) -> list[Job]:
+        with self._connect() as conn:
+            files: dict[str, list[dict[str, Any]]] = {}
+            for job_id, doc in conn.execute("SELECT job_id, doc FROM files ORDER BY job_id, idx"):
+                files.setdefault(job_id, []).append(json.loads(doc))
+            jobs = []
+            for job_id, doc in conn.execute("SELECT id, doc FROM jobs"):
+                jobs.append(job_from_record(json.loads(doc), files.get(job_id, [])))
+            return jobs
+
+    async def save_job(self, job: Job, files: Sequence[int] = ()) -> None:
+        doc = json.dumps(job_to_record(job))
+        file_rows = [(job.id, i, json.dumps(file_to_record(job.files[i]))) for i in files]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO jobs (id, doc) VALUES (?, ?)", (job.id, doc))
+            if file_rows:
+                conn.executemany("INSERT OR REPLACE INTO files (job_id, idx, doc) VALUES (?, ?, ?)", file_rows)
+
+        await self._submit(op)
+
+    async def delete_job(self, job_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            conn.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
+
+        await self._submit(op)
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _submit(self, op: _Op) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put((op, future))
+        return future
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while (item := self._queue.get()) is not None:
+                batch = [item]
+                while True:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(nxt)
+                self._commit(conn, batch)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            conn.execute("BEGIN")
+            for op, _ in batch:
+                op(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter below
+            error = exc
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        for _, future in batch:
+            future.get_loop().call_soon_threadsafe(_settle, future, error)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
