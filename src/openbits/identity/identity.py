@@ -1,0 +1,49 @@
+"""Who a caller is, taken from the system user database and never from a claim."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+
+from ..errors import BitsError, ErrorCode
+
+
+def _group_gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A local user as the kernel and the user database see it; hashable, so it keys broker caches."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+
+    @classmethod
+    def from_uid(cls, uid: int) -> Identity:
+        """Primary and supplementary groups come from passwd/group (os.getgrouplist), as a login would get them."""
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            raise BitsError(ErrorCode.E_ACCESSDENIED, f"uid {uid} has no entry in the user database") from None
+        groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+        return cls(uid=uid, gid=entry.pw_gid, groups=groups, name=entry.pw_name)
+
+    def is_admin(self, admin_group: str | None) -> bool:
+        """uid 0, or a member of admin_group (None: "sudo", else "wheel" where only that exists)."""
+        if self.uid == 0:
+            return True
+        if admin_group is None:
+            gid = _group_gid("sudo")
+            if gid is None:
+                gid = _group_gid("wheel")
+        else:
+            gid = _group_gid(admin_group)
+        return gid is not None and gid in self.groups

@@ -1,0 +1,218 @@
+"""Local file operations of a job: the async interface the daemon uses, and the code the broker runs.
+
+`LocalFiles` is what the daemon holds; `DiskFiles` does the same operations synchronously with
+the credentials of the process it runs in, which is always a broker holding exactly one identity.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..enums import ErrorContext
+from ..errors import BitsError, ErrorCode
+from .identity import Identity
+
+#: Mode of a completed file: readable by all, like a file the user saved with the usual umask.
+FINAL_MODE = 0o644
+TEMP_MODE = 0o600
+
+_OPEN = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a planted FIFO cannot hang the broker
+
+_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ns: int
+    uid: int
+    mode: int
+
+
+class LocalFiles(Protocol):
+    """Every local path operation of a job goes through one of these, acting as exactly one identity."""
+
+    identity: Identity
+
+    async def check_destination(self, local_path: str) -> None: ...
+    async def open_temp(self, temp_path: str, *, create: bool) -> int: ...
+    async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]: ...
+    async def remove(self, paths: Sequence[str]) -> None: ...
+    async def open_read(self, path: str) -> int: ...
+    async def stat(self, path: str) -> FileStat | None: ...
+
+
+def local_error(code: int, description: str) -> BitsError:
+    return BitsError(code, description, ErrorContext.LOCAL_FILE)
+
+
+class DiskFiles:
+    """The operations themselves, run inside a broker: the kernel checks every path as its user."""
+
+    def __init__(self, user: str) -> None:
+        self._user = user
+
+    def check_destination(self, local_path: str) -> None:
+        """Refuse at add_file time what would fail at Complete, with a reason the user can act on."""
+        path = self._checked(local_path)
+        parent = os.path.dirname(path)
+        try:
+            parent_st = os.stat(parent)
+        except OSError as exc:
+            raise self._error(exc, "use the folder", parent) from None
+        if not st.S_ISDIR(parent_st.st_mode):
+            raise local_error(ErrorCode.ERROR_PATH_NOT_FOUND, f"{parent} is not a folder, so {path} cannot be created")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise local_error(
+                ErrorCode.E_ACCESSDENIED, f"user {self._user} may not create files in {parent} (needed for {path})"
+            )
+        try:
+            existing = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._error(exc, "inspect", path) from None
+        if st.S_ISDIR(existing.st_mode):
+            raise local_error(ErrorCode.E_INVALIDARG, f"{path} is an existing folder; name a file instead")
+        sticky = parent_st.st_mode & st.S_ISVTX
+        if sticky and os.getuid() not in (existing.st_uid, parent_st.st_uid):
+            raise local_error(
+                ErrorCode.E_ACCESSDENIED,
+                f"{path} belongs to another user in the sticky folder {parent}; user {self._user} cannot replace it",
+            )
+
+    def open_temp(self, temp_path: str, create: bool) -> int:
+        """create: a fresh 0600 file (a stale one of that name is removed first); else reopen it to resume."""
+        path = self._checked(temp_path)
+        try:
+            if not create:
+                return self._regular(os.open(path, os.O_RDWR | _OPEN), path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return self._regular(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN, TEMP_MODE), path)
+        except OSError as exc:
+            raise self._error(exc, "create" if create else "reopen", path) from None
+
+    def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
+        """Rename each temp over its final name, then fsync each touched folder once."""
+        results: list[BitsError | None] = []
+        touched: dict[str, list[int]] = {}
+        for temp, final in renames:
+            try:
+                self._rename(self._checked(temp), self._checked(final))
+            except BitsError as exc:
+                results.append(exc)
+                continue
+            results.append(None)
+            touched.setdefault(os.path.dirname(final), []).append(len(results) - 1)
+        for folder, indexes in touched.items():
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                error = self._error(exc, "flush the folder", folder)
+                for index in indexes:
+                    results[index] = error
+        return results
+
+    def remove(self, paths: Sequence[str]) -> None:
+        """Unlink every path (missing ones are fine); report the first failure after trying them all."""
+        first: BitsError | None = None
+        for path in paths:
+            try:
+                os.unlink(self._checked(path))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                first = first or self._error(exc, "delete", path)
+            except BitsError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def open_read(self, path: str) -> int:
+        path = self._checked(path)
+        try:
+            return self._regular(os.open(path, os.O_RDONLY | _OPEN), path)
+        except OSError as exc:
+            raise self._error(exc, "read", path) from None
+
+    def stat(self, path: str) -> FileStat | None:
+        """lstat: the name itself, as open_temp/open_read (which never follow a final symlink) see it."""
+        path = self._checked(path)
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error(exc, "inspect", path) from None
+        return FileStat(size=info.st_size, mtime_ns=info.st_mtime_ns, uid=info.st_uid, mode=info.st_mode)
+
+    def _rename(self, temp: str, final: str) -> None:
+        if os.path.dirname(temp) != os.path.dirname(final):
+            raise local_error(ErrorCode.E_INVALIDARG, f"{temp} and {final} are not in the same folder")
+        try:
+            fd = self._regular(os.open(temp, os.O_RDONLY | _OPEN), temp)
+            try:
+                os.fchmod(fd, FINAL_MODE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._error(exc, "complete", temp) from None
+        try:
+            os.rename(temp, final)
+        except OSError as exc:
+            raise self._error(exc, "rename to", final) from None
+
+    def _regular(self, fd: int, path: str) -> int:
+        """Keep fd only if it is a regular file; make it blocking again for the daemon."""
+        try:
+            if not st.S_ISREG(os.fstat(fd).st_mode):
+                raise local_error(ErrorCode.E_INVALIDARG, f"{path} is not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _checked(path: object) -> str:
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path or os.path.normpath(path) != path:
+            raise local_error(ErrorCode.E_INVALIDARG, f"{path!r} is not an absolute, normalised file path")
+        if path == "/":
+            raise local_error(ErrorCode.E_INVALIDARG, "/ is a folder, not a file path")
+        return path
+
+    def _error(self, exc: OSError, action: str, path: str) -> BitsError:
+        """errno -> BITS code, with the path and the user in words a person can act on."""
+        number = exc.errno
+        reason = exc.strerror or "unknown error"
+        if number == errno.ELOOP:
+            code, reason = ErrorCode.E_ACCESSDENIED, "it is a symbolic link, which openbits does not follow"
+        elif number in _ACCESS:
+            code = ErrorCode.E_ACCESSDENIED
+        elif number == errno.ENOENT:
+            folder_exists = os.path.isdir(os.path.dirname(path))
+            code = ErrorCode.ERROR_FILE_NOT_FOUND if folder_exists else ErrorCode.ERROR_PATH_NOT_FOUND
+        elif number == errno.ENOTDIR:
+            code = ErrorCode.ERROR_PATH_NOT_FOUND
+        elif number in _FULL:
+            code = ErrorCode.ERROR_DISK_FULL
+        elif number == errno.EEXIST:
+            code = ErrorCode.ERROR_FILE_EXISTS
+        elif number == errno.EISDIR:
+            code = ErrorCode.E_INVALIDARG
+        else:
+            code = ErrorCode.E_FAIL
+        return local_error(code, f"cannot {action} {path} as user {self._user}: {reason}")
