@@ -28,8 +28,8 @@ class _Session:
 
 
 def fail(message: str, code: int = EXIT_BITS_ERROR) -> NoReturn:
-    """End the command with `openbits: message` on stderr and the given exit code."""
-    click.echo(f"openbits: {message}", err=True)
+    """End the command with `openbits: message` (on one line) on stderr and the given exit code."""
+    click.echo(f"openbits: {' '.join(message.split())}", err=True)
     raise click.exceptions.Exit(code)
 
 

@@ -25,8 +25,8 @@ _EXIT_INTERRUPTED = 130
 
 def _follow(job: Job, show_bar: bool) -> JobInfo:
     """Wait for the job to leave the active states, drawing a bar meanwhile; return the last snapshot."""
-    with transfer_progress() as bar:
-        task = bar.add_task(job.last_info.name, total=None, visible=show_bar)
+    with transfer_progress(show_bar) as bar:
+        task = bar.add_task(job.last_info.name, total=None)
         while True:
             info = job.wait_info(_POLL)
             total = None if info.bytes_total == SIZE_UNKNOWN else info.bytes_total

@@ -121,16 +121,18 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
     for file in job.files:
         transferred = f"{size(file.bytes_transferred)} / {size(file.bytes_total)}"
         files.add_row(transferred, "yes" if file.completed else "no", file.remote_url, file.local_path)
-    return Panel(Group(props, files) if job.files else props, title=job.name, title_align="left")
+    return Panel(Group(props, files) if job.files else props, title=job.name, title_align="left", expand=False)
 
 
-def transfer_progress() -> Progress:
-    """The progress bar of `openbits transfer`, on stderr so stdout stays for results."""
+def transfer_progress(show: bool) -> Progress:
+    """The progress bar of `openbits transfer`, on stderr so stdout stays for results; only on a terminal."""
+    out = console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console(stderr=True),
+        console=out,
+        disable=not (show and out.is_terminal),
     )

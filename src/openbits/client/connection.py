@@ -69,4 +69,4 @@ def _refusal(status: int, text: str) -> BitsError:
     try:
         return BitsError.from_dict(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
-        return BitsError(ErrorCode.E_FAIL, f"the daemon answered HTTP {status}: {text.strip()[:200]}")
+        return BitsError(ErrorCode.E_FAIL, f"the daemon answered HTTP {status}: {' '.join(text.split())[:200]}")

@@ -153,7 +153,11 @@ class Manager:
         self._closed = False
 
     def __enter__(self) -> Manager:
-        self._loop.run(self._manager.connection())
+        try:
+            self._loop.run(self._manager.connection())
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
