@@ -1,3 +1,41 @@
-"""openbits: the Background Intelligent Transfer Service for Linux."""
+"""openbits: the Background Intelligent Transfer Service for Linux.
+
+The public API, in BITS's vocabulary: a `Manager` (or `AsyncManager`) creates
+`Job`s, a job holds `File`s, and every failure is a `BitsError` with the
+documented name, number and context.
+"""
 
 __version__ = "0.1.0"
+
+from .client import AsyncJob, AsyncManager, DaemonUnavailableError, File, FileProgress, Job, Manager, Progress
+from .enums import (
+    SIZE_UNKNOWN,
+    ErrorContext,
+    JobPriority,
+    JobState,
+    JobType,
+    NotifyFlags,
+    TokenFlags,
+)
+from .errors import BitsError, ErrorCode
+
+__all__ = [
+    "SIZE_UNKNOWN",
+    "AsyncJob",
+    "AsyncManager",
+    "BitsError",
+    "DaemonUnavailableError",
+    "ErrorCode",
+    "ErrorContext",
+    "File",
+    "FileProgress",
+    "Job",
+    "JobPriority",
+    "JobState",
+    "JobType",
+    "Manager",
+    "NotifyFlags",
+    "Progress",
+    "TokenFlags",
+    "__version__",
+]

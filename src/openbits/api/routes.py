@@ -107,15 +107,17 @@ async def list_jobs(request: web.Request) -> web.Response:
     return respond(JobList(jobs=[job_info(j) for j in jobs]))
 
 
-@routes.get("/v1/jobs/{job}")
+@routes.get("/v1/jobs/{job:[^/]+}")
 async def get_job(request: web.Request) -> web.Response:
     return respond(job_info(request.app[SERVICE].find(caller(request), request.match_info["job"])))
 
 
-@routes.patch("/v1/jobs/{job}")
+@routes.patch("/v1/jobs/{job:[^/]+}")
 async def patch_job(request: web.Request) -> web.Response:
     body = await parse(request, JobProperties)
-    changes: dict[str, Any] = body.model_dump(exclude_none=True)
+    changes: dict[str, Any] = {
+        key: getattr(body, key) for key in body.model_fields_set if getattr(body, key) is not None
+    }
     for line in changes.get("custom_headers", []):
         name, colon, _ = line.partition(":")
         if not colon or not name.strip() or any(c in line for c in "\r\n"):
@@ -126,7 +128,7 @@ async def patch_job(request: web.Request) -> web.Response:
     return respond(job_info(job))
 
 
-@routes.post("/v1/jobs/{job}/files")
+@routes.post("/v1/jobs/{job:[^/]+}/files")
 async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
@@ -144,10 +146,10 @@ def _action(name: str) -> Handler:
 
 
 for _name in ("resume", "suspend", "cancel", "complete", "takeownership"):
-    routes.post(f"/v1/jobs/{{job}}/{_name}")(_action(_name))
+    routes.post(f"/v1/jobs/{{job:[^/]+}}/{_name}")(_action(_name))
 
 
-@routes.get("/v1/jobs/{job}/wait")
+@routes.get("/v1/jobs/{job:[^/]+}/wait")
 async def wait_job(request: web.Request) -> web.Response:
     try:
         timeout = float(request.query.get("timeout", MAX_WAIT))

@@ -224,4 +224,4 @@ class JobService:
                 job.cancel()
                 await self.commit(job)
                 await self._discard(job)
-        return 3600.0
+        return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))

@@ -1,0 +1,103 @@
+"""A real openbitsd process for tests: started, killed with -9, restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from openbits import Manager
+from openbits.client.discovery import answers
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(value)
+
+
+class DaemonProcess:
+    """openbitsd --user on a private socket and state directory."""
+
+    def __init__(self, root: Path, config: dict[str, Any] | None = None, *, system: bool = False) -> None:
+        self.root = root
+        self.socket = root / "openbits.sock"
+        self.state_dir = root / "state"
+        self.config_path = root / "openbitsd.toml"
+        self.log_path = root / "openbitsd.log"
+        self.system = system
+        self.proc: subprocess.Popen[bytes] | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        self.write_config(config or {})
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        lines = [f"{key} = {_toml_value(value)}" for key, value in config.items() if not isinstance(value, dict)]
+        for section, table in ((k, v) for k, v in config.items() if isinstance(v, dict)):
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OPENBITS_SOCKET": str(self.socket)}
+
+    def start(self) -> DaemonProcess:
+        command = [sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
+                   "--socket", str(self.socket), "--state-dir", str(self.state_dir),
+                   "--config", str(self.config_path), "--log-level", "DEBUG"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 15
+        while not answers(self.socket):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"openbitsd exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"openbitsd did not answer within 15 s:\n{self.log()}")
+            time.sleep(0.02)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """A crash: no clean-up runs."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> int:
+        """SIGTERM: the clean shutdown; returns the exit status."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.proc = None
+        return code
+
+    def restart(self) -> DaemonProcess:
+        self.stop()
+        return self.start()
+
+    def reload(self, config: dict[str, Any]) -> None:
+        """Rewrite the config file and send SIGHUP."""
+        assert self.proc is not None
+        self.write_config(config)
+        self.proc.send_signal(signal.SIGHUP)
+
+    def manager(self) -> Manager:
+        return Manager(socket_path=self.socket, autostart=False)
