@@ -1,0 +1,37 @@
+# openbits: `make run` shows a download through the daemon; `make test` runs every test.
+# Both set themselves up on a fresh Debian machine (root): apt packages, virtualenv, pip packages.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# Debian's interpreter, not a pyenv one: tests run clients as other local users,
+# who cannot execute an interpreter under /root.
+PYTHON3 ?= /usr/bin/python3
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast bench bench-politeness system-deps clean
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON3) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+system-deps:
+	@sh scripts/system-deps.sh
+
+run: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick part: everything not marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
