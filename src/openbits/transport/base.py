@@ -1,0 +1,100 @@
+"""What every transport shares: the request (`DownloadSpec`), the remote file
+version (`RemoteValidator`), and the seams the core plugs in (`DownloadSink`,
+`Throttle`).
+
+The core owns the job state; a transport only moves bytes into a descriptor
+and tells the sink how far they got, so the same contract serves http(s),
+file:// and, later, upload replies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..enums import SIZE_UNKNOWN
+
+
+@dataclass(frozen=True)
+class RemoteValidator:
+    """Identifies one version of a remote file (BITS: size and time stamp, plus the ETag)."""
+
+    size: int
+    etag: str | None
+    last_modified: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RemoteValidator:
+        return cls(int(d.get("size", SIZE_UNKNOWN)), d.get("etag"), d.get("last_modified"))
+
+    @property
+    def if_range(self) -> str | None:
+        """The If-Range value that proves our bytes belong to this version (RFC 9110 wants a strong ETag)."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def same_version(self, other: RemoteValidator) -> bool:
+        """Whether `other` (a later response) describes the same file: no validator may disagree."""
+        pairs = ((self.etag, other.etag), (self.last_modified, other.last_modified))
+        if any(a is not None and b is not None and a != b for a, b in pairs):
+            return False
+        return SIZE_UNKNOWN in (self.size, other.size) or self.size == other.size
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """One attempt at one file, as the core asks for it."""
+
+    url: str
+    #: Bytes already durable in the temporary file; 0 is a fresh start.
+    offset: int
+    #: Validator of the response that produced those bytes.
+    validator: RemoteValidator | None
+    #: The job's custom headers, sent on every request.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: BITS_JOB_PROPERTY_DYNAMIC_CONTENT: no ranges, no size required, restart from 0 when interrupted.
+    dynamic_content: bool = False
+
+
+class DownloadSink(Protocol):
+    """Implemented by the core; called on the event loop thread."""
+
+    def started(self, validator: RemoteValidator, offset: int) -> None:
+        """The response is accepted; bytes continue at `offset` (0 when the file restarted).
+
+        Record `offset` before returning: on a restart the transport truncates the file next.
+        """
+
+    def received(self, offset: int) -> None:
+        """Bytes [0, offset) are written, not yet durable: progress only, a few calls a second."""
+
+    def durable(self, offset: int) -> None:
+        """Bytes [0, offset) are fsync'ed in the temporary file: the core may record this offset."""
+
+
+class Throttle(Protocol):
+    """Bandwidth seam: wait until `nbytes` may pass. None means unlimited."""
+
+    async def consume(self, nbytes: int) -> None: ...
+
+
+
+class ProgressReporter:
+    """Rate-limits `sink.received`: the core wants progress a few times a second, not a call per chunk."""
+
+    def __init__(self, sink: DownloadSink, interval: float = 0.25) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._next = time.monotonic() + interval
+
+    def update(self, offset: int) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._sink.received(offset)
+            self._next = now + self._interval

@@ -1,0 +1,308 @@
+"""HTTP(S) downloads with BITS semantics: validated resume, restart when the
+remote file changed, and errors sorted into transient and permanent.
+
+One `HttpTransport` owns one aiohttp session, so connections are reused
+across files and jobs (10,000 small files cost connections, not bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+from dataclasses import replace
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import NoReturn
+
+import aiohttp
+from yarl import URL
+
+from ..enums import SIZE_UNKNOWN, ErrorContext
+from ..errors import ErrorCode, TransferError
+from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle
+from .durable import DurableWriter
+
+MAX_REDIRECTS = 10
+#: aiohttp buffers up to twice this per connection; large enough that reads are ~256 KiB, not 64 KiB.
+READ_BUFSIZE = 2 * 1024 * 1024
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+_TRANSIENT_STATUS = frozenset({408, 429})
+
+
+def display_url(url: URL) -> str:
+    """The URL as errors show it: never with the user name or password."""
+    return str(url.with_user(None)) if url.user or url.password else str(url)
+
+
+class HttpTransport:
+    """Downloads http:// and https:// files into a caller's descriptor."""
+
+    def __init__(
+        self,
+        *,
+        connector_limit: int = 64,
+        user_agent: str = "openbits/0.1",
+        read_timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self._connector_limit = connector_limit
+        self._user_agent = user_agent
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        """Created on first use: an aiohttp session belongs to the running loop."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connector_limit),
+                timeout=self._timeout,
+                auto_decompress=False,
+                read_bufsize=READ_BUFSIZE,
+                # We store bytes exactly as served: no content coding, ever.
+                headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def download(
+        self, spec: DownloadSpec, fd: int, sink: DownloadSink, throttle: Throttle | None = None
+    ) -> RemoteValidator:
+        """Fetch `spec.url` into `fd` from `spec.offset` on; returns the validator of the complete file.
+
+        Raises TransferError; `transient` says whether a retry may succeed.
+        """
+        url = _parse_url(spec.url)
+        shown = display_url(url)
+        writer = DurableWriter(fd, spec.offset, sink.durable, label=shown)
+        try:
+            return await self._download(url, shown, spec, writer, sink, throttle)
+        except aiohttp.ClientError as exc:
+            raise _network_error(exc, shown, self._read_timeout) from exc
+        except asyncio.TimeoutError as exc:
+            raise _network_error(exc, shown, self._read_timeout) from exc
+        finally:
+            await writer.close()
+
+    async def _download(
+        self,
+        url: URL,
+        shown: str,
+        spec: DownloadSpec,
+        writer: DurableWriter,
+        sink: DownloadSink,
+        throttle: Throttle | None,
+    ) -> RemoteValidator:
+        old = spec.validator
+        # Without a validator we cannot prove our bytes belong to the current version: start over.
+        resume = old is not None and spec.offset > 0 and not spec.dynamic_content
+        while True:
+            headers = dict(spec.headers)
+            if resume and old is not None:
+                headers["Range"] = f"bytes={spec.offset}-"
+                if old.if_range is not None:
+                    headers["If-Range"] = old.if_range
+            async with self._get_session().get(url, headers=headers, max_redirects=MAX_REDIRECTS) as resp:
+                if resp.status >= 400 and resp.status != 416:
+                    _raise_for_status(resp, shown)
+                accepted = _accept(resp, spec.offset if resume else 0, old if resume else None)
+                if accepted is None:
+                    if not resume:
+                        raise TransferError(
+                            ErrorCode.BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                            f"The server sent {shown} with a Content-Range that does not match the request "
+                            f"(HTTP {resp.status}, Content-Range: {resp.headers.get('Content-Range')!r}) "
+                            "even when asked for the whole file. Use another server for this file.",
+                            ErrorContext.REMOTE_FILE,
+                            resp.status,
+                            transient=False,
+                        )
+                    resume = False  # restart from zero, once
+                    continue
+                validator, start = accepted
+                sink.started(validator, start)
+                if start < writer.offset:
+                    writer.restart()
+                return await _receive(resp, validator, writer, sink, throttle, shown)
+
+
+def _parse_url(raw: str) -> URL:
+    try:
+        url = URL(raw)
+    except (ValueError, TypeError) as exc:
+        raise TransferError(
+            ErrorCode.ERROR_INTERNET_INVALID_URL,
+            f"{raw!r} is not a valid URL: {exc}.",
+            transient=False,
+        ) from exc
+    if url.scheme not in ("http", "https"):
+        raise TransferError(
+            ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE,
+            f"Cannot download {display_url(url)}: the {url.scheme or 'missing'} scheme is not supported "
+            "(use http://, https:// or file://).",
+            transient=False,
+        )
+    if not url.host:
+        raise TransferError(
+            ErrorCode.ERROR_INTERNET_INVALID_URL, f"{display_url(url)} names no host.", transient=False
+        )
+    return url
+
+
+def _validator(resp: aiohttp.ClientResponse, size: int) -> RemoteValidator:
+    return RemoteValidator(size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+
+
+def _accept(
+    resp: aiohttp.ClientResponse, offset: int, old: RemoteValidator | None
+) -> tuple[RemoteValidator, int] | None:
+    """The response's validator and where its body starts in the file; None for an unusable partial answer.
+
+    200 is the whole file (the remote changed, or the server ignores ranges).
+    A 206 must start where we asked and describe the same version we have.
+    """
+    if resp.status == 200:
+        return _validator(resp, resp.content_length if resp.content_length is not None else SIZE_UNKNOWN), 0
+    content_range = resp.headers.get("Content-Range", "")
+    if old is None:
+        return None
+    if resp.status == 416:
+        # Everything was already here (crash after the last byte was made durable, before completion).
+        match = _UNSATISFIED_RANGE.fullmatch(content_range.strip())
+        if match and int(match[1]) == offset == old.size:
+            validator = _validator(resp, offset)
+            return (validator, offset) if old.same_version(validator) else None
+        return None
+    if resp.status != 206:
+        return None
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None:
+        return None
+    first, last = int(match[1]), int(match[2])
+    size = old.size if match[3] == "*" else int(match[3])
+    validator = RemoteValidator(
+        size, resp.headers.get("ETag") or old.etag, resp.headers.get("Last-Modified") or old.last_modified
+    )
+    if first != offset or (size != SIZE_UNKNOWN and last != size - 1) or not old.same_version(validator):
+        return None
+    if resp.content_length is not None and resp.content_length != last - first + 1:
+        return None
+    return validator, offset
+
+
+async def _receive(
+    resp: aiohttp.ClientResponse,
+    validator: RemoteValidator,
+    writer: DurableWriter,
+    sink: DownloadSink,
+    throttle: Throttle | None,
+    shown: str,
+) -> RemoteValidator:
+    """Copy the body into the file; the size check catches a body cut short by a clean close."""
+    progress = ProgressReporter(sink)
+    content = resp.content
+    while chunk := await content.readany():
+        writer.write(chunk)
+        if throttle is not None:
+            await throttle.consume(len(chunk))
+        progress.update(writer.offset)
+    if validator.size != SIZE_UNKNOWN and writer.offset != validator.size:
+        raise TransferError(
+            ErrorCode.ERROR_INTERNET_CONNECTION_RESET,
+            f"The connection for {shown} ended after {writer.offset} of {validator.size} bytes; "
+            "the job resumes from there.",
+            ErrorContext.GENERAL_TRANSPORT,
+            transient=True,
+        )
+    sink.received(writer.offset)
+    await writer.flush()
+    return validator if validator.size != SIZE_UNKNOWN else replace(validator, size=writer.offset)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds from now: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
+    status = resp.status
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = resp.reason or "Unknown"
+    answer = f"The server answered {shown} with HTTP {status} {phrase}"
+    if status >= 500 or status in _TRANSIENT_STATUS:
+        retry_after = _retry_after(resp.headers.get("Retry-After"))
+        wait = f" (it asked to wait {retry_after:.0f} s)" if retry_after is not None else ""
+        raise TransferError(
+            ErrorCode.http(status),
+            f"{answer}{wait}; the job retries later.",
+            ErrorContext.REMOTE_FILE,
+            status,
+            transient=True,
+            retry_after=retry_after,
+        )
+    if status in (404, 410):
+        advice = "Check the URL, or point the file at another server."
+    elif status in (401, 407):
+        advice = "The server wants credentials; set them for the job."
+    elif status == 403:
+        advice = "The server refuses this client; check the URL and the server's permissions."
+    else:
+        advice = "Check the URL and the job's custom headers."
+    raise TransferError(ErrorCode.http(status), f"{answer}. {advice}", ErrorContext.REMOTE_FILE, status, transient=False)
+
+
+def _network_error(exc: BaseException, shown: str, read_timeout: float) -> TransferError:
+    """Sort an aiohttp failure: redirects and bad URLs are permanent, everything on the wire is transient."""
+    transport = ErrorContext.GENERAL_TRANSPORT
+    if isinstance(exc, (aiohttp.TooManyRedirects, aiohttp.RedirectClientError)):
+        return TransferError(
+            ErrorCode.ERROR_HTTP_REDIRECT_FAILED,
+            f"Following the redirects of {shown} failed ({type(exc).__name__}, at most {MAX_REDIRECTS} are "
+            "followed, only to http:// and https://). Use the final URL of the file.",
+            ErrorContext.REMOTE_FILE,
+            transient=False,
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return TransferError(
+            ErrorCode.ERROR_INTERNET_INVALID_URL, f"{shown} is not a valid URL: {exc}.", transient=False
+        )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TransferError(
+            ErrorCode.ERROR_INTERNET_SECURE_FAILURE,
+            f"The certificate of the server for {shown} is not valid: {exc.certificate_error}.",
+            transport,
+            transient=False,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        code, what = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED, "the server's name does not resolve"
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        code, what = ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"the TLS handshake failed ({exc})"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        code, what = ErrorCode.ERROR_INTERNET_CANNOT_CONNECT, f"cannot connect ({exc.strerror or exc})"
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+        code, what = ErrorCode.ERROR_INTERNET_TIMEOUT, "connecting to the server timed out"
+    elif isinstance(exc, asyncio.TimeoutError):
+        code, what = ErrorCode.ERROR_INTERNET_TIMEOUT, f"the server sent nothing for {read_timeout:g} s"
+    else:
+        code, what = ErrorCode.ERROR_INTERNET_CONNECTION_RESET, f"the connection broke ({exc or type(exc).__name__})"
+    return TransferError(code, f"Downloading {shown}: {what}; the job retries later.", transport, transient=True)

@@ -1,0 +1,1 @@
+"""Real servers for tests: a fault-injecting aiohttp app and a throwaway nginx."""
