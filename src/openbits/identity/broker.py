@@ -19,6 +19,7 @@ descriptors ride on the last frame. Neither side interleaves two messages' frame
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
 import gc
@@ -110,6 +111,16 @@ class _Reassembly:
             return json.loads(payload)
         except (ValueError, RecursionError) as exc:
             raise _ProtocolError(f"bad JSON: {exc}") from None
+
+
+def _recv(sock: socket.socket, bufsize: int, maxfds: int, flags: int = 0) -> tuple[bytes, list[int], int]:
+    """socket.recv_fds, except that flags are honoured (3.11 drops them, losing MSG_CMSG_CLOEXEC)."""
+    fds = array.array("i")
+    data, ancillary, msg_flags, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), flags)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), msg_flags
 
 
 def _close_all(fds: Sequence[int]) -> None:
@@ -208,7 +219,7 @@ def _serve(sock: socket.socket, files: DiskFiles) -> None:
     """The broker's whole life: answer batches of requests until the daemon closes its end."""
     reassembly = _Reassembly()
     while True:
-        frame, fds, flags, _ = socket.recv_fds(sock, _FRAME_MAX, 1)
+        frame, fds, flags = _recv(sock, _FRAME_MAX, 1)
         _close_all(fds)  # the daemon never sends descriptors
         if not frame or flags & socket.MSG_TRUNC:
             return
@@ -317,7 +328,7 @@ class _Connection:
     def _on_readable(self) -> None:
         while self.alive:
             try:
-                frame, fds, flags, _ = socket.recv_fds(self.sock, _FRAME_MAX, _BATCH, socket.MSG_CMSG_CLOEXEC)
+                frame, fds, flags = _recv(self.sock, _FRAME_MAX, _BATCH, socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
             except OSError:
@@ -508,7 +519,7 @@ class FileBroker:
                 raise local_error(ErrorCode.E_FAIL, "the file broker is closed")
             try:
                 self._zygote.send(json.dumps(request).encode())
-                message, fds, _, _ = socket.recv_fds(self._zygote, 4096, 1, socket.MSG_CMSG_CLOEXEC)
+                message, fds, _ = _recv(self._zygote, 4096, 1, socket.MSG_CMSG_CLOEXEC)
             except OSError as exc:
                 raise local_error(ErrorCode.E_FAIL, f"the file broker zygote does not answer: {exc}") from None
         try:

@@ -65,7 +65,7 @@ class DiskFiles:
         try:
             parent_st = os.stat(parent)
         except OSError as exc:
-            raise self._error(exc, "use the folder", parent) from None
+            raise self._error(exc, "use the folder", parent, folder=True) from None
         if not st.S_ISDIR(parent_st.st_mode):
             raise local_error(ErrorCode.ERROR_PATH_NOT_FOUND, f"{parent} is not a folder, so {path} cannot be created")
         if not os.access(parent, os.W_OK | os.X_OK):
@@ -121,7 +121,7 @@ class DiskFiles:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                error = self._error(exc, "flush the folder", folder)
+                error = self._error(exc, "flush the folder", folder, folder=True)
                 for index in indexes:
                     results[index] = error
         return results
@@ -194,8 +194,12 @@ class DiskFiles:
             raise local_error(ErrorCode.E_INVALIDARG, "/ is a folder, not a file path")
         return path
 
-    def _error(self, exc: OSError, action: str, path: str) -> BitsError:
-        """errno -> BITS code, with the path and the user in words a person can act on."""
+    def _error(self, exc: OSError, action: str, path: str, folder: bool = False) -> BitsError:
+        """errno -> BITS code, with the path and the user in words a person can act on.
+
+        A missing file is ERROR_FILE_NOT_FOUND when its folder exists, else ERROR_PATH_NOT_FOUND;
+        folder=True says path is itself the folder.
+        """
         number = exc.errno
         reason = exc.strerror or "unknown error"
         if number == errno.ELOOP:
@@ -203,8 +207,8 @@ class DiskFiles:
         elif number in _ACCESS:
             code = ErrorCode.E_ACCESSDENIED
         elif number == errno.ENOENT:
-            folder_exists = os.path.isdir(os.path.dirname(path))
-            code = ErrorCode.ERROR_FILE_NOT_FOUND if folder_exists else ErrorCode.ERROR_PATH_NOT_FOUND
+            file_missing = not folder and os.path.isdir(os.path.dirname(path))
+            code = ErrorCode.ERROR_FILE_NOT_FOUND if file_missing else ErrorCode.ERROR_PATH_NOT_FOUND
         elif number == errno.ENOTDIR:
             code = ErrorCode.ERROR_PATH_NOT_FOUND
         elif number in _FULL:
