@@ -49,8 +49,12 @@ _MESSAGE_MAX = 64 * 1024 * 1024
 _BATCH = 250
 _DESCRIPTION_MAX = 2000
 _SPAWN_TIMEOUT = 10.0
+_ZYGOTE_MESSAGE_MAX = 1 << 16
+#: A broker that answers nothing for this long (stopped by its user, wedged on a dead mount) is dropped.
+CALL_TIMEOUT = 120.0
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -75,7 +79,7 @@ class _ProtocolError(Exception):
 
 
 class _BrokerGone(Exception):
-    """The broker process exited (killed, crashed, or closed); a new one can be spawned."""
+    """The broker exited (killed, crashed, closed) or stopped answering; a new one can be spawned."""
 
 
 # --- framing (both sides) -------------------------------------------------------------------
@@ -165,7 +169,7 @@ def _zygote_main(sock: socket.socket, daemon_pid: int) -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    while message := sock.recv(4096):
+    while message := sock.recv(_ZYGOTE_MESSAGE_MAX):
         request = json.loads(message)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -209,8 +213,14 @@ def _become(uid: int, gid: int, groups: list[int]) -> None:
 
 def _broker_main(sock: socket.socket, request: dict[str, Any], zygote_pid: int) -> None:
     _become(request["uid"], request["gid"], request["groups"])
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)  # failures above still reach the daemon's log; nothing of root's stays open after
+    os.close(null)
     _die_with_parent(zygote_pid)
-    _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    # Not dumpable whatever fs.suid_dumpable says: its user cannot ptrace it into forging replies.
+    for option, value in ((_PR_SET_NO_NEW_PRIVS, 1), (_PR_SET_DUMPABLE, 0)):
+        if _libc.prctl(option, value, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
     os.umask(0o077)
     _serve(sock, DiskFiles(request["name"]))
 
@@ -262,9 +272,9 @@ def _handle(files: DiskFiles, op: str, args: list[Any]) -> tuple[dict[str, Any],
 class _Connection:
     """Many coroutines' requests multiplexed over one broker socket, matched by request id."""
 
-    def __init__(self, sock: socket.socket, pid: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sock: socket.socket, pid: int, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         sock.setblocking(False)
-        self.sock, self.pid, self.loop = sock, pid, loop
+        self.sock, self.pid, self.loop, self.timeout = sock, pid, loop, timeout
         self.alive = True
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[tuple[Any, list[int]]]] = {}
@@ -276,17 +286,21 @@ class _Connection:
     async def call(self, op: str, args: list[Any]) -> tuple[Any, list[int]]:
         """Queue one request for this loop turn's batch and wait for its (reply, descriptors)."""
         if not self.alive:
-            raise _BrokerGone
+            raise _BrokerGone("exited")
         self._next_id = request_id = (self._next_id + 1) & 0xFFFFFFFF
         future = self._pending[request_id] = self.loop.create_future()
         if not self._outbox:
             self.loop.call_soon(self._send_outbox)
         self._outbox.append([request_id, op, args])
         try:
-            return await future
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except TimeoutError:
+            _discard(future)
+            self.close()
+            raise _BrokerGone(f"did not answer {op} within {self.timeout:g} s") from None
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                _close_all(future.result()[1])  # the reply won the race against the cancellation
+            _discard(future)
             raise
         finally:
             self._pending.pop(request_id, None)
@@ -304,7 +318,7 @@ class _Connection:
         self._backlog.clear()
         for future in self._pending.values():
             if not future.done() and not self.loop.is_closed():
-                future.set_exception(_BrokerGone())
+                future.set_exception(_BrokerGone("exited"))
 
     def _send_outbox(self) -> None:
         batch, self._outbox = self._outbox, []
@@ -353,6 +367,12 @@ class _Connection:
                     _close_all(its_fds)  # its caller was cancelled
                 else:
                     future.set_result((reply, its_fds))
+
+
+def _discard(future: asyncio.Future[tuple[Any, list[int]]]) -> None:
+    """Close the descriptors of a reply that won the race against its caller's cancellation."""
+    if future.done() and not future.cancelled() and future.exception() is None:
+        _close_all(future.result()[1])
 
 
 def _match(replies: Any, fds: list[int]) -> list[tuple[int, Any, list[int]]]:
@@ -452,15 +472,13 @@ class _BrokerFiles:
 
     async def _exchange(self, op: str, args: list[Any], retry: bool) -> tuple[Any, list[int]]:
         """One round trip; a request lost with a dead broker is resent once to a new one when that is safe."""
-        for attempt in (0, 1):
+        gone: _BrokerGone | None = None
+        for _ in range(2 if retry else 1):
             try:
                 return await self._connection().call(op, args)
-            except _BrokerGone:
-                if attempt or not retry:
-                    raise local_error(
-                        ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} exited during {op}"
-                    ) from None
-        raise AssertionError("unreachable")
+            except _BrokerGone as exc:
+                gone = exc
+        raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} {gone} during {op}")
 
     def _connection(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -469,21 +487,22 @@ class _BrokerFiles:
             if conn is not None:
                 conn.close()
             pid, sock = self._spawner.spawn(self.identity)
-            conn = self._conn = _Connection(sock, pid, loop)
+            conn = self._conn = _Connection(sock, pid, loop, self._spawner.call_timeout)
         return conn
 
 
 class FileBroker:
     """Owns the zygote and one broker process per identity."""
 
-    def __init__(self, zygote: socket.socket, zygote_pid: int) -> None:
+    def __init__(self, zygote: socket.socket, zygote_pid: int, call_timeout: float) -> None:
         self._zygote: socket.socket | None = zygote
         self._zygote_pid = zygote_pid
+        self.call_timeout = call_timeout
         self._lock = threading.Lock()
         self._files: dict[Identity, _BrokerFiles] = {}
 
     @classmethod
-    def start(cls) -> FileBroker:
+    def start(cls, *, call_timeout: float = CALL_TIMEOUT) -> FileBroker:
         """Fork the zygote: call before the event loop and any thread exist (fork copies only this thread)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         daemon_pid = os.getpid()
@@ -495,7 +514,7 @@ class FileBroker:
             _run_child(_zygote_main, theirs, daemon_pid)
         theirs.close()
         ours.settimeout(_SPAWN_TIMEOUT)
-        return cls(ours, pid)
+        return cls(ours, pid, call_timeout)
 
     def files_for(self, identity: Identity) -> LocalFiles:
         """The broker-backed LocalFiles of identity; a user-mode daemon can only act as itself."""
@@ -516,11 +535,13 @@ class FileBroker:
         request = {"uid": identity.uid, "gid": identity.gid, "groups": list(identity.groups), "name": identity.name}
         with self._lock:
             if self._zygote is None:
-                raise local_error(ErrorCode.E_FAIL, "the file broker is closed")
+                raise local_error(ErrorCode.E_FAIL, "the file broker is closed or its zygote died; restart openbitsd")
             try:
                 self._zygote.send(json.dumps(request).encode())
-                message, fds, _ = _recv(self._zygote, 4096, 1, socket.MSG_CMSG_CLOEXEC)
-            except OSError as exc:
+                message, fds, _ = _recv(self._zygote, _ZYGOTE_MESSAGE_MAX, 1, socket.MSG_CMSG_CLOEXEC)
+            except OSError as exc:  # dead or wedged: a late answer must never be taken for the next one
+                self._zygote.close()
+                self._zygote = None
                 raise local_error(ErrorCode.E_FAIL, f"the file broker zygote does not answer: {exc}") from None
         try:
             pid = json.loads(message)["pid"] if len(fds) == 1 else None
@@ -538,15 +559,15 @@ class FileBroker:
             files.close()
         self._files.clear()
         with self._lock:
-            if self._zygote is None:
-                return
-            self._zygote.close()
-            self._zygote = None
+            zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
+        pid, self._zygote_pid = self._zygote_pid, 0
         deadline = time.monotonic() + 2.0
         try:
-            while os.waitpid(self._zygote_pid, os.WNOHANG) == (0, 0):
+            while pid and os.waitpid(pid, os.WNOHANG) == (0, 0):
                 if time.monotonic() > deadline:
-                    os.kill(self._zygote_pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 await asyncio.sleep(0.005)
         except ChildProcessError:  # somebody else reaped it
             pass
