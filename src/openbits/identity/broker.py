@@ -486,7 +486,7 @@ class _BrokerFiles:
         if conn is None or not conn.alive or conn.loop is not loop:
             if conn is not None:
                 conn.close()
-            pid, sock = self._spawner.spawn(self.identity)
+            pid, sock = self._spawner._spawn(self.identity)
             conn = self._conn = _Connection(sock, pid, loop, self._spawner.call_timeout)
         return conn
 
@@ -530,7 +530,7 @@ class FileBroker:
             files = self._files[identity] = _BrokerFiles(self, identity)
         return files
 
-    def spawn(self, identity: Identity) -> tuple[int, socket.socket]:
+    def _spawn(self, identity: Identity) -> tuple[int, socket.socket]:
         """Ask the zygote for a broker holding identity: (its pid, our end of its socket). Takes ~1 ms."""
         request = {"uid": identity.uid, "gid": identity.gid, "groups": list(identity.groups), "name": identity.name}
         with self._lock:
