@@ -31,6 +31,10 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
 ]
 
 
+def _operation_id(method: str, path: str) -> str:
+    return f"{method}_{path.replace('/', '_').strip('_').replace('{', '').replace('}', '')}"
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     models = {m for op in _OPERATIONS for m in (op[3], op[4]) if m is not None} | {ErrorBody}
@@ -42,16 +46,22 @@ def openapi_document() -> dict[str, Any]:
     error = {"description": "refused; the body says why and what to do",
              "content": {"application/json": {"schema": ref[ErrorBody]}}}
     paths: dict[str, dict[str, Any]] = {}
+    # Links from CreateJob to every operation on a job let a client (and schemathesis) follow the new job's id.
+    job_links = {_operation_id(method, path): {"operationId": _operation_id(method, path),
+                                               "parameters": {"job": "$response.body#/id"}}
+                 for method, path, *_ in _OPERATIONS if "{job}" in path}
     for method, path, summary, request, response, status, params in _OPERATIONS:
         operation: dict[str, Any] = {
             "summary": summary,
-            "operationId": f"{method}_{path.replace('/', '_').strip('_').replace('{', '').replace('}', '')}",
+            "operationId": _operation_id(method, path),
             "parameters": params,
             "responses": {
                 str(status): {"description": "OK", "content": {"application/json": {"schema": ref[response]}}},
                 **{str(code): error for code in (400, 403, 404, 409, 429)},
             },
         }
+        if path == "/v1/jobs" and method == "post":
+            operation["responses"][str(status)]["links"] = job_links
         if request is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[request]}}}
         paths.setdefault(path, {})[method] = operation
