@@ -310,6 +310,8 @@ async def test_nginx_resume(http: Harness, nginx: NginxServer) -> None:
     assert await http.get(nginx.url("blob.bin"), 1_000_000, validator) == validator
     assert http.sink is not None and http.sink.starts == [(validator, 1_000_000)]
     assert http.path.read_bytes() == data
+    assert await http.get(nginx.url("blob.bin"), len(data), validator) == validator  # 416 with an HTML body
+    assert http.path.read_bytes() == data
 
 
 async def _copy(src: Path, dst: Path, offset: int, validator: RemoteValidator | None) -> tuple[RemoteValidator, Sink]:
