@@ -44,8 +44,6 @@ class JobFile:
     completed: bool = False
     #: RemoteValidator.to_dict() of the response that produced the bytes on disk
     validator: dict[str, Any] | None = None
-    #: the temporary file exists on disk (so Cancel / restart must deal with it)
-    temp_created: bool = False
 
     def restart(self) -> None:
         """Forget every byte: the remote file changed or cannot be resumed."""
@@ -82,6 +80,8 @@ class Job:
     active_seconds: float = 0.0
     #: when a TRANSIENT_ERROR job may be retried (Unix time)
     retry_at: float = 0.0
+    #: TokenFlags: what the helper token is used for; the token itself is never stored
+    helper_token_flags: int = 0
 
     @classmethod
     def new(cls, name: str, job_type: JobType, owner_uid: int, priority: JobPriority, description: str) -> Job:

@@ -24,8 +24,9 @@ from .service import JobService
 class _FileSink:
     """DownloadSink for one file: progress in memory, durable offsets to the store."""
 
-    def __init__(self, service: JobService, job: Job, index: int) -> None:
+    def __init__(self, service: JobService, job: Job, index: int, started: asyncio.Event) -> None:
         self._service, self._job, self._index = service, job, index
+        self._started = started
         self._file = job.files[index]
         self._saving: asyncio.Task[None] | None = None
         self._dirty = False
@@ -37,6 +38,7 @@ class _FileSink:
         f.validator = validator.to_dict()
         f.bytes_total = validator.size
         self._job.state = JobState.TRANSFERRING
+        self._started.set()  # the size is known: the runner may start the next small file
         self._save()
 
     def received(self, offset: int) -> None:
@@ -68,11 +70,25 @@ class _FileSink:
             await self._saving
 
 
+#: Files started side by side within one job, when they are small (per-file latency dominates).
+FILE_WINDOW = 16
+#: A file at most this large lets the next file of the job start beside it.
+SMALL_FILE = 256 * 1024
+
+
 class JobRunner:
-    """Runs the transfer of one job until it is TRANSFERRED, failed, or cancelled by the scheduler."""
+    """Runs the transfer of one job until it is TRANSFERRED, failed, or cancelled by the scheduler.
+
+    Files go in order. A large file (or one of unknown size) runs alone; while the files in
+    flight are small, up to FILE_WINDOW of them run at once, because then the cost is per
+    file (request, create, fsync) rather than per byte. Files are marked completed in order.
+    """
 
     def __init__(self, service: JobService, transport: HttpTransport, job: Job, throttle: Throttle | None) -> None:
         self._service, self._transport, self._job, self._throttle = service, transport, job, throttle
+        self._in_flight: dict[int, JobFile] = {}
+        self._finished: set[int] = set()
+        self._changed = asyncio.Event()
 
     async def run(self) -> None:
         job = self._job
@@ -83,9 +99,7 @@ class JobRunner:
                 raise _max_download_time_error(job)
             try:
                 async with asyncio.timeout(budget):
-                    for index, f in enumerate(job.files):
-                        if not f.completed:
-                            await self._transfer(index, f)
+                    await self._transfer_files()
             except TimeoutError:
                 raise _max_download_time_error(job) from None
         except TransferError as exc:
@@ -101,12 +115,44 @@ class JobRunner:
             job.active_seconds += time.monotonic() - started
         await self._service.commit(job)
 
+    async def _transfer_files(self) -> None:
+        """Start files in order; after a failure start no more, let earlier ones finish, report the first."""
+        job = self._job
+        if job.state == JobState.QUEUED:
+            job.state = JobState.CONNECTING
+        failures: dict[int, BitsError] = {}
+        async with asyncio.TaskGroup() as group:
+            for index, f in enumerate(job.files):
+                if f.completed:
+                    continue
+                while self._in_flight and not self._room_beside() and not failures:
+                    self._changed.clear()
+                    await self._changed.wait()
+                if failures:
+                    break
+                self._in_flight[index] = f
+                group.create_task(self._transfer_noting_failure(index, f, failures))
+        if failures:
+            raise failures[min(failures)]
+
+    async def _transfer_noting_failure(self, index: int, f: JobFile, failures: dict[int, BitsError]) -> None:
+        try:
+            await self._transfer(index, f)
+        except BitsError as exc:
+            failures[index] = exc
+            del self._in_flight[index]
+            self._changed.set()
+
+    def _room_beside(self) -> bool:
+        return len(self._in_flight) < FILE_WINDOW and all(
+            0 <= f.bytes_total <= SMALL_FILE for f in self._in_flight.values()
+        )
+
     async def _transfer(self, index: int, f: JobFile) -> None:
         job = self._job
-        job.state = JobState.CONNECTING
         files = self._service.files_of(job)
-        fd = await self._open_temp(index, f)
-        sink = _FileSink(self._service, job, index)
+        fd = await self._open_temp(f)
+        sink = _FileSink(self._service, job, index, self._changed)
         try:
             os.ftruncate(fd, f.durable_offset)
             if urlsplit(f.remote_url).scheme.lower() == "file":
@@ -125,13 +171,28 @@ class JobRunner:
             await sink.flush()
         size = validator.size if validator.size >= 0 else f.bytes_transferred
         f.bytes_total = f.bytes_transferred = f.durable_offset = size
-        f.completed = True
-        await self._service.commit(job, (index,))
+        del self._in_flight[index]
+        self._finished.add(index)
+        self._changed.set()
+        await self._complete_in_order()
 
-    async def _open_temp(self, index: int, f: JobFile) -> int:
+    async def _complete_in_order(self) -> None:
+        """Mark finished files completed, but only the unbroken run from the first unfinished one."""
+        done = []
+        for index, f in enumerate(self._job.files):
+            if f.completed:
+                continue
+            if index not in self._finished:
+                break
+            f.completed = True
+            done.append(index)
+        if done:
+            await self._service.commit(self._job, done)
+
+    async def _open_temp(self, f: JobFile) -> int:
         """Reopen the temporary file at its durable offset, or start it afresh."""
         files = self._service.files_of(self._job)
-        if f.temp_created and f.durable_offset > 0:
+        if f.durable_offset > 0:
             try:
                 fd = await files.open_temp(f.temp_path, create=False)
             except BitsError:
@@ -141,11 +202,7 @@ class JobRunner:
                     return fd
                 os.close(fd)
         f.restart()
-        fd = await files.open_temp(f.temp_path, create=True)
-        if not f.temp_created:
-            f.temp_created = True
-            await self._service.commit(self._job, (index,))
-        return fd
+        return await files.open_temp(f.temp_path, create=True)
 
 
 def _headers(lines: list[str]) -> dict[str, str]:

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..enums import JobPriority, JobState
+from ..enums import ErrorContext, JobPriority, JobState
+from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
 from ..transport.http import HttpTransport
 from .job import Job
 from .runner import JobRunner
 from .service import JobService
+
+log = logging.getLogger("openbits.scheduler")
 
 _RUNNING_STATES = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
 
@@ -139,6 +143,12 @@ class Scheduler:
     async def _run_turn(self, job: Job, runner: JobRunner) -> None:
         try:
             await runner.run()
+        except Exception as exc:  # a bug: it must cost this job, never the daemon
+            log.exception("job %s: internal error in its transfer", job.id)
+            job.set_error(BitsError(ErrorCode.E_FAIL, f"internal error in openbitsd ({exc!r}); the daemon log "
+                                    "has the details - please report it", ErrorContext.GENERAL_QUEUE_MANAGER),
+                          transient=False)
+            await self._service.commit(job)
         finally:
             turn = self._running.get(job.id)
             if turn is not None and turn.task is asyncio.current_task():

@@ -13,9 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from ..daemon.config import Config
-from ..enums import ErrorContext, JobPriority, JobState, JobType
+from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
+from ..identity.tokens import TokenStore
 from ..store import Store
 from .job import Job
 
@@ -36,14 +37,31 @@ class JobService:
         self.listeners: list[Callable[[Job], None]] = []
         #: the scheduler's "stop this job's transfer and wait until it has stopped"
         self.quiesce: Callable[[Job], Awaitable[None]] = _nothing_runs
+        #: helper tokens, tickets and per-job credentials: memory only, forgotten when a job ends
+        self.tokens = TokenStore()
+        self.listeners.append(lambda job: self.tokens.forget(job.id) if job.state.is_final else None)
 
     @property
     def config(self) -> Config:
         return self._config()
 
     def files_of(self, job: Job) -> LocalFiles:
-        """The file broker acting as the job's owner (the helper token's identity comes with the identity issue)."""
-        return self.broker.files_for(Identity.from_uid(job.owner_uid))
+        """The file broker for the job's local files: the helper's with TokenFlags.LOCAL_FILE, else the owner's."""
+        return self.broker.files_for(self.acting_identity(job, TokenFlags.LOCAL_FILE, ErrorContext.LOCAL_FILE))
+
+    def acting_identity(self, job: Job, use: TokenFlags, context: ErrorContext) -> Identity:
+        """Who does `use` (LOCAL_FILE or NETWORK) work for the job; BG_E_TOKEN_REQUIRED if the helper is gone."""
+        if not job.helper_token_flags & use:
+            return Identity.from_uid(job.owner_uid)
+        helper = self.tokens.helper(job.id)
+        if helper is None:
+            raise BitsError(
+                ErrorCode.BG_E_TOKEN_REQUIRED,
+                f"job {job.id} uses a helper token for {use.name} access but has none (the daemon restarted or "
+                "it was cleared); set it again with settoken, or clear the flags with settokenflags JOB 0",
+                context,
+            )
+        return helper
 
     @contextlib.asynccontextmanager
     async def _locked(self, caller: Identity, ref: str) -> AsyncIterator[Job]:
@@ -114,8 +132,7 @@ class JobService:
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
-            for _, local_path in pairs:
-                await files.check_destination(local_path)
+            await asyncio.gather(*(files.check_destination(path) for path in {path for _, path in pairs}))
             first = len(job.files)
             job.add_files(pairs, self.config.max_files_per_job)
             await self.commit(job, range(first, len(job.files)))
@@ -144,7 +161,11 @@ class JobService:
     async def _discard(self, job: Job) -> None:
         """Cancel's file work: stop the transfer, then remove every temporary file."""
         await self.quiesce(job)
-        await self.files_of(job).remove([f.temp_path for f in job.files if f.temp_created])
+        try:
+            files = self.files_of(job)
+        except BitsError:  # the helper token is gone: the owner removes what the owner can
+            files = self.broker.files_for(Identity.from_uid(job.owner_uid))
+        await files.remove([f.temp_path for f in job.files])
 
     async def complete(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
@@ -159,7 +180,7 @@ class JobService:
                 await self.commit(job)
                 raise BitsError(failed[0].code, f"{len(failed)} file(s) could not be put in place: "
                                 f"{failed[0].description}", ErrorContext.LOCAL_FILE)
-            await files.remove([f.temp_path for f in job.files if f.temp_created and not f.completed])
+            await files.remove([f.temp_path for f in job.files if not f.completed])
             job.complete()
             await self.commit(job)
             return job
