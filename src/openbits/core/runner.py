@@ -19,6 +19,7 @@ from ..transport.file import copy_local
 from ..transport.http import HttpTransport
 from .job import Job, JobFile
 from .service import JobService
+from .tokens import http_auth
 
 
 class _FileSink:
@@ -150,13 +151,12 @@ class JobRunner:
 
     async def _transfer(self, index: int, f: JobFile) -> None:
         job = self._job
-        files = self._service.files_of(job)
         fd = await self._open_temp(f)
         sink = _FileSink(self._service, job, index, self._changed)
         try:
             os.ftruncate(fd, f.durable_offset)
             if urlsplit(f.remote_url).scheme.lower() == "file":
-                source = await files.open_read(unquote(urlsplit(f.remote_url).path))
+                source = await self._service.remote_files_of(job).open_read(unquote(urlsplit(f.remote_url).path))
                 try:
                     validator = await copy_local(source, fd, f.durable_offset, sink, self._throttle)
                 finally:
@@ -165,7 +165,8 @@ class JobRunner:
                 previous = RemoteValidator.from_dict(f.validator) if f.validator else None
                 spec = DownloadSpec(f.remote_url, f.durable_offset, previous, _headers(job.custom_headers),
                                     job.dynamic_content)
-                validator = await self._transport.download(spec, fd, sink, self._throttle)
+                validator = await self._transport.download(spec, fd, sink, self._throttle,
+                                                           http_auth(self._service, job, f.remote_url))
         finally:
             os.close(fd)
             await sink.flush()

@@ -49,6 +49,10 @@ class JobService:
         """The file broker for the job's local files: the helper's with TokenFlags.LOCAL_FILE, else the owner's."""
         return self.broker.files_for(self.acting_identity(job, TokenFlags.LOCAL_FILE, ErrorContext.LOCAL_FILE))
 
+    def remote_files_of(self, job: Job) -> LocalFiles:
+        """The file broker that opens file:// remote names: the helper's with TokenFlags.NETWORK, else the owner's."""
+        return self.broker.files_for(self.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE))
+
     def acting_identity(self, job: Job, use: TokenFlags, context: ErrorContext) -> Identity:
         """Who does `use` (LOCAL_FILE or NETWORK) work for the job; BG_E_TOKEN_REQUIRED if the helper is gone."""
         if not job.helper_token_flags & use:

@@ -28,6 +28,7 @@ from ..client.discovery import answers, system_socket_path, user_socket_path, us
 from ..core.job import Job
 from ..core.scheduler import Scheduler
 from ..core.service import JobService
+from ..core.tokens import require_tokens_after_restart
 from ..enums import JobState
 from ..identity import FileBroker
 from ..store import SqliteStore
@@ -78,6 +79,7 @@ def recover(jobs: list[Job]) -> None:
     for job in jobs:
         if job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
             job.state = JobState.QUEUED
+    require_tokens_after_restart(jobs)
 
 
 def take_state_lock(state_dir: Path) -> int:

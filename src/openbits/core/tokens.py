@@ -1,0 +1,191 @@
+"""IBitsTokenOptions and SetCredentials/RemoveCredentials: the job operations on its secrets.
+
+The access rule is BITS's (Windows 10 1607 and later): the caller must be the owner or an
+administrator, and a caller who is not an administrator may attach only a helper who is not one.
+A helper comes from a PAM logon, from the caller's own connection, or from a one-time ticket the
+owner asked for earlier, redeemed by a process that really runs as the helper (the analog of
+SetHelperToken while impersonating: the daemon takes the identity from SO_PEERCRED, never a claim).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import netrc
+import os
+import pwd
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from ..enums import ErrorContext, TokenFlags
+from ..errors import BitsError, ErrorCode
+from ..identity import Identity
+from ..identity.logon import LogonChecker
+from ..identity.tokens import AuthScheme, AuthTarget, Credential
+from ..transport.auth import ChallengeAuth
+from .job import Job
+from .service import JobService
+
+log = logging.getLogger("openbits.tokens")
+
+#: BG_BASIC_CREDENTIALS limits (UNLEN-ish user names, a generous password)
+MAX_USERNAME = 300
+MAX_PASSWORD = 65536
+#: A ~/.netrc larger than this is not one
+MAX_NETRC = 1 << 20
+_SCHEMES = {"basic": AuthScheme.BASIC, "digest": AuthScheme.DIGEST}
+
+
+def require_tokens_after_restart(jobs: list[Job]) -> None:
+    """No helper token survives a restart: a job that wants to move bytes with one goes to ERROR."""
+    for job in jobs:
+        if job.helper_token_flags and job.state.is_active:
+            job.set_error(BitsError(
+                ErrorCode.BG_E_TOKEN_REQUIRED,
+                "openbitsd restarted and helper tokens live in memory only; set the helper token again "
+                "(settoken) or clear the flags (settokenflags JOB 0), then resume",
+                ErrorContext.LOCAL_FILE if job.helper_token_flags & TokenFlags.LOCAL_FILE else ErrorContext.REMOTE_FILE,
+            ), transient=False)
+
+
+class TokenService:
+    """The API's helper-token and credential operations over a JobService."""
+
+    def __init__(self, service: JobService, logons: LogonChecker) -> None:
+        self.service = service
+        self.logons = logons
+
+    def _attachable(self, caller_is_admin: bool, helper: Identity) -> None:
+        if helper.is_admin(self.service.config.admin_group) and not caller_is_admin:
+            raise BitsError(ErrorCode.E_ACCESSDENIED,
+                            f"{helper.name} is an administrator; only an administrator may attach an administrator's "
+                            "helper token", ErrorContext.GENERAL_QUEUE_MANAGER)
+
+    async def _attach(self, job: Job, helper: Identity) -> Job:
+        job.check_modifiable()
+        self.service.tokens.set_helper(job.id, helper)
+        job.touch()
+        await self.service.commit(job)
+        return job
+
+    async def set_from_password(self, caller: Identity, ref: str, username: str, password: str) -> Job:
+        job = self.service.find(caller, ref)
+        helper = await self.logons.logon(caller, username, password)
+        self._attachable(self.service.is_admin(caller), helper)
+        return await self._attach(job, helper)
+
+    async def set_from_caller(self, caller: Identity, ref: str) -> Job:
+        """The caller becomes the helper of a job it may see (an owner or administrator acting as itself)."""
+        job = self.service.find(caller, ref)
+        self._attachable(self.service.is_admin(caller), caller)
+        return await self._attach(job, caller)
+
+    async def set_from_ticket(self, caller: Identity, ref: str, ticket: str) -> Job:
+        """The caller, who need not see the job, becomes its helper with the owner's one-time ticket."""
+        key = ref.strip().strip("{}").upper()
+        job = self.service.jobs.get(key)
+        granted = self.service.tokens.redeem_ticket(ticket, key) if job is not None else None
+        if job is None or granted is None:
+            raise BitsError(ErrorCode.BG_E_NOT_FOUND,
+                            f"no job {ref!r} with that ticket (tickets work once, for 10 minutes, with the job's GUID)",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        self._attachable(granted.issuer_is_admin, caller)
+        log.info("uid %d became the helper of job %s by ticket", caller.uid, job.id)
+        return await self._attach(job, caller)
+
+    def issue_ticket(self, caller: Identity, ref: str) -> str:
+        job = self.service.find(caller, ref)
+        job.check_modifiable()
+        return self.service.tokens.issue_ticket(job.id, self.service.is_admin(caller))
+
+    async def clear(self, caller: Identity, ref: str) -> Job:
+        """ClearHelperToken: the flags stay."""
+        job = self.service.find(caller, ref)
+        self.service.tokens.clear_helper(job.id)
+        job.touch()
+        await self.service.commit(job)
+        return job
+
+    async def set_flags(self, caller: Identity, ref: str, flags: int) -> Job:
+        job = self.service.find(caller, ref)
+        job.check_modifiable()
+        if flags & ~(TokenFlags.LOCAL_FILE | TokenFlags.NETWORK):
+            raise BitsError(ErrorCode.E_INVALIDARG, f"token flags 0x{flags:x}: only LOCAL_FILE (0x1) and NETWORK "
+                            "(0x2) exist", ErrorContext.GENERAL_QUEUE_MANAGER)
+        helper = self.service.tokens.helper(job.id)
+        if helper is not None:
+            self._attachable(self.service.is_admin(caller), helper)
+        job.helper_token_flags = flags
+        job.touch()
+        await self.service.commit(job)
+        return job
+
+    def helper_of(self, caller: Identity, ref: str) -> tuple[Job, Identity | None]:
+        job = self.service.find(caller, ref)
+        return job, self.service.tokens.helper(job.id)
+
+    async def set_credentials(self, caller: Identity, ref: str, target: AuthTarget, scheme: AuthScheme,
+                              credential: Credential) -> Job:
+        job = self.service.find(caller, ref)
+        job.check_modifiable()
+        if target != AuthTarget.SERVER:
+            raise BitsError(ErrorCode.E_NOTIMPL, "proxy credentials are not supported yet (openbits has no per-job "
+                            "proxy); set SERVER credentials", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if scheme not in _SCHEMES.values():
+            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, f"scheme {scheme.name}: openbits answers BASIC and "
+                            "DIGEST challenges", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if len(credential.username) > MAX_USERNAME:
+            raise BitsError(ErrorCode.BG_E_USERNAME_TOO_LARGE, f"the user name is longer than {MAX_USERNAME} "
+                            "characters", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if len(credential.password) > MAX_PASSWORD:
+            raise BitsError(ErrorCode.BG_E_PASSWORD_TOO_LARGE, f"the password is longer than {MAX_PASSWORD} "
+                            "characters", ErrorContext.GENERAL_QUEUE_MANAGER)
+        self.service.tokens.set_credential(job.id, target, scheme, credential)
+        job.touch()
+        await self.service.commit(job)
+        return job
+
+    async def remove_credentials(self, caller: Identity, ref: str, target: AuthTarget, scheme: AuthScheme) -> Job:
+        job = self.service.find(caller, ref)
+        job.check_modifiable()
+        self.service.tokens.remove_credential(job.id, target, scheme)
+        job.touch()
+        await self.service.commit(job)
+        return job
+
+
+def http_auth(service: JobService, job: Job, url: str) -> ChallengeAuth:
+    """Answers url's origin's challenges: the job's own credentials, else the network identity's ~/.netrc."""
+    return ChallengeAuth(url, _lookup(service, job, urlsplit(url).hostname or ""))
+
+
+def _lookup(service: JobService, job: Job, host: str) -> Callable[[str], Awaitable[tuple[str, str] | None]]:
+    async def lookup(scheme: str) -> tuple[str, str] | None:
+        own = service.tokens.credential(job.id, AuthTarget.SERVER, _SCHEMES[scheme])
+        if own is not None:
+            return own.username, own.password
+        who = service.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE)
+        return await netrc_entry(service, who, host)
+
+    return lookup
+
+
+async def netrc_entry(service: JobService, who: Identity, host: str) -> tuple[str, str] | None:
+    """host's login and password in who's ~/.netrc, read by who's file broker (never by root)."""
+    try:
+        fd = await service.broker.files_for(who).open_read(os.path.join(pwd.getpwuid(who.uid).pw_dir, ".netrc"))
+    except (BitsError, KeyError):
+        return None
+    try:
+        text = os.read(fd, MAX_NETRC).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    parser = netrc.netrc.__new__(netrc.netrc)  # netrc parses only named files; feed it the broker's bytes
+    parser.hosts, parser.macros = {}, {}
+    try:
+        parser._parse("~/.netrc", io.StringIO(text), False)  # noqa: SLF001
+    except netrc.NetrcParseError as exc:
+        log.warning("the ~/.netrc of %s is not valid (line %s); not used", who.name, exc.lineno)
+        return None
+    entry = parser.authenticators(host)
+    return None if entry is None or not entry[0] else (entry[0], entry[2] or "")

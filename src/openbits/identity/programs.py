@@ -1,0 +1,51 @@
+"""Programs the daemon starts for a job (notify command lines): always as the job owner, never as root.
+
+The child gets the owner's uid, primary group and supplementary groups from the user database,
+a clean environment (nothing of the daemon's leaks into it), / as working folder (the chdir would
+run before the uid change, as root), and no descriptor of the daemon's but /dev/null on stdin, stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+from collections.abc import Sequence
+
+from ..enums import ErrorContext
+from ..errors import BitsError, ErrorCode
+from .identity import Identity
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def clean_environment(identity: Identity, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a fresh login would set, nothing more."""
+    entry = pwd.getpwuid(identity.uid)
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name, "SHELL": entry.pw_shell,
+            "PATH": SAFE_PATH, "LANG": "C.UTF-8", **(extra or {})}
+
+
+async def start_as(identity: Identity, argv: Sequence[str], extra_env: dict[str, str] | None = None
+                   ) -> asyncio.subprocess.Process:
+    """Start argv as identity; a daemon that is not root can start programs only as itself."""
+    if not argv:
+        raise BitsError(ErrorCode.E_INVALIDARG, "an empty command line", ErrorContext.QUEUE_MANAGER_NOTIFICATION)
+    privileged = os.geteuid() == 0
+    if not privileged and identity.uid != os.geteuid():
+        raise BitsError(ErrorCode.E_ACCESSDENIED, f"a user-mode daemon cannot run programs as {identity.name}",
+                        ErrorContext.QUEUE_MANAGER_NOTIFICATION)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=clean_environment(identity, extra_env),
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,
+            **({"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
+               if privileged else {}),
+        )
+    except OSError as exc:
+        raise BitsError(ErrorCode.E_FAIL, f"cannot start {argv[0]} as {identity.name}: {exc.strerror or exc}",
+                        ErrorContext.QUEUE_MANAGER_NOTIFICATION) from None
