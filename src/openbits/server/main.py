@@ -1,0 +1,65 @@
+"""`openbits-server --root DIR --listen HOST:PORT [--config FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import make_upload_app
+from .settings import ServerSettings, load_settings
+from .wire import BitsAppRunner
+
+log = logging.getLogger("openbits.server")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets: [::1]:8080)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openbits-server", description="Serve the BITS upload protocol.")
+    parser.add_argument("--root", help='directory served as the virtual directory "/"')
+    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)")
+    parser.add_argument("--config", help="TOML file of virtual directories and their settings")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def serve(settings: ServerSettings, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM; print the bound address so scripts can use port 0."""
+    runner = BitsAppRunner(make_upload_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    for address in runner.addresses:
+        print(f"openbits-server listening on {address[0]}:{address[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (args.config or args.root):
+        sys.exit("openbits-server: give --root DIR or --config FILE")
+    try:
+        settings = load_settings(args.config, root=args.root) if args.config else ServerSettings.for_root(args.root)
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        sys.exit(f"openbits-server: {exc}")
+    host, port = args.listen
+    asyncio.run(serve(settings, host, port))
