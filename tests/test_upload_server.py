@@ -1,0 +1,375 @@
+"""Conformance tests of openbits-server, written from the BITS upload protocol pages.
+
+They speak raw HTTP (aiohttp's client with the BITS_POST verb and explicit
+headers, or bare sockets where a client library would tidy the URL), never
+an openbits client, so they check the wire and not our own reading of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
+from openbits.server.notify import notification_target
+from openbits.uploadprotocol import (
+    PROTOCOL_BITS_1_5,
+    ContentRange,
+    Header,
+    format_content_range,
+    parse_content_range,
+    parse_hex,
+)
+
+from .servers import nginx
+from .servers.uploadapp import STATIC_REPLY, UploadApp
+
+OTHER_PROTOCOL = "{00000000-0000-0000-0000-000000000000}"
+
+
+@dataclass
+class Ack:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def received(self) -> int:
+        return int(self.headers[Header.RECEIVED_CONTENT_RANGE])
+
+    @property
+    def error(self) -> tuple[int, int]:
+        return parse_hex(self.headers[Header.ERROR_CODE]), parse_hex(self.headers[Header.ERROR_CONTEXT])
+
+
+@dataclass
+class Bits:
+    """Raw BITS packets against one running server."""
+
+    http: aiohttp.ClientSession
+    base: str
+    runner: BitsAppRunner | None = None
+
+    async def stop(self) -> None:
+        """Stop the server the way a service manager would (SIGTERM: a graceful shutdown)."""
+        assert self.runner is not None
+        await self.runner.cleanup()
+        self.runner = None
+
+    async def send(self, path: str, packet: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> Ack:
+        all_headers = {Header.PACKET_TYPE: packet, **(headers or {})}
+        async with self.http.request("BITS_POST", self.base + path, headers=all_headers, data=data) as resp:
+            ack = Ack(resp.status, resp.headers, await resp.read())
+        assert ack.headers[Header.PACKET_TYPE] == "Ack"
+        assert int(ack.headers["Content-Length"]) == len(ack.body)
+        if ack.status in (200, 201):
+            assert Header.ERROR_CODE not in ack.headers and Header.ERROR_CONTEXT not in ack.headers
+        else:
+            assert Header.ERROR_CODE in ack.headers and Header.ERROR_CONTEXT in ack.headers
+        return ack
+
+    async def create(self, path: str) -> str:
+        ack = await self.send(path, "Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
+        assert ack.status == 200, ack.body
+        return ack.headers[Header.SESSION_ID]
+
+    async def fragment(self, path: str, sid: str, data: bytes, first: int, total: int) -> Ack:
+        headers = {
+            Header.SESSION_ID: sid,
+            Header.CONTENT_RANGE: format_content_range(first, first + len(data) - 1, total),
+        }
+        return await self.send(path, "Fragment", headers, data)
+
+    async def upload(self, path: str, data: bytes, size: int = 1000) -> tuple[str, Ack]:
+        """Create a session and send every fragment; the last Ack is returned."""
+        sid = await self.create(path)
+        ack = None
+        for first in range(0, len(data), size):
+            ack = await self.fragment(path, sid, data[first : first + size], first, len(data))
+            assert ack.status == 200, ack.body
+            assert ack.received == min(first + size, len(data))
+        assert ack is not None
+        return sid, ack
+
+    async def close(self, path: str, sid: str) -> Ack:
+        return await self.send(path, "Close-Session", {Header.SESSION_ID: sid})
+
+
+Start = Callable[..., Awaitable[Bits]]
+
+
+async def _serve(app: web.Application) -> tuple[BitsAppRunner, int]:
+    runner = BitsAppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[Start]:
+    """start(**vdir_settings) -> Bits against a fresh server for tmp_path/root (same dirs each call)."""
+    servers: list[Bits] = []
+    http = aiohttp.ClientSession()
+    (tmp_path / "root").mkdir()
+
+    async def _start(*, cleanup_interval: float = 3600, sync_bytes: int = 16 << 20, **vdir: object) -> Bits:
+        settings = ServerSettings(
+            vdirs=(VirtualDirectory(prefix="/", directory=tmp_path / "root", **vdir),),  # type: ignore[arg-type]
+            cleanup_interval=cleanup_interval,
+            sync_bytes=sync_bytes,
+        )
+        runner, port = await _serve(make_upload_app(settings))
+        servers.append(Bits(http, f"http://127.0.0.1:{port}", runner))
+        return servers[-1]
+
+    yield _start
+    await http.close()
+    for server in servers:
+        if server.runner is not None:
+            await server.stop()
+
+
+@pytest.fixture
+async def bits(start: Start) -> Bits:
+    return await start()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[UploadApp]:
+    app = await UploadApp().start()
+    yield app
+    await app.stop()
+
+
+async def raw(port: int, request: bytes) -> tuple[int, bytes]:
+    """One request on a bare socket (no client library normalising the target); status and whole reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    return int(reply.split(b" ", 2)[1]), reply
+
+
+def _port(bits: Bits) -> int:
+    return int(bits.base.rsplit(":", 1)[1])
+
+
+DATA = os.urandom(2500)
+
+
+# ---------------------------------------------------------------- uploadprotocol
+
+
+def test_content_range_parse_and_format() -> None:
+    assert parse_content_range("bytes 0-99/1000") == ContentRange(0, 99, 1000)
+    assert parse_content_range("Bytes 900-999/1000").completes
+    assert parse_content_range("bytes */0") == ContentRange(0, -1, 0)
+    assert format_content_range(128, 212, 300) == "bytes 128-212/300"
+    for bogus in ("", "bytes", "bytes 5-4/10", "bytes 0-10/10", "bytes -1-5/10", "bytes 0-5", "items 0-5/10", "bytes 0-5/10 x"):
+        with pytest.raises(ValueError):
+            parse_content_range(bogus)
+
+
+def test_notification_url_relative_and_query() -> None:
+    original = URL("http://front/vdir/sub/file.asp?ACCOUNT=86433")
+    assert str(notification_target("http://other/v2/bag.asp", original)) == "http://other/v2/bag.asp?ACCOUNT=86433"
+    assert str(notification_target("myasp.asp", URL("http://myserver/myvdir/file.txt"))) == "http://myserver/myvdir/myasp.asp"
+
+
+# ---------------------------------------------------------------- packets
+
+
+async def test_ping(bits: Bits) -> None:
+    ack = await bits.send("/f.txt", "Ping")
+    assert ack.status == 200 and ack.body == b""
+
+
+async def test_create_session(bits: Bits) -> None:
+    supported = f"{OTHER_PROTOCOL} {PROTOCOL_BITS_1_5.upper()}"
+    ack = await bits.send("/f.txt", "Create-Session", {Header.SUPPORTED_PROTOCOLS: supported})
+    assert ack.status == 200
+    assert ack.headers[Header.PROTOCOL] == PROTOCOL_BITS_1_5
+    assert ack.headers[Header.ACCEPT_ENCODING] == "Identity"
+    assert Header.HOST_ID not in ack.headers
+    ids = {ack.headers[Header.SESSION_ID]} | {await bits.create("/f.txt") for _ in range(5)}
+    assert len(ids) == 6 and all(len(i) == 38 and i.startswith("{") for i in ids)
+
+
+async def test_create_session_unsupported_protocol(bits: Bits) -> None:
+    for headers in ({Header.SUPPORTED_PROTOCOLS: OTHER_PROTOCOL}, {}):
+        ack = await bits.send("/f.txt", "Create-Session", headers)
+        assert ack.status == 400
+        assert ack.error == (0x80200022, 5)
+
+
+async def test_host_id(start: Start) -> None:
+    bits = await start(host_id="node1.example.com")
+    ack = await bits.send("/f.txt", "Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
+    assert ack.headers[Header.HOST_ID] == "node1.example.com"
+    assert ack.headers[Header.HOST_ID_FALLBACK_TIMEOUT] == "86400"
+
+
+async def test_unexpected_packets_get_400(bits: Bits) -> None:
+    for packet in ("Bogus", "Ack", ""):
+        ack = await bits.send("/f.txt", packet)
+        assert ack.status == 400 and ack.error[1] == 5
+    async with bits.http.put(bits.base + "/f.txt", data=b"x") as resp:
+        assert resp.status == 405
+
+
+async def test_upload_file_appears_only_at_close(bits: Bits, root: Path) -> None:
+    sid, last = await bits.upload("/f.txt", DATA)
+    assert last.received == len(DATA) and Header.REPLY_URL not in last.headers
+    assert not (root / "f.txt").exists()
+    ack = await bits.close("/f.txt", sid)
+    assert ack.status == 200 and ack.headers[Header.SESSION_ID] == sid
+    assert (root / "f.txt").read_bytes() == DATA
+    assert (await bits.close("/f.txt", sid)).status == 200  # a retried Close-Session
+    leftovers = [p.name for p in (root / "BITS-Sessions").rglob("*") if p.is_file()]
+    assert leftovers == ["state.json"]
+
+
+async def test_empty_file(bits: Bits, root: Path) -> None:
+    sid = await bits.create("/empty")
+    ack = await bits.send("/empty", "Fragment", {Header.SESSION_ID: sid, Header.CONTENT_RANGE: "bytes */0"}, b"")
+    assert ack.status == 200 and ack.received == 0
+    assert (await bits.close("/empty", sid)).status == 200
+    assert (root / "empty").read_bytes() == b""
+
+
+async def test_duplicate_and_overlapping_fragments(bits: Bits, root: Path) -> None:
+    sid = await bits.create("/f.txt")
+    assert (await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)).received == 100
+    duplicate = await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+    assert duplicate.status == 200 and duplicate.received == 100
+    # 50..149: BITS writes only 100..149 and never overwrites what it has.
+    overlap = await bits.fragment("/f.txt", sid, b"X" * 50 + DATA[100:150], 50, 300)
+    assert overlap.status == 200 and overlap.received == 150
+    assert (await bits.fragment("/f.txt", sid, DATA[150:300], 150, 300)).received == 300
+    assert (await bits.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA[:300]
+
+
+async def test_gap_is_416_with_received_range(bits: Bits) -> None:
+    sid = await bits.create("/f.txt")
+    await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+    ack = await bits.fragment("/f.txt", sid, DATA[200:300], 200, 300)
+    assert ack.status == 416 and ack.received == 100
+    assert ack.error == (0x801901A0, 5)
+
+
+async def test_bad_fragments_are_400(bits: Bits) -> None:
+    sid = await bits.create("/f.txt")
+    await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+    wrong_total = await bits.fragment("/f.txt", sid, DATA[100:200], 100, 301)
+    assert wrong_total.status == 400 and wrong_total.received == 100
+    for content_range in ("bytes 100-199", "bytes 199-100/300", "garbage", "bytes 100-399/300", ""):
+        ack = await bits.send("/f.txt", "Fragment", {Header.SESSION_ID: sid, Header.CONTENT_RANGE: content_range}, DATA[:100])
+        assert ack.status == 400, content_range
+    short = {Header.SESSION_ID: sid, Header.CONTENT_RANGE: "bytes 100-199/300"}
+    assert (await bits.send("/f.txt", "Fragment", short, DATA[:99])).status == 400
+    gzip = {**short, Header.CONTENT_ENCODING: "gzip"}
+    assert (await bits.send("/f.txt", "Fragment", gzip, DATA[:100])).status == 400
+    assert (await bits.fragment("/f.txt", sid, DATA[100:300], 100, 300)).received == 300
+
+
+async def test_unknown_session(bits: Bits) -> None:
+    for sid in ("{11111111-2222-4333-8444-555555555555}", "../../etc", ""):
+        for packet in ("Fragment", "Close-Session", "Cancel-Session"):
+            headers = {Header.SESSION_ID: sid, Header.CONTENT_RANGE: "bytes 0-0/1"}
+            ack = await bits.send("/f.txt", packet, headers, b"x")
+            assert ack.status == 400 and ack.error == (0x8020001F, 5)
+    sid = await bits.create("/f.txt")
+    assert (await bits.fragment("/g.txt", sid, b"x", 0, 1)).status == 400  # another URL
+
+
+async def test_cancel_session(bits: Bits, root: Path) -> None:
+    sid = await bits.create("/f.txt")
+    await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+    ack = await bits.send("/f.txt", "Cancel-Session", {Header.SESSION_ID: sid})
+    assert ack.status == 200 and ack.headers[Header.SESSION_ID] == sid
+    assert (await bits.fragment("/f.txt", sid, DATA[100:200], 100, 300)).error[0] == 0x8020001F
+    assert not (root / "f.txt").exists() and list((root / "BITS-Sessions").iterdir()) == []
+
+
+async def test_close_before_last_fragment_deletes_upload(bits: Bits, root: Path) -> None:
+    sid = await bits.create("/f.txt")
+    await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+    assert (await bits.close("/f.txt", sid)).status == 400
+    assert not (root / "f.txt").exists() and list((root / "BITS-Sessions").iterdir()) == []
+
+
+async def test_maximum_upload_size(start: Start) -> None:
+    bits = await start(max_upload_size=100)
+    sid = await bits.create("/f.txt")
+    ack = await bits.fragment("/f.txt", sid, DATA[:10], 0, 101)
+    assert ack.status == 413 and ack.error == (0x80200020, 5)
+    sid, _ = await bits.upload("/g.txt", DATA[:100])
+
+
+async def test_overwrite_denied_then_allowed(start: Start, root: Path) -> None:
+    (root / "f.txt").write_bytes(b"old")
+    bits = await start()
+    ack = await bits.send("/f.txt", "Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
+    assert ack.status == 409 and ack.error == (0x80070050, 5)
+    # The name is taken between Create-Session and Close-Session: the old file stays.
+    sid, _ = await bits.upload("/g.txt", DATA)
+    (root / "g.txt").write_bytes(b"raced")
+    assert (await bits.close("/g.txt", sid)).status == 409
+    assert (root / "g.txt").read_bytes() == b"raced"
+    allowing = await start(allow_overwrites=True)
+    sid, _ = await allowing.upload("/f.txt", DATA)
+    assert (await allowing.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA
+
+
+async def test_missing_folder_is_404(bits: Bits) -> None:
+    ack = await bits.send("/no/such/f.txt", "Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
+    assert ack.status == 404 and ack.error == (0x80070003, 5)
+
+
+async def test_session_timeout_cleanup(start: Start, root: Path) -> None:
+    bits = await start(session_timeout=0.3, cleanup_interval=0.1)
+    sid = await bits.create("/f.txt")
+    await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+    await asyncio.sleep(0.8)
+    assert list((root / "BITS-Sessions").iterdir()) == []
+    assert (await bits.fragment("/f.txt", sid, DATA[100:200], 100, 300)).error[0] == 0x8020001F
+
+
+async def test_session_survives_restart(start: Start, root: Path) -> None:
+    first = await start()
+    sid = await first.create("/f.txt")
+    await first.fragment("/f.txt", sid, DATA[:1000], 0, len(DATA))
+    # Bytes not yet fsync'ed are not recorded: after a crash here the client would be told 0.
+    state_file = root / "BITS-Sessions" / sid / "state.json"
+    assert json.loads(state_file.read_text())["received"] == 0
+    await first.stop()  # a graceful stop makes progress durable
+    assert json.loads(state_file.read_text())["received"] == 1000
+    second = await start()
+    duplicate = await second.fragment("/f.txt", sid, DATA[:1000], 0, len(DATA))
+    assert duplicate.status == 200 and duplicate.received == 1000
+    assert (await second.fragment("/f.txt", sid, DATA[1000:], 1000, len(DATA))).received == len(DATA)
+    assert (await second.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA
