@@ -15,7 +15,7 @@ from openbits.enums import SIZE_UNKNOWN, ErrorContext
 from openbits.errors import ErrorCode, TransferError
 from openbits.transport import DURABLE_STEP, DownloadSpec, HttpTransport, RemoteValidator, copy_local
 
-from .servers.faulty import FaultyServer, content, sha256
+from .servers.faulty import FaultyServer, Request, content, sha256
 from .servers.nginx import NginxServer
 
 
@@ -87,7 +87,7 @@ async def http(tmp_path: Path) -> AsyncIterator[Harness]:
         await transport.aclose()
 
 
-def requests_for(server: FaultyServer, path_qs: str) -> list:
+def requests_for(server: FaultyServer, path_qs: str) -> list[Request]:
     return [r for r in server.requests if r.path_qs == "/" + path_qs]
 
 

@@ -133,8 +133,12 @@ def _version(path: str, query: dict[str, str], index: int) -> _Version:
     return _Version(body, etag, last_modified)
 
 
-def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
-    """(first, last) inclusive, None for no (usable) Range, "unsatisfiable" past the end."""
+class _Unsatisfiable(Exception):
+    """The Range starts past the end: 416."""
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) inclusive, None for no (usable) Range; raises _Unsatisfiable past the end."""
     if not header:
         return None
     match = _RANGE.fullmatch(header.strip())
@@ -145,7 +149,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     first = int(match[1])
     last = min(int(match[2]), size - 1) if match[2] else size - 1
     if first >= size or first > last:
-        return "unsatisfiable"
+        raise _Unsatisfiable
     return first, last
 
 
@@ -185,8 +189,9 @@ class _App:
         if version.last_modified:
             headers["Last-Modified"] = version.last_modified
         first, last, status = 0, size - 1, 200
-        wanted = self._wanted_range(request, query, version, size)
-        if wanted == "unsatisfiable":
+        try:
+            wanted = self._wanted_range(request, query, version, size)
+        except _Unsatisfiable:
             headers["Content-Range"] = f"bytes */{size}"
             return web.Response(status=416, headers=headers)
         bad_range = query.get("bad_range") if faulty else None
@@ -211,7 +216,7 @@ class _App:
     @staticmethod
     def _wanted_range(
         request: web.Request, query: dict[str, str], version: _Version, size: int
-    ) -> tuple[int, int] | None | str:
+    ) -> tuple[int, int] | None:
         if query.get("ranges") == "0":
             return None
         if_range = request.headers.get("If-Range")
@@ -250,7 +255,7 @@ class _App:
             if drop == sent:
                 assert request.transport is not None
                 request.transport.close()  # flushes what was written, then FIN
-                raise asyncio.CancelledError
+                raise asyncio.CancelledError  # aiohttp's way to end a handler whose client is gone, quietly
             await response.write(body[sent:end])
             sent = end
             record.bytes_sent = sent
