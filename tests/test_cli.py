@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -144,3 +150,44 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
 
 def test_unreachable_daemon_exits_3(cli: Cli, tmp_path: Path) -> None:
     one_line_error(cli("list", socket=tmp_path / "nobody.sock"), 3, "openbits: no openbits daemon answers on ")
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A URL whose server accepts connections and never answers, so a transfer stays in progress."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/never.bin"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_transfer_cancels_the_job(cli: Cli, silent_server: str, tmp_path: Path, signum: int) -> None:
+    name = f"interrupted-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "openbits.cli", "--socket", str(cli.socket), "transfer", "--name", name,
+               silent_server, str(tmp_path / "never.bin")]
+    process = subprocess.Popen(command, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while cli("getstate", name).stdout.strip() not in ("CONNECTING", "TRANSFERRING", "TRANSIENT_ERROR"):
+        assert time.monotonic() < deadline, "the transfer never started"
+        time.sleep(0.1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().startswith("openbits: interrupted: cancelled job ")
+    guid = stderr.strip().rsplit(" ", 1)[1]
+    assert cli.ok("getstate", guid).strip() == "CANCELLED"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
+from collections.abc import Iterator
 
 import click
 from rich.live import Live
@@ -21,6 +23,20 @@ from .render import console, job_table, print_json, transfer_progress
 _POLL = 0.25
 #: Exit code after Ctrl-C, as a shell reports SIGINT.
 _EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Let SIGTERM end a synchronous transfer as Ctrl-C does, so the job is cancelled rather than orphaned."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _follow(job: Job, show_bar: bool) -> JobInfo:
@@ -47,17 +63,18 @@ def transfer(job_type: str, pairs: tuple[str, ...], name: str, priority: str, as
     """Transfer files now, like Start-BitsTransfer: create, add, resume, wait, complete.
 
     On ERROR the job is left for inspection (its GUID is printed) and the exit
-    code is 1. Ctrl-C cancels the job, as in Start-BitsTransfer's synchronous
-    mode, and exits 130.
+    code is 1. Ctrl-C (or SIGTERM) cancels the job, as in Start-BitsTransfer's
+    synchronous mode, and exits 130.
     """
     if len(pairs) % 2:
         raise click.UsageError("give URL PATH pairs: the last URL has no PATH")
     files = list(zip(pairs[::2], pairs[1::2]))
     job = manager().create_job(name, JobType[job_type], priority=JobPriority[priority.upper()])
     try:
-        job.add_files(files)
-        job.resume()
-        info = _follow(job, show_bar=not as_json)
+        with _sigterm_interrupts():
+            job.add_files(files)
+            job.resume()
+            info = _follow(job, show_bar=not as_json)
     except KeyboardInterrupt:
         job.cancel()
         fail(f"interrupted: cancelled job {job.id}", _EXIT_INTERRUPTED)
