@@ -231,6 +231,23 @@ async def test_stalled_body_times_out(http: Harness, faulty: FaultyServer) -> No
     assert http.sink is not None and http.sink.durable_offset == 4096
 
 
+async def test_cancelled_download_reports_what_it_wrote(http: Harness, faulty: FaultyServer) -> None:
+    """The core suspends a job by cancelling its task: the bytes so far are made durable first."""
+    task = asyncio.create_task(http.get(faulty.url("cancel?size=1m&trickle=5")))
+    while http.sink is None or not http.sink.progress:
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 0 < http.sink.durable_offset == http.path.stat().st_size
+
+
+async def test_connections_are_reused(http: Harness, faulty: FaultyServer) -> None:
+    for name in ("reuse-a?size=10k", "reuse-b?size=10k"):
+        await http.get(faulty.url(name))
+    assert requests_for(faulty, "reuse-a?size=10k")[0].peer == requests_for(faulty, "reuse-b?size=10k")[0].peer
+
+
 async def test_dynamic_content_never_asks_for_ranges(http: Harness, faulty: FaultyServer) -> None:
     path = "dynamic?size=50k"
     validator = await http.get(faulty.url(path))

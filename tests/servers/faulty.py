@@ -67,6 +67,8 @@ class Request:
     method: str
     path_qs: str
     headers: dict[str, str]
+    #: client (host, port): equal ports mean a reused connection
+    peer: tuple[str, int]
     status: int = 0
     bytes_sent: int = 0
 
@@ -161,7 +163,8 @@ class _App:
         self._counts: dict[str, int] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        record = Request(request.method, request.path_qs, dict(request.headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else ("", 0)
+        record = Request(request.method, request.path_qs, dict(request.headers), tuple(peer[:2]))
         self.requests.append(record)
         index = self._counts.get(request.path_qs, 0)
         self._counts[request.path_qs] = index + 1
