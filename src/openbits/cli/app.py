@@ -50,7 +50,7 @@ class _Cli(click.Group):
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False),
-    help="Daemon socket (default: $OPENBITS_SOCKET, the system socket, then the user socket).",
+    help="Daemon socket, where a user daemon is started if none answers (default: $OPENBITS_SOCKET, the system socket, then the user socket).",
 )
 @click.option(
     "--no-autostart", is_flag=True, help="Fail (exit 3) instead of starting a user daemon when none answers."

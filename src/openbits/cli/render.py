@@ -106,6 +106,7 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("Retry delay", f"{job.minimum_retry_delay} s"),
         ("No-progress timeout", f"{job.no_progress_timeout} s"),
         ("Max download time", f"{job.max_download_time} s" if job.max_download_time else "no limit"),
+        ("Bandwidth cap", f"{decimal(job.max_bandwidth)}/s" if job.max_bandwidth else "none of its own"),
         ("Dynamic content", "yes" if job.dynamic_content else "no"),
         ("Custom headers", "\n".join(job.custom_headers) or "-"),
         ("Error count", str(job.error_count)),
