@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,4 +373,231 @@ async def test_session_survives_restart(start: Start, root: Path) -> None:
     assert duplicate.status == 200 and duplicate.received == 1000
     assert (await second.fragment("/f.txt", sid, DATA[1000:], 1000, len(DATA))).received == len(DATA)
     assert (await second.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def _bits_post(target: str, packet: str = "Create-Session", extra: str = "") -> bytes:
+    return (
+        f"BITS_POST {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{Header.PACKET_TYPE}: {packet}\r\n"
+        f"{Header.SUPPORTED_PROTOCOLS}: {PROTOCOL_BITS_1_5}\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_path_traversal_never_leaves_root(start: Start, root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "sub").mkdir()
+    (root / "link").symlink_to(outside)
+    (root / "evil").symlink_to(outside / "target")
+    bits = await start(allow_overwrites=True)
+    port = _port(bits)
+    for target in (
+        "/../x", "/%2e%2e/x", "/sub/%2E%2E/%2e%2e/x", "/sub/..%2f..%2fx", "//etc/passwd", "/%2fetc%2fpasswd",
+        "/a%00b", "/link/x", "/link/../x", "/BITS-Sessions/x", "/sub/", "/", "/sub/.", "/a%5c..%5cx",
+        "http://127.0.0.1/../../x",  # absolute-form target
+    ):
+        status, reply = await raw(port, _bits_post(target))
+        assert status == 403, (target, reply)
+    # A symbolic link as the final name is replaced, never written through.
+    sid, _ = await bits.upload("/evil", DATA[:10])
+    assert (await bits.close("/evil", sid)).status == 200
+    assert list(outside.iterdir()) == [] and not (root / "evil").is_symlink()
+    assert (root / "evil").read_bytes() == DATA[:10]
+
+
+async def test_symlink_planted_after_create_session(bits: Bits, root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "sub").mkdir()
+    sid, _ = await bits.upload("/sub/f.txt", DATA[:10])
+    (root / "sub").rename(root / "sub.old")
+    (root / "sub").symlink_to(outside)
+    ack = await bits.close("/sub/f.txt", sid)
+    assert ack.status == 403 and list(outside.iterdir()) == []
+
+
+async def test_huge_headers_and_garbage_do_not_hurt(bits: Bits) -> None:
+    port = _port(bits)
+    status, _ = await raw(port, _bits_post("/f.txt", extra=f"X-Big: {'a' * 100_000}\r\n"))
+    assert 400 <= status < 500
+    status, _ = await raw(port, _bits_post("/" + "a" * 100_000))
+    assert 400 <= status < 500
+    status, _ = await raw(port, b"\x00\xff garbage\r\n\r\n")
+    assert status == 400
+    many = "".join(f"X-{i}: y\r\n" for i in range(500))
+    status, _ = await raw(port, _bits_post("/f.txt", extra=many))
+    assert 400 <= status < 500
+    assert (await bits.send("/f.txt", "Ping")).status == 200
+
+
+async def test_concurrent_fragments_of_one_session(bits: Bits, root: Path) -> None:
+    sid = await bits.create("/f.txt")
+    size = 100
+    acks = await asyncio.gather(
+        *(bits.fragment("/f.txt", sid, DATA[i : i + size], i, len(DATA)) for i in range(0, len(DATA), size)),
+        *(bits.fragment("/f.txt", sid, DATA[:size], 0, len(DATA)) for _ in range(5)),
+    )
+    assert {a.status for a in acks} <= {200, 416}
+    received = max(a.received for a in acks)
+    while received < len(DATA):  # whatever came out of order is resent, as a client would
+        received = (await bits.fragment("/f.txt", sid, DATA[received : received + size], received, len(DATA))).received
+    assert (await bits.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA
+
+
+async def test_disk_full(bits: Bits, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = await bits.create("/f.txt")
+    await bits.fragment("/f.txt", sid, DATA[:100], 0, 300)
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    ack = await bits.fragment("/f.txt", sid, DATA[100:200], 100, 300)
+    assert ack.status == 507 and ack.error == (0x80070070, 5) and ack.received == 100
+    monkeypatch.undo()
+    assert (await bits.fragment("/f.txt", sid, DATA[100:300], 100, 300)).received == 300
+    assert (await bits.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA[:300]
+
+
+# ---------------------------------------------------------------- server applications (upload-reply)
+
+
+async def test_notification_by_reference(start: Start, root: Path, backend: UploadApp) -> None:
+    bits = await start(notification_type=1, notification_url=backend.url("/echo"))
+    sid, last = await bits.upload("/f.txt?ACCOUNT=7", DATA)
+    reply_url = last.headers[Header.REPLY_URL]
+    async with bits.http.get(reply_url) as resp:
+        assert resp.status == 200 and await resp.read() == b"reply:" + DATA
+    (call,) = backend.calls
+    assert call.query == "ACCOUNT=7" and call.body == b""
+    assert call.headers[Header.ORIGINAL_REQUEST_URL] == bits.base + "/f.txt?ACCOUNT=7"
+    assert Path(call.headers[Header.REQUEST_DATAFILE_NAME]).parent.name == sid
+    assert (await bits.close("/f.txt?ACCOUNT=7", sid)).status == 200
+    assert not (root / "f.txt").exists()  # no BITS-Copy-File-To-Destination
+    async with bits.http.get(reply_url) as resp:
+        assert resp.status == 404  # the reply goes with the session
+
+
+async def test_notification_by_value_with_copy(start: Start, root: Path, backend: UploadApp) -> None:
+    bits = await start(notification_type=2, notification_url=backend.url("/echo?copy=1"))
+    sid, last = await bits.upload("/f.txt", DATA)
+    (call,) = backend.calls
+    assert call.body == DATA and Header.REQUEST_DATAFILE_NAME not in call.headers
+    async with bits.http.get(last.headers[Header.REPLY_URL]) as resp:
+        assert await resp.read() == b"reply:" + DATA
+    # The final fragment resent (its Ack was lost) does not notify the application again.
+    again = await bits.fragment("/f.txt", sid, DATA[2000:], 2000, len(DATA))
+    assert again.status == 200 and again.headers[Header.REPLY_URL] == last.headers[Header.REPLY_URL]
+    assert len(backend.calls) == 1
+    assert (await bits.close("/f.txt", sid)).status == 200
+    assert (root / "f.txt").read_bytes() == DATA
+
+
+async def test_static_reply_url(start: Start, backend: UploadApp) -> None:
+    bits = await start(notification_type=2, notification_url=backend.url("/static"))
+    _, last = await bits.upload("/f.txt", DATA)
+    assert last.headers[Header.REPLY_URL] == STATIC_REPLY
+
+
+async def test_application_error_is_remote_application(start: Start, backend: UploadApp) -> None:
+    bits = await start(notification_type=1, notification_url=backend.url("/fail"))
+    sid = await bits.create("/f.txt")
+    ack = await bits.fragment("/f.txt", sid, DATA, 0, len(DATA))
+    assert ack.status == 500 and ack.error == (0x801901F4, 7) and ack.received == len(DATA)
+    closing = await bits.close("/f.txt", sid)  # still not accepted by the application
+    assert closing.status == 500 and closing.error[1] == 7
+    unreachable = await start(notification_type=2, notification_url="http://127.0.0.1:9/app")
+    sid = await unreachable.create("/g.txt")
+    ack = await unreachable.fragment("/g.txt", sid, DATA, 0, len(DATA))
+    assert ack.status == 502 and ack.error[1] == 7
+
+
+# ---------------------------------------------------------------- deployment
+
+
+async def test_mounted_as_subapp(root: Path) -> None:
+    outer = web.Application()
+    outer.add_subapp("/bits", make_upload_app(ServerSettings.for_root(root)))
+    runner, port = await _serve(outer)
+    try:
+        async with aiohttp.ClientSession() as http:
+            bits = Bits(http, f"http://127.0.0.1:{port}/bits")
+            sid, _ = await bits.upload("/f.txt", DATA)
+            assert (await bits.close("/f.txt", sid)).status == 200
+    finally:
+        await runner.cleanup()
+    assert (root / "f.txt").read_bytes() == DATA
+
+
+async def test_cli_answers_ping(root: Path) -> None:
+    command = [sys.executable, "-m", "openbits.server", "--root", str(root), "--listen", "127.0.0.1:0"]
+    proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert "listening on" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        async with aiohttp.ClientSession() as http:
+            ack = await Bits(http, f"http://127.0.0.1:{port}").send("/f.txt", "Ping")
+            assert ack.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+_NGINX_PROXY = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /uploads/ {{
+            proxy_pass http://127.0.0.1:{upstream}/;
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_request_buffering off;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")
+async def test_behind_nginx(bits: Bits, root: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
+    port = nginx._free_port()
+    (work / "nginx.conf").write_text(_NGINX_PROXY.format(work=work, port=port, upstream=_port(bits)))
+    proc = subprocess.Popen([nginx.NGINX, "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")])
+    try:
+        for _ in range(100):
+            try:
+                (await asyncio.open_connection("127.0.0.1", port))[1].close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        proxied = Bits(bits.http, f"http://127.0.0.1:{port}/uploads")
+        assert (await proxied.send("/f.txt", "Ping")).status == 200
+        sid, _ = await proxied.upload("/f.txt", DATA)
+        assert (await proxied.close("/f.txt", sid)).status == 200
+        assert (await proxied.send("/f.txt", "Bogus")).status == 400
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        shutil.rmtree(work, ignore_errors=True)
     assert (root / "f.txt").read_bytes() == DATA

@@ -113,11 +113,14 @@ class Session:
             self._fd = None
 
 def last_activity(folder: Path) -> float:
-    """When a session last made progress: the newest mtime of its files."""
+    """When a session last made progress: the newest mtime of its folder and files.
+
+    The folder's own mtime covers a session being created (no state.json yet).
+    """
     times = [0.0]
-    for name in (STATE_FILE, DATA_FILE, REPLY_FILE):
+    for path in (folder, folder / STATE_FILE, folder / DATA_FILE, folder / REPLY_FILE):
         with contextlib.suppress(OSError):
-            times.append((folder / name).stat().st_mtime)
+            times.append(path.stat().st_mtime)
     return max(times)
 
 
