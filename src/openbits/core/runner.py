@@ -18,6 +18,7 @@ from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.file import copy_local
 from ..transport.http import HttpTransport
 from .job import Job, JobFile
+from .network import needs_network, network_available
 from .service import JobService
 from .tokens import http_auth
 
@@ -104,6 +105,11 @@ class JobRunner:
             except TimeoutError:
                 raise _max_download_time_error(job) from None
         except TransferError as exc:
+            if exc.transient and self._network_lost():
+                exc = TransferError(ErrorCode.BG_E_NETWORK_DISCONNECTED,
+                                    "no network connection; the job continues when one comes back",
+                                    ErrorContext.GENERAL_TRANSPORT, transient=True)
+                job.last_progress_time = time.time()  # waiting for a network is not a lack of progress
             job.set_error(exc, transient=exc.transient, retry_after=exc.retry_after)
         except BitsError as exc:
             job.set_error(exc, transient=False)
@@ -115,6 +121,10 @@ class JobRunner:
         finally:
             job.active_seconds += time.monotonic() - started
         await self._service.commit(job)
+
+    def _network_lost(self) -> bool:
+        return not network_available() and any(needs_network(f.remote_url) for f in self._job.files
+                                               if not f.completed)
 
     async def _transfer_files(self) -> None:
         """Start files in order; after a failure start no more, let earlier ones finish, report the first."""

@@ -22,10 +22,14 @@ from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
 from ..transport.http import HttpTransport
 from .job import Job
+from .network import network_available
 from .runner import JobRunner
 from .service import JobService
 
 log = logging.getLogger("openbits.scheduler")
+
+#: seconds between looks at the routing tables
+NETWORK_POLL = 2.0
 
 _RUNNING_STATES = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
 
@@ -71,6 +75,7 @@ class Scheduler:
         """The scheduling loop; returns (after stopping every transfer) when cancelled."""
         async with asyncio.TaskGroup() as group:
             self._group = group
+            watching = group.create_task(self._watch_network(), name="network watch")
             try:
                 while True:
                     delay = await self._schedule()
@@ -78,8 +83,23 @@ class Scheduler:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
             finally:
+                watching.cancel()
                 for turn in self._running.values():
                     turn.task.cancel()
+
+    async def _watch_network(self) -> None:
+        """When a route appears, jobs waiting for the network are retried at once, not after their delay."""
+        connected = network_available()
+        while True:
+            await asyncio.sleep(NETWORK_POLL)
+            was, connected = connected, network_available()
+            if connected and not was:
+                for job_id in self._active:
+                    job = self._service.jobs.get(job_id)
+                    if (job is not None and job.state == JobState.TRANSIENT_ERROR and job.error
+                            and job.error["code"] == ErrorCode.BG_E_NETWORK_DISCONNECTED):
+                        job.retry_at = 0.0
+                self._wake.set()
 
     async def stop(self, job: Job) -> None:
         """Cancel the job's transfer, if any, and return once it has really stopped."""
