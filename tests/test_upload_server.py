@@ -11,7 +11,6 @@ import asyncio
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -550,22 +549,8 @@ async def test_cli_answers_ping(root: Path) -> None:
         assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
-_NGINX_PROXY = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
+# tests/servers/nginx.py's configuration, with a reverse proxy where it has its document root.
+_PROXY_LOCATION = """\
         location /uploads/ {{
             proxy_pass http://127.0.0.1:{upstream}/;
             proxy_http_version 1.1;
@@ -573,31 +558,28 @@ http {{
             proxy_request_buffering off;
             client_max_body_size 0;
         }}
-    }}
-}}
 """
+
+
+def _proxying_nginx(upstream: int) -> nginx.NginxServer:
+    """An NginxServer (same scratch dir, start-up wait and stop) whose server block proxies /uploads/."""
+    server = nginx.NginxServer.__new__(nginx.NginxServer)
+    server._work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
+    server.port = nginx._free_port()
+    template = nginx._CONFIG.replace("        root {root};\n", _PROXY_LOCATION)
+    conf = server._work / "nginx.conf"
+    conf.write_text(template.format(work=server._work, port=server.port, upstream=upstream))
+    server._proc = subprocess.Popen([nginx.NGINX, "-c", str(conf), "-e", str(server._work / "error.log")])
+    server._wait_listening(5.0)
+    return server
 
 
 @pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")
 async def test_behind_nginx(bits: Bits, root: Path) -> None:
-    work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
-    port = nginx._free_port()
-    (work / "nginx.conf").write_text(_NGINX_PROXY.format(work=work, port=port, upstream=_port(bits)))
-    proc = subprocess.Popen([nginx.NGINX, "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")])
-    try:
-        for _ in range(100):
-            try:
-                (await asyncio.open_connection("127.0.0.1", port))[1].close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        proxied = Bits(bits.http, f"http://127.0.0.1:{port}/uploads")
+    with _proxying_nginx(_port(bits)) as proxy:
+        proxied = Bits(bits.http, proxy.url("uploads"))
         assert (await proxied.send("/f.txt", "Ping")).status == 200
         sid, _ = await proxied.upload("/f.txt", DATA)
         assert (await proxied.close("/f.txt", sid)).status == 200
         assert (await proxied.send("/f.txt", "Bogus")).status == 400
-    finally:
-        proc.terminate()
-        proc.wait(5)
-        shutil.rmtree(work, ignore_errors=True)
     assert (root / "f.txt").read_bytes() == DATA
