@@ -25,7 +25,14 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
+from openbits.server import (
+    BitsAppRunner,
+    NotificationType,
+    ServerSettings,
+    VirtualDirectory,
+    load_settings,
+    make_upload_app,
+)
 from openbits.server.notify import notification_target
 from openbits.uploadprotocol import (
     PROTOCOL_BITS_1_5,
@@ -195,6 +202,23 @@ def test_notification_url_relative_and_query() -> None:
     original = URL("http://front/vdir/sub/file.asp?ACCOUNT=86433")
     assert str(notification_target("http://other/v2/bag.asp", original)) == "http://other/v2/bag.asp?ACCOUNT=86433"
     assert str(notification_target("myasp.asp", URL("http://myserver/myvdir/file.txt"))) == "http://myserver/myvdir/myasp.asp"
+
+
+def test_load_settings(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        'cleanup_interval = 60\n[vdir."/up/"]\ndirectory = "%s"\nmax_upload_size = 10\n'
+        'notification_type = 2\nnotification_url = "app"\n' % tmp_path
+    )
+    settings = load_settings(config, root=tmp_path / "root")
+    assert settings.cleanup_interval == 60 and [v.prefix for v in settings.vdirs] == ["/up", "/"]
+    vdir, rest = settings.lookup("/up/a/b.txt") or (None, "")
+    assert vdir is not None and vdir.max_upload_size == 10 and rest == "a/b.txt"
+    assert vdir.notification_type is NotificationType.BY_VALUE and vdir.session_timeout == 1209600
+    assert settings.lookup("/upper.txt") == (settings.vdirs[1], "upper.txt")
+    config.write_text('[vdir."/"]\ndirectory = "/x"\nmax_upload_sise = 1\n')
+    with pytest.raises(ValueError, match="max_upload_sise"):
+        load_settings(config)
 
 
 # ---------------------------------------------------------------- packets
