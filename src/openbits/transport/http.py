@@ -211,6 +211,9 @@ def _accept(
     return validator, offset
 
 
+#: Largest read while a bandwidth cap applies, so the cap is smooth rather than bursty.
+THROTTLED_READ = 64 * 1024
+
 async def _receive(
     resp: aiohttp.ClientResponse,
     validator: RemoteValidator,
@@ -222,10 +225,11 @@ async def _receive(
     """Copy the body into the file; the size check catches a body cut short by a clean close."""
     progress = ProgressReporter(sink)
     content = resp.content
-    while chunk := await content.readany():
-        writer.write(chunk)
+    while chunk := await (content.readany() if throttle is None else content.read(THROTTLED_READ)):
         if throttle is not None:
+            # Bounded reads, paid for before they count: aiohttp may have buffered megabytes.
             await throttle.consume(len(chunk))
+        writer.write(chunk)
         progress.update(writer.offset)
     if validator.size != SIZE_UNKNOWN and writer.offset != validator.size:
         raise TransferError(
