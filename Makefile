@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml | system-deps
 
 system-deps:
 	@sh scripts/system-deps.sh
+	@sh scripts/install-pam.sh
 
 run: $(STAMP)
 	$(PY) scripts/demo.py

@@ -18,6 +18,8 @@ from .enums import (
     TokenFlags,
 )
 from .errors import BitsError, ErrorCode
+from .client.logon import logon
+from .client.tokens import impersonate
 
 __all__ = [
     "SIZE_UNKNOWN",
@@ -38,4 +40,6 @@ __all__ = [
     "Progress",
     "TokenFlags",
     "__version__",
+    "impersonate",
+    "logon",
 ]

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from ..enums import ErrorContext, JobPriority, JobState, JobType
+from ..identity.tokens import AuthScheme, AuthTarget
 
 E = TypeVar("E", bound=IntEnum)
 
@@ -143,3 +144,61 @@ class DaemonStatus(WireModel):
     pid: int
     caller_uid: int
     caller_is_admin: bool
+
+
+# -- helper tokens and credentials (IBitsTokenOptions, SetCredentials) ---------------------------
+
+Secret = Annotated[str, Field(max_length=65536, json_schema_extra={"writeOnly": True})]
+
+
+class HelperTokenRequest(WireModel):
+    """SetHelperToken: {} = the calling connection's user; {username, password} = a PAM logon;
+    {ticket} = the calling connection's user, with the owner's one-time ticket."""
+
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    password: Secret | None = None
+    ticket: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class HelperTokenUser(WireModel):
+    """GetHelperTokenSid: the helper's uid and user name, or nulls when no helper token is set."""
+
+    uid: int | None
+    user: str | None
+
+
+class TokenFlagsBody(WireModel):
+    flags: Annotated[int, Field(ge=0, le=0xFFFFFFFF, description="LOCAL_FILE 0x1 | NETWORK 0x2")]
+
+
+class TokenTicket(WireModel):
+    ticket: str = Field(description="give it to a process running as the helper: settoken JOB --ticket T")
+    expires_in: float = Field(description="seconds")
+
+
+AuthTargetName = _by_name(AuthTarget)
+AuthSchemeName = _by_name(AuthScheme)
+
+
+class CredentialsKey(WireModel):
+    """RemoveCredentials: which pair to forget."""
+
+    target: AuthTargetName
+    scheme: AuthSchemeName
+
+
+class CredentialsRequest(CredentialsKey):
+    """SetCredentials; the password can never be read back."""
+
+    username: Annotated[str, Field(max_length=4096)]
+    password: Secret
+
+
+class LogonRequest(WireModel):
+    username: Annotated[str, Field(min_length=1, max_length=256)]
+    password: Secret
+
+
+class LogonResult(WireModel):
+    uid: int
+    user: str

@@ -9,7 +9,22 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from .models import AddFilesRequest, CreateJobRequest, DaemonStatus, ErrorBody, JobInfo, JobList, JobProperties
+from .models import (
+    AddFilesRequest,
+    CreateJobRequest,
+    CredentialsRequest,
+    DaemonStatus,
+    ErrorBody,
+    HelperTokenRequest,
+    HelperTokenUser,
+    JobInfo,
+    JobList,
+    JobProperties,
+    LogonRequest,
+    LogonResult,
+    TokenFlagsBody,
+    TokenTicket,
+)
 
 _JOB = {"name": "job", "in": "path", "required": True, "description": "job GUID or display name",
         "schema": {"type": "string"}}
@@ -28,6 +43,23 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
     ("get", "/v1/jobs/{job}/wait", "Wait until the job is TRANSFERRED, ERROR, SUSPENDED or final", None, JobInfo, 200,
      [_JOB, {"name": "timeout", "in": "query", "required": False,
              "schema": {"type": "number", "minimum": 0, "maximum": 30}}]),
+    # IBitsTokenOptions, SetCredentials / RemoveCredentials, LogonUser
+    ("put", "/v1/jobs/{job}/helper-token", "SetHelperToken: {} you, {username, password} a PAM logon, {ticket}",
+     HelperTokenRequest, HelperTokenUser, 200, [_JOB]),
+    ("delete", "/v1/jobs/{job}/helper-token", "ClearHelperToken (the flags stay)", None, HelperTokenUser, 200, [_JOB]),
+    ("get", "/v1/jobs/{job}/helper-token", "GetHelperTokenSid: the helper's uid and user", None, HelperTokenUser, 200,
+     [_JOB]),
+    ("get", "/v1/jobs/{job}/helper-token-flags", "GetHelperTokenFlags", None, TokenFlagsBody, 200, [_JOB]),
+    ("put", "/v1/jobs/{job}/helper-token-flags", "SetHelperTokenFlags", TokenFlagsBody, TokenFlagsBody, 200, [_JOB]),
+    ("post", "/v1/jobs/{job}/token-ticket", "A one-time ticket for a process running as the helper", None, TokenTicket,
+     201, [_JOB]),
+    ("put", "/v1/jobs/{job}/credentials", "SetCredentials", CredentialsRequest, JobInfo, 200, [_JOB]),
+    ("delete", "/v1/jobs/{job}/credentials", "RemoveCredentials", None, JobInfo, 200,
+     [_JOB, *({"name": name, "in": "query", "required": True, "schema": {"type": "string", "enum": values}}
+              for name, values in (("target", ["SERVER", "PROXY"]),
+                                   ("scheme", ["BASIC", "DIGEST", "NTLM", "NEGOTIATE", "PASSPORT"])))]),
+    ("post", "/v1/logon", "LogonUser: check a password with PAM (rate-limited per caller)", LogonRequest, LogonResult,
+     200, []),
 ]
 
 

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..core.service import JobService
+from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity, peer_identity
+from ..identity.logon import LogonChecker
 from .models import AddFilesRequest, CreateJobRequest, DaemonStatus, ErrorBody, JobList, JobProperties
 from .openapi import openapi_document
 from .views import job_info
@@ -171,6 +173,10 @@ def make_app(service: JobService, mode: str) -> web.Application:
     app[SERVICE] = service
     app[MODE] = mode
     app.add_routes(routes)
+    from .token_routes import TOKENS, token_routes  # here: token_routes builds on this module's helpers
+
+    app[TOKENS] = TokenService(service, LogonChecker())
+    app.add_routes(token_routes)
     return app
 
 

@@ -17,11 +17,25 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
-from ..api.models import AddFilesRequest, CreateJobRequest, DaemonStatus, JobInfo, JobList, JobProperties
+from ..api.models import (
+    AddFilesRequest,
+    CreateJobRequest,
+    CredentialsRequest,
+    DaemonStatus,
+    HelperTokenUser,
+    JobInfo,
+    JobList,
+    JobProperties,
+    LogonRequest,
+    LogonResult,
+    TokenTicket,
+)
 from ..enums import JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
+from ..identity.tokens import AuthScheme, AuthTarget
 from . import discovery
 from .connection import Connection
+from .tokens import AsyncTokenOptions, redeem_ticket
 from .types import File, Progress, error_of
 
 #: States in which waiting ends: nothing will change until someone acts.
@@ -129,6 +143,22 @@ class AsyncJob:
     async def take_ownership(self) -> JobInfo:
         return await self._call("POST", "/takeownership")
 
+    async def token_options(self) -> AsyncTokenOptions:
+        """IBitsTokenOptions; checks your access now and holds a one-time ticket for set_helper_token()."""
+        return AsyncTokenOptions(self._connection, self.id, await self.token_ticket())
+
+    async def token_ticket(self) -> str:
+        """A one-time ticket (10 minutes) that lets a process running as another user become the helper."""
+        return (await self._connection.request("POST", self._path + "/token-ticket", TokenTicket)).ticket
+
+    async def set_credentials(self, target: AuthTarget, scheme: AuthScheme, username: str, password: str) -> JobInfo:
+        """SetCredentials: answer target's scheme challenges with these; they can never be read back."""
+        body = _request(CredentialsRequest, target=target, scheme=scheme, username=username, password=password)
+        return await self._call("PUT", "/credentials", body)
+
+    async def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
+        return await self._call("DELETE", "/credentials", params={"target": target.name, "scheme": scheme.name})
+
     async def wait_info(self, timeout: float | None = None) -> JobInfo:
         """Wait until the job reaches one of WAIT_STATES or `timeout` seconds pass (None: forever); return the snapshot."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -208,3 +238,12 @@ class AsyncManager:
         params = {"all_users": "true" if all_users else "false"}
         listing = await connection.request("GET", "/v1/jobs", JobList, params=params)
         return [AsyncJob(connection, info) for info in listing.jobs]
+
+    async def redeem_token_ticket(self, job_id: str, ticket: str) -> HelperTokenUser:
+        """Become the helper of another user's job (by GUID) with the ticket its owner gave you."""
+        return await redeem_ticket((await self.connection()).socket_path, job_id, ticket)
+
+    async def logon(self, username: str, password: str) -> LogonResult:
+        """LogonUser: the daemon checks the password with PAM (failures are rate-limited); nothing is kept."""
+        body = _request(LogonRequest, username=username, password=password)
+        return await (await self.connection()).request("POST", "/v1/logon", LogonResult, body=body)

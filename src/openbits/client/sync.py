@@ -13,10 +13,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ..api.models import DaemonStatus, JobInfo
-from ..enums import JobPriority, JobState, JobType
+from ..api.models import DaemonStatus, HelperTokenUser, JobInfo, LogonResult
+from ..enums import JobPriority, JobState, JobType, TokenFlags
+from ..identity.tokens import AuthScheme, AuthTarget
 from ..errors import BitsError
 from .aio import AsyncJob, AsyncManager, LocalPath
+from .tokens import AsyncTokenOptions
 from .types import File, Progress
 
 T = TypeVar("T")
@@ -137,11 +139,46 @@ class Job:
     def take_ownership(self) -> JobInfo:
         return self._loop.run(self._job.take_ownership())
 
+    def token_options(self) -> TokenOptions:
+        return TokenOptions(self._loop, self._loop.run(self._job.token_options()))
+
+    def token_ticket(self) -> str:
+        return self._loop.run(self._job.token_ticket())
+
+    def set_credentials(self, target: AuthTarget, scheme: AuthScheme, username: str, password: str) -> JobInfo:
+        return self._loop.run(self._job.set_credentials(target, scheme, username, password))
+
+    def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
+        return self._loop.run(self._job.remove_credentials(target, scheme))
+
     def wait_info(self, timeout: float | None = None) -> JobInfo:
         return self._loop.run(self._job.wait_info(timeout))
 
     def wait(self, timeout: float | None = None) -> JobState:
         return self._loop.run(self._job.wait(timeout))
+
+
+class TokenOptions:
+    """A blocking IBitsTokenOptions; see AsyncTokenOptions."""
+
+    def __init__(self, loop: _LoopThread, options: AsyncTokenOptions) -> None:
+        self._loop = loop
+        self._options = options
+
+    def set_helper_token(self, username: str | None = None, password: str | None = None) -> HelperTokenUser:
+        return self._loop.run(self._options.set_helper_token(username, password))
+
+    def clear_helper_token(self) -> None:
+        self._loop.run(self._options.clear_helper_token())
+
+    def helper_token_user(self) -> HelperTokenUser | None:
+        return self._loop.run(self._options.helper_token_user())
+
+    def helper_token_flags(self) -> TokenFlags:
+        return self._loop.run(self._options.helper_token_flags())
+
+    def set_helper_token_flags(self, flags: TokenFlags | int) -> TokenFlags:
+        return self._loop.run(self._options.set_helper_token_flags(flags))
 
 
 class Manager:
@@ -196,3 +233,9 @@ class Manager:
 
     def jobs(self, all_users: bool = False) -> list[Job]:
         return [Job(self._loop, job) for job in self._loop.run(self._manager.jobs(all_users))]
+
+    def redeem_token_ticket(self, job_id: str, ticket: str) -> HelperTokenUser:
+        return self._loop.run(self._manager.redeem_token_ticket(job_id, ticket))
+
+    def logon(self, username: str, password: str) -> LogonResult:
+        return self._loop.run(self._manager.logon(username, password))

@@ -109,7 +109,7 @@ class TokenService:
     async def set_flags(self, caller: Identity, ref: str, flags: int) -> Job:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        if flags & ~(TokenFlags.LOCAL_FILE | TokenFlags.NETWORK):
+        if flags & ~int(TokenFlags.LOCAL_FILE | TokenFlags.NETWORK):
             raise BitsError(ErrorCode.E_INVALIDARG, f"token flags 0x{flags:x}: only LOCAL_FILE (0x1) and NETWORK "
                             "(0x2) exist", ErrorContext.GENERAL_QUEUE_MANAGER)
         helper = self.service.tokens.helper(job.id)

@@ -1,0 +1,111 @@
+"""A server that wants credentials: Basic or Digest (RFC 7616, MD5, qop=auth), and a cross-origin redirect.
+
+    /basic/<user>/<name>                Basic challenge; 200 with a body for user's password in `accounts`
+    /digest/<user>/<name>               the same with Digest
+    /open/<name>                        no credentials needed
+    /redirect/<user>?to=URL              Basic challenge, then 302 to URL (another origin: credentials stay home)
+
+Every Authorization header received is kept in `authorizations`, by path, for the tests to inspect.
+Runs on 127.0.0.1 in a thread, like FaultyServer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+import threading
+
+from aiohttp import web
+
+BODY = b"secret payload\n" * 100
+REALM = "openbits-test"
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def _digest_fields(header: str) -> dict[str, str]:
+    fields = {}
+    for part in header[len("Digest "):].split(","):
+        key, _, value = part.strip().partition("=")
+        fields[key] = value.strip('"')
+    return fields
+
+
+class AuthServer:
+    def __init__(self) -> None:
+        self.authorizations: dict[str, list[str]] = {}
+        #: user name -> password (kept out of URLs, which jobs show)
+        self.accounts: dict[str, str] = {}
+        self._nonce = secrets.token_hex(8)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.port = 0
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_get("/basic/{user}/{name}", self._basic)
+        app.router.add_get("/digest/{user}/{name}", self._digest)
+        app.router.add_get("/redirect/{user}", self._redirect)
+        app.router.add_get("/open/{name}", self._open)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _seen(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        self.authorizations.setdefault(request.path, []).append(header)
+        return header
+
+    async def _open(self, request: web.Request) -> web.Response:
+        return web.Response(body=BODY)
+
+    def _basic_ok(self, request: web.Request) -> bool:
+        user = request.match_info["user"]
+        password = self.accounts.get(user, secrets.token_hex(8))
+        return self._seen(request) == "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    async def _basic(self, request: web.Request) -> web.Response:
+        if not self._basic_ok(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+        return web.Response(body=BODY)
+
+    async def _digest(self, request: web.Request) -> web.Response:
+        header = self._seen(request)
+        user = request.match_info["user"]
+        password = self.accounts.get(user, secrets.token_hex(8))
+        if header.startswith("Digest "):
+            f = _digest_fields(header)
+            ha1 = _md5(f"{user}:{REALM}:{password}")
+            ha2 = _md5(f"GET:{f.get('uri', '')}")
+            expected = _md5(f"{ha1}:{self._nonce}:{f.get('nc')}:{f.get('cnonce')}:auth:{ha2}")
+            if f.get("username") == user and f.get("response") == expected:
+                return web.Response(body=BODY)
+        challenge = f'Digest realm="{REALM}", nonce="{self._nonce}", qop="auth", algorithm=MD5'
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        if not self._basic_ok(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+        raise web.HTTPFound(request.query["to"])
