@@ -156,3 +156,15 @@ def test_custom_headers_sent_on_every_request(manager: Manager, faulty: FaultySe
     sent = requests_for(faulty, path)
     assert len(sent) == 2 and all(r.headers.get("X-Openbits-Test") == "yes" for r in sent)
 
+
+
+def test_unknown_size_is_shown_as_unknown_until_known(manager: Manager, faulty: FaultyServer,
+                                                      tmp_path: Path) -> None:
+    path = unique("f.bin?size=200k&chunked=1&trickle=20")
+    job = run_job(manager, faulty.url(path), tmp_path / "f.bin")
+    while job.progress.bytes_transferred == 0:
+        assert job.state not in (JobState.ERROR, JobState.TRANSFERRED)
+        time.sleep(0.02)
+    assert job.progress.bytes_total == -1 and job.files[0].progress.bytes_total == -1
+    assert job.wait(60) == JobState.TRANSFERRED
+    assert job.progress.bytes_total == 200 * 1024
