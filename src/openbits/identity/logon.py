@@ -26,6 +26,7 @@ PAM_SERVICE = "openbits"
 FALLBACK_SERVICE = "login"
 #: Failures a caller may make in a row before each further attempt waits; the wait doubles up to the cap.
 FREE_FAILURES = 3
+FIRST_DELAY = 5.0
 MAX_DELAY = 60.0
 
 
@@ -76,7 +77,8 @@ class LogonChecker:
         if not ok or uid is None:
             failures.count += 1
             if failures.count >= FREE_FAILURES:
-                failures.not_before = time.monotonic() + min(MAX_DELAY, 2.0 ** (failures.count - FREE_FAILURES))
+                delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (failures.count - FREE_FAILURES))
+                failures.not_before = time.monotonic() + delay
             log.warning("logon as %r by uid %d failed (%d in a row)", username, caller.uid, failures.count)
             raise BitsError(ErrorCode.ERROR_LOGON_FAILURE,
                             f"logon failure: unknown user name {username!r} or bad password")
