@@ -28,6 +28,9 @@ MAX_REDIRECTS = 10
 #: aiohttp buffers up to twice this per connection before it stops reading the socket.
 READ_BUFSIZE = 2 * 1024 * 1024
 
+#: Largest read while a bandwidth cap applies, so the cap is smooth rather than bursty.
+THROTTLED_READ = 64 * 1024
+
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _TRANSIENT_STATUS = frozenset({408, 429})
@@ -210,9 +213,6 @@ def _accept(
         return None
     return validator, offset
 
-
-#: Largest read while a bandwidth cap applies, so the cap is smooth rather than bursty.
-THROTTLED_READ = 64 * 1024
 
 async def _receive(
     resp: aiohttp.ClientResponse,
