@@ -165,14 +165,15 @@ class JobRunner:
         sink = _FileSink(self._service, job, index, self._changed)
         try:
             os.ftruncate(fd, f.durable_offset)
+            previous = RemoteValidator.from_dict(f.validator) if f.validator else None
             if urlsplit(f.remote_url).scheme.lower() == "file":
                 source = await self._service.remote_files_of(job).open_read(unquote(urlsplit(f.remote_url).path))
                 try:
-                    validator = await copy_local(source, fd, f.durable_offset, sink, self._throttle)
+                    validator = await copy_local(source, fd, f.durable_offset, sink, self._throttle,
+                                                 validator=previous)
                 finally:
                     os.close(source)
             else:
-                previous = RemoteValidator.from_dict(f.validator) if f.validator else None
                 spec = DownloadSpec(f.remote_url, f.durable_offset, previous, _headers(job.custom_headers),
                                     job.dynamic_content)
                 validator = await self._transport.download(spec, fd, sink, self._throttle,
