@@ -97,6 +97,8 @@ _setter(
     "Set how long the job may make no progress before it fails.",
 )
 _setter("setmaxdownloadtime", "max_download_time", SECONDS, "SECONDS", "Set the download time limit (0: none).")
+_setter("setmaxbandwidth", "max_bandwidth", click.IntRange(min=0), "BYTES_PER_SECOND",
+        "Cap this job's bandwidth in bytes/s (0: no cap of its own).")
 _setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")
 _setter("setdisplayname", "name", click.STRING, "NAME", "Set the job's display name.")
 _setter(
@@ -145,6 +147,7 @@ _getter("getdescription", lambda job: job.description, "Print the job's descript
 _getter("getminretrydelay", lambda job: job.minimum_retry_delay, "Print the retry delay in seconds.")
 _getter("getnoprogresstimeout", lambda job: job.no_progress_timeout, "Print the no-progress timeout in seconds.")
 _getter("getmaxdownloadtime", lambda job: job.max_download_time, "Print the download time limit (0: none).")
+_getter("getmaxbandwidth", lambda job: job.max_bandwidth, "Print the job's own bandwidth cap in bytes/s (0: none).")
 _getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
 _getter("getcustomheaders", lambda job: "\n".join(job.custom_headers) or None, "Print the custom headers, one a line.")
 

@@ -72,6 +72,7 @@ class Job:
     max_download_time: _Setting[int] = _Setting()
     custom_headers: _Setting[list[str]] = _Setting()
     dynamic_content: _Setting[bool] = _Setting()
+    max_bandwidth: _Setting[int] = _Setting()
 
     def __init__(self, loop: _LoopThread, job: AsyncJob) -> None:
         self._loop = loop

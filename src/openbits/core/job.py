@@ -255,9 +255,15 @@ def job_to_record(job: Job) -> dict[str, Any]:
 
 
 def job_from_record(record: dict[str, Any], files: list[dict[str, Any]]) -> Job:
-    job = Job(**record, files=[JobFile(**f) for f in files])
+    """Fields a newer or older openbits stored and this one does not know are dropped, not fatal."""
+    job = Job(**_known(Job, record), files=[JobFile(**_known(JobFile, f)) for f in files])
     job.type, job.priority, job.state = JobType(job.type), JobPriority(job.priority), JobState(job.state)
     return job
+
+
+def _known(cls: type, record: dict[str, Any]) -> dict[str, Any]:
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return {key: value for key, value in record.items() if key in fields and key != "files"}
 
 
 def file_to_record(f: JobFile) -> dict[str, Any]:
