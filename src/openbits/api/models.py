@@ -100,6 +100,10 @@ class JobInfo(WireModel):
     modification_time: float
     transfer_completion_time: float | None
     files: list[FileInfo]
+    reply_file_name: str | None = Field(
+        default=None, description="GetReplyFileName: upload-reply jobs; null before a file is added")
+    reply_bytes_total: int = Field(default=-1, description="GetReplyProgress: -1 until the reply begins")
+    reply_bytes_transferred: int = 0
 
 
 class JobList(WireModel):
@@ -136,6 +140,19 @@ class JobProperties(WireModel):
     custom_headers: list[Annotated[str, Field(max_length=16384)]] | None = None
     dynamic_content: bool | None = None
     max_bandwidth: Annotated[int, Field(ge=0)] | None = None
+
+
+class ReplyFileName(WireModel):
+    """SetReplyFileName: an absolute path in an existing folder; null or "" = the name openbits generates."""
+
+    reply_file_name: Annotated[str, Field(max_length=4096)] | None = None
+
+
+class ReplyData(WireModel):
+    """GetReplyData: the server application's reply (at most 1 MiB)."""
+
+    size: int
+    data: str = Field(description="the reply, base64")
 
 
 class DaemonStatus(WireModel):

@@ -22,6 +22,8 @@ from .models import (
     JobProperties,
     LogonRequest,
     LogonResult,
+    ReplyData,
+    ReplyFileName,
     TokenFlagsBody,
     TokenTicket,
 )
@@ -43,6 +45,10 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
     ("get", "/v1/jobs/{job}/wait", "Wait until the job is TRANSFERRED, ERROR, SUSPENDED or final", None, JobInfo, 200,
      [_JOB, {"name": "timeout", "in": "query", "required": False,
              "schema": {"type": "number", "minimum": 0, "maximum": 30}}]),
+    # IBackgroundCopyJob2: the reply of an upload-reply job
+    ("put", "/v1/jobs/{job}/reply-file-name", "SetReplyFileName", ReplyFileName, JobInfo, 200, [_JOB]),
+    ("get", "/v1/jobs/{job}/reply", "GetReplyData (TRANSFERRED upload-reply jobs, replies up to 1 MiB)", None,
+     ReplyData, 200, [_JOB]),
     # IBitsTokenOptions, SetCredentials / RemoveCredentials, LogonUser
     ("put", "/v1/jobs/{job}/helper-token", "SetHelperToken: {} you, {username, password} a PAM logon, {ticket}",
      HelperTokenRequest, HelperTokenUser, 200, [_JOB]),

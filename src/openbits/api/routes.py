@@ -7,6 +7,7 @@ body; anything else escaping a handler is a bug, logged and answered 500.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -22,7 +23,16 @@ from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity, peer_identity
 from ..identity.logon import LogonChecker
-from .models import AddFilesRequest, CreateJobRequest, DaemonStatus, ErrorBody, JobList, JobProperties
+from .models import (
+    AddFilesRequest,
+    CreateJobRequest,
+    DaemonStatus,
+    ErrorBody,
+    JobList,
+    JobProperties,
+    ReplyData,
+    ReplyFileName,
+)
 from .openapi import openapi_document
 from .views import job_info
 
@@ -161,6 +171,20 @@ async def wait_job(request: web.Request) -> web.Response:
         raise BitsError(ErrorCode.E_INVALIDARG, "timeout must be a number of seconds >= 0")
     job = await request.app[SERVICE].wait(caller(request), request.match_info["job"], min(timeout, MAX_WAIT))
     return respond(job_info(job))
+
+
+@routes.put("/v1/jobs/{job:[^/]+}/reply-file-name")
+async def set_reply_file_name(request: web.Request) -> web.Response:
+    body = await parse(request, ReplyFileName)
+    job = await request.app[SERVICE].set_reply_file_name(caller(request), request.match_info["job"],
+                                                          body.reply_file_name)
+    return respond(job_info(job))
+
+
+@routes.get("/v1/jobs/{job:[^/]+}/reply")
+async def reply_data(request: web.Request) -> web.Response:
+    data = await request.app[SERVICE].reply_data(caller(request), request.match_info["job"])
+    return respond(ReplyData(size=len(data), data=base64.b64encode(data).decode("ascii")))
 
 
 @routes.get("/v1/openapi.json")

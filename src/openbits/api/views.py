@@ -56,4 +56,7 @@ def job_info(job: Job) -> JobInfo:
             )
             for f in job.files
         ],
+        reply_file_name=job.reply_path,
+        reply_bytes_total=job.reply_bytes_total,
+        reply_bytes_transferred=job.reply_bytes_transferred,
     )

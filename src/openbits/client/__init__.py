@@ -3,7 +3,7 @@
 from .aio import AsyncJob, AsyncManager
 from .discovery import DaemonUnavailableError
 from .sync import Job, Manager
-from .types import File, FileProgress, Progress
+from .types import File, FileProgress, Progress, ReplyProgress
 
 __all__ = [
     "AsyncJob",
@@ -14,4 +14,5 @@ __all__ = [
     "Job",
     "Manager",
     "Progress",
+    "ReplyProgress",
 ]

@@ -7,6 +7,7 @@ event-loop thread for callers without an event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from ..api.models import (
     JobProperties,
     LogonRequest,
     LogonResult,
+    ReplyData,
+    ReplyFileName,
     TokenTicket,
 )
 from ..enums import JobPriority, JobState, JobType
@@ -36,7 +39,7 @@ from ..identity.tokens import AuthScheme, AuthTarget
 from . import discovery
 from .connection import Connection
 from .tokens import AsyncTokenOptions, redeem_ticket
-from .types import File, Progress, error_of
+from .types import File, Progress, ReplyProgress, error_of
 
 #: States in which waiting ends: nothing will change until someone acts.
 WAIT_STATES = frozenset(
@@ -158,6 +161,24 @@ class AsyncJob:
 
     async def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
         return await self._call("DELETE", "/credentials", params={"target": target.name, "scheme": scheme.name})
+
+    async def reply_file_name(self) -> str | None:
+        """GetReplyFileName (upload-reply jobs): the chosen name or the generated one; None before a file is added."""
+        return (await self.info()).reply_file_name
+
+    async def set_reply_file_name(self, path: LocalPath | None) -> JobInfo:
+        """SetReplyFileName; None or "" lets openbits choose. Relative paths are taken from this process's cwd."""
+        body = _request(ReplyFileName, reply_file_name=os.path.abspath(path) if path else None)
+        return await self._call("PUT", "/reply-file-name", body)
+
+    async def reply_progress(self) -> ReplyProgress:
+        """GetReplyProgress: bytes_total is -1 until the reply begins."""
+        return ReplyProgress.of(await self.info())
+
+    async def reply_data(self) -> bytes:
+        """GetReplyData: the reply in memory once TRANSFERRED (BG_E_TOO_LARGE above 1 MiB: read the reply file)."""
+        answer = await self._connection.request("GET", self._path + "/reply", ReplyData)
+        return base64.b64decode(answer.data)
 
     async def wait_info(self, timeout: float | None = None) -> JobInfo:
         """Wait until the job reaches one of WAIT_STATES or `timeout` seconds pass (None: forever); return the snapshot."""

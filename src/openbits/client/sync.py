@@ -19,7 +19,7 @@ from ..identity.tokens import AuthScheme, AuthTarget
 from ..errors import BitsError
 from .aio import AsyncJob, AsyncManager, LocalPath
 from .tokens import AsyncTokenOptions
-from .types import File, Progress
+from .types import File, Progress, ReplyProgress
 
 T = TypeVar("T")
 
@@ -151,6 +151,21 @@ class Job:
 
     def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
         return self._loop.run(self._job.remove_credentials(target, scheme))
+
+    @property
+    def reply_file_name(self) -> str | None:
+        return self._loop.run(self._job.reply_file_name())
+
+    @reply_file_name.setter
+    def reply_file_name(self, path: LocalPath | None) -> None:
+        self._loop.run(self._job.set_reply_file_name(path))
+
+    @property
+    def reply_progress(self) -> ReplyProgress:
+        return self._loop.run(self._job.reply_progress())
+
+    def get_reply_data(self) -> bytes:
+        return self._loop.run(self._job.reply_data())
 
     def wait_info(self, timeout: float | None = None) -> JobInfo:
         return self._loop.run(self._job.wait_info(timeout))

@@ -27,6 +27,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class ReplyProgress:
+    """BG_JOB_REPLY_PROGRESS: bytes_total is -1 (SIZE_UNKNOWN) until the reply begins."""
+
+    bytes_total: int
+    bytes_transferred: int
+
+    @classmethod
+    def of(cls, info: JobInfo) -> ReplyProgress:
+        return cls(info.reply_bytes_total, info.reply_bytes_transferred)
+
+
+@dataclass(frozen=True)
 class FileProgress:
     """BG_FILE_PROGRESS: bytes_total is -1 until the server has told the size."""
 

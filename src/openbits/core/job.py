@@ -44,6 +44,13 @@ class JobFile:
     completed: bool = False
     #: RemoteValidator.to_dict() of the response that produced the bytes on disk
     validator: dict[str, Any] | None = None
+    # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
+    #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
+    session_id: str | None = None
+    #: Close-Session was sent: on a retry, close again before concluding the session is lost
+    session_closing: bool = False
+    #: st_mtime_ns of the local file when its upload began (with bytes_total, the BITS change check)
+    local_mtime_ns: int | None = None
 
     def restart(self) -> None:
         """Forget every byte: the remote file changed or cannot be resumed."""
@@ -82,6 +89,11 @@ class Job:
     retry_at: float = 0.0
     #: TokenFlags: what the helper token is used for; the token itself is never stored
     helper_token_flags: int = 0
+    #: SetReplyFileName; None = the name BITS generates (see reply_path)
+    reply_file_name: str | None = None
+    #: BG_JOB_REPLY_PROGRESS of an upload-reply job: SIZE_UNKNOWN until the reply starts
+    reply_bytes_total: int = SIZE_UNKNOWN
+    reply_bytes_transferred: int = 0
 
     @classmethod
     def new(cls, name: str, job_type: JobType, owner_uid: int, priority: JobPriority, description: str) -> Job:
@@ -107,6 +119,48 @@ class Job:
     def current_file(self) -> JobFile | None:
         """Files of a job go in order: the first one not yet complete."""
         return next((f for f in self.files if not f.completed), None)
+
+    # -- upload-reply -------------------------------------------------------
+
+    @property
+    def reply_path(self) -> str | None:
+        """GetReplyFileName: the chosen name, else one beside the upload file (None before a file is added)."""
+        if self.type != JobType.UPLOAD_REPLY:
+            return None
+        if self.reply_file_name:
+            return self.reply_file_name
+        if not self.files:
+            return None
+        directory, name = os.path.split(self.files[0].local_path)
+        return os.path.join(directory, f"{name}.{self.id[:8]}.reply")
+
+    @property
+    def reply_temp_path(self) -> str | None:
+        path = self.reply_path
+        return None if path is None else temp_path_for(path, f"{self.id[:8]}-reply")
+
+    def temp_paths(self) -> list[str]:
+        """Every temporary file the job may have made: Cancel removes them all."""
+        paths = [f.temp_path for f in self.files if self.type == JobType.DOWNLOAD]
+        reply = self.reply_temp_path
+        return paths + ([reply] if reply else [])
+
+    def completion_renames(self) -> list[tuple[str, str]]:
+        """What Complete puts in place: finished downloads, or the reply of a transferred upload-reply job."""
+        if self.type == JobType.DOWNLOAD:
+            return [(f.temp_path, f.local_path) for f in self.files if f.completed]
+        temp, path = self.reply_temp_path, self.reply_path
+        return [(temp, path)] if temp and path and self.state == JobState.TRANSFERRED else []
+
+    def check_reply_file_name(self) -> None:
+        """SetReplyFileName: upload-reply jobs only, and only before the reply starts arriving."""
+        self._require_not_final()
+        if self.type != JobType.UPLOAD_REPLY:
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; only UPLOAD_REPLY jobs "
+                            "have a reply file", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if self.reply_bytes_total != SIZE_UNKNOWN:
+            raise BitsError(ErrorCode.BG_E_INVALID_STATE, "the reply is already being transferred; its file name "
+                            "can no longer change", ErrorContext.GENERAL_QUEUE_MANAGER)
 
     # -- the state machine --------------------------------------------------
 
@@ -143,6 +197,10 @@ class Job:
         for remote_url, local_path in pairs:
             check_remote_url(remote_url)
             check_local_path(local_path)
+            if self.type != JobType.DOWNLOAD and urlsplit(remote_url).scheme.lower() not in ("http", "https"):
+                raise BitsError(ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE, f"remote name {remote_url!r}: uploads go to "
+                                "http:// or https:// servers that speak the BITS upload protocol",
+                                ErrorContext.REMOTE_FILE)
         added = [
             JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"))
             for i, (url, path) in enumerate(pairs)
@@ -182,17 +240,23 @@ class Job:
 
     def complete(self) -> list[JobFile]:
         """Move to ACKNOWLEDGED; returns the files whose bytes become the user's."""
-        self._require_not_final()
-        if self.state not in (JobState.TRANSFERRED, JobState.ERROR):
-            raise BitsError(
-                ErrorCode.BG_E_INVALID_STATE,
-                f"job {self.id} is {self.state.name}; Complete needs TRANSFERRED (or ERROR to keep the finished "
-                "files) - wait for the transfer or Cancel the job",
-                ErrorContext.GENERAL_QUEUE_MANAGER,
-            )
+        self.check_completable()
         self.state = JobState.ACKNOWLEDGED
         self.touch()
         return [f for f in self.files if f.completed]
+
+    def check_completable(self) -> None:
+        """Downloads complete in TRANSFERRED or ERROR (keeping finished files); uploads only in TRANSFERRED."""
+        self._require_not_final()
+        allowed = (JobState.TRANSFERRED, JobState.ERROR) if self.type == JobType.DOWNLOAD else (JobState.TRANSFERRED,)
+        if self.state not in allowed:
+            keep = " (or ERROR to keep the finished files)" if self.type == JobType.DOWNLOAD else ""
+            raise BitsError(
+                ErrorCode.BG_E_INVALID_STATE,
+                f"job {self.id} is {self.state.name}; Complete needs TRANSFERRED{keep} - wait for the transfer "
+                "or Cancel the job",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
 
     # -- transitions driven by the transfer ---------------------------------
 

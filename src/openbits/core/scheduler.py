@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..enums import ErrorContext, JobPriority, JobState
+from ..enums import ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
 from ..transport.http import HttpTransport
 from .job import Job
 from .network import network_available
 from .runner import JobRunner
+from .upload_runner import UploadRunner, cancel_upload_session
 from .service import JobService
 
 log = logging.getLogger("openbits.scheduler")
@@ -60,6 +62,7 @@ class Scheduler:
             self._observe(job)
         service.listeners.append(self._observe)
         service.quiesce = self.stop
+        service.cancel_remote = functools.partial(cancel_upload_session, transport)  # Cancel-Session on Cancel
 
     def _observe(self, job: Job) -> None:
         seen = (job.state, job.priority)
@@ -155,7 +158,9 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         assert self._group is not None, "jobs start only inside run()"
-        runner = JobRunner(self._service, self._transport, job, self._throttle_for(job))
+        # upload jobs: the BITS upload protocol (core/upload_runner.py)
+        runner_type = JobRunner if job.type == JobType.DOWNLOAD else UploadRunner
+        runner = runner_type(self._service, self._transport, job, self._throttle_for(job))
         task = self._group.create_task(self._run_turn(job, runner), name=f"job {job.id}")
         self._running[job.id] = _Turn(task, time.monotonic())
         self._last_turn[job.id] = time.monotonic()

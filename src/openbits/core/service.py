@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -18,7 +19,10 @@ from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
 from ..identity.tokens import TokenStore
 from ..store import Store
-from .job import Job
+from .job import Job, check_local_path
+
+#: GetReplyData hands out replies up to 1 MB; larger ones are read from the reply file.
+MAX_REPLY_DATA = 1024 * 1024
 
 
 async def _nothing_runs(job: Job) -> None:
@@ -37,6 +41,8 @@ class JobService:
         self.listeners: list[Callable[[Job], None]] = []
         #: the scheduler's "stop this job's transfer and wait until it has stopped"
         self.quiesce: Callable[[Job], Awaitable[None]] = _nothing_runs
+        #: Cancel's word to the server (Cancel-Session of an upload), best effort; set by the scheduler
+        self.cancel_remote: Callable[[Job], Awaitable[None]] = _nothing_runs
         #: helper tokens, tickets and per-job credentials: memory only, forgotten when a job ends
         self.tokens = TokenStore()
         self.listeners.append(lambda job: self.tokens.forget(job.id) if job.state.is_final else None)
@@ -136,7 +142,10 @@ class JobService:
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
-            await asyncio.gather(*(files.check_destination(path) for path in {path for _, path in pairs}))
+            if job.type == JobType.DOWNLOAD:
+                await asyncio.gather(*(files.check_destination(path) for path in {path for _, path in pairs}))
+            else:
+                await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
             job.add_files(pairs, self.config.max_files_per_job)
             await self.commit(job, range(first, len(job.files)))
@@ -163,31 +172,66 @@ class JobService:
             return job
 
     async def _discard(self, job: Job) -> None:
-        """Cancel's file work: stop the transfer, then remove every temporary file."""
+        """Cancel's file work: stop the transfer, tell the server, then remove every temporary file."""
         await self.quiesce(job)
+        await self.cancel_remote(job)
         try:
             files = self.files_of(job)
         except BitsError:  # the helper token is gone: the owner removes what the owner can
             files = self.broker.files_for(Identity.from_uid(job.owner_uid))
-        await files.remove([f.temp_path for f in job.files])
+        await files.remove(job.temp_paths())
 
     async def complete(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
-            if job.state not in (JobState.TRANSFERRED, JobState.ERROR):
-                job.complete()  # raises the documented BG_E_INVALID_STATE
+            job.check_completable()  # raises the documented BG_E_INVALID_STATE
             files = self.files_of(job)
-            finished = [f for f in job.files if f.completed]
-            results = await files.commit([(f.temp_path, f.local_path) for f in finished])
+            renames = job.completion_renames()
+            results = await files.commit(renames)
             failed = [err for err in results if err is not None]
             if failed:
                 job.set_error(failed[0], transient=False)
                 await self.commit(job)
                 raise BitsError(failed[0].code, f"{len(failed)} file(s) could not be put in place: "
                                 f"{failed[0].description}", ErrorContext.LOCAL_FILE)
-            await files.remove([f.temp_path for f in job.files if not f.completed])
+            committed = {temp for temp, _ in renames}
+            await files.remove([path for path in job.temp_paths() if path not in committed])
             job.complete()
             await self.commit(job)
             return job
+
+    async def set_reply_file_name(self, caller: Identity, ref: str, path: str | None) -> Job:
+        """SetReplyFileName: the folder must exist and be writable for whoever writes the reply."""
+        async with self._locked(caller, ref) as job:
+            job.check_reply_file_name()
+            if path:
+                check_local_path(path)
+                await self.files_of(job).check_destination(path)
+            job.reply_file_name = path or None
+            job.touch()
+            await self.commit(job)
+            return job
+
+    async def reply_data(self, caller: Identity, ref: str) -> bytes:
+        """GetReplyData: the reply in memory, TRANSFERRED (from the temporary file) or after Complete."""
+        job = self.find(caller, ref)
+        if job.type != JobType.UPLOAD_REPLY:
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {job.id} is an {job.type.name} job; only UPLOAD_REPLY jobs "
+                            "have reply data", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if job.state not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
+            raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {job.id} is {job.state.name}; the reply is there "
+                            "once the job is TRANSFERRED", ErrorContext.GENERAL_QUEUE_MANAGER)
+        path = job.reply_temp_path if job.state == JobState.TRANSFERRED else job.reply_path
+        assert path is not None, "an upload-reply job in TRANSFERRED has a file"
+        fd = await self.files_of(job).open_read(path)
+        try:
+            size = os.fstat(fd).st_size
+            if size > MAX_REPLY_DATA:
+                raise BitsError(ErrorCode.BG_E_TOO_LARGE, f"the reply has {size} bytes, more than GetReplyData's "
+                                f"{MAX_REPLY_DATA}; Complete the job and read {job.reply_path}",
+                                ErrorContext.GENERAL_QUEUE_MANAGER)
+            return await asyncio.to_thread(os.pread, fd, size, 0)
+        finally:
+            os.close(fd)
 
     async def take_ownership(self, caller: Identity, ref: str) -> Job:
         """TakeOwnership: an administrator makes a job theirs."""
@@ -250,3 +294,11 @@ class JobService:
                 await self.commit(job)
                 await self._discard(job)
         return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))
+
+async def _check_upload_source(files: LocalFiles, path: str) -> None:
+    """AddFile of an upload: the file must exist and be readable now, as whoever will read it."""
+    info = await files.stat(path)
+    if info is None:
+        raise BitsError(ErrorCode.ERROR_FILE_NOT_FOUND, f"{path} does not exist; an upload needs an existing file",
+                        ErrorContext.LOCAL_FILE)
+    os.close(await files.open_read(path))

@@ -71,6 +71,10 @@ class HttpTransport:
             )
         return self._session
 
+    def session(self) -> aiohttp.ClientSession:
+        """The shared aiohttp session: the upload protocol client sends its packets on the same connections."""
+        return self._get_session()
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -1,0 +1,163 @@
+"""Runs upload and upload-reply jobs: one file, sent with the BITS upload protocol.
+
+The order of one attempt: check the local file against the size and time
+stamp its upload began with, send it (continuing the recorded session), for
+upload-reply fetch the reply into a temporary file beside the reply file,
+then Close-Session. `session_closing` is made durable before Close-Session
+goes out, so after a crash the job closes again (the server answers a
+retried close) instead of mistaking a closed session for a lost one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+from ..enums import ErrorContext, JobState, JobType
+from ..errors import BitsError, ErrorCode, TransferError
+from ..transport.base import DownloadSpec, RemoteValidator, Throttle
+from ..transport.http import HttpTransport
+from ..transport.upload import SessionLost, UploadClient, UploadSpec, local_file_changed
+from .job import Job, JobFile
+from .runner import JobRunner, _FileSink, _headers
+from .service import JobService
+from .tokens import http_auth
+
+#: Cancel waits this long for the server's Ack for Cancel-Session; the server expires the session otherwise.
+CANCEL_TIMEOUT = 5.0
+
+
+class _UploadSink(_FileSink):
+    """UploadSink: the session id is durable before the first fragment; acknowledged offsets are saved queued."""
+
+    async def set_session(self, session_id: str | None) -> None:
+        f = self._file
+        f.session_id, f.session_closing = session_id, False
+        if session_id is None:
+            f.bytes_transferred = f.durable_offset = 0
+        self._job.state = JobState.TRANSFERRING
+        await self.flush()
+        await self._service.commit(self._job, (self._index,))
+
+    def acknowledged(self, offset: int) -> None:
+        f = self._file
+        if offset > f.bytes_transferred:
+            self._job.last_progress_time = time.time()
+        f.bytes_transferred = f.durable_offset = offset
+        self._save()
+
+
+class _ReplySink(_FileSink):
+    """DownloadSink of the reply: BG_JOB_REPLY_PROGRESS in the job record."""
+
+    def started(self, validator: RemoteValidator, offset: int) -> None:
+        self._job.reply_bytes_total = max(0, validator.size)
+        self._job.reply_bytes_transferred = offset
+        self._save()
+
+    def received(self, offset: int) -> None:
+        if offset > self._job.reply_bytes_transferred:
+            self._job.last_progress_time = time.time()
+        self._job.reply_bytes_transferred = offset
+
+    def durable(self, offset: int) -> None:
+        self._save()
+
+
+class UploadRunner(JobRunner):
+    """JobRunner's contract (state, errors, time limits, commit) with the upload protocol moving the bytes."""
+
+    def __init__(self, service: JobService, transport: HttpTransport, job: Job, throttle: Throttle | None) -> None:
+        super().__init__(service, transport, job, throttle)
+        self._client = UploadClient(transport.session())
+
+    async def _transfer_files(self) -> None:
+        job = self._job
+        f = job.files[0]
+        if f.completed:
+            return
+        if job.state == JobState.QUEUED:
+            job.state = JobState.CONNECTING
+        await self._check_local_file(f)
+        headers = _headers(job.custom_headers)
+        for _ in range(2):
+            if not f.session_closing:
+                reply_url = await self._send(f, headers)
+                if job.type == JobType.UPLOAD_REPLY:
+                    await self._fetch_reply(reply_url)
+                f.session_closing = True
+                await self._service.commit(job, (0,))
+            assert f.session_id is not None, "a sent file has a session"
+            try:
+                await self._client.close_session(f.remote_url, f.session_id, headers)
+            except SessionLost:
+                # Expired or lost before the close took: the server has nothing, so the file goes again.
+                f.session_id, f.session_closing, f.bytes_transferred, f.durable_offset = None, False, 0, 0
+                await self._service.commit(job, (0,))
+                continue
+            f.completed = True
+            f.bytes_transferred = f.durable_offset = f.bytes_total
+            await self._service.commit(job, (0,))
+            return
+        raise SessionLost(f"the server for {f.remote_url} lost the upload session twice; the job retries later")
+
+    async def _check_local_file(self, f: JobFile) -> None:
+        """Record the size and time stamp at the first attempt; after that, any change is an error."""
+        info = await self._service.files_of(self._job).stat(f.local_path)
+        if info is None:
+            raise BitsError(ErrorCode.ERROR_FILE_NOT_FOUND, f"{f.local_path} no longer exists; an upload needs its "
+                            "file until the job is transferred", ErrorContext.LOCAL_FILE)
+        if f.local_mtime_ns is None:
+            f.bytes_total, f.local_mtime_ns = info.size, info.mtime_ns
+            await self._service.commit(self._job, (0,))
+        elif (info.size, info.mtime_ns) != (f.bytes_total, f.local_mtime_ns):
+            raise local_file_changed(f.local_path)
+
+    async def _send(self, f: JobFile, headers: dict[str, str]) -> str | None:
+        assert f.local_mtime_ns is not None, "checked before sending"
+        fd = await self._service.files_of(self._job).open_read(f.local_path)
+        sink = _UploadSink(self._service, self._job, 0, asyncio.Event())
+        try:
+            spec = UploadSpec(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, f.local_path, f.session_id, headers)
+            return await self._client.upload(spec, sink, self._throttle)
+        finally:
+            os.close(fd)
+            await sink.flush()
+
+    async def _fetch_reply(self, url: str | None) -> None:
+        """Download the reply into its temporary file; no reply URL means an empty reply (IBackgroundCopyJob2)."""
+        job = self._job
+        temp = job.reply_temp_path
+        assert temp is not None, "an upload-reply job with a file has a reply name"
+        fd = await self._service.files_of(job).open_temp(temp, create=True)
+        sink = _ReplySink(self._service, job, 0, asyncio.Event())
+        try:
+            if url is None:
+                job.reply_bytes_total = job.reply_bytes_transferred = 0
+            else:
+                validator = await self._transport.download(DownloadSpec(url, 0, None, _headers(job.custom_headers)),
+                                                           fd, sink, self._throttle,
+                                                           http_auth(self._service, job, url))
+                job.reply_bytes_total = job.reply_bytes_transferred = validator.size
+        except TransferError as exc:
+            if exc.context == ErrorContext.REMOTE_FILE:
+                exc.context = ErrorContext.REMOTE_APPLICATION  # the reply is the server application's
+            raise
+        finally:
+            os.close(fd)
+            await sink.flush()
+
+
+async def cancel_upload_session(transport: HttpTransport, job: Job) -> None:
+    """Cancel's Cancel-Session for an upload still open on the server; best effort, as the server expires it anyway."""
+    if job.type == JobType.DOWNLOAD or not job.files:
+        return
+    f = job.files[0]
+    if f.session_id is None or f.completed:
+        return
+    with contextlib.suppress(BitsError, TimeoutError):
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            await UploadClient(transport.session()).cancel_session(f.remote_url, f.session_id,
+                                                                 _headers(job.custom_headers))

@@ -1,0 +1,294 @@
+"""The client half of the BITS upload protocol: Ping, Create-Session, Fragment, Close-Session, Cancel-Session.
+
+The server acknowledges every fragment with BITS-Received-Content-Range, the
+next byte it expects; that offset, never a local guess, is the upload's
+progress and its resume point. A resumed session first sends a one-byte
+probe (bytes 0-0, which the server never rewrites) to learn that offset, so
+after a crash nothing is sent twice but the probe and a fragment cut short.
+
+References: bits-upload-protocol.md, create-session.md, fragment.md, the
+Ack pages, handling-server-application-errors.md, file-transfer-consistency.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ..enums import ErrorContext
+from ..errors import ErrorCode, TransferError
+from ..uploadprotocol import (
+    BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH,
+    BG_E_SESSION_NOT_FOUND,
+    METHOD,
+    PROTOCOL_BITS_1_5,
+    Header,
+    PacketType,
+    format_content_range,
+    parse_hex,
+    parse_received_range,
+)
+from .base import Throttle
+from .http import THROTTLED_READ, display_url
+
+#: First fragment; later ones are sized from the measured rate.
+INITIAL_FRAGMENT = 1024 * 1024
+MIN_FRAGMENT = 64 * 1024
+#: Upper bound: a fragment is held in memory while it is sent.
+MAX_FRAGMENT = 16 * 1024 * 1024
+#: Seconds one fragment should take: short enough that an interruption costs little, long enough to amortise the Ack.
+FRAGMENT_SECONDS = 2.0
+#: The Ack of a completing fragment waits for the server application (IIS allows it five minutes).
+FINAL_ACK_TIMEOUT = 330.0
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """One attempt at one upload, as the core asks for it."""
+
+    url: str
+    #: The local file, opened for reading by the file broker as the owner (or the helper).
+    fd: int
+    #: Size and modification time the upload began with; any change is BG_E_LOCAL_FILE_CHANGED.
+    size: int
+    mtime_ns: int
+    #: The local file's name, for errors; its last component is the Content-Name of the first fragment.
+    local_path: str
+    #: The session to continue, or None for a new one.
+    session_id: str | None
+    headers: Mapping[str, str]
+
+
+class UploadSink(Protocol):
+    """Implemented by the core; called on the event loop thread."""
+
+    async def set_session(self, session_id: str | None) -> None:
+        """The session the bytes go to (None: the server lost it, progress is 0). Durable before returning."""
+
+    def acknowledged(self, offset: int) -> None:
+        """The server has bytes [0, offset) of the file."""
+
+
+class SessionLost(TransferError):
+    """BG_E_SESSION_NOT_FOUND: the server no longer knows the session (expired, cancelled, another server)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(BG_E_SESSION_NOT_FOUND, description, ErrorContext.REMOTE_FILE, 400, transient=True)
+
+
+def local_file_changed(path: str) -> TransferError:
+    """file-transfer-consistency.md: an upload whose file changes size or time stamp goes to ERROR."""
+    return TransferError(ErrorCode.BG_E_LOCAL_FILE_CHANGED, f"{path} changed (size or modification time) during "
+                         "the upload; cancel the job and upload the new version in a new one",
+                         ErrorContext.LOCAL_FILE, transient=False)
+
+
+@dataclass(frozen=True)
+class _Ack:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    def received(self, shown: str) -> int:
+        try:
+            return parse_received_range(self.headers[Header.RECEIVED_CONTENT_RANGE])
+        except (KeyError, ValueError):
+            raise TransferError(ErrorCode.BG_E_INSUFFICIENT_HTTP_SUPPORT, f"the server's Ack for {shown} has no valid "
+                                "BITS-Received-Content-Range; is it a BITS upload server?", transient=False) from None
+
+
+def is_transient(status: int, context: ErrorContext) -> bool:
+    """handling-server-application-errors.md for the application; for the server, 5xx, 408 and 429 retry."""
+    if context == ErrorContext.REMOTE_APPLICATION:
+        if 300 <= status < 400:
+            return status not in (300, 301, 302, 303, 304, 305, 307)
+        if 400 <= status < 500:
+            return status in (408, 409)
+        return status not in (501, 505)
+    return (status >= 500 and status not in (501, 505)) or status in (408, 429)
+
+
+def _ack_error(ack: _Ack, packet: PacketType, shown: str) -> TransferError:
+    """A refused packet as BITS reports it: the server's BITS-Error-Code and -Context, else the HTTP status."""
+    try:
+        code = parse_hex(ack.headers[Header.ERROR_CODE])
+    except (KeyError, ValueError):
+        code = ErrorCode.http(ack.status)
+    try:
+        context = ErrorContext(parse_hex(ack.headers[Header.ERROR_CONTEXT]))
+    except (KeyError, ValueError):
+        context = ErrorContext.REMOTE_FILE
+    if context not in (ErrorContext.REMOTE_FILE, ErrorContext.REMOTE_APPLICATION):
+        context = ErrorContext.REMOTE_FILE
+    said = " ".join(ack.body[:300].decode("utf-8", "replace").split())
+    try:
+        phrase = HTTPStatus(ack.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    who = "server application" if context == ErrorContext.REMOTE_APPLICATION else "server"
+    description = f"the {who} refused the {packet.value} packet for {shown}: HTTP {ack.status} {phrase}"
+    if said:
+        description += f" ({said})"
+    if code == BG_E_SESSION_NOT_FOUND:
+        return SessionLost(description)
+    transient = is_transient(ack.status, context)
+    return TransferError(code, description + ("; the job retries later" if transient else ""), context, ack.status,
+                         transient=transient)
+
+
+def _wire_error(exc: BaseException, shown: str) -> TransferError:
+    """Anything on the wire is worth a retry, except a certificate that is not valid."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TransferError(ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"the certificate of the server for {shown} is "
+                             f"not valid: {exc.certificate_error}", ErrorContext.GENERAL_TRANSPORT, transient=False)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        code = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        code = ErrorCode.ERROR_INTERNET_CANNOT_CONNECT
+    elif isinstance(exc, asyncio.TimeoutError):
+        code = ErrorCode.ERROR_INTERNET_TIMEOUT
+    else:
+        code = ErrorCode.ERROR_INTERNET_CONNECTION_RESET
+    return TransferError(code, f"uploading to {shown}: {exc or type(exc).__name__}; the job resumes from the "
+                         "server's received range", ErrorContext.GENERAL_TRANSPORT, transient=True)
+
+
+class FragmentSizer:
+    """Fragment size adapted to the link: about FRAGMENT_SECONDS of the rate the last fragment achieved."""
+
+    def __init__(self, initial: int = INITIAL_FRAGMENT) -> None:
+        self.size = initial
+
+    def measured(self, nbytes: int, seconds: float) -> None:
+        if nbytes < self.size // 2:
+            return  # a short tail or probe says nothing about the link
+        rate = nbytes / max(seconds, 1e-3)
+        wanted = int(rate * FRAGMENT_SECONDS)
+        self.size = max(MIN_FRAGMENT, min(MAX_FRAGMENT, self.size * 4, wanted))
+
+
+class UploadClient:
+    """Sends one file's packets on a shared aiohttp session (BITS_POST is an ordinary method to aiohttp)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def upload(self, spec: UploadSpec, sink: UploadSink, throttle: Throttle | None) -> str | None:
+        """Send the file until the server has it all; returns the BITS-Reply-URL of the last Ack, if any.
+
+        A session the server no longer knows is replaced by a new one, once per call.
+        """
+        url, shown = URL(spec.url), display_url(URL(spec.url))
+        await self._packet(url, PacketType.PING, spec.headers, shown)
+        session_id = spec.session_id
+        for _ in range(2):
+            try:
+                if session_id is None:
+                    session_id = await self._create_session(url, spec.headers, shown)
+                    await sink.set_session(session_id)
+                    return await self._fragments(url, shown, session_id, spec, sink, throttle, probe=False)
+                return await self._fragments(url, shown, session_id, spec, sink, throttle, probe=True)
+            except SessionLost:
+                session_id = None
+                await sink.set_session(None)
+        raise SessionLost(f"the server for {shown} lost two new upload sessions in a row; the job retries later")
+
+    async def close_session(self, url: str, session_id: str, headers: Mapping[str, str]) -> None:
+        """Close-Session: the server puts the upload in place (and drops the reply)."""
+        await self._packet(URL(url), PacketType.CLOSE_SESSION, {**headers, Header.SESSION_ID: session_id},
+                           display_url(URL(url)))
+
+    async def cancel_session(self, url: str, session_id: str, headers: Mapping[str, str]) -> None:
+        """Cancel-Session: the server deletes everything of the session."""
+        await self._packet(URL(url), PacketType.CANCEL_SESSION, {**headers, Header.SESSION_ID: session_id},
+                           display_url(URL(url)))
+
+    async def _create_session(self, url: URL, headers: Mapping[str, str], shown: str) -> str:
+        ack = await self._packet(url, PacketType.CREATE_SESSION,
+                                 {**headers, Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5}, shown)
+        protocol = ack.headers.get(Header.PROTOCOL, "").strip().lower()
+        session_id = ack.headers.get(Header.SESSION_ID, "").strip()
+        if protocol != PROTOCOL_BITS_1_5 or not session_id or len(session_id) > 128:
+            raise TransferError(BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH, f"the server for {shown} did not accept the "
+                                f"BITS 1.5 upload protocol (BITS-Protocol {protocol or 'missing'!r})",
+                                ErrorContext.REMOTE_FILE, ack.status, transient=False)
+        return session_id
+
+    async def _fragments(self, url: URL, shown: str, session_id: str, spec: UploadSpec, sink: UploadSink,
+                         throttle: Throttle | None, *, probe: bool) -> str | None:
+        sizer = FragmentSizer(MIN_FRAGMENT if throttle is not None else INITIAL_FRAGMENT)
+        offset = 0
+        while True:
+            length = min(1 if probe else sizer.size, spec.size - offset)
+            started = time.monotonic()
+            ack = await self._fragment(url, shown, session_id, spec, offset, length, throttle, waits=probe)
+            if ack.status not in (200, 416):
+                raise _ack_error(ack, PacketType.FRAGMENT, shown)
+            received = ack.received(shown)
+            if received > spec.size:
+                raise TransferError(ErrorCode.E_INVALIDARG, f"the server for {shown} claims {received} bytes of a "
+                                    f"{spec.size}-byte file", ErrorContext.REMOTE_FILE, transient=False)
+            if ack.status == 200:
+                sizer.measured(length, time.monotonic() - started)
+                if received == spec.size:
+                    sink.acknowledged(received)
+                    return ack.headers.get(Header.REPLY_URL)
+            sink.acknowledged(received)
+            # After a 416 the server has less than we sent from: continue from what it has.
+            offset, probe = received, False
+
+    async def _fragment(self, url: URL, shown: str, session_id: str, spec: UploadSpec, offset: int, length: int,
+                        throttle: Throttle | None, *, waits: bool) -> _Ack:
+        _check_unchanged(spec)
+        data = await asyncio.to_thread(os.pread, spec.fd, length, offset) if length else b""
+        _check_unchanged(spec)
+        if len(data) != length:
+            raise local_file_changed(spec.local_path)
+        headers = {**spec.headers, Header.SESSION_ID: session_id, "Content-Length": str(length),
+                   Header.CONTENT_RANGE: format_content_range(offset, offset + length - 1, spec.size)}
+        if offset == 0:
+            headers[Header.CONTENT_NAME] = os.path.basename(spec.local_path)
+        body = data if throttle is None else _paced(data, throttle)
+        final = waits or offset + length == spec.size
+        return await self._packet(url, PacketType.FRAGMENT, headers, shown, body=body, long_wait=final, check=False)
+
+    async def _packet(self, url: URL, packet: PacketType, headers: Mapping[str, str], shown: str, *,
+                      body: bytes | AsyncIterator[bytes] | None = None, long_wait: bool = False,
+                      check: bool = True) -> _Ack:
+        """One request packet and its Ack; check=True raises for anything but 200/201."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=FINAL_ACK_TIMEOUT) if long_wait else None
+        try:
+            async with self._session.request(
+                METHOD, url, headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
+                allow_redirects=False, **({"timeout": timeout} if timeout else {}),
+            ) as resp:
+                ack = _Ack(resp.status, resp.headers, await resp.content.read(64 * 1024))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _wire_error(exc, shown) from exc
+        if check and ack.status not in (200, 201):
+            raise _ack_error(ack, packet, shown)
+        return ack
+
+
+async def _paced(data: bytes, throttle: Throttle) -> AsyncIterator[bytes]:
+    """The fragment body in small pieces, each paid for before it is sent, so a cap is smooth."""
+    view = memoryview(data)
+    for start in range(0, len(view), THROTTLED_READ):
+        piece = view[start : start + THROTTLED_READ]
+        await throttle.consume(len(piece))
+        yield bytes(piece)
+
+
+def _check_unchanged(spec: UploadSpec) -> None:
+    info = os.fstat(spec.fd)
+    if info.st_size != spec.size or info.st_mtime_ns != spec.mtime_ns:
+        raise local_file_changed(spec.local_path)

@@ -1,0 +1,338 @@
+"""Upload and upload-reply jobs end to end: a real openbitsd against openbits-server (in this process).
+
+The server runs in the test's event loop with a middleware that records every
+packet, so a test can tell how many bytes the client sent and which packets
+it used; the daemon is a real process that can be killed with -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from openbits import AsyncManager
+from openbits.client import AsyncJob
+from openbits.enums import ErrorContext, JobPriority, JobState, JobType
+from openbits.errors import BitsError, ErrorCode
+from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
+from openbits.uploadprotocol import Header
+
+from .daemon import DaemonProcess
+from .servers import nginx
+from .servers.uploadapp import UploadApp
+from .test_upload_server import _proxying_nginx
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Server:
+    """openbits-server on a fixed loopback port, restartable, recording (packet type, Content-Length) per request."""
+
+    root: Path
+    vdir: dict[str, object]
+    port: int = 0
+    packets: list[tuple[str, int]] = field(default_factory=list)
+    runner: BitsAppRunner | None = None
+
+    async def start(self) -> Server:
+        settings = ServerSettings(vdirs=(VirtualDirectory(prefix="/", directory=self.root, **self.vdir),))  # type: ignore[arg-type]
+        app = make_upload_app(settings)
+        app.middlewares.append(self._record)
+        self.runner = BitsAppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.packets.append((request.headers.get(Header.PACKET_TYPE, request.method), request.content_length or 0))
+        return await handler(request)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def count(self, packet: str) -> int:
+        return sum(1 for kind, _ in self.packets if kind == packet)
+
+    @property
+    def fragment_bytes(self) -> list[int]:
+        return [length for kind, length in self.packets if kind == "Fragment"]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    servers: list[Server] = []
+    (tmp_path / "root").mkdir()
+
+    async def start(**vdir: object) -> Server:
+        servers.append(await Server(tmp_path / "root", vdir).start())
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        await s.stop()
+
+
+@pytest.fixture
+async def amanager(daemon: DaemonProcess) -> AsyncIterator[AsyncManager]:
+    async with AsyncManager(daemon.socket, autostart=False) as m:
+        yield m
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[UploadApp]:
+    app = await UploadApp().start()
+    yield app
+    await app.stop()
+
+
+def _file(tmp_path: Path, size: int, name: str = "up.bin") -> tuple[Path, bytes]:
+    data = os.urandom(size)
+    path = tmp_path / "local" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path, data
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _upload_job(m: AsyncManager, url: str, path: Path, kind: JobType = JobType.UPLOAD, **props: object) -> AsyncJob:
+    job = await m.create_job("up", kind, priority=JobPriority.FOREGROUND)  # background jobs yield bandwidth
+    await job.add_file(url, path)
+    if props:
+        await job.set_properties(**props)
+    await job.resume()
+    return job
+
+
+async def _until(job: AsyncJob, done: Callable[..., bool], timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not done(info := await job.info()):
+            assert info.state != JobState.ERROR, info.error
+            await asyncio.sleep(0.05)
+
+
+def _resent(s: Server, size: int) -> int:
+    """Bytes sent beyond the file's size (probes and fragments cut short)."""
+    return sum(s.fragment_bytes) - size
+
+
+# ---------------------------------------------------------------- rules at AddFile and Complete
+
+
+async def test_upload_rules(amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path) -> None:
+    s = await server()
+    path, _ = _file(tmp_path, 10)
+    job = await amanager.create_job("rules", JobType.UPLOAD)
+    with pytest.raises(BitsError) as missing:
+        await job.add_file(s.url("x"), tmp_path / "nope")
+    assert missing.value.code == ErrorCode.ERROR_FILE_NOT_FOUND and missing.value.context == ErrorContext.LOCAL_FILE
+    with pytest.raises(BitsError) as scheme:
+        await job.add_file(f"file://{tmp_path}/x", path)
+    assert scheme.value.code == ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE
+    with pytest.raises(BitsError) as two:
+        await job.add_files([(s.url("a"), path), (s.url("b"), path)])
+    assert two.value.code == ErrorCode.BG_E_TOO_MANY_FILES
+    await job.add_file(s.url("a"), path)
+    with pytest.raises(BitsError) as early:
+        await job.complete()
+    assert early.value.code == ErrorCode.BG_E_INVALID_STATE
+    for call in (job.reply_data(), job.set_reply_file_name(tmp_path / "r")):
+        with pytest.raises(BitsError) as notimpl:
+            await call
+        assert notimpl.value.code == ErrorCode.E_NOTIMPL
+    assert await job.reply_file_name() is None
+
+
+# ---------------------------------------------------------------- uploads end to end
+
+
+async def test_upload_end_to_end(amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path) -> None:
+    s = await server()
+    path, data = _file(tmp_path, 3 * 1024 * 1024 + 7)
+    empty, _ = _file(tmp_path, 0, "empty.bin")
+    job = await _upload_job(amanager, s.url("f.bin"), path)
+    nothing = await _upload_job(amanager, s.url("empty.bin"), empty)
+    for j in (job, nothing):
+        assert await j.wait(30) == JobState.TRANSFERRED, (await j.info()).error
+        await j.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    assert (s.root / "empty.bin").read_bytes() == b""
+    assert s.count("Ping") == 2 and s.count("Create-Session") == 2 and s.count("Close-Session") == 2
+    assert _resent(s, len(data)) == 0
+    info = await job.info()
+    assert info.bytes_total == info.bytes_transferred == len(data) and info.state == JobState.ACKNOWLEDGED
+
+
+async def test_upload_reply_default_and_chosen_reply_file(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], backend: UploadApp, tmp_path: Path
+) -> None:
+    s = await server(notification_type=1, notification_url=backend.url("/echo"))
+    path, data = _file(tmp_path, 100_000)
+    job = await amanager.create_job("reply", JobType.UPLOAD_REPLY)
+    assert await job.reply_file_name() is None
+    await job.add_file(s.url("f.bin"), path)
+    default = await job.reply_file_name()
+    assert default is not None and Path(default).parent == path.parent
+    assert (await job.reply_progress()).bytes_total == -1
+    await job.resume()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    assert await job.reply_data() == b"reply:" + data
+    assert not Path(default).exists()  # the reply file appears at Complete
+    progress = await job.reply_progress()
+    assert progress.bytes_total == progress.bytes_transferred == len(data) + 6
+    await job.complete()
+    assert Path(default).read_bytes() == b"reply:" + data
+    assert await job.reply_data() == b"reply:" + data  # GetReplyData works after Complete too
+    assert not (s.root / "f.bin").exists()  # the application did not ask for a copy
+
+    chosen = tmp_path / "answers" / "reply.txt"
+    chosen.parent.mkdir()
+    second = await amanager.create_job("reply2", JobType.UPLOAD_REPLY)
+    await second.add_file(s.url("g.bin"), path)
+    with pytest.raises(BitsError):
+        await second.set_reply_file_name(tmp_path / "no-such-folder" / "r")
+    await second.set_reply_file_name(chosen)
+    await second.resume()
+    assert await second.wait(30) == JobState.TRANSFERRED
+    with pytest.raises(BitsError) as late:
+        await second.set_reply_file_name(tmp_path / "other")
+    assert late.value.code == ErrorCode.BG_E_INVALID_STATE
+    await second.complete()
+    assert chosen.read_bytes() == b"reply:" + data and await second.reply_file_name() == str(chosen)
+    assert [p.name for p in chosen.parent.iterdir()] == ["reply.txt"]  # no temporary left behind
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def test_server_errors_map_to_contexts(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], backend: UploadApp, tmp_path: Path
+) -> None:
+    small = await server(max_upload_size=10)
+    path, _ = _file(tmp_path, 1000)
+    too_large = await _upload_job(amanager, small.url("f.bin"), path)
+    assert await too_large.wait(20) == JobState.ERROR
+    error = await too_large.error()
+    assert error is not None and (error.code, error.context) == (ErrorCode.BG_E_TOO_LARGE, ErrorContext.REMOTE_FILE)
+    with pytest.raises(BitsError):
+        await too_large.complete()  # uploads complete only in TRANSFERRED
+    await too_large.cancel()
+
+    failing = await server(notification_type=1, notification_url=backend.url("/fail"))
+    app_error = await _upload_job(amanager, failing.url("g.bin"), path, JobType.UPLOAD_REPLY)
+    await _until(app_error, lambda i: i.state == JobState.TRANSIENT_ERROR)  # 500: transient, as the docs say
+    error = await app_error.error()
+    assert error is not None and error.context == ErrorContext.REMOTE_APPLICATION
+    assert error.code == ErrorCode.http(500) and error.http_status == 500
+
+    missing = await _upload_job(amanager, small.url("no/such/folder/f.bin"), path)
+    assert await missing.wait(20) == JobState.ERROR
+    error = await missing.error()
+    assert error is not None and (error.code, error.context) == (ErrorCode.ERROR_PATH_NOT_FOUND, ErrorContext.REMOTE_FILE)
+
+
+async def _upload_under_way(m: AsyncManager, s: Server, tmp_path: Path) -> tuple[AsyncJob, Path]:
+    """A 1 MiB upload slowed to 256 KiB/s, once the server has acknowledged its first bytes."""
+    path, _ = _file(tmp_path, 1024 * 1024)
+    job = await _upload_job(m, s.url("f.bin"), path, max_bandwidth=256 * 1024)
+    await _until(job, lambda i: i.bytes_transferred > 0)
+    return job, path
+
+
+async def test_local_file_changed_is_an_error(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    job, path = await _upload_under_way(amanager, await server(), tmp_path)
+    with path.open("ab") as f:
+        f.write(b"more")
+    assert await job.wait(20) == JobState.ERROR
+    error = await job.error()
+    assert error is not None and error.code == ErrorCode.BG_E_LOCAL_FILE_CHANGED
+    assert error.context == ErrorContext.LOCAL_FILE
+
+
+async def test_cancel_sends_cancel_session(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    s = await server()
+    job, _ = await _upload_under_way(amanager, s, tmp_path)
+    await job.cancel()
+    assert s.count("Cancel-Session") == 1
+    assert list((s.root / "BITS-Sessions").iterdir()) == []
+    assert not (s.root / "f.bin").exists()
+
+
+# ---------------------------------------------------------------- interruption and resume
+
+
+async def test_kill9_mid_upload_resumes_from_servers_range(
+    daemon: DaemonProcess, amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    s = await server()
+    size = 3 * 1024 * 1024
+    path, data = _file(tmp_path, size)
+    job = await _upload_job(amanager, s.url("f.bin"), path, max_bandwidth=1024 * 1024)
+    cut = random.randint(size // 5, size * 4 // 5)
+    await _until(job, lambda i: i.bytes_transferred >= cut)
+    await asyncio.to_thread(daemon.kill9)
+    await asyncio.to_thread(daemon.start)
+    async with AsyncManager(daemon.socket, autostart=False) as again:
+        revived = await again.get_job(job.id)
+        assert await revived.wait(30) == JobState.TRANSFERRED, (await revived.info()).error
+        await revived.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    assert s.count("Create-Session") == 1  # the same session, continued
+    assert _resent(s, size) <= max(s.fragment_bytes) + 1
+
+
+async def test_server_restart_resumes_and_lost_session_starts_again(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    s = await server()
+    size = 2 * 1024 * 1024
+    path, data = _file(tmp_path, size)
+    job = await _upload_job(amanager, s.url("f.bin"), path, max_bandwidth=1024 * 1024, minimum_retry_delay=0)
+    await _until(job, lambda i: i.bytes_transferred >= size // 4)
+    await s.stop()  # the connection drops; the session stays on the server's disk
+    await s.start()
+    await _until(job, lambda i: i.bytes_transferred >= size // 2)
+    assert s.count("Create-Session") == 1 and _resent(s, size) <= max(s.fragment_bytes) + 1
+    await s.stop()
+    shutil.rmtree(s.root / "BITS-Sessions")  # the server forgot the session (expired, or another machine)
+    await s.start()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    await job.complete()
+    assert s.count("Create-Session") == 2
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+
+
+@pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")
+async def test_upload_through_nginx(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    s = await server()
+    path, data = _file(tmp_path, 5 * 1024 * 1024 + 1)
+    with _proxying_nginx(s.port) as proxy:
+        job = await _upload_job(amanager, proxy.url("uploads/f.bin"), path)
+        assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+        await job.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
