@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ def _toml_value(value: Any) -> str:
 class DaemonProcess:
     """openbitsd --user on a private socket and state directory."""
 
-    def __init__(self, root: Path, config: dict[str, Any] | None = None, *, system: bool = False) -> None:
+    def __init__(self, root: Path, config: dict[str, Any] | None = None, *, system: bool = False,
+                 wrap: Sequence[str] = ()) -> None:
+        """`wrap` prefixes the command: `ip netns exec NS` runs the daemon in a namespace (tests/netlab.py)."""
         self.root = root
+        self.wrap = list(wrap)
         self.socket = root / "openbits.sock"
         self.state_dir = root / "state"
         self.config_path = root / "openbitsd.toml"
@@ -50,7 +54,7 @@ class DaemonProcess:
         return {**os.environ, "OPENBITS_SOCKET": str(self.socket)}
 
     def start(self) -> DaemonProcess:
-        command = [sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
+        command = [*self.wrap, sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
                    "--socket", str(self.socket), "--state-dir", str(self.state_dir),
                    "--config", str(self.config_path), "--log-level", "DEBUG"]
         log = open(self.log_path, "ab")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 NGINX = "/usr/sbin/nginx"
@@ -37,7 +38,7 @@ http {{
     types {{ }}
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        listen {host}:{port};
         root {root};
     }}
 }}
@@ -58,14 +59,16 @@ def _free_port() -> int:
 class NginxServer:
     """nginx in the foreground serving `root_dir`; `stop()` kills it and removes its scratch dir."""
 
-    def __init__(self, root_dir: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+    def __init__(self, root_dir: str | os.PathLike[str], *, timeout: float = 5.0, host: str = "127.0.0.1",
+                 port: int | None = None, wrap: Sequence[str] = ()) -> None:
+        """`wrap` prefixes the command (`ip netns exec NS`: the politeness lab serves from its server namespace)."""
         self.root = Path(root_dir).resolve()
         self._work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
-        self.port = _free_port()
+        self.host, self.port, self._wrap = host, port or _free_port(), list(wrap)
         conf = self._work / "nginx.conf"
-        conf.write_text(_CONFIG.format(work=self._work, port=self.port, root=self.root))
+        conf.write_text(_CONFIG.format(work=self._work, host=host, port=self.port, root=self.root))
         self._proc = subprocess.Popen(
-            [NGINX, "-c", str(conf), "-e", str(self._work / "error.log")],
+            [*self._wrap, NGINX, "-c", str(conf), "-e", str(self._work / "error.log")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -78,16 +81,24 @@ class NginxServer:
                 log = (self._work / "error.log").read_text(errors="replace")
                 self.stop()
                 raise RuntimeError(f"nginx exited at start: {log}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            if self._listening():
                 return
-            except OSError:
-                time.sleep(0.02)
+            time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"nginx did not listen on port {self.port} within {timeout} s")
 
+    def _listening(self) -> bool:
+        if self._wrap:  # another namespace: ask it rather than connect
+            command = [*self._wrap, "ss", "-Hltn", f"sport = :{self.port}"]
+            return bool(subprocess.run(command, capture_output=True, text=True).stdout.strip())
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name.lstrip('/')}"
+        return f"http://{self.host}:{self.port}/{name.lstrip('/')}"
 
     def stop(self) -> None:
         if self._proc.poll() is None:

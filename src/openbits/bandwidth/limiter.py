@@ -1,8 +1,10 @@
-"""Rate caps: a global one shared by all background jobs (with its time-of-day
-schedule) and an optional one per job.
+"""Rate caps: a global one shared by all background jobs - the idle-bandwidth
+controller's rate, under the policy's cap and its time-of-day schedule - and
+an optional one per job.
 
-Rates are read on every refill, so a reloaded config or a changed job property
-takes effect on the next chunk, without restarting any transfer.
+Rates are read on every refill, so a reloaded config, a changed job property
+or a new decision of the controller takes effect on the next chunk, without
+restarting any transfer.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from collections.abc import Callable
 
 from ..core.job import Job
 from ..enums import JobPriority
+from .controller import kbit
+from .sensing import LinkSensor, SocketLike
 
 #: Bytes a bucket may hold: enough for a large read, small enough to keep the rate smooth.
 _BURST_SECONDS = 0.1
 _MIN_BURST = 256 * 1024
+#: Longest single wait (s): the rate is re-read - and the link re-sampled - at least this often,
+#: so a transfer held at the controller's floor sees the link free up within a tick.
+MAX_WAIT = 0.1
 
 
 class TokenBucket:
@@ -42,31 +49,72 @@ class TokenBucket:
                 if self._tokens > 0:
                     self._tokens -= nbytes  # may go negative: the debt is paid by the next wait
                     return
-                await asyncio.sleep(-self._tokens / rate + 0.001)
+                await asyncio.sleep(min(MAX_WAIT, -self._tokens / rate + 0.001))
 
 
 class _Chain:
-    def __init__(self, buckets: list[TokenBucket]) -> None:
+    """A transfer's throttle; a background one also shows its sockets to the link sensor."""
+
+    def __init__(self, buckets: list[TokenBucket], sensor: LinkSensor | None) -> None:
         self._buckets = buckets
+        self._sensor = sensor
 
     async def consume(self, nbytes: int) -> None:
         for bucket in self._buckets:
             await bucket.consume(nbytes)
 
+    def attach(self, sock: SocketLike) -> None:
+        if self._sensor is not None:
+            self._sensor.attach(sock)
+
+    def detach(self, sock: SocketLike) -> None:
+        if self._sensor is not None:
+            self._sensor.detach(sock)
+
 
 class BandwidthPolicy:
-    """Hands each transfer the buckets that apply to its job."""
+    """Hands each transfer the buckets that apply to its job.
 
-    def __init__(self, background_limit: Callable[[], int]) -> None:
-        self._background = TokenBucket(background_limit)
+    `background_limit` is the policy's cap now (0 = none); `ignore_limits_when_idle`
+    lifts it while the controller sees nobody else on the link. Without a sensor
+    (`idle_control = false`) background jobs run at the cap alone, like a fixed limit.
+    """
+
+    def __init__(self, background_limit: Callable[[], int], sensor: LinkSensor | None = None,
+                 ignore_limits_when_idle: Callable[[], bool] = lambda: False) -> None:
+        self._limit = background_limit
+        self._sensor = sensor
+        self._ignore_when_idle = ignore_limits_when_idle
+        self._background = TokenBucket(lambda: self.background_rate()[0])
         self._per_job: dict[str, TokenBucket] = {}
 
+    def background_rate(self) -> tuple[int, str]:
+        """Bytes/s all background jobs share now (0 = unlimited), and why."""
+        cap = self._limit()
+        decision = None if self._sensor is None else self._sensor.decision()
+        if decision is None:
+            return cap, f"capped by policy at {kbit(cap)}" if cap else "no limit: no link is shared now"
+        if cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle()):
+            return cap, f"capped by policy at {kbit(cap)}"
+        return decision.rate, decision.reason
+
+    def explain(self, job: Job) -> tuple[int, str]:
+        """The rate `job` may use (0 = unlimited) and why, for `openbits info`."""
+        if job.priority == JobPriority.FOREGROUND:
+            rate, reason = 0, "foreground: not throttled, competes like any other flow"
+        else:
+            rate, reason = self.background_rate()
+        if job.max_bandwidth and (rate == 0 or job.max_bandwidth < rate):
+            rate, reason = job.max_bandwidth, f"capped by the job at {kbit(job.max_bandwidth)}"
+        return rate, reason
+
     def throttle_for(self, job: Job) -> _Chain | None:
-        buckets = [] if job.priority == JobPriority.FOREGROUND else [self._background]
+        background = job.priority != JobPriority.FOREGROUND
+        buckets = [self._background] if background else []
         if job.max_bandwidth:
             bucket = self._per_job.get(job.id)
             if bucket is None:
                 bucket = self._per_job[job.id] = TokenBucket(lambda: job.max_bandwidth)
             buckets.append(bucket)
-        return _Chain(buckets) if buckets else None
+        return _Chain(buckets, self._sensor if background else None) if buckets else None
 

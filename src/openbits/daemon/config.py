@@ -78,6 +78,8 @@ class Config:
     #: bytes/s for all background jobs together; 0 = unlimited (MaxInternetBandwidth)
     background_bandwidth: int = 0
     bandwidth_schedule: tuple[BandwidthWindow, ...] = field(default_factory=tuple)
+    #: [bandwidth] ignore_limits_when_idle: the cap above is lifted while nobody else uses the link
+    bandwidth_ignore_limits_when_idle: bool = False
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -113,6 +115,10 @@ class Config:
         try:
             values["background_bandwidth"] = parse_rate(bandwidth.get("limit", 0))
             values["bandwidth_schedule"] = tuple(BandwidthWindow.parse(w) for w in bandwidth.get("schedule", []))
+            idle = bandwidth.get("ignore_limits_when_idle", False)
+            if not isinstance(idle, bool):
+                raise ValueError(f"ignore_limits_when_idle = {idle!r}: write true or false")
+            values["bandwidth_ignore_limits_when_idle"] = idle
         except (ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"{source}: [bandwidth]: {exc}") from None
         return cls(**values)

@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..api.routes import make_app
-from ..bandwidth import BandwidthPolicy
+from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..client.discovery import answers, system_socket_path, user_socket_path, user_state_dir
 from ..core.job import Job
 from ..core.scheduler import Scheduler
@@ -115,7 +115,10 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     loop.add_signal_handler(signal.SIGHUP, settings.reload)
 
     service = JobService(store, broker, lambda: settings.config, jobs)
-    policy = BandwidthPolicy(lambda: _background_limit(settings.config))
+    trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
+    trace = open(trace_path, "a", buffering=1) if trace_path else None
+    policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
+                             lambda: settings.config.bandwidth_ignore_limits_when_idle)
     transport = HttpTransport()
     scheduler = Scheduler(service, transport, policy.throttle_for)
     runner = web.AppRunner(make_app(service, settings.mode), access_log=None)

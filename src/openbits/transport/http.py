@@ -122,7 +122,10 @@ class HttpTransport:
                 if old.if_range is not None:
                     headers["If-Range"] = old.if_range
             async with self._get_session().get(
-                url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,)
+                url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
+                # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
+                # or the server sees our buffers fill, not our rate.
+                read_bufsize=None if throttle is None else THROTTLED_READ,
             ) as resp:
                 if resp.status not in (200, 206, 416):
                     _raise_for_status(resp, shown)
@@ -229,12 +232,22 @@ async def _receive(
     """Copy the body into the file; the size check catches a body cut short by a clean close."""
     progress = ProgressReporter(sink)
     content = resp.content
-    while chunk := await (content.readany() if throttle is None else content.read(THROTTLED_READ)):
-        if throttle is not None:
-            # Bounded reads, paid for before they count: aiohttp may have buffered megabytes.
-            await throttle.consume(len(chunk))
-        writer.write(chunk)
-        progress.update(writer.offset)
+    # -- bandwidth controller hook (issue 6): a background throttle watches the socket while we read.
+    sock = resp.connection.transport.get_extra_info("socket") if resp.connection and resp.connection.transport else None
+    watch = getattr(throttle, "attach", None) is not None and sock is not None
+    if watch:
+        throttle.attach(sock)  # type: ignore[union-attr]
+    try:
+        while chunk := await (content.readany() if throttle is None else content.read(THROTTLED_READ)):
+            if throttle is not None:
+                # Bounded reads, paid for before they count: aiohttp may have buffered megabytes.
+                await throttle.consume(len(chunk))
+            writer.write(chunk)
+            progress.update(writer.offset)
+    finally:
+        if watch:
+            throttle.detach(sock)  # type: ignore[union-attr]
+    # -- end of the bandwidth controller hook
     if validator.size != SIZE_UNKNOWN and writer.offset != validator.size:
         raise TransferError(
             ErrorCode.ERROR_INTERNET_CONNECTION_RESET,

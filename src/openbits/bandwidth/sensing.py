@@ -1,0 +1,225 @@
+"""The controller's senses: TCP_INFO of our own sockets and the byte counters of
+the interfaces they use.
+
+Sampling is lazy - done when the background bucket asks for its rate, at most
+every `interval` - so there is no task to own and nothing runs while no
+background transfer does. The bucket asks at least every `MAX_WAIT` of
+`limiter.TokenBucket`, so a transfer held at the floor still re-samples often.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import ipaddress
+import json
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from .controller import INITIAL_RATE, Decision, IdleController, Sample
+
+log = logging.getLogger("openbits.bandwidth")
+
+#: Offsets in Linux's struct tcp_info (include/uapi/linux/tcp.h), stable since 4.x.
+_RCV_RTT = struct.Struct("=I")   # tcpi_rcv_rtt, µs, at 92
+_BYTES_RECEIVED = struct.Struct("=Q")  # tcpi_bytes_received, at 128
+_SEGS_IN = struct.Struct("=I")   # tcpi_segs_in, at 140
+_TCP_INFO_LEN = 152
+#: Headers per segment the interface counts and tcpi_bytes_received does not: Ethernet, IPv4, TCP with timestamps.
+_HEADERS = 14 + 20 + 32
+_SIOCGIFADDR = 0x8915
+#: The receive window we allow, in round trips at a socket's share of the rate: enough to reach
+#: the rate, small enough that the server cannot queue much more than that at the bottleneck.
+#: Without it the kernel's autotuning (up to tcp_rmem's 32 MB here) soaked up the link for
+#: seconds after we slowed our reads: the server saw our buffer fill, not our rate (measured).
+WINDOW_RTTS = 1.5
+MIN_WINDOW = 16 * 1024
+#: The window follows what arrives, grown by this factor (plus INITIAL_RATE), not a generous
+#: allowance: an open window is what the server still sends after we decide to yield.
+WINDOW_GROWTH = 1.25
+#: RTT assumed until the kernel has measured one.
+_DEFAULT_RTT = 0.05
+_SYSFS = Path("/sys/class/net")
+
+
+class SocketLike(Protocol):
+    """What we need of a connected TCP socket (asyncio hands out `TransportSocket`s)."""
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes: ...
+    def getsockname(self) -> tuple[str, int] | tuple[str, int, int, int]: ...
+    def getpeername(self) -> tuple[str, int] | tuple[str, int, int, int]: ...
+    def setsockopt(self, level: int, option: int, value: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TcpInfo:
+    rcv_rtt: float  # s; 0 until the kernel has a sample
+    wire_bytes: int  # payload plus headers, as the interface counts them
+
+
+def tcp_info(sock: SocketLike) -> TcpInfo | None:
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return None
+    if len(raw) < _TCP_INFO_LEN:
+        return None
+    (rcv_rtt,) = _RCV_RTT.unpack_from(raw, 92)
+    (received,) = _BYTES_RECEIVED.unpack_from(raw, 128)
+    (segs,) = _SEGS_IN.unpack_from(raw, 140)
+    return TcpInfo(rcv_rtt / 1e6, received + segs * _HEADERS)
+
+
+def interface_of(local_address: str) -> str | None:
+    """The interface that holds our end's address: the one the route to the server uses."""
+    addr = ipaddress.ip_address(local_address)
+    if addr.version == 6:
+        try:
+            lines = Path("/proc/net/if_inet6").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 6 and ipaddress.ip_address(int(fields[0], 16)) == addr:
+                return fields[5]
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(probe, _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(raw[20:24]) == local_address:
+                return name
+    return None
+
+
+def rx_bytes(interface: str) -> int | None:
+    try:
+        return int((_SYSFS / interface / "statistics" / "rx_bytes").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class _Tracked:
+    def __init__(self, peer: str, interface: str | None, wire_bytes: int, clamp: int) -> None:
+        self.peer, self.interface, self.wire_bytes = peer, interface, wire_bytes
+        self.original_clamp = self.clamp = clamp
+        self.rtt = _DEFAULT_RTT
+
+
+def _set_clamp(sock: SocketLike, clamp: int) -> None:
+    """TCP_WINDOW_CLAMP, not SO_RCVBUF: it bounds the window without locking the buffer, so the
+    connection goes back to autotuning when a foreground job reuses it."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, clamp)
+    except OSError:
+        pass
+
+
+class LinkSensor:
+    """Samples our attached sockets and their interfaces into an `IdleController`.
+
+    Byte counts are kept as sums of deltas, so sockets and interfaces may come
+    and go without the controller seeing a jump.
+    """
+
+    def __init__(self, controller: IdleController | None = None, *, interval: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic, trace: TextIO | None = None) -> None:
+        """`trace` receives every sample and decision as a JSON line: the recorded traces the tests replay."""
+        self.controller = controller or IdleController()
+        self._trace = trace
+        self._interval = interval
+        self._clock = clock
+        self._sockets: dict[SocketLike, _Tracked] = {}
+        self._links: dict[str, int] = {}  # interface -> last rx_bytes
+        self._ours = 0
+        self._link = 0
+        self._next = 0.0
+        self._logged = ""
+
+    def attach(self, sock: SocketLike) -> None:
+        """A background transfer starts receiving on `sock`."""
+        info = tcp_info(sock)
+        if info is None or sock in self._sockets:
+            return
+        try:
+            local, peer = sock.getsockname()[0], sock.getpeername()[0]
+            clamp = int.from_bytes(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, 4), "little")
+        except OSError:
+            return
+        interface = interface_of(local)
+        if interface == "lo" or ipaddress.ip_address(peer).is_loopback:
+            return  # no link to share: a loopback transfer runs at the policy's cap alone
+        if interface is not None and not (_SYSFS / interface).exists():
+            interface = None
+        self._sockets[sock] = _Tracked(peer, interface, info.wire_bytes, clamp)
+        if interface is not None and interface not in self._links:
+            count = rx_bytes(interface)
+            if count is not None:
+                self._links[interface] = count
+
+    def detach(self, sock: SocketLike) -> None:
+        """The transfer on `sock` ended: count its last bytes, then forget it."""
+        tracked = self._sockets.pop(sock, None)
+        info = tcp_info(sock) if tracked is not None else None
+        if tracked is not None and info is not None:
+            self._ours += max(0, info.wire_bytes - tracked.wire_bytes)
+            _set_clamp(sock, tracked.original_clamp)
+        if tracked is not None and not any(t.interface == tracked.interface for t in self._sockets.values()):
+            self._links.pop(tracked.interface or "", None)
+
+    def decision(self) -> Decision | None:
+        """The controller's latest decision, after a fresh sample if one is due; None while no
+        background transfer crosses a link (nothing to measure, nobody to yield to)."""
+        if not self._sockets:
+            return None
+        now = self._clock()
+        if now >= self._next:
+            self._next = now + self._interval
+            self._sample(now)
+        return self.controller.decision
+
+    def _sample(self, now: float) -> None:
+        delays: dict[str, float] = {}
+        for sock, tracked in self._sockets.items():
+            info = tcp_info(sock)
+            if info is None:
+                continue
+            self._ours += max(0, info.wire_bytes - tracked.wire_bytes)
+            tracked.wire_bytes = info.wire_bytes
+            if info.rcv_rtt > 0:
+                tracked.rtt = info.rcv_rtt
+                # The most congested socket to a server speaks for its path.
+                delays[tracked.peer] = max(delays.get(tracked.peer, 0.0), info.rcv_rtt)
+        for interface, last in list(self._links.items()):
+            count = rx_bytes(interface)
+            if count is None:
+                del self._links[interface]
+                continue
+            self._link += max(0, count - last)
+            self._links[interface] = count
+        link = self._link if self._links else None
+        sample = Sample(now, self._ours, link, delays)
+        decision = self.controller.update(sample)
+        if self._trace is not None:
+            self._trace.write(json.dumps({"sample": dataclasses.asdict(sample),
+                                          "decision": dataclasses.asdict(decision)}) + "\n")
+        self._clamp_windows(min(decision.rate, WINDOW_GROWTH * self.controller.arriving + INITIAL_RATE))
+        if decision.reason != self._logged:
+            self._logged = decision.reason
+            log.debug("background rate %d B/s: %s", decision.rate, decision.reason)
+
+    def _clamp_windows(self, rate: float) -> None:
+        share = rate / max(1, len(self._sockets))
+        for sock, tracked in self._sockets.items():
+            clamp = int(max(MIN_WINDOW, WINDOW_RTTS * share * tracked.rtt))
+            if abs(clamp - tracked.clamp) > tracked.clamp / 8:  # a syscall only for a real change
+                tracked.clamp = clamp
+                _set_clamp(sock, clamp)
