@@ -7,7 +7,7 @@ output and `info --json` read like the BITS documentation.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -42,6 +42,8 @@ JobPriorityName = _by_name(JobPriority)
 JobTypeName = _by_name(JobType)
 ErrorContextName = _by_name(ErrorContext)
 
+#: SetNotifyFlags: a combination of the six BG_NOTIFY_* bits.
+NotifyFlagsValue = Annotated[int, Field(ge=0, le=0x3F)]
 #: Seconds; BITS's SetMinimumRetryDelay / SetNoProgressTimeout take ULONG seconds.
 Seconds = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
 
@@ -104,6 +106,10 @@ class JobInfo(WireModel):
         default=None, description="GetReplyFileName: upload-reply jobs; null before a file is added")
     reply_bytes_total: int = Field(default=-1, description="GetReplyProgress: -1 until the reply begins")
     reply_bytes_transferred: int = 0
+    notify_flags: int = Field(description="NotifyFlags: JOB_TRANSFERRED 0x1, JOB_ERROR 0x2, DISABLE 0x4, "
+                              "JOB_MODIFICATION 0x8, FILE_TRANSFERRED 0x10, FILE_RANGES_TRANSFERRED 0x20")
+    notify_cmdline: list[str] | None = Field(description="SetNotifyCmdLine as [program, *parameters], or null")
+    minimum_notification_interval_ms: int
 
 
 class JobList(WireModel):
@@ -140,6 +146,8 @@ class JobProperties(WireModel):
     custom_headers: list[Annotated[str, Field(max_length=16384)]] | None = None
     dynamic_content: bool | None = None
     max_bandwidth: Annotated[int, Field(ge=0)] | None = None
+    notify_flags: NotifyFlagsValue | None = None
+    minimum_notification_interval_ms: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
 
 
 class ReplyFileName(WireModel):
@@ -219,3 +227,54 @@ class LogonRequest(WireModel):
 class LogonResult(WireModel):
     uid: int
     user: str
+
+
+# -- notifications: the event stream, callback acknowledgements, command lines (openbits.events) ----------
+
+
+class EventInfo(WireModel):
+    """One event of `GET /v1/events` (the `data:` of a server-sent event whose `id:` is `seq`)."""
+
+    seq: int = Field(description="increases with every event, across daemon restarts; gaps are possible")
+    time: float = Field(description="Unix time")
+    kind: Literal["job_transferred", "job_error", "job_modification", "file_transferred", "file_ranges_transferred"]
+    job_id: str
+    job_name: str
+    owner_uid: int
+    state: JobStateName
+    notify: bool = Field(description="the job's notify flags asked for this kind when it happened (callbacks fire)")
+    redelivery: bool = Field(description="a job_transferred/job_error sent again after a failed callback")
+    bytes_total: int
+    bytes_transferred: int
+    files_total: int
+    files_transferred: int
+    file_index: int | None = Field(description="file_transferred: which file of the job")
+    file: FileInfo | None
+    error: ErrorInfo | None
+
+
+class StreamReady(WireModel):
+    """The first message of every event stream (`event: ready`)."""
+
+    head: int = Field(description="seq of the newest stored event when the stream opened")
+    subscription: str = Field(description="with callbacks=true: the id acknowledgements must carry")
+
+
+class EventAck(WireModel):
+    """How a callback for a job_transferred/job_error event went (S_OK or a failure such as E_FAIL)."""
+
+    subscription: Annotated[str, Field(min_length=1, max_length=64)]
+    ok: bool
+    message: Annotated[str, Field(max_length=4096)] = ""
+
+
+class AckResult(WireModel):
+    accepted: bool = Field(description="false: not the job's pending notification or not its current interface "
+                           "(stale, already handled, or superseded); nothing to do")
+
+
+class NotifyCmdLine(WireModel):
+    """SetNotifyCmdLine: an absolute program path (no search path, no shell) and its arguments after argv[0]."""
+
+    program: Annotated[str, Field(min_length=1, max_length=4096)]
+    parameters: list[Annotated[str, Field(max_length=4000)]] = Field(default_factory=list, max_length=1000)

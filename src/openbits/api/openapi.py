@@ -10,11 +10,14 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from .models import (
+    AckResult,
     AddFilesRequest,
     CreateJobRequest,
     CredentialsRequest,
     DaemonStatus,
     ErrorBody,
+    EventAck,
+    EventInfo,
     HelperTokenRequest,
     HelperTokenUser,
     JobInfo,
@@ -22,6 +25,7 @@ from .models import (
     JobProperties,
     LogonRequest,
     LogonResult,
+    NotifyCmdLine,
     ReplyData,
     ReplyFileName,
     TokenFlagsBody,
@@ -66,7 +70,35 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
                                    ("scheme", ["BASIC", "DIGEST", "NTLM", "NEGOTIATE", "PASSPORT"])))]),
     ("post", "/v1/logon", "LogonUser: check a password with PAM (rate-limited per caller)", LogonRequest, LogonResult,
      200, []),
+    # notifications (openbits.events); the event stream itself is _EVENT_STREAM below
+    ("put", "/v1/jobs/{job}/notify-cmdline", "SetNotifyCmdLine: absolute program, no shell, run as the owner",
+     NotifyCmdLine, JobInfo, 200, [_JOB]),
+    ("delete", "/v1/jobs/{job}/notify-cmdline", "Remove the notify command line", None, JobInfo, 200, [_JOB]),
+    ("post", "/v1/events/{seq}/ack", "A callback's answer to job_transferred/job_error (S_OK or E_FAIL)", EventAck,
+     AckResult, 200, [{"name": "seq", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}]),
 ]
+
+#: GET /v1/events answers text/event-stream, which the operation table cannot say.
+_EVENT_STREAM: dict[str, Any] = {
+    "summary": "Server-sent events: `ready` ({head, subscription}), then one event per change, `id:` = seq; "
+               "a stream ended by the daemon says `superseded` or `dropped` (too slow: reconnect with since)",
+    "operationId": "get_v1_events",
+    "parameters": [
+        {"name": "since", "in": "query", "required": False, "description": "replay stored events after this seq "
+         "(default: only new events; the Last-Event-ID header works too)", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "job", "in": "query", "required": False, "description": "one job (GUID or name)",
+         "schema": {"type": "string"}},
+        {"name": "all_users", "in": "query", "required": False, "description": "administrators: every user's events",
+         "schema": {"type": "string", "enum": ["true", "false"]}},
+        {"name": "callbacks", "in": "query", "required": False, "description": "register this stream as the job's "
+         "notify interface (SetNotifyInterface); answer job_transferred/job_error with POST /v1/events/{seq}/ack",
+         "schema": {"type": "string", "enum": ["true", "false"]}},
+        {"name": "timeout", "in": "query", "required": False, "description": "seconds to follow (0: replay only; "
+         "default: until the client leaves)", "schema": {"type": "number", "minimum": 0}},
+    ],
+    "responses": {"200": {"description": "the stream; each `data:` is an EventInfo",
+                          "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+}
 
 
 def _operation_id(method: str, path: str) -> str:
@@ -75,7 +107,7 @@ def _operation_id(method: str, path: str) -> str:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    models = {m for op in _OPERATIONS for m in (op[3], op[4]) if m is not None} | {ErrorBody}
+    models = {m for op in _OPERATIONS for m in (op[3], op[4]) if m is not None} | {ErrorBody, EventInfo}
     keys, schema = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
         ref_template="#/components/schemas/{model}",
@@ -103,6 +135,8 @@ def openapi_document() -> dict[str, Any]:
         if request is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[request]}}}
         paths.setdefault(path, {})[method] = operation
+    paths["/v1/events"] = {"get": {**_EVENT_STREAM, "responses": {
+        **_EVENT_STREAM["responses"], **{str(code): error for code in (400, 403, 404, 409)}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "openbits", "version": __version__,

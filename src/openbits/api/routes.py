@@ -201,6 +201,11 @@ def make_app(service: JobService, mode: str) -> web.Application:
 
     app[TOKENS] = TokenService(service, LogonChecker())
     app.add_routes(token_routes)
+    from .event_routes import DELIVERIES, event_routes  # the same: notifications build on these helpers
+    from ..events.delivery import Deliveries
+
+    app[DELIVERIES] = Deliveries(service, service.events)
+    app.add_routes(event_routes)
     return app
 
 

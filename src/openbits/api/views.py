@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pwd
 
-from ..core.job import Job
+from ..core.job import Job, JobFile
 from ..errors import BitsError
 from .models import ErrorInfo, FileInfo, JobInfo
 
@@ -45,18 +45,22 @@ def job_info(job: Job) -> JobInfo:
         creation_time=job.creation_time,
         modification_time=job.modification_time,
         transfer_completion_time=job.transfer_completion_time,
-        files=[
-            FileInfo(
-                remote_url=f.remote_url,
-                local_path=f.local_path,
-                temp_path=f.temp_path,
-                bytes_total=f.bytes_total,
-                bytes_transferred=f.bytes_transferred,
-                completed=f.completed,
-            )
-            for f in job.files
-        ],
+        files=[file_info(f) for f in job.files],
         reply_file_name=job.reply_path,
         reply_bytes_total=job.reply_bytes_total,
         reply_bytes_transferred=job.reply_bytes_transferred,
+        notify_flags=job.notify_flags,
+        notify_cmdline=job.notify_cmdline,
+        minimum_notification_interval_ms=job.minimum_notification_interval_ms,
+    )
+
+
+def file_info(f: JobFile) -> FileInfo:
+    return FileInfo(
+        remote_url=f.remote_url,
+        local_path=f.local_path,
+        temp_path=f.temp_path,
+        bytes_total=f.bytes_total,
+        bytes_transferred=f.bytes_transferred,
+        completed=f.completed,
     )

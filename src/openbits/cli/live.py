@@ -1,4 +1,7 @@
-"""Commands that follow jobs as they move: `transfer` (Start-BitsTransfer) and `monitor`."""
+"""Commands that follow jobs as they move: `transfer` (Start-BitsTransfer) and `monitor`.
+
+Both follow the daemon's event stream: they redraw when something happened, not on a timer.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,6 @@ from .app import cli, fail, manager
 from .jobs import PRIORITY, job_type_options
 from .render import console, job_table, print_json, transfer_progress
 
-#: How often the progress bar is brought up to date.
-_POLL = 0.25
 #: Exit code after Ctrl-C, as a shell reports SIGINT.
 _EXIT_INTERRUPTED = 130
 
@@ -40,17 +41,23 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _follow(job: Job, show_bar: bool) -> JobInfo:
-    """Wait for the job to leave the active states, drawing a bar meanwhile; return the last snapshot."""
+    """Follow the job's events until it leaves the active states, drawing a bar meanwhile; return the last snapshot.
+
+    The job was resumed before: its history (replayed from seq 0) starts SUSPENDED, so only a stop after it
+    was active counts.
+    """
     with transfer_progress(show_bar) as bar:
         task = bar.add_task(job.last_info.name, total=None)
-        while True:
-            info = job.wait_info(_POLL)
-            total = None if info.bytes_total == SIZE_UNKNOWN else info.bytes_total
-            note = f" [yellow]{info.state.name}[/]" if info.state == JobState.TRANSIENT_ERROR else ""
-            description = f"{info.name} {info.files_transferred}/{info.files_total}{note}"
-            bar.update(task, total=total, completed=info.bytes_transferred, description=description)
-            if not info.state.is_active:
-                return info
+        was_active = False
+        for event in job.events():
+            total = None if event.bytes_total == SIZE_UNKNOWN else event.bytes_total
+            note = f" [yellow]{event.state.name}[/]" if event.state == JobState.TRANSIENT_ERROR else ""
+            description = f"{event.job_name} {event.files_transferred}/{event.files_total}{note}"
+            bar.update(task, total=total, completed=event.bytes_transferred, description=description)
+            was_active = was_active or event.state.is_active
+            if was_active and not event.state.is_active:
+                break
+    return job.info()
 
 
 @cli.command()
@@ -96,7 +103,8 @@ def transfer(job_type: str, pairs: tuple[str, ...], name: str, priority: str, as
 
 @cli.command()
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
-@click.option("--refresh", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Seconds between updates.")
+@click.option("--refresh", type=click.FloatRange(0.1), default=1.0, show_default=True,
+              help="Seconds between redraws at most (it redraws only after events).")
 def monitor(all_users: bool, refresh: float) -> None:
     """Show the job list live until Ctrl-C."""
 
@@ -105,8 +113,11 @@ def monitor(all_users: bool, refresh: float) -> None:
 
     try:
         with Live(table(), console=console(), auto_refresh=False) as live:
-            while True:
-                time.sleep(refresh)
-                live.update(table(), refresh=True)
+            changed, drawn = False, time.monotonic()
+            for event in manager().events(all_users=all_users, idle=refresh):
+                changed = changed or event is not None
+                if changed and time.monotonic() - drawn >= refresh:
+                    live.update(table(), refresh=True)
+                    changed, drawn = False, time.monotonic()
     except KeyboardInterrupt:
         pass

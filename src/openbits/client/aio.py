@@ -10,7 +10,7 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -23,21 +23,24 @@ from ..api.models import (
     CreateJobRequest,
     CredentialsRequest,
     DaemonStatus,
+    EventInfo,
     HelperTokenUser,
     JobInfo,
     JobList,
     JobProperties,
     LogonRequest,
     LogonResult,
+    NotifyCmdLine,
     ReplyData,
     ReplyFileName,
     TokenTicket,
 )
-from ..enums import JobPriority, JobState, JobType
+from ..enums import JobPriority, JobState, JobType, NotifyFlags
 from ..errors import BitsError, ErrorCode
 from ..identity.tokens import AuthScheme, AuthTarget
 from . import discovery
 from .connection import Connection
+from .notify import Notifiers, follow, with_idle
 from .tokens import AsyncTokenOptions, redeem_ticket
 from .types import File, Progress, ReplyProgress, error_of
 
@@ -68,9 +71,10 @@ def _request(model: type[M], **fields: Any) -> M:
 class AsyncJob:
     """A handle on one job. Every getter asks the daemon afresh, as BITS's Get* methods do."""
 
-    def __init__(self, connection: Connection, info: JobInfo) -> None:
+    def __init__(self, connection: Connection, info: JobInfo, notifiers: Notifiers) -> None:
         self._connection = connection
         self._info = info
+        self._notifiers = notifiers
         self._path = f"/v1/jobs/{quote(info.id, safe='')}"
 
     def __repr__(self) -> str:
@@ -194,6 +198,47 @@ class AsyncJob:
         """Like wait_info, returning only the state the wait ended in."""
         return (await self.wait_info(timeout)).state
 
+    # -- notifications (IBackgroundCopyCallback, SetNotifyFlags, SetNotifyCmdLine; see client.notify) --
+
+    async def notify_flags(self) -> NotifyFlags:
+        return NotifyFlags((await self.info()).notify_flags)
+
+    async def set_notify_flags(self, flags: NotifyFlags | int) -> JobInfo:
+        return await self.set_properties(notify_flags=int(flags))
+
+    async def notify_cmdline(self) -> list[str] | None:
+        """GetNotifyCmdLine as [program, *parameters], or None."""
+        return (await self.info()).notify_cmdline
+
+    async def set_notify_cmdline(self, program: str, parameters: Iterable[str] = ()) -> JobInfo:
+        """SetNotifyCmdLine: an absolute program path run as the owner with these arguments, no shell."""
+        return await self._call("PUT", "/notify-cmdline", _request(NotifyCmdLine, program=program,
+                                                                   parameters=list(parameters)))
+
+    async def clear_notify_cmdline(self) -> JobInfo:
+        return await self._call("DELETE", "/notify-cmdline")
+
+    def notify_interface(self) -> object | None:
+        """GetNotifyInterface: the object this client registered for the job, or None."""
+        return self._notifiers.interface(self.id)
+
+    async def set_notify_interface(self, interface: object | None, *, callback_job: object | None = None,
+                                   in_thread: bool = False) -> None:
+        """SetNotifyInterface: call interface's job_transferred(job), job_error(job, error), ... (plain or async)
+        for the events the notify flags ask for, until replaced, set to None, or the manager closes.
+
+        Returns once the daemon has registered it. callback_job is what the methods get as `job` (default: this
+        AsyncJob); in_thread runs plain methods in a worker thread (the blocking Job does, so they may block).
+        """
+        await self._notifiers.set(self._connection, self.id, interface, callback_job or self, in_thread)
+
+    async def events(self, since: int = 0) -> AsyncIterator[EventInfo]:
+        """The job's events after `since` (0: its whole stored history), live, ending after a final state."""
+        async for event in follow(self._connection, since=since, job=self.id):
+            yield event
+            if event.state.is_final:
+                return
+
 
 class AsyncManager:
     """IBackgroundCopyManager over asyncio. Finds (or starts) the daemon on first use."""
@@ -203,6 +248,7 @@ class AsyncManager:
         self._autostart = autostart
         self._connection: Connection | None = None
         self._connecting = asyncio.Lock()
+        self._notifiers = Notifiers()
 
     async def __aenter__(self) -> AsyncManager:
         await self.connection()
@@ -227,6 +273,7 @@ class AsyncManager:
             return self._connection
 
     async def close(self) -> None:
+        await self._notifiers.aclose()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -245,20 +292,21 @@ class AsyncManager:
         """A new job, SUSPENDED until resumed, as with CreateJob."""
         connection = await self.connection()
         request = _request(CreateJobRequest, name=name, type=type, priority=priority, description=description)
-        return AsyncJob(connection, await connection.request("POST", "/v1/jobs", JobInfo, body=request))
+        return AsyncJob(connection, await connection.request("POST", "/v1/jobs", JobInfo, body=request),
+                        self._notifiers)
 
     async def get_job(self, id_or_name: str) -> AsyncJob:
         """A job by GUID (braces and case optional) or by display name when that name is unique."""
         connection = await self.connection()
         info = await connection.request("GET", f"/v1/jobs/{quote(id_or_name, safe='')}", JobInfo)
-        return AsyncJob(connection, info)
+        return AsyncJob(connection, info, self._notifiers)
 
     async def jobs(self, all_users: bool = False) -> list[AsyncJob]:
         """EnumJobs: the caller's jobs, or everybody's (administrators only) with all_users."""
         connection = await self.connection()
         params = {"all_users": "true" if all_users else "false"}
         listing = await connection.request("GET", "/v1/jobs", JobList, params=params)
-        return [AsyncJob(connection, info) for info in listing.jobs]
+        return [AsyncJob(connection, info, self._notifiers) for info in listing.jobs]
 
     async def redeem_token_ticket(self, job_id: str, ticket: str) -> HelperTokenUser:
         """Become the helper of another user's job (by GUID) with the ticket its owner gave you."""
@@ -268,3 +316,13 @@ class AsyncManager:
         """LogonUser: the daemon checks the password with PAM (failures are rate-limited); nothing is kept."""
         body = _request(LogonRequest, username=username, password=password)
         return await (await self.connection()).request("POST", "/v1/logon", LogonResult, body=body)
+
+    async def events(self, since: int | None = None, job: str | None = None, all_users: bool = False,
+                     follow_live: bool = True, idle: float | None = None) -> AsyncIterator[EventInfo | None]:
+        """Your events (one job's with job=, everybody's with all_users for an administrator) after `since`
+        (None: from now on), reconnecting across daemon restarts. follow_live=False: the stored ones, then stop.
+        With idle, None comes whenever that many seconds pass without an event."""
+        events = follow(await self.connection(), since=since, job=job, all_users=all_users,
+                        keep_following=follow_live)
+        async for event in (events if idle is None else with_idle(events, idle)):
+            yield event

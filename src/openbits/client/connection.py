@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +64,18 @@ class Connection:
             return model.model_validate_json(text)
         except ValidationError as exc:
             raise BitsError(ErrorCode.E_FAIL, f"unexpected answer from the daemon to {method} {path}: {exc}") from exc
+
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[aiohttp.StreamReader]:
+        """A long-lived GET (the event stream): its body as it arrives; no total timeout."""
+        try:
+            async with self._session.get(path, params=params, timeout=aiohttp.ClientTimeout(total=None)) as response:
+                if response.status >= 400:
+                    raise _refusal(response.status, await response.text())
+                yield response.content
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # a daemon that died mid-stream
+            raise DaemonUnavailableError(f"lost the openbits daemon on {self.socket_path}: {exc}") from exc
 
 
 def _refusal(status: int, text: str) -> BitsError:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ..api.models import DaemonStatus, HelperTokenUser, JobInfo, LogonResult
-from ..enums import JobPriority, JobState, JobType, TokenFlags
+from ..api.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
+from ..enums import JobPriority, JobState, JobType, NotifyFlags, TokenFlags
 from ..identity.tokens import AuthScheme, AuthTarget
 from ..errors import BitsError
 from .aio import AsyncJob, AsyncManager, LocalPath
@@ -40,6 +40,18 @@ class _LoopThread:
         except BaseException:
             future.cancel()
             raise
+
+    def iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
+        """Step an async iterator on the loop, one blocking next() at a time; closing this closes it."""
+        try:
+            while True:
+                try:
+                    yield self.run(anext(source))
+                except StopAsyncIteration:
+                    return
+        finally:
+            if self._loop.is_running():  # not after Manager.close()
+                self.run(source.aclose())  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -72,6 +84,7 @@ class Job:
     max_download_time: _Setting[int] = _Setting()
     custom_headers: _Setting[list[str]] = _Setting()
     dynamic_content: _Setting[bool] = _Setting()
+    minimum_notification_interval_ms: _Setting[int] = _Setting()
     max_bandwidth: _Setting[int] = _Setting()
 
     def __init__(self, loop: _LoopThread, job: AsyncJob) -> None:
@@ -173,6 +186,36 @@ class Job:
     def wait(self, timeout: float | None = None) -> JobState:
         return self._loop.run(self._job.wait(timeout))
 
+    # -- notifications: see AsyncJob; callbacks run on a client thread and get this blocking Job --
+
+    @property
+    def notify_flags(self) -> NotifyFlags:
+        return self._loop.run(self._job.notify_flags())
+
+    @notify_flags.setter
+    def notify_flags(self, flags: NotifyFlags | int) -> None:
+        self._loop.run(self._job.set_notify_flags(flags))
+
+    @property
+    def notify_cmdline(self) -> list[str] | None:
+        return self._loop.run(self._job.notify_cmdline())
+
+    def set_notify_cmdline(self, program: str, parameters: Iterable[str] = ()) -> JobInfo:
+        return self._loop.run(self._job.set_notify_cmdline(program, list(parameters)))
+
+    def clear_notify_cmdline(self) -> JobInfo:
+        return self._loop.run(self._job.clear_notify_cmdline())
+
+    @property
+    def notify_interface(self) -> object | None:
+        return self._job.notify_interface()
+
+    def set_notify_interface(self, interface: object | None) -> None:
+        self._loop.run(self._job.set_notify_interface(interface, callback_job=self, in_thread=True))
+
+    def events(self, since: int = 0) -> Iterator[EventInfo]:
+        return self._loop.iterate(self._job.events(since))
+
 
 class TokenOptions:
     """A blocking IBitsTokenOptions; see AsyncTokenOptions."""
@@ -255,3 +298,8 @@ class Manager:
 
     def logon(self, username: str, password: str) -> LogonResult:
         return self._loop.run(self._manager.logon(username, password))
+
+    def events(self, since: int | None = None, job: str | None = None, all_users: bool = False,
+               follow_live: bool = True, idle: float | None = None) -> Iterator[EventInfo | None]:
+        """See AsyncManager.events."""
+        return self._loop.iterate(self._manager.events(since, job, all_users, follow_live, idle))

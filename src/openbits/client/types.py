@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.models import FileInfo, JobInfo
+from ..api.models import ErrorInfo, FileInfo, JobInfo
 from ..errors import BitsError
 
 
@@ -68,6 +68,8 @@ class File:
 
 def error_of(info: JobInfo) -> BitsError | None:
     """The job's last error (IBackgroundCopyJob::GetError) as the exception type callers already catch."""
-    if info.error is None:
-        return None
-    return BitsError(info.error.code, info.error.description, info.error.context, info.error.http_status)
+    return None if info.error is None else bits_error(info.error)
+
+
+def bits_error(error: ErrorInfo) -> BitsError:
+    return BitsError(error.code, error.description, error.context, error.http_status)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType
+from ..enums import DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 
 SUPPORTED_SCHEMES = ("http", "https", "file")
@@ -23,6 +23,8 @@ SUPPORTED_SCHEMES = ("http", "https", "file")
 DEFAULT_MINIMUM_RETRY_DELAY = 600
 #: How long a job may make no progress before a transient error becomes fatal (14 days).
 DEFAULT_NO_PROGRESS_TIMEOUT = 14 * 24 * 3600
+#: BITS_JOB_PROPERTY_MINIMUM_NOTIFICATION_INTERVAL_MS default.
+DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
 
 
 def temp_path_for(local_path: str, file_id: str) -> str:
@@ -89,6 +91,14 @@ class Job:
     retry_at: float = 0.0
     #: TokenFlags: what the helper token is used for; the token itself is never stored
     helper_token_flags: int = 0
+    # -- notifications (openbits.events) --
+    #: NotifyFlags (SetNotifyFlags)
+    notify_flags: int = int(DEFAULT_NOTIFY_FLAGS)
+    #: SetNotifyCmdLine as an argv: [program, *parameters]; None = no command line
+    notify_cmdline: list[str] | None = None
+    minimum_notification_interval_ms: int = DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS
+    #: seq of the job_transferred / job_error event no callback or command line has handled yet; 0 = none
+    notify_pending: int = 0
     #: SetReplyFileName; None = the name BITS generates (see reply_path)
     reply_file_name: str | None = None
     #: BG_JOB_REPLY_PROGRESS of an upload-reply job: SIZE_UNKNOWN until the reply starts

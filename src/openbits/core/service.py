@@ -18,6 +18,7 @@ from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
 from ..identity.tokens import TokenStore
+from ..events.bus import EventBus
 from ..store import Store
 from .job import Job, check_local_path
 
@@ -46,6 +47,8 @@ class JobService:
         #: helper tokens, tickets and per-job credentials: memory only, forgotten when a job ends
         self.tokens = TokenStore()
         self.listeners.append(lambda job: self.tokens.forget(job.id) if job.state.is_final else None)
+        #: every change becomes events, saved with it (openbits.events)
+        self.events = EventBus(store, self.jobs, config_source)
 
     @property
     def config(self) -> Config:
@@ -241,6 +244,7 @@ class JobService:
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             job.owner_uid = caller.uid
+            job.notify_cmdline = None  # BITS: TakeOwnership removes command line notification
             job.touch()
             await self.commit(job)
             return job
@@ -268,8 +272,10 @@ class JobService:
     # -- durability and change notification ---------------------------------
 
     async def commit(self, job: Job, files: Iterable[int] = ()) -> None:
-        """Make a change durable, then tell the listeners and waiters."""
-        await self.store.save_job(job, list(files))
+        """Make a change and the events it makes durable together, then tell the streams, listeners and waiters."""
+        events = self.events.record(job)
+        await self.store.save_job(job, list(files), events)
+        self.events.publish(events)
         self.announce(job)
 
     def announce(self, job: Job) -> None:
@@ -288,12 +294,14 @@ class JobService:
                 if now - job.modification_time > config.final_job_retention:
                     del self.jobs[job.id]
                     self._locks.pop(job.id, None)
+                    self.events.forget(job.id)
                     await self.store.delete_job(job.id)
             elif now - job.modification_time > config.job_inactivity_timeout:
                 job.cancel()
                 await self.commit(job)
                 await self._discard(job)
         return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))
+
 
 async def _check_upload_source(files: LocalFiles, path: str) -> None:
     """AddFile of an upload: the file must exist and be readable now, as whoever will read it."""

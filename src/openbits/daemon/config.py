@@ -73,6 +73,12 @@ class Config:
     job_inactivity_timeout: int = 90 * 24 * 3600
     #: seconds a job in a final state stays queryable before it is forgotten
     final_job_retention: int = 24 * 3600
+    #: seconds events stay in the store for clients that reconnect with their last seq (openbits.events)
+    event_retention: int = 7 * 24 * 3600
+    #: events kept at most, however young
+    max_events: int = 1_000_000
+    #: seconds a callback may take to acknowledge job_transferred/job_error before it counts as failed
+    callback_timeout: float = 300.0
     #: members of this group are administrators (None: sudo, or wheel where that exists)
     admin_group: str | None = None
     #: bytes/s for all background jobs together; 0 = unlimited (MaxInternetBandwidth)

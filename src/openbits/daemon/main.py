@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..api.event_routes import DELIVERIES
 from ..api.routes import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..client.discovery import answers, system_socket_path, user_socket_path, user_state_dir
@@ -121,7 +122,8 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
                              lambda: settings.config.bandwidth_ignore_limits_when_idle)
     transport = HttpTransport()
     scheduler = Scheduler(service, transport, policy.throttle_for)
-    runner = web.AppRunner(make_app(service, settings.mode), access_log=None)
+    app = make_app(service, settings.mode)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = bind_socket(settings.socket, settings.system)
     await web.SockSite(runner, sock).start()
@@ -130,10 +132,14 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
         async with asyncio.TaskGroup() as group:
             scheduling = group.create_task(scheduler.run(), name="scheduler")
             housekeeping = group.create_task(_housekeeping(service), name="housekeeping")
+            events = group.create_task(service.events.run(), name="events")
+            notifications = group.create_task(app[DELIVERIES].run(), name="notifications")
             await stop.wait()
             log.info("shutting down")
             scheduling.cancel()
             housekeeping.cancel()
+            events.cancel()
+            notifications.cancel()
     finally:
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):

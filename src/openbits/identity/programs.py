@@ -2,7 +2,8 @@
 
 The child gets the owner's uid, primary group and supplementary groups from the user database,
 a clean environment (nothing of the daemon's leaks into it), / as working folder (the chdir would
-run before the uid change, as root), and no descriptor of the daemon's but /dev/null on stdin, stdout and stderr.
+run before the uid change, as root), and no descriptor of the daemon's but /dev/null on stdin, stdout and stderr
+(or, with capture_output, one pipe for stdout and stderr that the daemon reads).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def clean_environment(identity: Identity, extra: dict[str, str] | None = None) -
             "PATH": SAFE_PATH, "LANG": "C.UTF-8", **(extra or {})}
 
 
-async def start_as(identity: Identity, argv: Sequence[str], extra_env: dict[str, str] | None = None
-                   ) -> asyncio.subprocess.Process:
+async def start_as(identity: Identity, argv: Sequence[str], extra_env: dict[str, str] | None = None, *,
+                   capture_output: bool = False) -> asyncio.subprocess.Process:
     """Start argv as identity; a daemon that is not root can start programs only as itself."""
     if not argv:
         raise BitsError(ErrorCode.E_INVALIDARG, "an empty command line", ErrorContext.QUEUE_MANAGER_NOTIFICATION)
@@ -38,7 +39,9 @@ async def start_as(identity: Identity, argv: Sequence[str], extra_env: dict[str,
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if capture_output else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.STDOUT if capture_output else asyncio.subprocess.DEVNULL,
             env=clean_environment(identity, extra_env),
             cwd="/",
             close_fds=True,

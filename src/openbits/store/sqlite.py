@@ -17,13 +17,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core.job import Job, file_to_record, job_from_record, job_to_record
+from ..events.model import Event, EventKind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, time REAL NOT NULL, owner_uid INTEGER NOT NULL, job_id TEXT NOT NULL,
+    kind TEXT NOT NULL, doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 """
+_INSERT_EVENTS = "INSERT INTO events (seq, time, owner_uid, job_id, kind, doc) VALUES (?, ?, ?, ?, ?, ?)"
 
 _Op = Callable[[sqlite3.Connection], None]
 
@@ -55,14 +62,17 @@ class SqliteStore:
                 jobs.append(job_from_record(json.loads(doc), files.get(job_id, [])))
             return jobs
 
-    async def save_job(self, job: Job, files: Sequence[int] = ()) -> None:
+    async def save_job(self, job: Job, files: Sequence[int] = (), events: Sequence[Event] = ()) -> None:
         doc = json.dumps(job_to_record(job))
         file_rows = [(job.id, i, json.dumps(file_to_record(job.files[i]))) for i in files]
+        event_rows = _event_rows(events)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO jobs (id, doc) VALUES (?, ?)", (job.id, doc))
             if file_rows:
                 conn.executemany("INSERT OR REPLACE INTO files (job_id, idx, doc) VALUES (?, ?, ?)", file_rows)
+            if event_rows:
+                conn.executemany(_INSERT_EVENTS, event_rows)
 
         await self._submit(op)
 
@@ -70,6 +80,48 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             conn.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
+
+        await self._submit(op)
+
+    # -- events --
+
+    def last_event_seq(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        rows = _event_rows(events)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(_INSERT_EVENTS, rows)
+
+        await self._submit(op)
+
+    async def read_events(self, after: int, limit: int, owner_uid: int | None, job_id: str | None) -> list[Event]:
+        """Read on a connection of its own, in a thread: WAL readers never wait for the writer."""
+        where, args = ["seq > ?"], [after]
+        for column, value in (("owner_uid", owner_uid), ("job_id", job_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        query = (f"SELECT seq, time, job_id, owner_uid, kind, doc FROM events WHERE {' AND '.join(where)} "
+                 f"ORDER BY seq LIMIT {int(limit)}")
+
+        def read() -> list[Event]:
+            conn = self._connect()
+            try:
+                return [Event(seq, when, job, uid, EventKind(kind), doc)
+                        for seq, when, job, uid, kind, doc in conn.execute(query, args)]
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
+
+    async def prune_events(self, older_than: float, keep_at_most: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            newest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            conn.execute("DELETE FROM events WHERE seq < ? AND (time < ? OR seq <= ?)",
+                         (newest, older_than, newest - keep_at_most))
 
         await self._submit(op)
 
@@ -114,6 +166,10 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
         for _, future in batch:
             future.get_loop().call_soon_threadsafe(_settle, future, error)
+
+
+def _event_rows(events: Sequence[Event]) -> list[tuple[int, float, int, str, str, str]]:
+    return [(e.seq, e.time, e.owner_uid, e.job_id, e.kind.value, e.doc) for e in events]
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

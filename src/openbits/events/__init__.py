@@ -1,0 +1,1 @@
+"""Events and notifications: the durable event stream, callback delivery, notify command lines."""

@@ -1,0 +1,79 @@
+"""Notify command lines (SetNotifyCmdLine): run as the job owner, output to the daemon log, bounded.
+
+The program is an absolute path, run with its parameters as argv (no search
+path, no shell, no environment expansion) through identity.programs.start_as:
+the owner's uid and groups, a clean environment, / as working folder. What it
+prints (stdout and stderr together) goes to the daemon log, at most
+OUTPUT_LIMIT bytes; the rest is read and dropped so the program never blocks.
+A program still running after PROGRAM_TIMEOUT is killed and counts as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from ..core.job import Job
+from ..enums import ErrorContext
+from ..errors import BitsError, ErrorCode
+from ..identity import Identity
+from ..identity.programs import start_as
+
+log = logging.getLogger("openbits.notify")
+
+#: Bytes of a program's output that reach the daemon log.
+OUTPUT_LIMIT = 8192
+#: Seconds a notify program may run.
+PROGRAM_TIMEOUT = 600.0
+#: SetNotifyCmdLine's pParameters limit (characters).
+MAX_PARAMETERS = 4000
+
+
+def check_cmdline(program: str, parameters: list[str]) -> list[str]:
+    """The argv SetNotifyCmdLine stores, or the documented refusal."""
+    if not os.path.isabs(program) or "\0" in program:
+        raise BitsError(ErrorCode.E_INVALIDARG, f"program {program!r} must be an absolute path: no search path is "
+                        "used and no shell runs it", ErrorContext.QUEUE_MANAGER_NOTIFICATION)
+    if any("\0" in p for p in parameters):
+        raise BitsError(ErrorCode.E_INVALIDARG, "a parameter contains a NUL character",
+                        ErrorContext.QUEUE_MANAGER_NOTIFICATION)
+    if sum(len(p) + 1 for p in parameters) > MAX_PARAMETERS:
+        raise BitsError(ErrorCode.BG_E_STRING_TOO_LONG, f"the parameters total more than {MAX_PARAMETERS} characters",
+                        ErrorContext.QUEUE_MANAGER_NOTIFICATION)
+    return [program, *parameters]
+
+
+async def run_cmdline(job: Job) -> int:
+    """Run the job's command line as its owner; its exit status (-1 when it could not start or ran too long)."""
+    argv = job.notify_cmdline
+    assert argv, "only jobs with a command line"
+    try:
+        proc = await start_as(Identity.from_uid(job.owner_uid), argv, capture_output=True)
+    except BitsError as exc:
+        log.warning("job %s: notify command line not started: %s", job.id, exc.description)
+        return -1
+    assert proc.stdout is not None
+    output = bytearray()
+    try:
+        async with asyncio.timeout(PROGRAM_TIMEOUT):
+            while chunk := await proc.stdout.read(65536):
+                output += chunk[: OUTPUT_LIMIT + 1 - len(output)]
+            code = await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        code = -1
+        log.warning("job %s: notify program %s ran longer than %d s and was killed", job.id, argv[0], PROGRAM_TIMEOUT)
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    text = output[:OUTPUT_LIMIT].decode(errors="replace").rstrip()
+    more = " [output cut]" if len(output) > OUTPUT_LIMIT else ""
+    log.info("job %s: notify program %s (uid %d) exited %d%s%s", job.id, argv[0], job.owner_uid, code,
+             ": " if text else "", text + more)
+    return code
