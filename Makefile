@@ -34,5 +34,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# Issue 6: foreground kept, ping delay and background solo share on a shaped link, beside aria2c (root).
+bench-politeness: $(STAMP)
+	$(PY) bench/politeness.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

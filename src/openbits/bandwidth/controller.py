@@ -48,8 +48,11 @@ FLOOR_SHARE = 0.01
 MIN_FLOOR = 8 * 1024
 #: Rate before anything is learnt: a modest start, then multiplicative growth.
 INITIAL_RATE = 256 * 1024
-#: Multiplicative decrease per second at full excess delay or growing competition (0.1 s tick: x0.5).
+#: Multiplicative decrease per second for growing competition (0.1 s tick: x0.5): make room at once.
 DECREASE = 5.0
+#: ...and at full excess delay (x0.8 a tick): LEDBAT-like, gentle enough that our own probing
+#: past the capacity costs a dip, not half the rate.
+DECREASE_DELAY = 2.0
 #: Additive increase per second, in capacities, at zero queueing delay: floor to the ceiling in ~2 s.
 INCREASE = 0.5
 #: Multiplicative increase per second while the capacity is unknown.
@@ -149,7 +152,11 @@ class IdleController:
         else:
             self._link_rate = self._ours_rate
         other = max(0.0, self._link_rate - self._ours_rate)
-        self.capacity = max(self.capacity * math.exp(-dt / CAPACITY_MEMORY), self._link_rate)
+        # While others are on the link we leave them room on purpose, so the link never shows its
+        # capacity: forget it only while alone, where probing shows it again.
+        if other <= OTHER_NOISE * self.capacity:
+            self.capacity *= math.exp(-dt / CAPACITY_MEMORY)
+        self.capacity = max(self.capacity, self._link_rate)
         queueing = max((self._path(peer).add(sample.time, d) for peer, d in sample.delays.items()), default=None)
         self.decision = self._decide(dt, other, queueing)
         return self.decision
@@ -180,7 +187,7 @@ class IdleController:
                 self.known = self.known or not crowded
                 self.probe = PROBE_MIN
             # From what arrives, not from an allowance we were not using: LEDBAT shrinks the window in flight.
-            cut = min(0.5, DECREASE * dt * (1.0 if growing else excess))
+            cut = min(0.5, max(DECREASE * dt if growing else 0.0, DECREASE_DELAY * dt * excess))
             self.rate = min(self.rate, self._ours_rate) * (1 - cut)
         else:  # no delay sample yet (the kernel measures none below 1 ms): the counters decide alone
             off_target = 1 - (queueing or 0.0) / self.target

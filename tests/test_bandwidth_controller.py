@@ -1,0 +1,199 @@
+"""The idle-bandwidth controller's logic, without a network: recorded traces and a fluid link.
+
+The traces in tests/traces/ were recorded by openbitsd (OPENBITS_BANDWIDTH_TRACE)
+on the netlab link (tbf 100 Mbit/s, 20 ms RTT): a NORMAL job alone, then a
+30 MiB curl beside it, then alone again, with a cubic and a bbr server. The
+samples are open loop when replayed (the recorded job reacted to the recorded
+decisions), so the tests check what the decisions must be given those inputs,
+not that they equal the recorded ones.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from openbits.bandwidth import BandwidthPolicy, Decision, IdleController, Sample
+from openbits.bandwidth.controller import MIN_FLOOR
+from openbits.bandwidth.sensing import interface_of, tcp_info
+from openbits.core.job import Job
+from openbits.enums import JobPriority
+
+TRACES = Path(__file__).parent / "traces"
+TICK = 0.1
+C = 12_500_000  # bytes/s: 100 Mbit/s
+
+
+def load(name: str) -> list[Sample]:
+    samples = []
+    for line in (TRACES / name).read_text().splitlines():
+        raw = json.loads(line)["sample"]
+        samples.append(Sample(raw["time"], raw["ours"], raw["link"], raw["delays"]))
+    return samples
+
+
+def rates(samples: list[Sample]) -> Iterator[tuple[Sample, float, Decision]]:
+    """Each sample with the competing traffic (bytes/s) over its tick and the decision replayed."""
+    controller = IdleController()
+    previous = samples[0]
+    controller.update(previous)
+    for sample in samples[1:]:
+        dt = sample.time - previous.time
+        assert sample.link is not None and previous.link is not None
+        other = ((sample.link - previous.link) - (sample.ours - previous.ours)) / dt
+        yield sample, other, controller.update(sample)
+        previous = sample
+
+
+@pytest.mark.parametrize("trace", ["cubic-foreground.jsonl", "bbr-foreground.jsonl"])
+def test_recorded_trace_yields_to_a_download_and_recovers(trace: str) -> None:
+    replay = list(rates(load(trace)))
+    start = next(s.time for s, other, _ in replay if other > 0.1 * C)
+    end = max(s.time for s, other, _ in replay if other > 0.1 * C)
+    assert end - start > 1.0, "the trace holds a foreground download"
+    during = [d for s, _, d in replay if start + 1.0 <= s.time <= end]
+    assert max(d.rate for d in during) < 0.1 * C, "within a second of it, we are down to a tenth or less"
+    assert all(d.reason.startswith("yielding to") for d in during)
+    before = [d for s, _, d in replay if start - 2.0 <= s.time < start]
+    assert all(d.reason.startswith("idle link") for d in before)
+    after = [(s.time, d) for s, _, d in replay if s.time > end]
+    back = next(t for t, d in after if d.rate >= 0.85 * C)
+    assert back - end < 3.0, "the background recovers within a few seconds"
+
+
+def simulate(controller: IdleController, seconds: float, demand: Callable[[float], float],
+             base: float = 0.02) -> list[tuple[float, float, float, Decision]]:
+    """A fluid link of capacity C shared max-min fair with one other flow of the given demand.
+
+    Our flow's demand is the controller's rate. A queue (+10 ms) forms while the demands exceed C.
+    Returns (time, ours, theirs, decision) per tick.
+    """
+    t, ours_total, link_total = 0.0, 0.0, 0.0
+    out = []
+    decision = controller.update(Sample(t, 0, 0, {"server": base}))
+    while t < seconds:
+        want, theirs_want = float(decision.rate), demand(t)
+        if want + theirs_want <= C:
+            ours, theirs = want, theirs_want
+        elif min(want, theirs_want) <= C / 2:
+            ours = want if want <= theirs_want else C - theirs_want
+            theirs = C - ours
+        else:
+            ours = theirs = C / 2
+        delay = base + (0.010 if want + theirs_want > C else 0.0)
+        t += TICK
+        ours_total += ours * TICK
+        link_total += (ours + theirs) * TICK
+        decision = controller.update(Sample(t, int(ours_total), int(link_total), {"server": delay}))
+        out.append((t, ours, theirs, decision))
+    return out
+
+
+def test_alone_it_fills_the_link_then_gives_it_to_a_greedy_flow_and_takes_it_back() -> None:
+    def greedy(t: float) -> float:
+        return C * min(1.0, 0.01 * 2 ** ((t - 10) / 0.1)) if 10 <= t < 20 else 0.0  # slow start: x2 per RTT
+
+    run = simulate(IdleController(), 30, greedy)
+    alone = [ours for t, ours, _, _ in run if 5 <= t < 10]
+    assert sum(alone) / len(alone) >= 0.85 * C
+    theirs = [theirs for t, _, theirs, _ in run if 11 <= t < 20]
+    assert min(theirs) >= 0.95 * C
+    floor = [d.rate for t, _, _, d in run if 11 <= t < 20]
+    assert min(floor) >= max(MIN_FLOOR, 0.009 * C), "every job keeps making some progress"
+    back = next(t for t, ours, _, _ in run if t >= 20 and ours >= 0.85 * C)
+    assert back - 20 < 3.0
+
+
+def test_a_steady_small_flow_leaves_us_the_rest() -> None:
+    """A 5 Mbit/s stream is not a reason to crawl: the idle part is ours (minus headroom)."""
+    stream = 0.05 * C
+    run = simulate(IdleController(), 25, lambda t: stream if t >= 8 else 0.0)
+    late = [(ours, d) for t, ours, _, d in run if t >= 20]
+    assert min(ours for ours, _ in late) >= 0.8 * C
+    assert all(d.reason.startswith("yielding to") for _, d in late)
+
+
+def test_queueing_beyond_this_host_makes_us_yield() -> None:
+    """No competing bytes on our interface, but the path queues: another host is using the link."""
+    controller = IdleController()
+    for i in range(50):  # alone at 10 MB/s, 20 ms
+        controller.update(Sample(i * TICK, int(i * TICK * 10e6), int(i * TICK * 10e6), {"s": 0.020}))
+    before = controller.decision.rate
+    for i in range(50, 70):
+        controller.update(Sample(i * TICK, int(i * TICK * 10e6), int(i * TICK * 10e6), {"s": 0.060}))
+    decision = controller.decision
+    assert decision.rate < before / 10
+    assert decision.reason == "yielding: the path queues 40 ms (traffic beyond this host)"
+    assert not decision.idle
+
+
+def test_without_delay_samples_the_rate_still_grows() -> None:
+    """Below 1 ms the kernel takes no rcv_rtt sample: absence of evidence is not congestion."""
+    controller = IdleController()
+    first = controller.decision.rate
+    for i in range(20):
+        controller.update(Sample(i * TICK, int(i * TICK * 4 * first), None, {}))
+    assert controller.decision.rate > 2 * first
+
+
+class FakeSensor:
+    def __init__(self, decision: Decision | None) -> None:
+        self.value = decision
+
+    def decision(self) -> Decision | None:
+        return self.value
+
+
+def job(priority: JobPriority, max_bandwidth: int = 0) -> Job:
+    j = Job.__new__(Job)
+    j.id, j.priority, j.max_bandwidth = "J", priority, max_bandwidth
+    return j
+
+
+def test_policy_caps_unless_the_link_is_idle_and_the_switch_says_so() -> None:
+    idle = Decision(10_000_000, "idle link: using the idle part of 100,000 kbit/s", idle=True)
+    switch = [False]
+    policy = BandwidthPolicy(lambda: 1_000_000, FakeSensor(idle), lambda: switch[0])  # type: ignore[arg-type]
+    assert policy.background_rate() == (1_000_000, "capped by policy at 8,000 kbit/s")
+    switch[0] = True
+    assert policy.background_rate() == (10_000_000, idle.reason)
+    busy = Decision(5_000_000, "yielding to 50,000 kbit/s of other traffic")
+    policy = BandwidthPolicy(lambda: 1_000_000, FakeSensor(busy), lambda: True)  # type: ignore[arg-type]
+    assert policy.background_rate()[0] == 1_000_000, "the switch lifts the cap only on an idle link"
+    policy = BandwidthPolicy(lambda: 0, FakeSensor(None))  # type: ignore[arg-type]
+    assert policy.background_rate() == (0, "no limit: no link is shared now")
+
+
+def test_explain_foreground_and_job_caps() -> None:
+    policy = BandwidthPolicy(lambda: 0, FakeSensor(Decision(2_000_000, "yielding to 1 kbit/s of other traffic")))  # type: ignore[arg-type]
+    assert policy.explain(job(JobPriority.FOREGROUND)) == (0, "foreground: not throttled, competes like any other flow")
+    assert policy.explain(job(JobPriority.NORMAL))[0] == 2_000_000
+    assert policy.explain(job(JobPriority.LOW, 125_000)) == (125_000, "capped by the job at 1,000 kbit/s")
+    assert policy.throttle_for(job(JobPriority.FOREGROUND)) is None
+
+
+def test_tcp_info_counts_what_arrived_and_loopback_is_found() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    payload = b"x" * 300_000
+
+    def send() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(payload)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    with socket.create_connection(server.getsockname()) as client:
+        got = 0
+        while got < len(payload):
+            got += len(client.recv(65536))
+        info = tcp_info(client)
+        assert info is not None and info.wire_bytes >= len(payload)
+        assert interface_of(client.getsockname()[0]) == "lo"
+    thread.join()
+    server.close()
