@@ -4,6 +4,7 @@ the notify command line, DISABLE and the minimum notification interval."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -232,3 +233,22 @@ def test_the_minimum_notification_interval_throttles_modifications(manager: Mana
     for i in range(20):
         job.description = f"e{i}"
     assert len(_history(manager, job.id, since=start)) == 20
+
+
+def test_the_stream_refuses_bad_requests_with_4xx(manager: Manager) -> None:
+    job = manager.create_job("done")
+    job.cancel()
+
+    def status(query: str) -> int:
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                              "--unix-socket", str(manager.socket_path), f"http://openbits/v1/events?{query}"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return int(out)
+
+    assert status("since=-1") == 400
+    assert status("since=x") == 400
+    assert status("timeout=nan") == 400
+    assert status("callbacks=true") == 400
+    assert status("job=nonexistent") == 404
+    assert status(f"job={job.id}&callbacks=true") == 409  # SetNotifyInterface on a final job: BG_E_INVALID_STATE
+    assert status("since=0&timeout=0") == 200
