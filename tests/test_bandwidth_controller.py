@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from openbits import JobType, Manager
 from openbits.bandwidth import BandwidthPolicy, Decision, IdleController, Sample
 from openbits.bandwidth.controller import MIN_FLOOR
 from openbits.bandwidth.sensing import interface_of, tcp_info
@@ -197,3 +198,14 @@ def test_tcp_info_counts_what_arrived_and_loopback_is_found() -> None:
         assert interface_of(client.getsockname()[0]) == "lo"
     thread.join()
     server.close()
+
+
+def test_info_shows_the_allowed_rate_and_why(manager: Manager) -> None:
+    """`openbits info` reads these two fields (issue 6: observability)."""
+    background = manager.create_job("bg", JobType.DOWNLOAD, priority=JobPriority.LOW)
+    foreground = manager.create_job("fg", JobType.DOWNLOAD, priority=JobPriority.FOREGROUND)
+    capped = manager.create_job("capped", JobType.DOWNLOAD)
+    capped.set_properties(max_bandwidth=125_000)
+    assert (background.info().allowed_rate, background.info().rate_reason) == (0, "no limit: no link is shared now")
+    assert foreground.info().rate_reason.startswith("foreground: not throttled")
+    assert (capped.info().allowed_rate, capped.info().rate_reason) == (125_000, "capped by the job at 1,000 kbit/s")

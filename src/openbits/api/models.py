@@ -98,6 +98,9 @@ class JobInfo(WireModel):
     custom_headers: list[str]
     dynamic_content: bool
     max_bandwidth: int = Field(description="bytes/s this job may use; 0 = no cap of its own")
+    allowed_rate: int = Field(0, description="bytes/s the job may use now (0 = unlimited): the idle-bandwidth "
+                              "controller's rate under the policy's and the job's caps, shared by background jobs")
+    rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, ...")
     creation_time: float = Field(description="Unix time")
     modification_time: float
     transfer_completion_time: float | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pwd
+from collections.abc import Callable
 
 from ..core.job import Job, JobFile
 from ..errors import BitsError
@@ -20,7 +21,13 @@ def error_info(error: BitsError) -> ErrorInfo:
     return ErrorInfo.model_validate(error.to_dict())
 
 
+#: The bandwidth policy's explanation of a job's rate (openbits.bandwidth.BandwidthPolicy.explain),
+#: installed by the daemon at start; without one a job is only under its own cap.
+explain_rate: Callable[[Job], tuple[int, str]] = lambda job: (job.max_bandwidth, "")
+
+
 def job_info(job: Job) -> JobInfo:
+    allowed_rate, rate_reason = explain_rate(job)
     return JobInfo(
         id=job.id,
         name=job.name,
@@ -42,6 +49,8 @@ def job_info(job: Job) -> JobInfo:
         custom_headers=job.custom_headers,
         dynamic_content=job.dynamic_content,
         max_bandwidth=job.max_bandwidth,
+        allowed_rate=allowed_rate,
+        rate_reason=rate_reason,
         creation_time=job.creation_time,
         modification_time=job.modification_time,
         transfer_completion_time=job.transfer_completion_time,

@@ -107,6 +107,8 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("No-progress timeout", f"{job.no_progress_timeout} s"),
         ("Max download time", f"{job.max_download_time} s" if job.max_download_time else "no limit"),
         ("Bandwidth cap", f"{decimal(job.max_bandwidth)}/s" if job.max_bandwidth else "none of its own"),
+        ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate else "unlimited")
+         + (f" ({job.rate_reason})" if job.rate_reason else "")),
         ("Dynamic content", "yes" if job.dynamic_content else "no"),
         ("Custom headers", "\n".join(job.custom_headers) or "-"),
         ("Error count", str(job.error_count)),

@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..api.event_routes import DELIVERIES
+from ..api import views
 from ..api.routes import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..client.discovery import answers, system_socket_path, user_socket_path, user_state_dir
@@ -120,6 +121,7 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
                              lambda: settings.config.bandwidth_ignore_limits_when_idle)
+    views.explain_rate = policy.explain  # `openbits info`: the rate each job is allowed, and why
     transport = HttpTransport()
     scheduler = Scheduler(service, transport, policy.throttle_for)
     app = make_app(service, settings.mode)
