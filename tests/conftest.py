@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 import pytest
 
 from openbits import Manager
 
 from .daemon import DaemonProcess
+
+if TYPE_CHECKING:
+    from .servers.faulty import FaultyServer
+    from .servers.nginx import NginxServer
 
 
 

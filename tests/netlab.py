@@ -32,7 +32,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 
 CLIENT_ADDR = "192.0.2.2"
 SERVER_ADDR = "198.51.100.2"

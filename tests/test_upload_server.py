@@ -586,16 +586,8 @@ _PROXY_LOCATION = """\
 
 
 def _proxying_nginx(upstream: int) -> nginx.NginxServer:
-    """An NginxServer (same scratch dir, start-up wait and stop) whose server block proxies /uploads/."""
-    server = nginx.NginxServer.__new__(nginx.NginxServer)
-    server._work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
-    server.port = nginx._free_port()
-    template = nginx._CONFIG.replace("        root {root};\n", _PROXY_LOCATION)
-    conf = server._work / "nginx.conf"
-    conf.write_text(template.format(work=server._work, port=server.port, upstream=upstream))
-    server._proc = subprocess.Popen([nginx.NGINX, "-c", str(conf), "-e", str(server._work / "error.log")])
-    server._wait_listening(5.0)
-    return server
+    """nginx whose server block proxies /uploads/ to the upload server on `upstream`."""
+    return nginx.NginxServer(tempfile.mkdtemp(prefix="openbits-www-"), locations=_PROXY_LOCATION.format(upstream=upstream))
 
 
 @pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")

@@ -60,13 +60,15 @@ class NginxServer:
     """nginx in the foreground serving `root_dir`; `stop()` kills it and removes its scratch dir."""
 
     def __init__(self, root_dir: str | os.PathLike[str], *, timeout: float = 5.0, host: str = "127.0.0.1",
-                 port: int | None = None, wrap: Sequence[str] = ()) -> None:
-        """`wrap` prefixes the command (`ip netns exec NS`: the politeness lab serves from its server namespace)."""
+                 port: int | None = None, wrap: Sequence[str] = (), locations: str = "") -> None:
+        """`wrap` prefixes the command (`ip netns exec NS`: the politeness lab serves from its server namespace);
+        `locations` adds nginx `location` blocks to the server (a reverse proxy, say)."""
         self.root = Path(root_dir).resolve()
         self._work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
         self.host, self.port, self._wrap = host, port or _free_port(), list(wrap)
         conf = self._work / "nginx.conf"
-        conf.write_text(_CONFIG.format(work=self._work, host=host, port=self.port, root=self.root))
+        config = _CONFIG.format(work=self._work, host=host, port=self.port, root=self.root)
+        conf.write_text(config.replace("        root ", locations + "        root ", 1))
         self._proc = subprocess.Popen(
             [*self._wrap, NGINX, "-c", str(conf), "-e", str(self._work / "error.log")],
             stdout=subprocess.DEVNULL,

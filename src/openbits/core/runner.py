@@ -16,6 +16,7 @@ from ..enums import ErrorContext, JobState
 from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.file import copy_local
+from ..transport.syncbatch import SyncBatch
 from ..transport.http import HttpTransport
 from .job import Job, JobFile
 from .network import needs_network, network_available
@@ -35,13 +36,18 @@ class _FileSink:
 
     def started(self, validator: RemoteValidator, offset: int) -> None:
         f = self._file
+        forgets_bytes = offset == 0 and f.durable_offset > 0
         if offset == 0:
             f.restart()
         f.validator = validator.to_dict()
         f.bytes_total = validator.size
-        self._job.state = JobState.TRANSFERRING
         self._started.set()  # the size is known: the runner may start the next small file
-        self._save()
+        # Save only what must be on record now: a restart from zero (the stored offset must not
+        # outlive the bytes) or the job's move to TRANSFERRING. Otherwise the first durable offset
+        # or the completion records the validator, saving a commit per small file.
+        if forgets_bytes or self._job.state != JobState.TRANSFERRING:
+            self._job.state = JobState.TRANSFERRING
+            self._save()
 
     def received(self, offset: int) -> None:
         if offset > self._file.bytes_transferred:
@@ -73,7 +79,7 @@ class _FileSink:
 
 
 #: Files started side by side within one job, when they are small (per-file latency dominates).
-FILE_WINDOW = 16
+FILE_WINDOW = 64
 #: A file at most this large lets the next file of the job start beside it.
 SMALL_FILE = 256 * 1024
 
@@ -90,6 +96,10 @@ class JobRunner:
         self._service, self._transport, self._job, self._throttle = service, transport, job, throttle
         self._in_flight: dict[int, JobFile] = {}
         self._finished: set[int] = set()
+        #: files before this index are all completed (so completing in order is not a scan per file)
+        self._next = 0
+        self._completing: asyncio.Future[None] | None = None
+        self._syncs = SyncBatch()
         self._changed = asyncio.Event()
 
     async def run(self) -> None:
@@ -151,7 +161,7 @@ class JobRunner:
             await self._transfer(index, f)
         except BitsError as exc:
             failures[index] = exc
-            del self._in_flight[index]
+            self._in_flight.pop(index, None)
             self._changed.set()
 
     def _room_beside(self) -> bool:
@@ -175,31 +185,44 @@ class JobRunner:
                     os.close(source)
             else:
                 spec = DownloadSpec(f.remote_url, f.durable_offset, previous, _headers(job.custom_headers),
-                                    job.dynamic_content)
+                                    job.dynamic_content, defer_sync_below=SMALL_FILE)
                 validator = await self._transport.download(spec, fd, sink, self._throttle,
                                                            http_auth(self._service, job, f.remote_url))
+            size = validator.size if validator.size >= 0 else f.bytes_transferred
+            # The bytes are written: the next file may start while these become durable.
+            del self._in_flight[index]
+            self._changed.set()
+            if f.durable_offset < size:  # a small file the transport left to our batch
+                await self._syncs.sync(fd, f.local_path)
         finally:
             os.close(fd)
             await sink.flush()
-        size = validator.size if validator.size >= 0 else f.bytes_transferred
         f.bytes_total = f.bytes_transferred = f.durable_offset = size
-        del self._in_flight[index]
         self._finished.add(index)
-        self._changed.set()
         await self._complete_in_order()
 
     async def _complete_in_order(self) -> None:
-        """Mark finished files completed, but only the unbroken run from the first unfinished one."""
-        done = []
-        for index, f in enumerate(self._job.files):
-            if f.completed:
-                continue
-            if index not in self._finished:
-                break
-            f.completed = True
-            done.append(index)
-        if done:
-            await self._service.commit(self._job, done)
+        """Mark finished files completed, but only the unbroken run from the first unfinished one.
+
+        Files finishing while a completion commit is in flight ride on the next one, so a job of
+        small files costs a commit per batch of files, not per file.
+        """
+        if self._completing is not None and not self._completing.done():
+            await asyncio.shield(self._completing)
+            if not self._finished:
+                return
+        while True:
+            files, done = self._job.files, []
+            while self._next < len(files) and (files[self._next].completed or self._next in self._finished):
+                if not files[self._next].completed:
+                    files[self._next].completed = True
+                    done.append(self._next)
+                self._finished.discard(self._next)
+                self._next += 1
+            if not done:
+                return
+            self._completing = asyncio.ensure_future(self._service.commit(self._job, done))
+            await asyncio.shield(self._completing)
 
     async def _open_temp(self, f: JobFile) -> int:
         """Reopen the temporary file at its durable offset, or start it afresh."""

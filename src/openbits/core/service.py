@@ -273,8 +273,9 @@ class JobService:
 
     async def commit(self, job: Job, files: Iterable[int] = ()) -> None:
         """Make a change and the events it makes durable together, then tell the streams, listeners and waiters."""
-        events = self.events.record(job)
-        await self.store.save_job(job, list(files), events)
+        files = list(files)
+        events = self.events.record(job, files)
+        await self.store.save_job(job, files, events)
         self.events.publish(events)
         self.announce(job)
 

@@ -29,7 +29,7 @@ from ..api.models import ErrorInfo, EventInfo
 from ..api.views import file_info
 from ..core.job import Job
 from ..daemon.config import Config
-from ..enums import JobState
+from ..enums import SIZE_UNKNOWN, JobState
 from ..store import Store
 from .model import NOTIFICATIONS, Event, EventKind, wanted
 
@@ -39,6 +39,42 @@ SUBSCRIBER_BACKLOG = 20_000
 PRUNE_EVERY = 60.0
 
 
+class _Totals:
+    """A job's progress, kept up to date from the files each commit names.
+
+    A commit says which files it saves, so the totals change by those files alone: a job of
+    10,000 small files must not be scanned on every one of its thousands of commits.
+    """
+
+    __slots__ = ("files", "unknown", "bytes_total", "bytes_transferred", "files_transferred")
+
+    def __init__(self, job: Job) -> None:
+        #: per file: (bytes_total, bytes_transferred, completed) as last counted
+        self.files: dict[int, tuple[int, int, bool]] = {}
+        self.unknown = self.bytes_total = self.bytes_transferred = self.files_transferred = 0
+        self.update(job, range(len(job.files)))
+
+    def update(self, job: Job, indexes: Iterable[int]) -> list[int]:
+        """Count the named files again; returns those that became completed."""
+        newly: list[int] = []
+        for index in indexes:
+            f = job.files[index]
+            old = self.files.get(index, (0, 0, False))
+            new = (f.bytes_total, f.bytes_transferred, f.completed)
+            self.files[index] = new
+            self.unknown += (new[0] == SIZE_UNKNOWN) - (old[0] == SIZE_UNKNOWN)
+            self.bytes_total += new[0] - old[0]
+            self.bytes_transferred += new[1] - old[1]
+            self.files_transferred += new[2] - old[2]
+            if new[2] and not old[2]:
+                newly.append(index)
+        return newly
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return (SIZE_UNKNOWN if self.unknown else self.bytes_total, self.bytes_transferred)
+
+
 @dataclass(frozen=True, slots=True)
 class _Seen:
     """What the last event of a job told, to find what changed since."""
@@ -46,16 +82,14 @@ class _Seen:
     state: JobState
     properties: tuple[object, ...]
     progress: tuple[int, ...]
-    completed: frozenset[int]
 
     @classmethod
-    def of(cls, job: Job) -> _Seen:
+    def of(cls, job: Job, totals: _Totals) -> _Seen:
         properties = (job.name, job.description, job.priority, job.minimum_retry_delay, job.no_progress_timeout,
                       job.max_download_time, tuple(job.custom_headers), job.dynamic_content, job.max_bandwidth,
                       job.owner_uid, job.helper_token_flags, job.notify_flags, tuple(job.notify_cmdline or ()),
                       job.minimum_notification_interval_ms, len(job.files))
-        progress = (job.bytes_total, job.bytes_transferred)
-        return cls(job.state, properties, progress, frozenset(i for i, f in enumerate(job.files) if f.completed))
+        return cls(job.state, properties, totals.progress)
 
 
 @dataclass(eq=False)
@@ -89,7 +123,8 @@ class EventBus:
         #: seq of the newest durable event
         self.head = store.last_event_seq()
         self._seq = itertools.count(self.head + 1)
-        self._seen: dict[str, _Seen] = {job.id: _Seen.of(job) for job in jobs.values()}
+        self._totals: dict[str, _Totals] = {job.id: _Totals(job) for job in jobs.values()}
+        self._seen: dict[str, _Seen] = {job.id: _Seen.of(job, self._totals[job.id]) for job in jobs.values()}
         #: monotonic time of each job's last modification event
         self._last_modification: dict[str, float] = {}
         #: jobs with a modification held back, and when it is due
@@ -101,29 +136,37 @@ class EventBus:
 
     # -- producing ----------------------------------------------------------
 
-    def record(self, job: Job) -> list[Event]:
-        """The events the job's change since the last call makes; sets job.notify_pending (saved with them)."""
+    def record(self, job: Job, files: Iterable[int] = ()) -> list[Event]:
+        """The events the job's change since the last call makes; sets job.notify_pending (saved with them).
+
+        `files` are the indexes of the files the change saves (the only ones whose progress moved).
+        """
         before = self._seen.get(job.id)
-        now = _Seen.of(job)
+        totals = self._totals.get(job.id)
+        if totals is None:
+            totals = self._totals[job.id] = _Totals(job)
+            newly = [i for i, f in enumerate(job.files) if f.completed]
+        else:
+            newly = totals.update(job, files)
+        now = _Seen.of(job, totals)
         self._seen[job.id] = now
-        events = [self._event(job, EventKind.FILE_TRANSFERRED, index)
-                  for index in sorted(now.completed - (before.completed if before else frozenset()))]
+        events = [self._event(job, EventKind.FILE_TRANSFERRED, totals, index) for index in sorted(newly)]
         if before is None or before.state != job.state:
             kind = NOTIFICATIONS.get(job.state)
             if kind is None:
                 job.notify_pending = 0
-                events.append(self._modification(job))
+                events.append(self._modification(job, totals))
             else:
-                events.append(self._event(job, kind))
+                events.append(self._event(job, kind, totals))
                 job.notify_pending = events[-1].seq
                 self._held.pop(job.id, None)
         elif job.id in self._again and job.notify_pending:
-            events.append(self._event(job, NOTIFICATIONS[job.state], redelivery=True))
+            events.append(self._event(job, NOTIFICATIONS[job.state], totals, redelivery=True))
             job.notify_pending = events[-1].seq
         elif before.properties != now.properties or before.progress != now.progress:
             due = self._last_modification.get(job.id, 0.0) + job.minimum_notification_interval_ms / 1000
             if time.monotonic() >= due:
-                events.append(self._modification(job))
+                events.append(self._modification(job, totals))
             elif job.id not in self._held:
                 self._held[job.id] = due
                 self._wake.set()
@@ -134,26 +177,27 @@ class EventBus:
         """Send the job's pending notification once more, as a new event, with its next commit."""
         self._again.add(job.id)
 
-    def _modification(self, job: Job) -> Event:
+    def _modification(self, job: Job, totals: _Totals | None = None) -> Event:
         self._last_modification[job.id] = time.monotonic()
         self._held.pop(job.id, None)
-        return self._event(job, EventKind.JOB_MODIFICATION)
+        return self._event(job, EventKind.JOB_MODIFICATION, totals or self._totals.get(job.id) or _Totals(job))
 
-    def _event(self, job: Job, kind: EventKind, file_index: int | None = None, *, redelivery: bool = False) -> Event:
+    def _event(self, job: Job, kind: EventKind, totals: _Totals, file_index: int | None = None, *,
+               redelivery: bool = False) -> Event:
         seq, now = next(self._seq), time.time()
         f = job.files[file_index] if file_index is not None else None
         info = EventInfo(
             seq=seq, time=now, kind=kind.value, job_id=job.id, job_name=job.name, owner_uid=job.owner_uid,
             state=job.state, notify=wanted(job.notify_flags, kind), redelivery=redelivery,
-            bytes_total=job.bytes_total, bytes_transferred=job.bytes_transferred, files_total=len(job.files),
-            files_transferred=job.files_transferred, file_index=file_index, file=file_info(f) if f else None,
+            bytes_total=totals.progress[0], bytes_transferred=totals.bytes_transferred, files_total=len(job.files),
+            files_transferred=totals.files_transferred, file_index=file_index, file=file_info(f) if f else None,
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
         )
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())
 
     def forget(self, job_id: str) -> None:
         """The job is gone from the daemon (past its retention); its stored events stay until theirs."""
-        for table in (self._seen, self._last_modification, self._held):
+        for table in (self._seen, self._totals, self._last_modification, self._held):
             table.pop(job_id, None)
 
     # -- delivering ---------------------------------------------------------

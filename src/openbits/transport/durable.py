@@ -63,9 +63,11 @@ class DurableWriter:
     """
 
     def __init__(
-        self, fd: int, offset: int, on_durable: Callable[[int], None], *, label: str, step: int = DURABLE_STEP
+        self, fd: int, offset: int, on_durable: Callable[[int], None], *, label: str, step: int = DURABLE_STEP,
+        defer_sync_below: int = 0,
     ) -> None:
         self.fd = fd
+        self._defer_sync_below = defer_sync_below
         self.label = label
         self.offset = offset
         self.durable = offset
@@ -100,8 +102,11 @@ class DurableWriter:
         self.offset = self.durable = 0
 
     async def flush(self) -> None:
-        """Make every written byte durable and report it."""
+        """Make every written byte durable and report it (a small file is left to the caller's batch)."""
         await self._wait_pending()
+        if self.durable == 0 and self.offset <= self._defer_sync_below:
+            self._raise_error()
+            return
         if self.offset > self.durable:
             self._start_sync()
             await self._wait_pending()
@@ -110,7 +115,7 @@ class DurableWriter:
     async def close(self) -> None:
         """Best effort flush on the way out (error or cancellation), so a resume loses as little as possible."""
         try:
-            if self._error is None:
+            if self._error is None and self.offset > self._defer_sync_below:
                 await self.flush()
         except TransferError:
             pass  # the error that brought us here matters more

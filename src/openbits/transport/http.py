@@ -92,7 +92,7 @@ class HttpTransport:
         """
         url = _parse_url(spec.url)
         shown = display_url(url)
-        writer = DurableWriter(fd, spec.offset, sink.durable, label=shown)
+        writer = DurableWriter(fd, spec.offset, sink.durable, label=shown, defer_sync_below=spec.defer_sync_below)
         try:
             return await self._download(url, shown, spec, writer, sink, throttle, auth)
         except aiohttp.ClientError as exc:
