@@ -10,12 +10,14 @@ __version__ = "0.1.0"
 from .client import AsyncJob, AsyncManager, DaemonUnavailableError, File, FileProgress, Job, Manager, Progress
 from .enums import (
     SIZE_UNKNOWN,
+    CostState,
     ErrorContext,
     JobPriority,
     JobState,
     JobType,
     NotifyFlags,
     TokenFlags,
+    TransferPolicy,
 )
 from .errors import BitsError, ErrorCode
 from .client.logon import logon
@@ -26,6 +28,7 @@ __all__ = [
     "AsyncJob",
     "AsyncManager",
     "BitsError",
+    "CostState",
     "DaemonUnavailableError",
     "ErrorCode",
     "ErrorContext",
@@ -39,6 +42,7 @@ __all__ = [
     "NotifyFlags",
     "Progress",
     "TokenFlags",
+    "TransferPolicy",
     "__version__",
     "impersonate",
     "logon",

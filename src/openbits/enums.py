@@ -79,3 +79,45 @@ DEFAULT_NOTIFY_FLAGS = NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR
 
 #: BG_SIZE_UNKNOWN: a size the server has not told us (yet).
 SIZE_UNKNOWN = -1
+
+# -- cost (issue 6): BITS_COST_STATE and BITS_JOB_TRANSFER_POLICY (bits5_0.h) --
+
+
+class CostState(enum.IntFlag):
+    """BITS_COST_STATE: what the network costs now (one state), and the bits a transfer policy combines."""
+
+    UNRESTRICTED = 0x1
+    CAPPED_USAGE_UNKNOWN = 0x2
+    BELOW_CAP = 0x4
+    NEAR_CAP = 0x8
+    OVERCAP_CHARGED = 0x10
+    OVERCAP_THROTTLED = 0x20
+    USAGE_BASED = 0x40
+    ROAMING = 0x80
+    RESERVED = 0x40000000
+    IGNORE_CONGESTION = 0x80000000  # BITS_COST_OPTION_IGNORE_CONGESTION
+
+
+class TransferPolicy(enum.IntEnum):
+    """BITS_JOB_TRANSFER_POLICY: the named values of BITS_JOB_PROPERTY_ID_COST_FLAGS (any OR of CostState is valid)."""
+
+    ALWAYS = 0x800000FF
+    NOT_ROAMING = 0x8000007F
+    NO_SURCHARGE = 0x8000006F
+    STANDARD = 0x80000067
+    UNRESTRICTED = 0x80000021
+
+
+#: How `openbits info`'s rate_reason begins for a job the network's cost state blocks.
+BLOCKED_BY_COST = "blocked by cost"
+
+#: Cost flags of a new job. BITS 5.0 (Windows 8) stopped background transfers while roaming by default.
+DEFAULT_COST_FLAGS = TransferPolicy.NOT_ROAMING
+
+
+def cost_flags_name(flags: int) -> str:
+    """`STANDARD` for a named policy, else the flags in hex as BITS prints a DWORD."""
+    try:
+        return TransferPolicy(flags).name
+    except ValueError:
+        return f"0x{flags:08x}"

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from ..enums import ErrorContext, JobPriority, JobState, JobType
+from ..enums import DEFAULT_COST_FLAGS, CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
 from ..identity.tokens import AuthScheme, AuthTarget
 
 E = TypeVar("E", bound=IntEnum)
@@ -44,6 +44,26 @@ ErrorContextName = _by_name(ErrorContext)
 
 #: SetNotifyFlags: a combination of the six BG_NOTIFY_* bits.
 NotifyFlagsValue = Annotated[int, Field(ge=0, le=0x3F)]
+def _cost_flags(value: Any) -> int:
+    """BITS_JOB_PROPERTY_ID_COST_FLAGS: a TransferPolicy name ("STANDARD") or an OR of BITS_COST_STATE bits."""
+    if isinstance(value, str) and value.upper() in TransferPolicy.__members__:
+        return int(TransferPolicy[value.upper()])
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF:
+        if value & ~_COST_BITS:
+            raise ValueError(f"0x{value:x} has bits that are no BITS_COST_STATE")
+        if not value & _COST_STATES:
+            raise ValueError("the flags allow no cost state at all; the job could never transfer")
+        return value
+    raise ValueError(f"must be one of {', '.join(TransferPolicy.__members__)} or a combination of BITS_COST_STATE bits")
+
+
+_COST_BITS = int(CostState.IGNORE_CONGESTION | CostState.RESERVED | 0xFF)
+_COST_STATES = 0xFF
+#: Cost flags on the wire: a number; a TransferPolicy name is accepted on input.
+CostFlagsValue = Annotated[int, BeforeValidator(_cost_flags), WithJsonSchema({
+    "oneOf": [{"type": "integer", "minimum": 1, "maximum": 0xFFFFFFFF},
+              {"type": "string", "enum": list(TransferPolicy.__members__)}]})]
+
 #: Seconds; BITS's SetMinimumRetryDelay / SetNoProgressTimeout take ULONG seconds.
 Seconds = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
 
@@ -100,7 +120,11 @@ class JobInfo(WireModel):
     max_bandwidth: int = Field(description="bytes/s this job may use; 0 = no cap of its own")
     allowed_rate: int = Field(0, description="bytes/s the job may use now (0 = unlimited): the idle-bandwidth "
                               "controller's rate under the policy's and the job's caps, shared by background jobs")
-    rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, ...")
+    rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, "
+                             "blocked by cost (then nothing may pass), ...")
+    cost_flags: int = Field(int(DEFAULT_COST_FLAGS), description="BITS_JOB_PROPERTY_ID_COST_FLAGS: the network cost "
+                            "states the job transfers in; TransferPolicy ALWAYS 0x800000ff, NOT_ROAMING 0x8000007f "
+                            "(default), NO_SURCHARGE 0x8000006f, STANDARD 0x80000067, UNRESTRICTED 0x80000021")
     creation_time: float = Field(description="Unix time")
     modification_time: float
     transfer_completion_time: float | None
@@ -149,6 +173,7 @@ class JobProperties(WireModel):
     custom_headers: list[Annotated[str, Field(max_length=16384)]] | None = None
     dynamic_content: bool | None = None
     max_bandwidth: Annotated[int, Field(ge=0)] | None = None
+    cost_flags: CostFlagsValue | None = None
     notify_flags: NotifyFlagsValue | None = None
     minimum_notification_interval_ms: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
 

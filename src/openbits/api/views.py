@@ -51,6 +51,7 @@ def job_info(job: Job) -> JobInfo:
         max_bandwidth=job.max_bandwidth,
         allowed_rate=allowed_rate,
         rate_reason=rate_reason,
+        cost_flags=job.cost_flags,
         creation_time=job.creation_time,
         modification_time=job.modification_time,
         transfer_completion_time=job.transfer_completion_time,

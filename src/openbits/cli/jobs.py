@@ -10,12 +10,26 @@ import click
 
 from ..api.models import JobInfo, JobList
 from ..client.types import error_of
-from ..enums import JobPriority, JobType
+from ..enums import JobPriority, JobType, TransferPolicy, cost_flags_name
 from .app import cli, manager, open_job
 from .render import console, error_line, job_panel, job_table, print_json
 
 PRIORITY = click.Choice([p.name for p in JobPriority], case_sensitive=False)
 SECONDS = click.IntRange(0, 0xFFFFFFFF)
+
+class _CostFlags(click.ParamType):
+    """BITS_JOB_PROPERTY_ID_COST_FLAGS: a TransferPolicy name or a number (0x80000067); the daemon checks the bits."""
+
+    name = "POLICY"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value).strip()
+        if text.upper() in TransferPolicy.__members__:
+            return text.upper()
+        try:
+            return int(text, 0)
+        except ValueError:
+            self.fail(f"{text!r}: give one of {', '.join(TransferPolicy.__members__)} or a number like 0x80000067")
 
 
 def job_type_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,6 +113,9 @@ _setter(
 _setter("setmaxdownloadtime", "max_download_time", SECONDS, "SECONDS", "Set the download time limit (0: none).")
 _setter("setmaxbandwidth", "max_bandwidth", click.IntRange(min=0), "BYTES_PER_SECOND",
         "Cap this job's bandwidth in bytes/s (0: no cap of its own).")
+_setter("setcostflags", "cost_flags", _CostFlags(), "POLICY",
+        "Set the network cost states the job transfers in: ALWAYS, NOT_ROAMING (default), NO_SURCHARGE, "
+        "STANDARD, UNRESTRICTED, or BITS_COST_STATE bits as a number.")
 _setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")
 _setter("setdisplayname", "name", click.STRING, "NAME", "Set the job's display name.")
 _setter(
@@ -148,6 +165,8 @@ _getter("getminretrydelay", lambda job: job.minimum_retry_delay, "Print the retr
 _getter("getnoprogresstimeout", lambda job: job.no_progress_timeout, "Print the no-progress timeout in seconds.")
 _getter("getmaxdownloadtime", lambda job: job.max_download_time, "Print the download time limit (0: none).")
 _getter("getmaxbandwidth", lambda job: job.max_bandwidth, "Print the job's own bandwidth cap in bytes/s (0: none).")
+_getter("getcostflags", lambda job: cost_flags_name(job.cost_flags),
+        "Print the job's cost flags: the TransferPolicy name, else the number in hex.")
 _getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
 _getter("getcustomheaders", lambda job: "\n".join(job.custom_headers) or None, "Print the custom headers, one a line.")
 

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ..api.models import JobInfo
-from ..enums import SIZE_UNKNOWN, JobState
+from ..enums import BLOCKED_BY_COST, SIZE_UNKNOWN, JobState, cost_flags_name
 from ..errors import BitsError
 
 #: Colour of each state in tables, so trouble stands out.
@@ -107,7 +107,9 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("No-progress timeout", f"{job.no_progress_timeout} s"),
         ("Max download time", f"{job.max_download_time} s" if job.max_download_time else "no limit"),
         ("Bandwidth cap", f"{decimal(job.max_bandwidth)}/s" if job.max_bandwidth else "none of its own"),
-        ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate else "unlimited")
+        ("Cost flags", cost_flags_name(job.cost_flags)),
+        ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate
+                          else "nothing" if job.rate_reason.startswith(BLOCKED_BY_COST) else "unlimited")
          + (f" ({job.rate_reason})" if job.rate_reason else "")),
         ("Dynamic content", "yes" if job.dynamic_content else "no"),
         ("Custom headers", "\n".join(job.custom_headers) or "-"),

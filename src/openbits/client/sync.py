@@ -86,6 +86,7 @@ class Job:
     dynamic_content: _Setting[bool] = _Setting()
     minimum_notification_interval_ms: _Setting[int] = _Setting()
     max_bandwidth: _Setting[int] = _Setting()
+    cost_flags: _Setting[int] = _Setting()
 
     def __init__(self, loop: _LoopThread, job: AsyncJob) -> None:
         self._loop = loop

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType
+from ..enums import DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 
 SUPPORTED_SCHEMES = ("http", "https", "file")
@@ -80,6 +80,8 @@ class Job:
     dynamic_content: bool = False
     #: bytes/s this job may use; 0 = no cap of its own
     max_bandwidth: int = 0
+    #: BITS_JOB_PROPERTY_ID_COST_FLAGS: the network cost states the job may transfer in (core/cost.py)
+    cost_flags: int = int(DEFAULT_COST_FLAGS)
     creation_time: float = field(default_factory=time.time)
     modification_time: float = field(default_factory=time.time)
     transfer_completion_time: float | None = None

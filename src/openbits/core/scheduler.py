@@ -22,6 +22,7 @@ from ..enums import ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
 from ..transport.http import HttpTransport
+from .cost import CostMonitor, blocked_by_cost, cost_allows
 from .job import Job
 from .network import network_available
 from .runner import JobRunner
@@ -46,8 +47,11 @@ class _Turn:
 
 
 class Scheduler:
-    def __init__(self, service: JobService, transport: HttpTransport, throttle_for: ThrottleSource) -> None:
+    def __init__(self, service: JobService, transport: HttpTransport, throttle_for: ThrottleSource,
+                 cost: CostMonitor | None = None) -> None:
         self._service = service
+        #: the network's cost state, against each job's cost flags (core/cost.py)
+        self._cost = cost or CostMonitor(lambda: service.config)
         self._transport = transport
         self._throttle_for = throttle_for
         self._running: dict[str, _Turn] = {}
@@ -55,7 +59,7 @@ class Scheduler:
         self._last_turn: dict[str, float] = {}
         #: jobs in action or transient-error states with the state and priority last seen, so
         #: a pass looks at these only and a progress save wakes nobody
-        self._active: dict[str, tuple[JobState, JobPriority]] = {}
+        self._active: dict[str, tuple[JobState, JobPriority, int]] = {}
         self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         for job in service.jobs.values():
@@ -65,9 +69,12 @@ class Scheduler:
         service.cancel_remote = functools.partial(cancel_upload_session, transport)  # Cancel-Session on Cancel
 
     def _observe(self, job: Job) -> None:
-        seen = (job.state, job.priority)
+        seen = (job.state, job.priority, job.cost_flags)
         if self._active.get(job.id) == seen:
             return
+        if _waits_for(job, ErrorCode.BG_E_BLOCKED_BY_COST_TRANSFER_POLICY) and cost_allows(job.cost_flags,
+                                                                                          self._cost.state):
+            job.retry_at = 0.0  # SetProperty(COST_FLAGS) takes effect at once
         if job.state.is_active:
             self._active[job.id] = seen
         else:
@@ -79,6 +86,7 @@ class Scheduler:
         async with asyncio.TaskGroup() as group:
             self._group = group
             watching = group.create_task(self._watch_network(), name="network watch")
+            watching_cost = group.create_task(self._watch_cost(), name="cost watch")
             try:
                 while True:
                     delay = await self._schedule()
@@ -87,6 +95,7 @@ class Scheduler:
                         await asyncio.wait_for(self._wake.wait(), delay)
             finally:
                 watching.cancel()
+                watching_cost.cancel()
                 for turn in self._running.values():
                     turn.task.cancel()
 
@@ -97,12 +106,40 @@ class Scheduler:
             await asyncio.sleep(NETWORK_POLL)
             was, connected = connected, network_available()
             if connected and not was:
-                for job_id in self._active:
-                    job = self._service.jobs.get(job_id)
-                    if (job is not None and job.state == JobState.TRANSIENT_ERROR and job.error
-                            and job.error["code"] == ErrorCode.BG_E_NETWORK_DISCONNECTED):
-                        job.retry_at = 0.0
-                self._wake.set()
+                self._retry_waiting_for(ErrorCode.BG_E_NETWORK_DISCONNECTED)
+
+    async def _watch_cost(self) -> None:
+        """When the cost state changes (NetworkManager, or a SIGHUP'd config), blocked jobs retry at once
+        and running jobs the new state forbids stop (the next pass holds them)."""
+        state = await self._cost.refresh()
+        while True:
+            await asyncio.sleep(NETWORK_POLL)
+            was, state = state, await self._cost.refresh()
+            if state != was:
+                log.info("network cost state now %s (from the %s)", state.name, self._cost.source)
+                self._retry_waiting_for(ErrorCode.BG_E_BLOCKED_BY_COST_TRANSFER_POLICY)
+
+    def _retry_waiting_for(self, code: int) -> None:
+        """Jobs in TRANSIENT_ERROR for `code` retry now, not after their delay."""
+        for job_id in self._active:
+            job = self._service.jobs.get(job_id)
+            if job is not None and _waits_for(job, code):
+                job.retry_at = 0.0
+        self._wake.set()
+
+    async def _hold_for_cost(self, wanted: list[Job]) -> list[Job]:
+        """The jobs the network's cost state allows; the others stop and wait in TRANSIENT_ERROR."""
+        state = self._cost.state
+        allowed = []
+        for job in wanted:
+            if cost_allows(job.cost_flags, state):
+                allowed.append(job)
+                continue
+            await self._stop(job.id)
+            job.last_progress_time = time.time()  # waiting for a cheaper network is not a lack of progress
+            job.set_error(blocked_by_cost(job.cost_flags, state), transient=True)
+            await self._service.commit(job)
+        return allowed
 
     async def stop(self, job: Job) -> None:
         """Cancel the job's transfer, if any, and return once it has really stopped."""
@@ -130,7 +167,7 @@ class Scheduler:
             job = self._service.jobs.get(job_id)
             if turn.task.done() or job is None or job.state not in _RUNNING_STATES:
                 await self._stop(job_id)
-        wanted = [j for j in jobs if j.state in _RUNNING_STATES]
+        wanted = await self._hold_for_cost([j for j in jobs if j.state in _RUNNING_STATES])
         foreground = [j for j in wanted if j.priority == JobPriority.FOREGROUND]
         background = [j for j in wanted if j.priority != JobPriority.FOREGROUND]
 
@@ -179,3 +216,7 @@ class Scheduler:
             if turn is not None and turn.task is asyncio.current_task():
                 del self._running[job.id]
             self._wake.set()
+
+
+def _waits_for(job: Job, code: int) -> bool:
+    return job.state == JobState.TRANSIENT_ERROR and job.error is not None and job.error["code"] == code

@@ -86,6 +86,9 @@ class Config:
     bandwidth_schedule: tuple[BandwidthWindow, ...] = field(default_factory=tuple)
     #: [bandwidth] ignore_limits_when_idle: the cap above is lifted while nobody else uses the link
     bandwidth_ignore_limits_when_idle: bool = False
+    #: [network] metered / roaming: the cost state when NetworkManager cannot tell (core/cost.py)
+    network_metered: bool = False
+    network_roaming: bool = False
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -104,11 +107,13 @@ class Config:
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
         raw = dict(raw)
         bandwidth = raw.pop("bandwidth", {})
+        network = raw.pop("network", {})
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in raw.items():
-            if key not in known or key.startswith("bandwidth"):
-                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}, [bandwidth]")
+            if key not in known or key.startswith(("bandwidth", "network")):
+                top = sorted(k for k in known if not k.startswith(("bandwidth", "network")))
+                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], [network]")
             expected = type(getattr(cls(), key))
             if key == "admin_group" and isinstance(value, str):
                 values[key] = value
@@ -127,6 +132,7 @@ class Config:
             values["bandwidth_ignore_limits_when_idle"] = idle
         except (ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"{source}: [bandwidth]: {exc}") from None
+        values.update(_network(network, source))
         return cls(**values)
 
     def background_limit(self, weekday: int, minute_of_day: int) -> int:
@@ -135,3 +141,15 @@ class Config:
             if window.applies(weekday, minute_of_day):
                 return window.limit
         return self.background_bandwidth
+
+
+def _network(raw: Any, source: str) -> dict[str, bool]:
+    """[network]: metered and roaming, booleans (the cost state where NetworkManager is not running)."""
+    if not isinstance(raw, dict) or set(raw) - {"metered", "roaming"}:
+        raise ValueError(f"{source}: [network] takes only metered = true|false and roaming = true|false")
+    values: dict[str, bool] = {}
+    for key, value in raw.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: [network] {key} = {value!r}: write true or false")
+        values[f"network_{key}"] = value
+    return values

@@ -13,6 +13,7 @@ import datetime
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from ..api import views
 from ..api.routes import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..client.discovery import answers, system_socket_path, user_socket_path, user_state_dir
+from ..core.cost import CostMonitor
 from ..core.job import Job
 from ..core.scheduler import Scheduler
 from ..core.service import JobService
@@ -121,9 +123,11 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
                              lambda: settings.config.bandwidth_ignore_limits_when_idle)
-    views.explain_rate = policy.explain  # `openbits info`: the rate each job is allowed, and why
+    cost = CostMonitor(lambda: settings.config)  # the network's cost state (NetworkManager, else [network])
+    # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
+    views.explain_rate = functools.partial(cost.explain, rate=policy.explain)
     transport = HttpTransport()
-    scheduler = Scheduler(service, transport, policy.throttle_for)
+    scheduler = Scheduler(service, transport, policy.throttle_for, cost)
     app = make_app(service, settings.mode)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
