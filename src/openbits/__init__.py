@@ -16,6 +16,7 @@ from .enums import (
     JobState,
     JobType,
     NotifyFlags,
+    ProxyUsage,
     TokenFlags,
     TransferPolicy,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Manager",
     "NotifyFlags",
     "Progress",
+    "ProxyUsage",
     "TokenFlags",
     "TransferPolicy",
     "__version__",

@@ -44,6 +44,18 @@ class JobType(enum.IntEnum):
     UPLOAD_REPLY = 2
 
 
+class ProxyUsage(enum.IntEnum):
+    """BG_JOB_PROXY_USAGE: which proxy a job's HTTP requests go through (SetProxySettings)."""
+
+    #: the administrator's or the daemon's environment's proxy (openbits.core.proxy says which)
+    PRECONFIG = 0
+    NO_PROXY = 1
+    #: the job's own proxy list and bypass list
+    OVERRIDE = 2
+    #: no WPAD on Linux: the same as PRECONFIG
+    AUTODETECT = 3
+
+
 class ErrorContext(enum.IntEnum):
     NONE = 0
     UNKNOWN = 1

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from ..enums import DEFAULT_COST_FLAGS, CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
+from ..enums import ProxyUsage
 from ..identity.tokens import AuthScheme, AuthTarget
 
 E = TypeVar("E", bound=IntEnum)
@@ -41,6 +42,7 @@ JobStateName = _by_name(JobState)
 JobPriorityName = _by_name(JobPriority)
 JobTypeName = _by_name(JobType)
 ErrorContextName = _by_name(ErrorContext)
+ProxyUsageName = _by_name(ProxyUsage)
 
 #: SetNotifyFlags: a combination of the six BG_NOTIFY_* bits.
 NotifyFlagsValue = Annotated[int, Field(ge=0, le=0x3F)]
@@ -137,6 +139,13 @@ class JobInfo(WireModel):
                               "JOB_MODIFICATION 0x8, FILE_TRANSFERRED 0x10, FILE_RANGES_TRANSFERRED 0x20")
     notify_cmdline: list[str] | None = Field(description="SetNotifyCmdLine as [program, *parameters], or null")
     minimum_notification_interval_ms: int
+    proxy_usage: ProxyUsageName = Field(ProxyUsage.PRECONFIG, description="GetProxySettings: PRECONFIG (the "
+                                        "administrator's or the daemon's environment's proxy), NO_PROXY, OVERRIDE, "
+                                        "AUTODETECT (no WPAD on Linux: as PRECONFIG)")
+    proxy_list: str | None = Field(None, description="OVERRIDE: '[http=|https=][http://]server[:port]' entries, "
+                                   "space-separated")
+    proxy_bypass_list: str | None = Field(None, description="OVERRIDE: hosts, addresses, '*.suffix' or <local> "
+                                          "that go direct")
 
 
 class JobList(WireModel):
@@ -176,6 +185,11 @@ class JobProperties(WireModel):
     cost_flags: CostFlagsValue | None = None
     notify_flags: NotifyFlagsValue | None = None
     minimum_notification_interval_ms: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    #: SetProxySettings: proxy_usage sets all three (an omitted list is NULL); the 4,000-character limits are
+    #: checked by the service, so a long list gets BITS's own error, not a schema error
+    proxy_usage: ProxyUsageName | None = None
+    proxy_list: str | None = None
+    proxy_bypass_list: str | None = None
 
 
 class ReplyFileName(WireModel):

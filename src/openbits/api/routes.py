@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__
+from ..core.proxy import check_proxy_settings
 from ..core.service import JobService
 from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
@@ -136,6 +137,8 @@ async def patch_job(request: web.Request) -> web.Response:
             raise BitsError(ErrorCode.E_INVALIDARG, f"custom header {line!r} must be one 'Name: value' line")
     if sum(len(line) + 2 for line in changes.get("custom_headers", [])) > 16 * 1024:
         raise BitsError(ErrorCode.E_INVALIDARG, "custom headers may total at most 16 KiB (SetCustomHeaders)")
+    if changes.keys() & _PROXY_FIELDS:
+        changes.update(_proxy_settings(body))
     job = await request.app[SERVICE].update(caller(request), request.match_info["job"], changes)
     return respond(job_info(job))
 
@@ -146,6 +149,18 @@ async def add_files(request: web.Request) -> web.Response:
     pairs = [(f.remote_url, f.local_path) for f in body.files]
     job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs)
     return respond(job_info(job))
+
+
+_PROXY_FIELDS = {"proxy_usage", "proxy_list", "proxy_bypass_list"}
+
+
+def _proxy_settings(body: JobProperties) -> dict[str, Any]:
+    """SetProxySettings sets the usage and both lists at once, so a list left out is cleared."""
+    if body.proxy_usage is None:
+        raise BitsError(ErrorCode.E_INVALIDARG, "give proxy_usage with the proxy lists (SetProxySettings sets all "
+                        "three at once)")
+    proxy_list, bypass_list = check_proxy_settings(body.proxy_usage, body.proxy_list, body.proxy_bypass_list)
+    return {"proxy_usage": int(body.proxy_usage), "proxy_list": proxy_list, "proxy_bypass_list": bypass_list}
 
 
 def _action(name: str) -> Handler:

@@ -62,6 +62,9 @@ def job_info(job: Job) -> JobInfo:
         notify_flags=job.notify_flags,
         notify_cmdline=job.notify_cmdline,
         minimum_notification_interval_ms=job.minimum_notification_interval_ms,
+        proxy_usage=job.proxy_usage,
+        proxy_list=job.proxy_list,
+        proxy_bypass_list=job.proxy_bypass_list,
     )
 
 

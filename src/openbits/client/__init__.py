@@ -3,7 +3,7 @@
 from .aio import AsyncJob, AsyncManager
 from .discovery import DaemonUnavailableError
 from .sync import Job, Manager
-from .types import File, FileProgress, Progress, ReplyProgress
+from .types import File, FileProgress, Progress, ProxySettings, ReplyProgress
 
 __all__ = [
     "AsyncJob",
@@ -14,5 +14,6 @@ __all__ = [
     "Job",
     "Manager",
     "Progress",
+    "ProxySettings",
     "ReplyProgress",
 ]

@@ -35,14 +35,14 @@ from ..api.models import (
     ReplyFileName,
     TokenTicket,
 )
-from ..enums import JobPriority, JobState, JobType, NotifyFlags
+from ..enums import JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ..errors import BitsError, ErrorCode
 from ..identity.tokens import AuthScheme, AuthTarget
 from . import discovery
 from .connection import Connection
 from .notify import Notifiers, follow, with_idle
 from .tokens import AsyncTokenOptions, redeem_ticket
-from .types import File, Progress, ReplyProgress, error_of
+from .types import File, Progress, ProxySettings, ReplyProgress, error_of
 
 #: States in which waiting ends: nothing will change until someone acts.
 WAIT_STATES = frozenset(
@@ -165,6 +165,16 @@ class AsyncJob:
 
     async def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
         return await self._call("DELETE", "/credentials", params={"target": target.name, "scheme": scheme.name})
+
+    async def proxy_settings(self) -> ProxySettings:
+        """GetProxySettings."""
+        return ProxySettings.of(await self.info())
+
+    async def set_proxy_settings(self, usage: ProxyUsage, proxy_list: str | None = None,
+                                 bypass_list: str | None = None) -> JobInfo:
+        """SetProxySettings: the lists only with OVERRIDE ('[http=|https=][http://]server[:port]' entries;
+        hosts, '*.suffix' or <local> to bypass), at most 4,000 characters each."""
+        return await self.set_properties(proxy_usage=usage, proxy_list=proxy_list, proxy_bypass_list=bypass_list)
 
     async def reply_file_name(self) -> str | None:
         """GetReplyFileName (upload-reply jobs): the chosen name or the generated one; None before a file is added."""

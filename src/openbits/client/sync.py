@@ -14,12 +14,12 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ..api.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
-from ..enums import JobPriority, JobState, JobType, NotifyFlags, TokenFlags
+from ..enums import JobPriority, JobState, JobType, NotifyFlags, ProxyUsage, TokenFlags
 from ..identity.tokens import AuthScheme, AuthTarget
 from ..errors import BitsError
 from .aio import AsyncJob, AsyncManager, LocalPath
 from .tokens import AsyncTokenOptions
-from .types import File, Progress, ReplyProgress
+from .types import File, Progress, ProxySettings, ReplyProgress
 
 T = TypeVar("T")
 
@@ -159,6 +159,14 @@ class Job:
 
     def token_ticket(self) -> str:
         return self._loop.run(self._job.token_ticket())
+
+    @property
+    def proxy_settings(self) -> ProxySettings:
+        return self._loop.run(self._job.proxy_settings())
+
+    def set_proxy_settings(self, usage: ProxyUsage, proxy_list: str | None = None,
+                           bypass_list: str | None = None) -> JobInfo:
+        return self._loop.run(self._job.set_proxy_settings(usage, proxy_list, bypass_list))
 
     def set_credentials(self, target: AuthTarget, scheme: AuthScheme, username: str, password: str) -> JobInfo:
         return self._loop.run(self._job.set_credentials(target, scheme, username, password))

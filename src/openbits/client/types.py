@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.models import ErrorInfo, FileInfo, JobInfo
+from ..enums import ProxyUsage
 from ..errors import BitsError
 
 
@@ -36,6 +37,19 @@ class ReplyProgress:
     @classmethod
     def of(cls, info: JobInfo) -> ReplyProgress:
         return cls(info.reply_bytes_total, info.reply_bytes_transferred)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """GetProxySettings: the usage, and the proxy and bypass lists of OVERRIDE (None otherwise)."""
+
+    usage: ProxyUsage
+    proxy_list: str | None
+    bypass_list: str | None
+
+    @classmethod
+    def of(cls, info: JobInfo) -> ProxySettings:
+        return cls(info.proxy_usage, info.proxy_list, info.proxy_bypass_list)
 
 
 @dataclass(frozen=True)

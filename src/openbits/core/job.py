@@ -93,6 +93,10 @@ class Job:
     retry_at: float = 0.0
     #: TokenFlags: what the helper token is used for; the token itself is never stored
     helper_token_flags: int = 0
+    #: SetProxySettings: a ProxyUsage, and the OVERRIDE lists as given (core/proxy.py reads them)
+    proxy_usage: int = 0
+    proxy_list: str | None = None
+    proxy_bypass_list: str | None = None
     # -- notifications (openbits.events) --
     #: NotifyFlags (SetNotifyFlags)
     notify_flags: int = int(DEFAULT_NOTIFY_FLAGS)

@@ -20,6 +20,7 @@ from ..transport.syncbatch import SyncBatch
 from ..transport.http import HttpTransport
 from .job import Job, JobFile
 from .network import needs_network, network_available
+from .proxy import proxy_route
 from .service import JobService
 from .tokens import http_auth
 
@@ -184,10 +185,12 @@ class JobRunner:
                 finally:
                     os.close(source)
             else:
+                proxy = proxy_route(job, self._service.config.proxy, f.remote_url)  # BG_E_INVALID_PROXY_INFO
                 spec = DownloadSpec(f.remote_url, f.durable_offset, previous, _headers(job.custom_headers),
-                                    job.dynamic_content, defer_sync_below=SMALL_FILE)
+                                    job.dynamic_content, defer_sync_below=SMALL_FILE,
+                                    proxy=None if proxy is None else str(proxy.url))
                 validator = await self._transport.download(spec, fd, sink, self._throttle,
-                                                           http_auth(self._service, job, f.remote_url))
+                                                           http_auth(self._service, job, f.remote_url, proxy))
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             # The bytes are written: the next file may start while these become durable.
             del self._in_flight[index]

@@ -22,8 +22,9 @@ from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..identity.logon import LogonChecker
 from ..identity.tokens import AuthScheme, AuthTarget, Credential
-from ..transport.auth import ChallengeAuth
+from ..transport.auth import ChallengeAuth, Lookup
 from .job import Job
+from .proxy import ProxyRoute
 from .service import JobService
 
 log = logging.getLogger("openbits.tokens")
@@ -128,9 +129,10 @@ class TokenService:
                               credential: Credential) -> Job:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        if target != AuthTarget.SERVER:
-            raise BitsError(ErrorCode.E_NOTIMPL, "proxy credentials are not supported yet (openbits has no per-job "
-                            "proxy); set SERVER credentials", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if target == AuthTarget.PROXY and scheme != AuthScheme.BASIC:
+            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, f"scheme {scheme.name} for a proxy: openbits answers "
+                            "a proxy's BASIC challenges only (aiohttp's Digest answers servers, not proxies)",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
         if scheme not in _SCHEMES.values():
             raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, f"scheme {scheme.name}: openbits answers BASIC and "
                             "DIGEST challenges", ErrorContext.GENERAL_QUEUE_MANAGER)
@@ -154,9 +156,25 @@ class TokenService:
         return job
 
 
-def http_auth(service: JobService, job: Job, url: str) -> ChallengeAuth:
-    """Answers url's origin's challenges: the job's own credentials, else the network identity's ~/.netrc."""
-    return ChallengeAuth(url, _lookup(service, job, urlsplit(url).hostname or ""))
+def http_auth(service: JobService, job: Job, url: str, proxy: ProxyRoute | None = None) -> ChallengeAuth:
+    """Answers url's origin's challenges, and its proxy's: the job's own credentials (SERVER or PROXY target),
+    else the network identity's ~/.netrc entry for that host (the helper's with NETWORK, else the owner's)."""
+    proxy_lookup = None if proxy is None else _proxy_lookup(service, job, proxy)
+    return ChallengeAuth(url, _lookup(service, job, urlsplit(url).hostname or ""), proxy_lookup)
+
+
+def _proxy_lookup(service: JobService, job: Job, proxy: ProxyRoute) -> Lookup:
+    """A preconfigured proxy URL's user:password comes after the job's own and before the netrc."""
+    async def lookup(scheme: str) -> tuple[str, str] | None:
+        own = service.tokens.credential(job.id, AuthTarget.PROXY, _SCHEMES[scheme])
+        if own is not None:
+            return own.username, own.password
+        if proxy.credential is not None:
+            return proxy.credential
+        who = service.acting_identity(job, TokenFlags.NETWORK, ErrorContext.GENERAL_TRANSPORT)
+        return await netrc_entry(service, who, proxy.url.host or "")
+
+    return lookup
 
 
 def _lookup(service: JobService, job: Job, host: str) -> Callable[[str], Awaitable[tuple[str, str] | None]]:

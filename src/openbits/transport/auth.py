@@ -1,13 +1,15 @@
-"""Answering a server's 401 challenge (Basic or Digest) for one origin, and for that origin only.
+"""Answering a server's 401 challenge (Basic or Digest) for one origin, and for that origin only,
+and a proxy's 407 challenge (Basic only).
 
 Credentials are looked up only when the server asks (so a netrc is read only when needed) and are
 never sent to another origin, e.g. the target of a redirect to another host.
-Digest is aiohttp's own DigestAuthMiddleware.
+Digest is aiohttp's own DigestAuthMiddleware, which answers servers (WWW-Authenticate) and not
+proxies, so a proxy that wants Digest is not answered and the file fails with HTTP 407.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import hdrs
@@ -22,17 +24,50 @@ def challenge_scheme(response: aiohttp.ClientResponse) -> str:
     return response.headers.get(hdrs.WWW_AUTHENTICATE, "").strip().split(" ", 1)[0].lower()
 
 
-class ChallengeAuth:
-    """An aiohttp client middleware: server authentication for one origin."""
+def _proxy_scheme(headers: Mapping[str, str] | None) -> str:
+    """The first scheme a 407 offers, in lower case."""
+    return (headers or {}).get(hdrs.PROXY_AUTHENTICATE, "").strip().split(" ", 1)[0].lower()
 
-    def __init__(self, url: str, lookup: Lookup) -> None:
+
+class ChallengeAuth:
+    """An aiohttp client middleware: server authentication for one origin, proxy authentication for its proxy."""
+
+    def __init__(self, url: str, lookup: Lookup, proxy_lookup: Lookup | None = None) -> None:
         self._origin = URL(url).origin()
         self._lookup = lookup
         self._basic: aiohttp.BasicAuth | None = None
         self._digest: aiohttp.DigestAuthMiddleware | None = None
+        self._proxy_lookup = proxy_lookup
+        self._proxy_basic: aiohttp.BasicAuth | None = None
 
     async def __call__(self, request: aiohttp.ClientRequest,
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        if request.proxy is None or self._proxy_lookup is None:
+            return await self._server(request, handler)
+        if self._proxy_basic is None:
+            try:
+                response = await self._server(request, handler)
+            except aiohttp.ClientHttpProxyError as exc:  # https: the proxy refused the CONNECT tunnel
+                if exc.status != 407 or not await self._answer_proxy(exc.headers):
+                    raise
+            else:  # http: the proxy answered the request itself
+                if response.status != 407 or not await self._answer_proxy(response.headers):
+                    return response
+                response.release()
+        # The connector puts it on the CONNECT request (https) or on the request itself (http).
+        request.proxy_auth = self._proxy_basic
+        return await self._server(request, handler)
+
+    async def _answer_proxy(self, headers: Mapping[str, str] | None) -> bool:
+        """Whether the 407 can be answered: Basic, with credentials found."""
+        assert self._proxy_lookup is not None
+        if _proxy_scheme(headers) != "basic" or (found := await self._proxy_lookup("basic")) is None:
+            return False
+        self._proxy_basic = aiohttp.BasicAuth(*found)
+        return True
+
+    async def _server(self, request: aiohttp.ClientRequest,
+                      handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
         if request.url.origin() != self._origin:
             request.headers.popall(hdrs.AUTHORIZATION, None)
             return await handler(request)

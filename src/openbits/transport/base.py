@@ -63,6 +63,9 @@ class DownloadSpec:
     #: A file that ends up at most this large is written but not synced: the caller makes many
     #: such files durable with one sync (a per-file fdatasync would dominate their cost).
     defer_sync_below: int = 0
+    #: The job's HTTP proxy ("http://host:port", no credentials), or None to connect directly.
+    #: A fast path that cannot speak to proxies must leave requests with a proxy to aiohttp.
+    proxy: str | None = None
 
 
 class DownloadSink(Protocol):

@@ -123,6 +123,7 @@ class HttpTransport:
                     headers["If-Range"] = old.if_range
             async with self._get_session().get(
                 url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
+                proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
                 # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
                 # or the server sees our buffers fill, not our rate.
                 read_bufsize=None if throttle is None else THROTTLED_READ,
@@ -298,8 +299,11 @@ def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
         )
     if status in (404, 410):
         advice = "Check the URL, or point the file at another server."
-    elif status in (401, 407):
+    elif status == 401:
         advice = "The server wants credentials; set them for the job."
+    elif status == 407:
+        advice = ("The proxy wants credentials: setcreds JOB PROXY BASIC USER, or a ~/.netrc entry for the proxy "
+                  "host (Basic only).")
     elif status == 403:
         advice = "The server refuses this client; check the URL and the server's permissions."
     else:
@@ -317,6 +321,17 @@ def _network_error(exc: BaseException, shown: str, read_timeout: float) -> Trans
             "followed, only to http:// and https://). Use the final URL of the file.",
             ErrorContext.REMOTE_FILE,
             transient=False,
+        )
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        # https through a proxy: the proxy refused the CONNECT tunnel (407: it wants credentials)
+        return TransferError(
+            ErrorCode.http(exc.status),
+            f"The proxy refused to connect to {shown} with HTTP {exc.status} {exc.message}"
+            + ("; set PROXY credentials for the job (Basic) or a ~/.netrc entry for the proxy host."
+               if exc.status == 407 else "; the job retries later." if exc.status >= 500 else "."),
+            ErrorContext.REMOTE_FILE,
+            exc.status,
+            transient=exc.status >= 500 or exc.status in _TRANSIENT_STATUS,
         )
     if isinstance(exc, aiohttp.InvalidURL):
         return TransferError(
