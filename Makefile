@@ -31,8 +31,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
+# Downloads, small files, API rate, 100k queued jobs (bench/RESULTS.md); then uploads and upload sessions.
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/upload.py
 
 # Issue 6: foreground kept, ping delay and background solo share on a shaped link, beside aria2c (root).
 bench-politeness: $(STAMP)
