@@ -83,7 +83,7 @@ def check_proxy_settings(usage: ProxyUsage, proxy_list: str | None,
     if proxy_list and "@" in proxy_list:
         # The lists are shown by info and stored on disk: a password must not ride in them.
         raise BitsError(ErrorCode.E_INVALIDARG, "the proxy list may not carry a user name or password; set them "
-                        "with setcreds JOB PROXY BASIC USER", ErrorContext.GENERAL_QUEUE_MANAGER)
+                        "with setcredentials JOB PROXY BASIC USER", ErrorContext.GENERAL_QUEUE_MANAGER)
     return proxy_list, bypass_list
 
 

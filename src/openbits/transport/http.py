@@ -302,8 +302,8 @@ def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
     elif status == 401:
         advice = "The server wants credentials; set them for the job."
     elif status == 407:
-        advice = ("The proxy wants credentials: setcreds JOB PROXY BASIC USER, or a ~/.netrc entry for the proxy "
-                  "host (Basic only).")
+        advice = ("The proxy wants credentials: setcredentials JOB PROXY BASIC USER, or a ~/.netrc entry for "
+                  "the proxy host (Basic only).")
     elif status == 403:
         advice = "The server refuses this client; check the URL and the server's permissions."
     else:
