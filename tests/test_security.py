@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 import secrets
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ PYTHON = Path(sys.prefix) / "bin" / "python"
 CLI = Path(sys.prefix) / "bin" / "openbits"
 
 PRELUDE = """
-import json, os, sys
+import json, os, sys, time
 import openbits
 from openbits import BitsError, JobState, Manager, TokenFlags
 from openbits.identity.tokens import AuthScheme, AuthTarget
@@ -343,18 +344,21 @@ def test_failed_logons_are_rate_limited_and_not_logged(users, daemon) -> None:
     assert "logon as" in log and not any(w in log for w in wrongs) and alice.password not in log
 
 
-def test_restart_forgets_helper_tokens_token_required(users, world, daemon, web) -> None:
+def test_restart_forgets_helper_tokens_token_required(users, world, daemon, faulty) -> None:
     alice, bob = users["alice"], users["bob"]
     dest = folder(world / "bob_restart", bob) / "r.bin"
+    # The first request stalls after 1,000 bytes, so the job is mid-transfer when the daemon dies.
+    url = faulty.url(f"{uuid.uuid4().hex}/r.bin?size=64k&stall=30&stall_at=1000&fail=1")
     job_id = run_as(alice, daemon, f"""
     job = m.create_job("restart")
     opts = job.token_options()
     opts.set_helper_token(username={bob.name!r}, password={bob.password!r})
     opts.set_helper_token_flags(TokenFlags.LOCAL_FILE)
-    job.add_file({web.url('/open/slow')!r}, {str(dest)!r})
+    job.add_file({url!r}, {str(dest)!r})
     job.set_properties(minimum_retry_delay=0)
-    job.suspend()
     job.resume()
+    while job.state.name != "TRANSFERRING":
+        time.sleep(0.02)
     out(id=job.id)
     """)["id"]
     daemon.kill9()
@@ -362,12 +366,12 @@ def test_restart_forgets_helper_tokens_token_required(users, world, daemon, web)
     answer = run_as(alice, daemon, f"""
     job = m.get_job({job_id!r})
     info = job.info()
-    first = (info.state.name, info.error and info.error.name)
+    first = (info.state.name, info.error and info.error.name, info.error and info.error.context.name)
     job.token_options().set_helper_token(username={bob.name!r}, password={bob.password!r})
     job.resume()
     out(first=first, state=job.wait(30).name)
     """)
-    assert answer["first"][1] == "BG_E_TOKEN_REQUIRED" or answer["first"][0] == "TRANSFERRED"
+    assert answer["first"] == ["ERROR", "BG_E_TOKEN_REQUIRED", "LOCAL_FILE"]
     assert answer["state"] == "TRANSFERRED"
 
 
