@@ -237,3 +237,23 @@ def test_acknowledged_change_survives_kill_9(daemon: DaemonProcess, nginx, www: 
         assert info.name == "durable" and info.priority == JobPriority.LOW
         assert [f.local_path for f in info.files] == [str(tmp_path / "d.bin")]
         assert info.state == JobState.SUSPENDED
+
+
+def test_sigterm_is_a_clean_shutdown_mid_transfer(daemon: DaemonProcess, nginx, www: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with daemon.manager() as manager:
+        job = manager.create_job("interrupted", JobType.DOWNLOAD)
+        job.add_file(nginx.url("medium.bin"), tmp_path / "m.bin")
+        job.set_properties(max_bandwidth=500_000)
+        job.resume()
+        while job.progress.bytes_transferred == 0:
+            job.wait(0.05)
+        job_id = job.id
+    assert daemon.stop() == 0
+    assert not daemon.socket.exists()
+    daemon.start()
+    with daemon.manager() as manager:
+        job = manager.get_job(job_id)
+        job.set_properties(max_bandwidth=0)
+        assert job.wait(30) == JobState.TRANSFERRED
+        job.complete()
+    assert sha256(tmp_path / "m.bin") == sha256(www / "medium.bin")
