@@ -21,7 +21,7 @@ import pytest
 from openbits import JobType, Manager
 from openbits.bandwidth import BandwidthPolicy, Decision, IdleController, Sample
 from openbits.bandwidth.controller import MIN_FLOOR
-from openbits.bandwidth.sensing import interface_of, tcp_info
+from openbits.bandwidth.sensing import DOWN, UP, interface_of, tcp_info
 from openbits.core.job import Job
 from openbits.enums import JobPriority
 
@@ -150,10 +150,19 @@ class FakeSensor:
         return self.value
 
 
-def job(priority: JobPriority, max_bandwidth: int = 0) -> Job:
+def job(priority: JobPriority, max_bandwidth: int = 0, job_type: JobType = JobType.DOWNLOAD) -> Job:
     j = Job.__new__(Job)
-    j.id, j.priority, j.max_bandwidth = "J", priority, max_bandwidth
+    j.id, j.priority, j.max_bandwidth, j.type = "J", priority, max_bandwidth, job_type
     return j
+
+
+def test_uploads_have_their_own_controller() -> None:
+    """The way up is another bottleneck: an upload gets the upload sensor's rate, a download the other's."""
+    policy = BandwidthPolicy(lambda: 0, FakeSensor(Decision(2_000_000, "idle link")),  # type: ignore[arg-type]
+                             upload_sensor=FakeSensor(Decision(30_000, "yielding to 800 kbit/s of other traffic")))  # type: ignore[arg-type]
+    assert policy.explain(job(JobPriority.NORMAL)) == (2_000_000, "idle link")
+    assert policy.explain(job(JobPriority.NORMAL, job_type=JobType.UPLOAD)) == (
+        30_000, "yielding to 800 kbit/s of other traffic")
 
 
 def test_policy_caps_unless_the_link_is_idle_and_the_switch_says_so() -> None:
@@ -195,6 +204,7 @@ def test_tcp_info_counts_what_arrived_and_loopback_is_found() -> None:
             got += len(client.recv(65536))
         info = tcp_info(client)
         assert info is not None and info.wire_bytes >= len(payload)
+        assert info.bytes(DOWN) == info.wire_bytes and info.delay(DOWN) == info.rcv_rtt
         assert interface_of(client.getsockname()[0]) == "lo"
     thread.join()
     server.close()
@@ -209,3 +219,26 @@ def test_info_shows_the_allowed_rate_and_why(manager: Manager) -> None:
     assert (background.info().allowed_rate, background.info().rate_reason) == (0, "no limit: no link is shared now")
     assert foreground.info().rate_reason.startswith("foreground: not throttled")
     assert (capped.info().allowed_rate, capped.info().rate_reason) == (125_000, "capped by the job at 1,000 kbit/s")
+
+
+def test_tcp_info_counts_what_we_sent_for_uploads() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    payload = b"x" * 300_000
+    received = bytearray()
+
+    def receive() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(65536):
+                received.extend(chunk)
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    with socket.create_connection(server.getsockname()) as client:
+        client.sendall(payload)
+        while len(received) < len(payload):
+            threading.Event().wait(0.01)
+        info = tcp_info(client)
+        assert info is not None and info.bytes(UP) >= len(payload) and info.delay(UP) > 0
+    thread.join()
+    server.close()

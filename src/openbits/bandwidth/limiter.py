@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from ..core.job import Job
-from ..enums import JobPriority
+from ..enums import JobPriority, JobType
 from .controller import kbit
 from .sensing import LinkSensor, SocketLike
 
@@ -78,20 +78,24 @@ class BandwidthPolicy:
     `background_limit` is the policy's cap now (0 = none); `ignore_limits_when_idle`
     lifts it while the controller sees nobody else on the link. Without a sensor
     (`idle_control = false`) background jobs run at the cap alone, like a fixed limit.
+    Uploads have a sensor, a controller and a bucket of their own (`upload_sensor`):
+    the way up is another bottleneck, shared with other uploads, not downloads.
     """
 
     def __init__(self, background_limit: Callable[[], int], sensor: LinkSensor | None = None,
-                 ignore_limits_when_idle: Callable[[], bool] = lambda: False) -> None:
+                 ignore_limits_when_idle: Callable[[], bool] = lambda: False,
+                 upload_sensor: LinkSensor | None = None) -> None:
         self._limit = background_limit
-        self._sensor = sensor
+        self._sensors = {False: sensor, True: upload_sensor}
         self._ignore_when_idle = ignore_limits_when_idle
-        self._background = TokenBucket(lambda: self.background_rate()[0])
+        self._background = {up: TokenBucket(lambda up=up: self.background_rate(up)[0]) for up in (False, True)}
         self._per_job: dict[str, TokenBucket] = {}
 
-    def background_rate(self) -> tuple[int, str]:
-        """Bytes/s all background jobs share now (0 = unlimited), and why."""
+    def background_rate(self, upload: bool = False) -> tuple[int, str]:
+        """Bytes/s all background downloads (or uploads) share now (0 = unlimited), and why."""
         cap = self._limit()
-        decision = None if self._sensor is None else self._sensor.decision()
+        sensor = self._sensors[upload]
+        decision = None if sensor is None else sensor.decision()
         if decision is None:
             return cap, f"capped by policy at {kbit(cap)}" if cap else "no limit: no link is shared now"
         if cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle()):
@@ -103,18 +107,19 @@ class BandwidthPolicy:
         if job.priority == JobPriority.FOREGROUND:
             rate, reason = 0, "foreground: not throttled, competes like any other flow"
         else:
-            rate, reason = self.background_rate()
+            rate, reason = self.background_rate(job.type != JobType.DOWNLOAD)
         if job.max_bandwidth and (rate == 0 or job.max_bandwidth < rate):
             rate, reason = job.max_bandwidth, f"capped by the job at {kbit(job.max_bandwidth)}"
         return rate, reason
 
     def throttle_for(self, job: Job) -> _Chain | None:
         background = job.priority != JobPriority.FOREGROUND
-        buckets = [self._background] if background else []
+        upload = job.type != JobType.DOWNLOAD
+        buckets = [self._background[upload]] if background else []
         if job.max_bandwidth:
             bucket = self._per_job.get(job.id)
             if bucket is None:
                 bucket = self._per_job[job.id] = TokenBucket(lambda: job.max_bandwidth)
             buckets.append(bucket)
-        return _Chain(buckets, self._sensor if background else None) if buckets else None
+        return _Chain(buckets, self._sensors[upload] if background else None) if buckets else None
 

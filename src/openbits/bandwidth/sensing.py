@@ -1,5 +1,13 @@
 """The controller's senses: TCP_INFO of our own sockets and the byte counters of
-the interfaces they use.
+the interfaces they use - for downloads (`DOWN`) or uploads (`UP`), one sensor
+and one controller per direction, since each has its own bottleneck.
+
+Downloads: we are the receiver, so the delay is the receive-side RTT and the
+actuator the receive window (TCP_WINDOW_CLAMP); the counter is rx_bytes.
+Uploads: we are the sender, so the delay is our smoothed RTT (tcpi_rtt; its
+minimum over time is the base, as for downloads) and the actuator the kernel's
+pacing (SO_MAX_PACING_RATE): bytes wait in our socket, not in the bottleneck's
+queue in front of someone's foreground upload. The counter is tx_bytes.
 
 Sampling is lazy - done when the background bucket asks for its rate, at most
 every `interval` - so there is no task to own and nothing runs while no
@@ -20,17 +28,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Literal, Protocol, TextIO
 
 from .controller import INITIAL_RATE, Decision, IdleController, Sample
 
 log = logging.getLogger("openbits.bandwidth")
 
 #: Offsets in Linux's struct tcp_info (include/uapi/linux/tcp.h), stable since 4.x.
-_RCV_RTT = struct.Struct("=I")   # tcpi_rcv_rtt, µs, at 92
-_BYTES_RECEIVED = struct.Struct("=Q")  # tcpi_bytes_received, at 128
-_SEGS_IN = struct.Struct("=I")   # tcpi_segs_in, at 140
-_TCP_INFO_LEN = 152
+_U32, _U64 = struct.Struct("=I"), struct.Struct("=Q")
+_RTT, _RCV_RTT = 68, 92  # tcpi_rtt (smoothed, sender side), tcpi_rcv_rtt; µs
+_BYTES_ACKED, _BYTES_RECEIVED = 120, 128
+_SEGS_IN, _DATA_SEGS_OUT = 140, 156
+_TCP_INFO_LEN = 160
+#: SO_MAX_PACING_RATE (asm-generic/socket.h); ~0U lifts it.
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
+_NO_PACING = 0xFFFFFFFF
+Direction = Literal["down", "up"]
+DOWN: Direction = "down"
+UP: Direction = "up"
 #: Headers per segment the interface counts and tcpi_bytes_received does not: Ethernet, IPv4, TCP with timestamps.
 _HEADERS = 14 + 20 + 32
 _SIOCGIFADDR = 0x8915
@@ -54,13 +69,21 @@ class SocketLike(Protocol):
     def getsockopt(self, level: int, option: int, buflen: int) -> bytes: ...
     def getsockname(self) -> tuple[str, int] | tuple[str, int, int, int]: ...
     def getpeername(self) -> tuple[str, int] | tuple[str, int, int, int]: ...
-    def setsockopt(self, level: int, option: int, value: int) -> None: ...
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None: ...
 
 
 @dataclass(frozen=True)
 class TcpInfo:
     rcv_rtt: float  # s; 0 until the kernel has a sample
     wire_bytes: int  # payload plus headers, as the interface counts them
+    rtt: float = 0.0  # s, the sender's smoothed RTT
+    sent_wire_bytes: int = 0  # bytes the peer acknowledged, plus headers
+
+    def delay(self, direction: Direction) -> float:
+        return self.rtt if direction == UP else self.rcv_rtt
+
+    def bytes(self, direction: Direction) -> int:
+        return self.sent_wire_bytes if direction == UP else self.wire_bytes
 
 
 def tcp_info(sock: SocketLike) -> TcpInfo | None:
@@ -70,10 +93,13 @@ def tcp_info(sock: SocketLike) -> TcpInfo | None:
         return None
     if len(raw) < _TCP_INFO_LEN:
         return None
-    (rcv_rtt,) = _RCV_RTT.unpack_from(raw, 92)
-    (received,) = _BYTES_RECEIVED.unpack_from(raw, 128)
-    (segs,) = _SEGS_IN.unpack_from(raw, 140)
-    return TcpInfo(rcv_rtt / 1e6, received + segs * _HEADERS)
+    (rcv_rtt,) = _U32.unpack_from(raw, _RCV_RTT)
+    (received,) = _U64.unpack_from(raw, _BYTES_RECEIVED)
+    (segs,) = _U32.unpack_from(raw, _SEGS_IN)
+    (rtt,) = _U32.unpack_from(raw, _RTT)
+    (acked,) = _U64.unpack_from(raw, _BYTES_ACKED)
+    (segs_out,) = _U32.unpack_from(raw, _DATA_SEGS_OUT)
+    return TcpInfo(rcv_rtt / 1e6, received + segs * _HEADERS, rtt / 1e6, acked + segs_out * _HEADERS)
 
 
 def interface_of(local_address: str) -> str | None:
@@ -100,9 +126,11 @@ def interface_of(local_address: str) -> str | None:
     return None
 
 
-def rx_bytes(interface: str) -> int | None:
+def link_bytes(interface: str, direction: Direction = DOWN) -> int | None:
+    """The interface's rx_bytes (downloads) or tx_bytes (uploads)."""
+    counter = "tx_bytes" if direction == UP else "rx_bytes"
     try:
-        return int((_SYSFS / interface / "statistics" / "rx_bytes").read_text())
+        return int((_SYSFS / interface / "statistics" / counter).read_text())
     except (OSError, ValueError):
         return None
 
@@ -110,8 +138,18 @@ def rx_bytes(interface: str) -> int | None:
 class _Tracked:
     def __init__(self, peer: str, interface: str | None, wire_bytes: int, clamp: int) -> None:
         self.peer, self.interface, self.wire_bytes = peer, interface, wire_bytes
-        self.original_clamp = self.clamp = clamp
+        #: the window clamp (DOWN) or the pacing rate (UP) last set, and the clamp to restore
+        self.original_clamp = self.limit = clamp
         self.rtt = _DEFAULT_RTT
+
+
+def _set_pacing(sock: SocketLike, rate: int) -> None:
+    """SO_MAX_PACING_RATE in bytes/s: the kernel spaces our segments, whatever the qdisc."""
+    try:
+        # as bytes: ~0U does not fit the C int Python passes for an int value
+        sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, _U32.pack(min(rate, _NO_PACING)))
+    except OSError:
+        pass
 
 
 def _set_clamp(sock: SocketLike, clamp: int) -> None:
@@ -131,9 +169,11 @@ class LinkSensor:
     """
 
     def __init__(self, controller: IdleController | None = None, *, interval: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic, trace: TextIO | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, trace: TextIO | None = None,
+                 direction: Direction = DOWN) -> None:
         """`trace` receives every sample and decision as a JSON line: the recorded traces the tests replay."""
         self.controller = controller or IdleController()
+        self.direction = direction
         self._trace = trace
         self._interval = interval
         self._clock = clock
@@ -145,7 +185,7 @@ class LinkSensor:
         self._logged = ""
 
     def attach(self, sock: SocketLike) -> None:
-        """A background transfer starts receiving on `sock`."""
+        """A background transfer starts receiving (or, for UP, sending) on `sock`."""
         info = tcp_info(sock)
         if info is None or sock in self._sockets:
             return
@@ -159,9 +199,10 @@ class LinkSensor:
             return  # no link to share: a loopback transfer runs at the policy's cap alone
         if interface is not None and not (_SYSFS / interface).exists():
             interface = None
-        self._sockets[sock] = _Tracked(peer, interface, info.wire_bytes, clamp)
+        self._sockets[sock] = _Tracked(peer, interface, info.bytes(self.direction),
+                                       _NO_PACING if self.direction == UP else clamp)
         if interface is not None and interface not in self._links:
-            count = rx_bytes(interface)
+            count = link_bytes(interface, self.direction)
             if count is not None:
                 self._links[interface] = count
 
@@ -170,8 +211,11 @@ class LinkSensor:
         tracked = self._sockets.pop(sock, None)
         info = tcp_info(sock) if tracked is not None else None
         if tracked is not None and info is not None:
-            self._ours += max(0, info.wire_bytes - tracked.wire_bytes)
-            _set_clamp(sock, tracked.original_clamp)
+            self._ours += max(0, info.bytes(self.direction) - tracked.wire_bytes)
+            if self.direction == UP:
+                _set_pacing(sock, _NO_PACING)  # a foreground job may reuse the connection
+            else:
+                _set_clamp(sock, tracked.original_clamp)
         if tracked is not None and not any(t.interface == tracked.interface for t in self._sockets.values()):
             self._links.pop(tracked.interface or "", None)
 
@@ -192,14 +236,15 @@ class LinkSensor:
             info = tcp_info(sock)
             if info is None:
                 continue
-            self._ours += max(0, info.wire_bytes - tracked.wire_bytes)
-            tracked.wire_bytes = info.wire_bytes
-            if info.rcv_rtt > 0:
-                tracked.rtt = info.rcv_rtt
+            sent_or_received, delay = info.bytes(self.direction), info.delay(self.direction)
+            self._ours += max(0, sent_or_received - tracked.wire_bytes)
+            tracked.wire_bytes = sent_or_received
+            if delay > 0:
+                tracked.rtt = delay
                 # The most congested socket to a server speaks for its path.
-                delays[tracked.peer] = max(delays.get(tracked.peer, 0.0), info.rcv_rtt)
+                delays[tracked.peer] = max(delays.get(tracked.peer, 0.0), delay)
         for interface, last in list(self._links.items()):
-            count = rx_bytes(interface)
+            count = link_bytes(interface, self.direction)
             if count is None:
                 del self._links[interface]
                 continue
@@ -211,15 +256,26 @@ class LinkSensor:
         if self._trace is not None:
             self._trace.write(json.dumps({"sample": dataclasses.asdict(sample),
                                           "decision": dataclasses.asdict(decision)}) + "\n")
-        self._clamp_windows(min(decision.rate, WINDOW_GROWTH * self.controller.arriving + INITIAL_RATE))
+        allowed = min(decision.rate, WINDOW_GROWTH * self.controller.arriving + INITIAL_RATE)
+        if self.direction == UP:
+            self._pace(allowed)
+        else:
+            self._clamp_windows(allowed)
         if decision.reason != self._logged:
             self._logged = decision.reason
             log.debug("background rate %d B/s: %s", decision.rate, decision.reason)
+
+    def _pace(self, rate: float) -> None:
+        share = rate / max(1, len(self._sockets))
+        for sock, tracked in self._sockets.items():
+            if abs(share - tracked.limit) > tracked.limit / 8:
+                tracked.limit = int(share)
+                _set_pacing(sock, int(share))
 
     def _clamp_windows(self, rate: float) -> None:
         share = rate / max(1, len(self._sockets))
         for sock, tracked in self._sockets.items():
             clamp = int(max(MIN_WINDOW, WINDOW_RTTS * share * tracked.rtt))
-            if abs(clamp - tracked.clamp) > tracked.clamp / 8:  # a syscall only for a real change
-                tracked.clamp = clamp
+            if abs(clamp - tracked.limit) > tracked.limit / 8:  # a syscall only for a real change
+                tracked.limit = clamp
                 _set_clamp(sock, clamp)

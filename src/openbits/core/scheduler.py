@@ -89,8 +89,8 @@ class Scheduler:
             watching_cost = group.create_task(self._watch_cost(), name="cost watch")
             try:
                 while True:
+                    self._wake.clear()  # before the pass: a wake during its awaits (a commit) is not lost
                     delay = await self._schedule()
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
             finally:

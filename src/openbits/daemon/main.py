@@ -27,6 +27,7 @@ from ..api.event_routes import DELIVERIES
 from ..api import views
 from ..api.routes import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
+from ..bandwidth.sensing import UP
 from ..client.discovery import answers, system_socket_path, user_socket_path, user_state_dir
 from ..core.cost import CostMonitor
 from ..core.job import Job
@@ -122,7 +123,9 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
-                             lambda: settings.config.bandwidth_ignore_limits_when_idle)
+                             lambda: settings.config.bandwidth_ignore_limits_when_idle,
+                             upload_sensor=LinkSensor(direction=UP) if settings.config.bandwidth_upload_control
+                             else None)
     cost = CostMonitor(lambda: settings.config)  # the network's cost state (NetworkManager, else [network])
     # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
     views.explain_rate = functools.partial(cost.explain, rate=policy.explain)

@@ -21,6 +21,8 @@ from http import HTTPStatus
 from typing import Protocol
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import AsyncIterablePayload
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -257,12 +259,12 @@ class UploadClient:
                    Header.CONTENT_RANGE: format_content_range(offset, offset + length - 1, spec.size)}
         if offset == 0:
             headers[Header.CONTENT_NAME] = os.path.basename(spec.local_path)
-        body = data if throttle is None else _paced(data, throttle)
+        body = data if throttle is None else _WatchedBody(_paced(data, throttle), throttle)
         final = waits or offset + length == spec.size
         return await self._packet(url, PacketType.FRAGMENT, headers, shown, body=body, long_wait=final, check=False)
 
     async def _packet(self, url: URL, packet: PacketType, headers: Mapping[str, str], shown: str, *,
-                      body: bytes | AsyncIterator[bytes] | None = None, long_wait: bool = False,
+                      body: bytes | AsyncIterablePayload | None = None, long_wait: bool = False,
                       check: bool = True) -> _Ack:
         """One request packet and its Ack; check=True raises for anything but 200/201."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=FINAL_ACK_TIMEOUT) if long_wait else None
@@ -286,6 +288,28 @@ async def _paced(data: bytes, throttle: Throttle) -> AsyncIterator[bytes]:
         piece = view[start : start + THROTTLED_READ]
         await throttle.consume(len(piece))
         yield bytes(piece)
+
+
+class _WatchedBody(AsyncIterablePayload):
+    """A paced fragment body that shows its socket to a background throttle while it is sent: the
+    idle-bandwidth controller for uploads senses it (TCP_INFO) and paces it (SO_MAX_PACING_RATE)."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], throttle: Throttle) -> None:
+        super().__init__(pieces)
+        self._throttle = throttle
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        transport = getattr(writer, "transport", None)
+        sock = None if transport is None else transport.get_extra_info("socket")
+        attach, detach = getattr(self._throttle, "attach", None), getattr(self._throttle, "detach", None)
+        if sock is None or attach is None or detach is None:
+            await super().write_with_length(writer, content_length)
+            return
+        attach(sock)
+        try:
+            await super().write_with_length(writer, content_length)
+        finally:
+            detach(sock)
 
 
 def _check_unchanged(spec: UploadSpec) -> None:
