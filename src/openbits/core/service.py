@@ -36,6 +36,12 @@ class JobService:
         self.broker = broker
         self._config = config_source
         self.jobs: dict[str, Job] = {job.id: job for job in jobs}
+        #: owner uid of every live (not final) job, and how many each owner has: Create checks the
+        #: per-user limit in O(1) (counting by a scan of 46,806 jobs made creation 4x slower)
+        self._live_owner: dict[str, int] = {}
+        self._live_count: dict[int, int] = {}
+        for job in self.jobs.values():
+            self._count_live(job)
         self._locks: dict[str, asyncio.Lock] = {}
         self._change = asyncio.Event()
         #: called with the job after every durable change (the scheduler and the event bus subscribe)
@@ -129,7 +135,7 @@ class JobService:
 
     async def create(self, caller: Identity, name: str, job_type: JobType, priority: JobPriority,
                      description: str) -> Job:
-        owned = sum(1 for j in self.jobs.values() if j.owner_uid == caller.uid and not j.state.is_final)
+        owned = self._live_count.get(caller.uid, 0)
         if owned >= self.config.max_jobs_per_user:
             raise BitsError(
                 ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER,
@@ -138,6 +144,7 @@ class JobService:
             )
         job = Job.new(name, job_type, caller.uid, priority, description)
         self.jobs[job.id] = job
+        self._count_live(job)
         await self.commit(job)
         return job
 
@@ -274,10 +281,24 @@ class JobService:
     async def commit(self, job: Job, files: Iterable[int] = ()) -> None:
         """Make a change and the events it makes durable together, then tell the streams, listeners and waiters."""
         files = list(files)
+        self._count_live(job)
         events = self.events.record(job, files)
         await self.store.save_job(job, files, events)
         self.events.publish(events)
         self.announce(job)
+
+    def _count_live(self, job: Job) -> None:
+        """Keep the per-owner live count in step with the job's state and owner."""
+        counted = self._live_owner.get(job.id)
+        owner = None if job.state.is_final else job.owner_uid
+        if counted == owner:
+            return
+        if counted is not None:
+            del self._live_owner[job.id]
+            self._live_count[counted] -= 1
+        if owner is not None:
+            self._live_owner[job.id] = owner
+            self._live_count[owner] = self._live_count.get(owner, 0) + 1
 
     def announce(self, job: Job) -> None:
         """Wake listeners and every `wait` (each re-checks its own job)."""
