@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,13 +78,21 @@ class Harness:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-async def http(tmp_path: Path) -> AsyncIterator[Harness]:
-    transport = HttpTransport(read_timeout=1.0)
+@pytest.fixture(params=[True, False], ids=["fastget", "aiohttp"])
+async def http(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Every case runs on both download paths: the lean fast path and aiohttp, which takes the rest."""
+    transport = HttpTransport(read_timeout=1.0, fast_path=request.param)
     try:
         yield Harness(transport, tmp_path / "download.tmp")
     finally:
         await transport.aclose()
+
+
+@pytest.fixture
+def faulty() -> Iterator[FaultyServer]:
+    """A server per case: each case runs on both paths, and `fail=K` counts requests per server."""
+    with FaultyServer() as server:
+        yield server
 
 
 def requests_for(server: FaultyServer, path_qs: str) -> list[Request]:

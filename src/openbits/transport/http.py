@@ -1,15 +1,21 @@
 """HTTP(S) downloads with BITS semantics: validated resume, restart when the
 remote file changed, and errors sorted into transient and permanent.
 
-One `HttpTransport` owns one aiohttp session, so connections are reused
-across files and jobs (10,000 small files cost connections, not bytes).
+One `HttpTransport` owns one aiohttp session and one `fastget` pool, so
+connections are reused across files and jobs (10,000 small files cost
+connections, not bytes). Plain http GETs take the fast path; aiohttp takes
+https, proxies, challenges, chunked bodies and the origins that needed it once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import functools
 import re
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -20,7 +26,8 @@ from yarl import URL
 
 from ..enums import SIZE_UNKNOWN, ErrorContext
 from ..errors import ErrorCode, TransferError
-from .auth import ChallengeAuth
+from . import fastget
+from .auth import ChallengeAuth, challenge_scheme
 from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle
 from .durable import DurableWriter
 
@@ -34,6 +41,7 @@ THROTTLED_READ = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _TRANSIENT_STATUS = frozenset({408, 429})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def display_url(url: URL) -> str:
@@ -51,12 +59,18 @@ class HttpTransport:
         user_agent: str = "openbits/0.1",
         read_timeout: float = 60.0,
         connect_timeout: float = 30.0,
+        fast_path: bool = True,
     ) -> None:
+        """`fast_path`: plain http GETs go through `fastget` (aiohttp takes them all when False)."""
         self._connector_limit = connector_limit
         self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._fast = fastget.FastClient(user_agent=user_agent, read_timeout=read_timeout,
+                                        connect_timeout=connect_timeout, limit=connector_limit) if fast_path else None
+        #: (host, port) of origins that needed aiohttp (a challenge, chunked bodies, https redirects): no fast path
+        self._general: set[tuple[str, int]] = set()
 
     def _get_session(self) -> aiohttp.ClientSession:
         """Created on first use: an aiohttp session belongs to the running loop."""
@@ -76,6 +90,8 @@ class HttpTransport:
         return self._get_session()
 
     async def aclose(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -93,11 +109,16 @@ class HttpTransport:
         url = _parse_url(spec.url)
         shown = display_url(url)
         writer = DurableWriter(fd, spec.offset, sink.durable, label=shown, defer_sync_below=spec.defer_sync_below)
+        origin = (url.raw_host or "", url.port or 0)
         try:
+            if (self._fast is not None and spec.proxy is None and origin not in self._general
+                    and fastget.plain_request(url, spec.headers)):
+                try:
+                    return await self._download(url, shown, spec, writer, sink, throttle, auth, fast=True)
+                except fastget.Unsupported:
+                    self._general.add(origin)
             return await self._download(url, shown, spec, writer, sink, throttle, auth)
-        except aiohttp.ClientError as exc:
-            raise _network_error(exc, shown, self._read_timeout) from exc
-        except asyncio.TimeoutError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, fastget.FastGetError) as exc:
             raise _network_error(exc, shown, self._read_timeout) from exc
         finally:
             await writer.close()
@@ -111,7 +132,9 @@ class HttpTransport:
         sink: DownloadSink,
         throttle: Throttle | None,
         auth: ChallengeAuth | None = None,
+        fast: bool = False,
     ) -> RemoteValidator:
+        """One file; `fast` sends the requests through `fastget` (raises Unsupported before any byte is written)."""
         old = spec.validator
         # Without a validator we cannot prove our bytes belong to the current version: start over.
         resume = old is not None and spec.offset > 0 and not spec.dynamic_content
@@ -121,7 +144,7 @@ class HttpTransport:
                 headers["Range"] = f"bytes={spec.offset}-"
                 if old.if_range is not None:
                     headers["If-Range"] = old.if_range
-            async with self._get_session().get(
+            async with self._fast_get(url, headers, throttle, auth, shown) if fast else self._get_session().get(
                 url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
                 proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
                 # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
@@ -151,6 +174,34 @@ class HttpTransport:
                 if resp.status == 416:
                     return validator  # nothing was missing; the body is the server's error page
                 return await _receive(resp, validator, writer, sink, throttle, shown)
+
+    @contextlib.asynccontextmanager
+    async def _fast_get(self, url: URL, headers: dict[str, str], throttle: Throttle | None,
+                        auth: ChallengeAuth | None, shown: str) -> AsyncIterator[fastget.Response]:
+        """A fast-path response; redirects to plain http are followed as aiohttp does, anything else the
+        fast path does not do (a challenge `auth` could answer, a redirect to https) is Unsupported."""
+        assert self._fast is not None
+        read_ahead = fastget.READ_AHEAD if throttle is None else THROTTLED_READ
+        for _ in range(MAX_REDIRECTS):
+            response = await self._fast.get(url, headers, read_ahead)
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or location is None:
+                break
+            response.release()
+            try:
+                url = url.join(URL(location))
+            except ValueError as exc:
+                raise fastget.Unsupported(f"a redirect to {location!r}") from exc
+            if not fastget.plain_request(url, headers):
+                raise fastget.Unsupported("a redirect away from plain http")
+        else:
+            raise _redirect_failed(shown, "TooManyRedirects")
+        try:
+            if response.status == 401 and auth is not None and challenge_scheme(response) in ("basic", "digest"):
+                raise fastget.Unsupported("an authentication challenge")
+            yield response
+        finally:
+            response.release()
 
 
 def _parse_url(raw: str) -> URL:
@@ -223,7 +274,7 @@ def _accept(
 
 
 async def _receive(
-    resp: aiohttp.ClientResponse,
+    resp: aiohttp.ClientResponse | fastget.Response,
     validator: RemoteValidator,
     writer: DurableWriter,
     sink: DownloadSink,
@@ -232,14 +283,18 @@ async def _receive(
 ) -> RemoteValidator:
     """Copy the body into the file; the size check catches a body cut short by a clean close."""
     progress = ProgressReporter(sink)
-    content = resp.content
+    limit = None if throttle is None else THROTTLED_READ
+    if isinstance(resp, fastget.Response):
+        sock, read = resp.socket(), functools.partial(resp.chunk, limit)
+    else:
+        sock = resp.connection.transport.get_extra_info("socket") if resp.connection and resp.connection.transport else None
+        read = resp.content.readany if limit is None else functools.partial(resp.content.read, limit)
     # -- bandwidth controller hook (issue 6): a background throttle watches the socket while we read.
-    sock = resp.connection.transport.get_extra_info("socket") if resp.connection and resp.connection.transport else None
     watch = getattr(throttle, "attach", None) is not None and sock is not None
     if watch:
         throttle.attach(sock)  # type: ignore[union-attr]
     try:
-        while chunk := await (content.readany() if throttle is None else content.read(THROTTLED_READ)):
+        while chunk := await read():
             if throttle is not None:
                 # Bounded reads, paid for before they count: aiohttp may have buffered megabytes.
                 await throttle.consume(len(chunk))
@@ -312,16 +367,10 @@ def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
 
 
 def _network_error(exc: BaseException, shown: str, read_timeout: float) -> TransferError:
-    """Sort an aiohttp failure: redirects and bad URLs are permanent, everything on the wire is transient."""
+    """Sort an aiohttp or fastget failure: redirects and bad URLs are permanent, everything on the wire is transient."""
     transport = ErrorContext.GENERAL_TRANSPORT
     if isinstance(exc, (aiohttp.TooManyRedirects, aiohttp.RedirectClientError)):
-        return TransferError(
-            ErrorCode.ERROR_HTTP_REDIRECT_FAILED,
-            f"Following the redirects of {shown} failed ({type(exc).__name__}, at most {MAX_REDIRECTS} are "
-            "followed, only to http:// and https://). Use the final URL of the file.",
-            ErrorContext.REMOTE_FILE,
-            transient=False,
-        )
+        return _redirect_failed(shown, type(exc).__name__)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         # https through a proxy: the proxy refused the CONNECT tunnel (407: it wants credentials)
         return TransferError(
@@ -344,16 +393,29 @@ def _network_error(exc: BaseException, shown: str, read_timeout: float) -> Trans
             transport,
             transient=False,
         )
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    cause = exc.cause if isinstance(exc, fastget.ConnectFailed) else None
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
         code, what = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED, "the server's name does not resolve"
     elif isinstance(exc, aiohttp.ClientSSLError):
         code, what = ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"the TLS handshake failed ({exc})"
     elif isinstance(exc, aiohttp.ClientConnectorError):
         code, what = ErrorCode.ERROR_INTERNET_CANNOT_CONNECT, f"cannot connect ({exc.strerror or exc})"
-    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError) or isinstance(cause, TimeoutError):
         code, what = ErrorCode.ERROR_INTERNET_TIMEOUT, "connecting to the server timed out"
+    elif cause is not None:
+        code, what = ErrorCode.ERROR_INTERNET_CANNOT_CONNECT, f"cannot connect ({cause.strerror or cause})"
     elif isinstance(exc, asyncio.TimeoutError):
         code, what = ErrorCode.ERROR_INTERNET_TIMEOUT, f"the server sent nothing for {read_timeout:g} s"
     else:
         code, what = ErrorCode.ERROR_INTERNET_CONNECTION_RESET, f"the connection broke ({exc or type(exc).__name__})"
     return TransferError(code, f"Downloading {shown}: {what}; the job retries later.", transport, transient=True)
+
+
+def _redirect_failed(shown: str, why: str) -> TransferError:
+    return TransferError(
+        ErrorCode.ERROR_HTTP_REDIRECT_FAILED,
+        f"Following the redirects of {shown} failed ({why}, at most {MAX_REDIRECTS} are "
+        "followed, only to http:// and https://). Use the final URL of the file.",
+        ErrorContext.REMOTE_FILE,
+        transient=False,
+    )
