@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import pwd
 from collections.abc import Callable
 
 from ..core.job import Job, JobFile
 from ..errors import BitsError
+from ..identity import Identity
 from .models import ErrorInfo, FileInfo, JobInfo
 
 
 def owner_name(uid: int) -> str:
+    """The owner's user name (the cached identity lookup: every answer of the API names an owner)."""
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
+        return Identity.from_uid(uid).name
+    except BitsError:
         return str(uid)
 
 
