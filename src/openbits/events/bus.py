@@ -39,6 +39,10 @@ SUBSCRIBER_BACKLOG = 20_000
 PRUNE_EVERY = 60.0
 
 
+#: a file not counted yet
+_NOTHING = (0, 0, False)
+
+
 class _Totals:
     """A job's progress, kept up to date from the files each commit names.
 
@@ -49,8 +53,9 @@ class _Totals:
     __slots__ = ("files", "unknown", "bytes_total", "bytes_transferred", "files_transferred")
 
     def __init__(self, job: Job) -> None:
-        #: per file: (bytes_total, bytes_transferred, completed) as last counted
-        self.files: dict[int, tuple[int, int, bool]] = {}
+        #: per file: (bytes_total, bytes_transferred, completed) as last counted (a list: 100,000 one-file
+        #: jobs each keep one of these, and a list costs a third of a dict)
+        self.files: list[tuple[int, int, bool]] = []
         self.unknown = self.bytes_total = self.bytes_transferred = self.files_transferred = 0
         self.update(job, range(len(job.files)))
 
@@ -59,7 +64,9 @@ class _Totals:
         newly: list[int] = []
         for index in indexes:
             f = job.files[index]
-            old = self.files.get(index, (0, 0, False))
+            while len(self.files) <= index:
+                self.files.append(_NOTHING)
+            old = self.files[index]
             new = (f.bytes_total, f.bytes_transferred, f.completed)
             self.files[index] = new
             self.unknown += (new[0] == SIZE_UNKNOWN) - (old[0] == SIZE_UNKNOWN)
