@@ -239,6 +239,20 @@ async def test_stalled_body_times_out(http: Harness, faulty: FaultyServer) -> No
     assert http.sink is not None and http.sink.durable_offset == 4096
 
 
+@pytest.mark.parametrize(("fault", "code"), [("drop=9000000", ErrorCode.ERROR_INTERNET_CONNECTION_RESET),
+                                           ("stall=3&stall_at=9000000", ErrorCode.ERROR_INTERNET_TIMEOUT)])
+async def test_faults_in_a_large_body(http: Harness, faulty: FaultyServer, fault: str, code: ErrorCode) -> None:
+    """Past fastget.SPLICE_MIN the fast path splices the body into the file: faults there end the same way."""
+    path = f"large-fault?size=12m&fail=1&{fault}"
+    error = await http.fail(faulty.url(path))
+    assert error.transient and error.code == code and error.context == ErrorContext.GENERAL_TRANSPORT
+    assert http.sink is not None
+    durable, validator = http.sink.durable_offset, http.sink.starts[0][0]
+    assert 0 < durable <= 9000000 and http.path.stat().st_size >= durable
+    await http.get(faulty.url(path), durable, validator)
+    assert http.sha256() == sha256(path)
+
+
 async def test_cancelled_download_reports_what_it_wrote(http: Harness, faulty: FaultyServer) -> None:
     """The core suspends a job by cancelling its task: the bytes so far are made durable first."""
     task = asyncio.create_task(http.get(faulty.url("cancel?size=1m&trickle=5")))

@@ -84,12 +84,21 @@ class DurableWriter:
             try:
                 n = os.pwrite(self.fd, view, self.offset)
             except OSError as exc:
-                self._error = exc
-                raise local_error(exc, self.label) from exc
-            self.offset += n
+                raise self.failed(exc) from exc
+            self.advance(n)
             view = view[n:]
+
+    def advance(self, nbytes: int) -> None:
+        """`nbytes` more are written at `offset` (by `write`, or spliced into `fd` by the caller);
+        a full step starts a background sync."""
+        self.offset += nbytes
         if self._pending is None and self.offset - self.durable >= self._step:
             self._start_sync()
+
+    def failed(self, exc: OSError) -> TransferError:
+        """A write into `fd` failed: no flush on close, and the error to raise."""
+        self._error = exc
+        return local_error(exc, self.label)
 
     def restart(self) -> None:
         """Drop everything written: the remote file changed or cannot resume."""

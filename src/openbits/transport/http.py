@@ -284,8 +284,11 @@ async def _receive(
     """Copy the body into the file; the size check catches a body cut short by a clean close."""
     progress = ProgressReporter(sink)
     limit = None if throttle is None else THROTTLED_READ
+    spliced = 0  # body bytes left for splice(2) after the fast path's buffer is written
     if isinstance(resp, fastget.Response):
         sock, read = resp.socket(), functools.partial(resp.chunk, limit)
+        if throttle is None:
+            spliced = resp.hand_over(fastget.SPLICE_MIN)
     else:
         sock = resp.connection.transport.get_extra_info("socket") if resp.connection and resp.connection.transport else None
         read = resp.content.readany if limit is None else functools.partial(resp.content.read, limit)
@@ -300,6 +303,8 @@ async def _receive(
                 await throttle.consume(len(chunk))
             writer.write(chunk)
             progress.update(writer.offset)
+        if spliced:
+            await _splice(resp, writer, progress, spliced)  # type: ignore[arg-type]
     finally:
         if watch:
             throttle.detach(sock)  # type: ignore[union-attr]
@@ -315,6 +320,20 @@ async def _receive(
     sink.received(writer.offset)
     await writer.flush()
     return validator if validator.size != SIZE_UNKNOWN else replace(validator, size=writer.offset)
+
+
+async def _splice(resp: fastget.Response, writer: DurableWriter, progress: ProgressReporter, count: int) -> None:
+    """The rest of a large fast-path body straight from the socket into the file (see fastget.SPLICE_MIN)."""
+    def moved(nbytes: int) -> None:
+        writer.advance(nbytes)
+        progress.update(writer.offset)
+
+    try:
+        await resp.splice_rest(writer.fd, writer.offset, count, moved)
+    except TimeoutError:
+        raise
+    except OSError as exc:  # the temporary file's: the socket's come as fastget.Broken
+        raise writer.failed(exc) from exc
 
 
 def _retry_after(value: str | None) -> float | None:
