@@ -46,6 +46,8 @@ ProxyUsageName = _by_name(ProxyUsage)
 
 #: SetNotifyFlags: a combination of the six BG_NOTIFY_* bits.
 NotifyFlagsValue = Annotated[int, Field(ge=0, le=0x3F)]
+
+
 def _cost_flags(value: Any) -> int:
     """BITS_JOB_PROPERTY_ID_COST_FLAGS: a TransferPolicy name ("STANDARD") or an OR of BITS_COST_STATE bits."""
     if isinstance(value, str) and value.upper() in TransferPolicy.__members__:

@@ -17,6 +17,7 @@ from .render import console, error_line, job_panel, job_table, print_json
 PRIORITY = click.Choice([p.name for p in JobPriority], case_sensitive=False)
 SECONDS = click.IntRange(0, 0xFFFFFFFF)
 
+
 class _CostFlags(click.ParamType):
     """BITS_JOB_PROPERTY_ID_COST_FLAGS: a TransferPolicy name or a number (0x80000067); the daemon checks the bits."""
 
