@@ -196,9 +196,8 @@ class JobRunner:
         fd = await self._open_temp(f)
         sink = _FileSink(self._service, job, index, self._file_started)
         try:
-            os.ftruncate(fd, f.durable_offset)
             previous = RemoteValidator.from_dict(f.validator) if f.validator else None
-            if urlsplit(f.remote_url).scheme.lower() == "file":
+            if f.remote_url[:5].lower() == "file:":  # checked when added: one scheme, no urlsplit per file
                 source = await self._service.remote_files_of(job).open_read(unquote(urlsplit(f.remote_url).path))
                 try:
                     validator = await copy_local(source, fd, f.durable_offset, sink, self._throttle,
@@ -250,7 +249,8 @@ class JobRunner:
             await asyncio.shield(self._completing)
 
     async def _open_temp(self, f: JobFile) -> int:
-        """Reopen the temporary file at its durable offset, or start it afresh."""
+        """Reopen the temporary file cut back to its durable offset, or create it (empty: the broker
+        creates with O_EXCL, so no truncate, a syscall per small file)."""
         files = self._service.files_of(self._job)
         if f.durable_offset > 0:
             try:
@@ -259,6 +259,11 @@ class JobRunner:
                 pass  # gone or replaced: start over below
             else:
                 if os.fstat(fd).st_size >= f.durable_offset:
+                    try:
+                        os.ftruncate(fd, f.durable_offset)
+                    except OSError:
+                        os.close(fd)
+                        raise
                     return fd
                 os.close(fd)
         f.restart()

@@ -211,7 +211,8 @@ class _Connection(asyncio.BufferedProtocol):
         if length <= HEAD_BUFSIZE - start:
             self._ring, self._size = self._head_view[start:start + length], max(length, 1)
         else:
-            self._ring, self._size = memoryview(bytearray(self._ring_size)), self._ring_size
+            self._size = min(self._ring_size, length)
+            self._ring = memoryview(bytearray(self._size))
             self._ring[:leftover] = self._head_view[start:start + leftover]
         self._state = _BODY
         self._filled, self._taken, self._released, self._remaining = leftover, 0, 0, length - leftover
