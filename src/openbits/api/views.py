@@ -70,7 +70,9 @@ def job_info(job: Job) -> JobInfo:
 
 
 def file_info(f: JobFile) -> FileInfo:
-    return FileInfo(
+    """Built without validation: the daemon's own records are well-typed, and a 10,000-file job's
+    answer validated every file again (about 12 % of the daemon's time in the small-files bench)."""
+    return FileInfo.model_construct(
         remote_url=f.remote_url,
         local_path=f.local_path,
         temp_path=f.temp_path,
