@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..core.job import Job, JobFile
+from ..enums import ProxyUsage
 from ..errors import BitsError
 from ..identity import Identity
 from .models import ErrorInfo, FileInfo, JobInfo
@@ -29,7 +30,7 @@ explain_rate: Callable[[Job], tuple[int, str]] = lambda job: (job.max_bandwidth,
 
 def job_info(job: Job) -> JobInfo:
     allowed_rate, rate_reason = explain_rate(job)
-    return JobInfo(
+    return JobInfo.model_construct(
         id=job.id,
         name=job.name,
         description=job.description,
@@ -63,7 +64,7 @@ def job_info(job: Job) -> JobInfo:
         notify_flags=job.notify_flags,
         notify_cmdline=job.notify_cmdline,
         minimum_notification_interval_ms=job.minimum_notification_interval_ms,
-        proxy_usage=job.proxy_usage,
+        proxy_usage=ProxyUsage(job.proxy_usage),
         proxy_list=job.proxy_list,
         proxy_bypass_list=job.proxy_bypass_list,
     )

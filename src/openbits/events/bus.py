@@ -193,7 +193,7 @@ class EventBus:
                redelivery: bool = False) -> Event:
         seq, now = next(self._seq), time.time()
         f = job.files[file_index] if file_index is not None else None
-        info = EventInfo(
+        info = EventInfo.model_construct(
             seq=seq, time=now, kind=kind.value, job_id=job.id, job_name=job.name, owner_uid=job.owner_uid,
             state=job.state, notify=wanted(job.notify_flags, kind), redelivery=redelivery,
             bytes_total=totals.progress[0], bytes_transferred=totals.bytes_transferred, files_total=len(job.files),
