@@ -194,9 +194,11 @@ class LinkSensor:
             clamp = int.from_bytes(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, 4), "little")
         except OSError:
             return
-        interface = interface_of(local)
-        if interface == "lo" or ipaddress.ip_address(peer).is_loopback:
+        if ipaddress.ip_address(peer).is_loopback:
             return  # no link to share: a loopback transfer runs at the policy's cap alone
+        interface = interface_of(local)  # an ioctl per interface: only for transfers that share a link
+        if interface == "lo":
+            return
         if interface is not None and not (_SYSFS / interface).exists():
             interface = None
         self._sockets[sock] = _Tracked(peer, interface, info.bytes(self.direction),

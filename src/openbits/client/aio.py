@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
@@ -41,7 +40,7 @@ from ..identity.tokens import AuthScheme, AuthTarget
 from . import discovery
 from .connection import Connection
 from .notify import Notifiers, follow, with_idle
-from .tokens import AsyncTokenOptions, redeem_ticket
+from .tokens import AsyncTokenOptions, job_path, redeem_ticket
 from .types import File, Progress, ProxySettings, ReplyProgress, error_of
 
 #: States in which waiting ends: nothing will change until someone acts.
@@ -75,7 +74,7 @@ class AsyncJob:
         self._connection = connection
         self._info = info
         self._notifiers = notifiers
-        self._path = f"/v1/jobs/{quote(info.id, safe='')}"
+        self._path = job_path(info.id)
 
     def __repr__(self) -> str:
         return f"<AsyncJob {self.id} {self._info.name!r}>"
@@ -308,7 +307,7 @@ class AsyncManager:
     async def get_job(self, id_or_name: str) -> AsyncJob:
         """A job by GUID (braces and case optional) or by display name when that name is unique."""
         connection = await self.connection()
-        info = await connection.request("GET", f"/v1/jobs/{quote(id_or_name, safe='')}", JobInfo)
+        info = await connection.request("GET", job_path(id_or_name), JobInfo)
         return AsyncJob(connection, info, self._notifiers)
 
     async def jobs(self, all_users: bool = False) -> list[AsyncJob]:

@@ -9,8 +9,11 @@ file:// and, later, upload replies.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from http import HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +92,27 @@ class Throttle(Protocol):
 
     async def consume(self, nbytes: int) -> None: ...
 
+
+@contextlib.contextmanager
+def watching(throttle: Throttle | None, sock: socket.socket | None) -> Iterator[None]:
+    """While a transfer runs, a throttle that senses the link (bandwidth/sensing.py) watches its socket."""
+    attach, detach = getattr(throttle, "attach", None), getattr(throttle, "detach", None)
+    if sock is None or attach is None or detach is None:
+        yield
+        return
+    attach(sock)
+    try:
+        yield
+    finally:
+        detach(sock)
+
+
+def status_phrase(status: int, fallback: str | None = None) -> str:
+    """The reason phrase of an HTTP status, for descriptions a person reads."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return fallback or "Unknown"
 
 
 class ProgressReporter:

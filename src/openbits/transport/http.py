@@ -18,7 +18,6 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timezone
-from http import HTTPStatus
 from typing import NoReturn
 
 import aiohttp
@@ -28,7 +27,7 @@ from ..enums import SIZE_UNKNOWN, ErrorContext
 from ..errors import ErrorCode, TransferError
 from . import fastget
 from .auth import ChallengeAuth, challenge_scheme
-from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle
+from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle, status_phrase, watching
 from .durable import DurableWriter
 
 MAX_REDIRECTS = 10
@@ -72,7 +71,8 @@ class HttpTransport:
         #: (host, port) of origins that needed aiohttp (a challenge, chunked bodies, https redirects): no fast path
         self._general: set[tuple[str, int]] = set()
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
+        """The shared aiohttp session (made on first use): the upload client sends its packets on it too."""
         """Created on first use: an aiohttp session belongs to the running loop."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
@@ -84,10 +84,6 @@ class HttpTransport:
                 headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
             )
         return self._session
-
-    def session(self) -> aiohttp.ClientSession:
-        """The shared aiohttp session: the upload protocol client sends its packets on the same connections."""
-        return self._get_session()
 
     async def aclose(self) -> None:
         if self._fast is not None:
@@ -144,7 +140,7 @@ class HttpTransport:
                 headers["Range"] = f"bytes={spec.offset}-"
                 if old.if_range is not None:
                     headers["If-Range"] = old.if_range
-            async with self._fast_get(url, headers, throttle, auth, shown) if fast else self._get_session().get(
+            async with self._fast_get(url, headers, throttle, auth, shown) if fast else self.session().get(
                 url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
                 proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
                 # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
@@ -292,11 +288,7 @@ async def _receive(
     else:
         sock = resp.connection.transport.get_extra_info("socket") if resp.connection and resp.connection.transport else None
         read = resp.content.readany if limit is None else functools.partial(resp.content.read, limit)
-    # -- bandwidth controller hook (issue 6): a background throttle watches the socket while we read.
-    watch = getattr(throttle, "attach", None) is not None and sock is not None
-    if watch:
-        throttle.attach(sock)  # type: ignore[union-attr]
-    try:
+    with watching(throttle, sock):
         while chunk := await read():
             if throttle is not None:
                 # Bounded reads, paid for before they count: aiohttp may have buffered megabytes.
@@ -305,10 +297,6 @@ async def _receive(
             progress.update(writer.offset)
         if spliced:
             await _splice(resp, writer, progress, spliced)  # type: ignore[arg-type]
-    finally:
-        if watch:
-            throttle.detach(sock)  # type: ignore[union-attr]
-    # -- end of the bandwidth controller hook
     if validator.size != SIZE_UNKNOWN and writer.offset != validator.size:
         raise TransferError(
             ErrorCode.ERROR_INTERNET_CONNECTION_RESET,
@@ -355,10 +343,7 @@ def _retry_after(value: str | None) -> float | None:
 def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
     """Every status but 200, 206 and 416: 5xx, 408 and 429 are worth a retry, the rest needs a person."""
     status = resp.status
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = resp.reason or "Unknown"
+    phrase = status_phrase(status, resp.reason)
     answer = f"The server answered {shown} with HTTP {status} {phrase}"
     if status >= 500 or status in _TRANSIENT_STATUS:
         retry_after = _retry_after(resp.headers.get("Retry-After"))

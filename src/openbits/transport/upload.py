@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Protocol
 
 import aiohttp
@@ -39,7 +38,7 @@ from ..uploadprotocol import (
     parse_hex,
     parse_received_range,
 )
-from .base import Throttle
+from .base import Throttle, status_phrase, watching
 from .http import THROTTLED_READ, display_url
 
 #: First fragment; later ones are sized from the measured rate.
@@ -132,10 +131,7 @@ def _ack_error(ack: _Ack, packet: PacketType, shown: str) -> TransferError:
     if context not in (ErrorContext.REMOTE_FILE, ErrorContext.REMOTE_APPLICATION):
         context = ErrorContext.REMOTE_FILE
     said = " ".join(ack.body[:300].decode("utf-8", "replace").split())
-    try:
-        phrase = HTTPStatus(ack.status).phrase
-    except ValueError:
-        phrase = "Unknown"
+    phrase = status_phrase(ack.status)
     who = "server application" if context == ErrorContext.REMOTE_APPLICATION else "server"
     description = f"the {who} refused the {packet.value} packet for {shown}: HTTP {ack.status} {phrase}"
     if said:
@@ -300,16 +296,8 @@ class _WatchedBody(AsyncIterablePayload):
 
     async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
         transport = getattr(writer, "transport", None)
-        sock = None if transport is None else transport.get_extra_info("socket")
-        attach, detach = getattr(self._throttle, "attach", None), getattr(self._throttle, "detach", None)
-        if sock is None or attach is None or detach is None:
+        with watching(self._throttle, None if transport is None else transport.get_extra_info("socket")):
             await super().write_with_length(writer, content_length)
-            return
-        attach(sock)
-        try:
-            await super().write_with_length(writer, content_length)
-        finally:
-            detach(sock)
 
 
 def _check_unchanged(spec: UploadSpec) -> None:
