@@ -19,10 +19,6 @@ def owner_name(uid: int) -> str:
         return str(uid)
 
 
-def error_info(error: BitsError) -> ErrorInfo:
-    return ErrorInfo.model_validate(error.to_dict())
-
-
 #: The bandwidth policy's explanation of a job's rate (openbits.bandwidth.BandwidthPolicy.explain),
 #: installed by the daemon at start; without one a job is only under its own cap.
 explain_rate: Callable[[Job], tuple[int, str]] = lambda job: (job.max_bandwidth, "")

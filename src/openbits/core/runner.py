@@ -29,7 +29,8 @@ from .tokens import http_auth
 class _FileSink:
     """DownloadSink for one file: progress in memory, durable offsets to the store."""
 
-    def __init__(self, service: JobService, job: Job, index: int, on_started: Callable[[int, int], None]) -> None:
+    def __init__(self, service: JobService, job: Job, index: int,
+                 on_started: Callable[[int, int], None] = lambda index, size: None) -> None:
         self._service, self._job, self._index = service, job, index
         self._on_started = on_started
         self._file = job.files[index]

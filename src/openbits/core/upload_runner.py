@@ -118,7 +118,7 @@ class UploadRunner(JobRunner):
     async def _send(self, f: JobFile, headers: dict[str, str]) -> str | None:
         assert f.local_mtime_ns is not None, "checked before sending"
         fd = await self._service.files_of(self._job).open_read(f.local_path)
-        sink = _UploadSink(self._service, self._job, 0, asyncio.Event())
+        sink = _UploadSink(self._service, self._job, 0)
         try:
             spec = UploadSpec(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, f.local_path, f.session_id, headers)
             return await self._client.upload(spec, sink, self._throttle)
@@ -132,7 +132,7 @@ class UploadRunner(JobRunner):
         temp = job.reply_temp_path
         assert temp is not None, "an upload-reply job with a file has a reply name"
         fd = await self._service.files_of(job).open_temp(temp, create=True)
-        sink = _ReplySink(self._service, job, 0, asyncio.Event())
+        sink = _ReplySink(self._service, job, 0)
         try:
             if url is None:
                 job.reply_bytes_total = job.reply_bytes_transferred = 0

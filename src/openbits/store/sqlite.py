@@ -42,7 +42,7 @@ class SqliteStore:
         self._path = path
         self._synchronous = synchronous
         self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[None]] | None] = queue.SimpleQueue()
-        with self._connect() as conn:
+        with contextlib.closing(self._connect()) as conn:
             conn.executescript(_SCHEMA)
         self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._thread.start()
@@ -100,7 +100,7 @@ class SqliteStore:
     # -- events --
 
     def last_event_seq(self) -> int:
-        with self._connect() as conn:
+        with contextlib.closing(self._connect()) as conn:
             return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     async def append_events(self, events: Sequence[Event]) -> None:
