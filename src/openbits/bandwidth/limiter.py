@@ -21,6 +21,11 @@ from .sensing import LinkSensor, SocketLike
 #: Bytes a bucket may hold: enough for a large read, small enough to keep the rate smooth.
 _BURST_SECONDS = 0.1
 _MIN_BURST = 256 * 1024
+#: The background uploads' bucket holds far less: what it lets through goes to the bottleneck at
+#: once, in front of any foreground upload. A few ms of the rate still absorbs asyncio's late
+#: wake-ups (rounded up to 1 ms) without losing rate; the pieces are sized in transport/upload.py.
+UPLOAD_BURST_SECONDS = 0.005
+UPLOAD_MIN_BURST = 8 * 1024
 #: Longest single wait (s): the rate is re-read - and the link re-sampled - at least this often,
 #: so a transfer held at the controller's floor sees the link free up within a tick.
 MAX_WAIT = 0.1
@@ -29,11 +34,17 @@ MAX_WAIT = 0.1
 class TokenBucket:
     """Throttle whose rate (bytes/s, 0 = unlimited) comes from a callable, read at each refill."""
 
-    def __init__(self, rate: Callable[[], int]) -> None:
+    def __init__(self, rate: Callable[[], int], *, min_burst: int = _MIN_BURST,
+                 burst_seconds: float = _BURST_SECONDS) -> None:
         self._rate = rate
+        self._min_burst, self._burst_seconds = min_burst, burst_seconds
         self._tokens = 0.0
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
+
+    def rate(self) -> int:
+        """Bytes/s now (0 = unlimited)."""
+        return self._rate()
 
     async def consume(self, nbytes: int) -> None:
         async with self._lock:  # FIFO among the jobs sharing the bucket
@@ -43,7 +54,7 @@ class TokenBucket:
                 if rate <= 0:
                     self._tokens, self._stamp = 0.0, now
                     return
-                burst = max(_MIN_BURST, rate * _BURST_SECONDS)
+                burst = max(self._min_burst, rate * self._burst_seconds)
                 self._tokens = min(burst, self._tokens + (now - self._stamp) * rate)
                 self._stamp = now
                 if self._tokens > 0:
@@ -62,6 +73,10 @@ class _Chain:
     async def consume(self, nbytes: int) -> None:
         for bucket in self._buckets:
             await bucket.consume(nbytes)
+
+    def rate(self) -> int:
+        """The rate the transfer may use now (0 = unlimited): what sizes an upload's writes."""
+        return min((r for r in (b.rate() for b in self._buckets) if r > 0), default=0)
 
     def attach(self, sock: SocketLike) -> None:
         if self._sensor is not None:
@@ -88,7 +103,11 @@ class BandwidthPolicy:
         self._limit = background_limit
         self._sensors = {False: sensor, True: upload_sensor}
         self._ignore_when_idle = ignore_limits_when_idle
-        self._background = {up: TokenBucket(lambda up=up: self.background_rate(up)[0]) for up in (False, True)}
+        self._background = {
+            False: TokenBucket(lambda: self.background_rate(False)[0]),
+            True: TokenBucket(lambda: self.background_rate(True)[0], min_burst=UPLOAD_MIN_BURST,
+                              burst_seconds=UPLOAD_BURST_SECONDS),
+        }
         self._per_job: dict[str, TokenBucket] = {}
 
     def background_rate(self, upload: bool = False) -> tuple[int, str]:

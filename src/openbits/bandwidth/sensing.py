@@ -5,9 +5,11 @@ and one controller per direction, since each has its own bottleneck.
 Downloads: we are the receiver, so the delay is the receive-side RTT and the
 actuator the receive window (TCP_WINDOW_CLAMP); the counter is rx_bytes.
 Uploads: we are the sender, so the delay is our smoothed RTT (tcpi_rtt; its
-minimum over time is the base, as for downloads) and the actuator the kernel's
-pacing (SO_MAX_PACING_RATE): bytes wait in our socket, not in the bottleneck's
-queue in front of someone's foreground upload. The counter is tx_bytes.
+minimum over time is the base, as for downloads). The actuator is the bucket
+itself: the body goes out in small pieces of full segments (transport/upload.py,
+`_PacedBody`, which says why not the kernel's pacing), so bytes wait in our
+process, not in the bottleneck's queue in front of someone's foreground upload.
+The counter is tx_bytes, and ours are the bytes we sent.
 
 Sampling is lazy - done when the background bucket asks for its rate, at most
 every `interval` - so there is no task to own and nothing runs while no
@@ -38,11 +40,9 @@ log = logging.getLogger("openbits.bandwidth")
 _U32, _U64 = struct.Struct("=I"), struct.Struct("=Q")
 _RTT, _RCV_RTT = 68, 92  # tcpi_rtt (smoothed, sender side), tcpi_rcv_rtt; µs
 _BYTES_ACKED, _BYTES_RECEIVED = 120, 128
-_SEGS_IN, _DATA_SEGS_OUT = 140, 156
-_TCP_INFO_LEN = 160
-#: SO_MAX_PACING_RATE (asm-generic/socket.h); ~0U lifts it.
-SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
-_NO_PACING = 0xFFFFFFFF
+_SEGS_OUT, _SEGS_IN, _DATA_SEGS_OUT = 136, 140, 156
+_BYTES_SENT = 200  # Linux 4.19+; before it, what was acknowledged stands in
+_TCP_INFO_LEN, _TCP_INFO_SENT_LEN = 160, 208
 Direction = Literal["down", "up"]
 DOWN: Direction = "down"
 UP: Direction = "up"
@@ -77,7 +77,9 @@ class TcpInfo:
     rcv_rtt: float  # s; 0 until the kernel has a sample
     wire_bytes: int  # payload plus headers, as the interface counts them
     rtt: float = 0.0  # s, the sender's smoothed RTT
-    sent_wire_bytes: int = 0  # bytes the peer acknowledged, plus headers
+    #: bytes we sent (retransmissions too) plus headers of every segment out, as the interface
+    #: counts them when they leave, not an RTT later when acknowledged
+    sent_wire_bytes: int = 0
 
     def delay(self, direction: Direction) -> float:
         return self.rtt if direction == UP else self.rcv_rtt
@@ -88,7 +90,7 @@ class TcpInfo:
 
 def tcp_info(sock: SocketLike) -> TcpInfo | None:
     try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SENT_LEN)
     except OSError:
         return None
     if len(raw) < _TCP_INFO_LEN:
@@ -98,8 +100,12 @@ def tcp_info(sock: SocketLike) -> TcpInfo | None:
     (segs,) = _U32.unpack_from(raw, _SEGS_IN)
     (rtt,) = _U32.unpack_from(raw, _RTT)
     (acked,) = _U64.unpack_from(raw, _BYTES_ACKED)
-    (segs_out,) = _U32.unpack_from(raw, _DATA_SEGS_OUT)
-    return TcpInfo(rcv_rtt / 1e6, received + segs * _HEADERS, rtt / 1e6, acked + segs_out * _HEADERS)
+    if len(raw) >= _TCP_INFO_SENT_LEN:
+        (sent,) = _U64.unpack_from(raw, _BYTES_SENT)
+        (segs_out,) = _U32.unpack_from(raw, _SEGS_OUT)
+    else:
+        sent, (segs_out,) = acked, _U32.unpack_from(raw, _DATA_SEGS_OUT)
+    return TcpInfo(rcv_rtt / 1e6, received + segs * _HEADERS, rtt / 1e6, sent + segs_out * _HEADERS)
 
 
 def interface_of(local_address: str) -> str | None:
@@ -138,18 +144,9 @@ def link_bytes(interface: str, direction: Direction = DOWN) -> int | None:
 class _Tracked:
     def __init__(self, peer: str, interface: str | None, wire_bytes: int, clamp: int) -> None:
         self.peer, self.interface, self.wire_bytes = peer, interface, wire_bytes
-        #: the window clamp (DOWN) or the pacing rate (UP) last set, and the clamp to restore
+        #: the window clamp last set (DOWN), and the one to restore
         self.original_clamp = self.limit = clamp
         self.rtt = _DEFAULT_RTT
-
-
-def _set_pacing(sock: SocketLike, rate: int) -> None:
-    """SO_MAX_PACING_RATE in bytes/s: the kernel spaces our segments, whatever the qdisc."""
-    try:
-        # as bytes: ~0U does not fit the C int Python passes for an int value
-        sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, _U32.pack(min(rate, _NO_PACING)))
-    except OSError:
-        pass
 
 
 def _set_clamp(sock: SocketLike, clamp: int) -> None:
@@ -201,8 +198,7 @@ class LinkSensor:
             return
         if interface is not None and not (_SYSFS / interface).exists():
             interface = None
-        self._sockets[sock] = _Tracked(peer, interface, info.bytes(self.direction),
-                                       _NO_PACING if self.direction == UP else clamp)
+        self._sockets[sock] = _Tracked(peer, interface, info.bytes(self.direction), clamp)
         if interface is not None and interface not in self._links:
             count = link_bytes(interface, self.direction)
             if count is not None:
@@ -214,10 +210,8 @@ class LinkSensor:
         info = tcp_info(sock) if tracked is not None else None
         if tracked is not None and info is not None:
             self._ours += max(0, info.bytes(self.direction) - tracked.wire_bytes)
-            if self.direction == UP:
-                _set_pacing(sock, _NO_PACING)  # a foreground job may reuse the connection
-            else:
-                _set_clamp(sock, tracked.original_clamp)
+            if self.direction == DOWN:
+                _set_clamp(sock, tracked.original_clamp)  # a foreground job may reuse the connection
         if tracked is not None and not any(t.interface == tracked.interface for t in self._sockets.values()):
             self._links.pop(tracked.interface or "", None)
 
@@ -258,21 +252,11 @@ class LinkSensor:
         if self._trace is not None:
             self._trace.write(json.dumps({"sample": dataclasses.asdict(sample),
                                           "decision": dataclasses.asdict(decision)}) + "\n")
-        allowed = min(decision.rate, WINDOW_GROWTH * self.controller.arriving + INITIAL_RATE)
-        if self.direction == UP:
-            self._pace(allowed)
-        else:
-            self._clamp_windows(allowed)
+        if self.direction == DOWN:  # uploads: the bucket is the actuator (see the module's doc)
+            self._clamp_windows(min(decision.rate, WINDOW_GROWTH * self.controller.arriving + INITIAL_RATE))
         if decision.reason != self._logged:
             self._logged = decision.reason
             log.debug("background rate %d B/s: %s", decision.rate, decision.reason)
-
-    def _pace(self, rate: float) -> None:
-        share = rate / max(1, len(self._sockets))
-        for sock, tracked in self._sockets.items():
-            if abs(share - tracked.limit) > tracked.limit / 8:
-                tracked.limit = int(share)
-                _set_pacing(sock, int(share))
 
     def _clamp_windows(self, rate: float) -> None:
         share = rate / max(1, len(self._sockets))

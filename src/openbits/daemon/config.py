@@ -92,10 +92,9 @@ class Config:
     bandwidth_schedule: tuple[BandwidthWindow, ...] = field(default_factory=tuple)
     #: [bandwidth] ignore_limits_when_idle: the cap above is lifted while nobody else uses the link
     bandwidth_ignore_limits_when_idle: bool = False
-    #: [bandwidth] upload_control: background uploads sense and yield to other uploads (sensing.py, UP).
-    #: Off by default: on a link with a real RTT the server's delayed ACKs read as queueing delay and
-    #: held a lone upload at the floor (tests/test_politeness_upload.py, measured); read at start only.
-    bandwidth_upload_control: bool = False
+    #: [bandwidth] upload_control: background uploads sense and yield to other uploads (sensing.py, UP;
+    #: tests/test_politeness_upload.py); false runs them at the policy's cap alone. Read at start only.
+    bandwidth_upload_control: bool = True
     #: [network] metered / roaming: the cost state when NetworkManager cannot tell (core/cost.py)
     network_metered: bool = False
     network_roaming: bool = False
@@ -143,7 +142,7 @@ class Config:
             if not isinstance(idle, bool):
                 raise ValueError(f"ignore_limits_when_idle = {idle!r}: write true or false")
             values["bandwidth_ignore_limits_when_idle"] = idle
-            upload = bandwidth.get("upload_control", False)
+            upload = bandwidth.get("upload_control", True)
             if not isinstance(upload, bool):
                 raise ValueError(f"upload_control = {upload!r}: write true or false")
             values["bandwidth_upload_control"] = upload
