@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
+from yarl import URL
+
 from ..enums import ErrorContext, JobState
 from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle
@@ -85,6 +87,13 @@ class _FileSink:
 FILE_WINDOW = 64
 #: A file at most this large lets the next file of the job start beside it.
 SMALL_FILE = 256 * 1024
+#: Fresh plain-http files of one origin go as one batch once a file of the job proved small, over this many
+#: connections (curl -Z --parallel-max 16, aria2c -j16). A task per file cost the loop ~300 us a file
+#: (10,000 x 4 KiB: ~3,200 files/s); a batch opens, fetches, syncs and completes its files together.
+BATCH_FILES = 128
+BATCH_LANES = 16
+#: Under a bandwidth throttle a batch is paid for after it arrived: smaller, so the bursts stay small.
+THROTTLED_BATCH_FILES = 8
 
 
 class JobRunner:
@@ -112,6 +121,11 @@ class JobRunner:
         self._unsized: set[int] = set()
         #: a file of this run proved small: files of unknown size may start beside others
         self._small_seen = False
+        #: the job's custom headers as the transport takes them
+        self._headers = _headers(job.custom_headers)
+        #: batch tasks running, and how many files a batch takes
+        self._batches = 0
+        self._batch_files = BATCH_FILES if throttle is None else THROTTLED_BATCH_FILES
 
     async def run(self) -> None:
         job = self._job
@@ -153,20 +167,119 @@ class JobRunner:
         if job.state == JobState.QUEUED:
             job.state = JobState.CONNECTING
         failures: dict[int, BitsError] = {}
+        files, index = job.files, 0
         async with asyncio.TaskGroup() as group:
-            for index, f in enumerate(job.files):
-                if f.completed:
+            while index < len(files):
+                if files[index].completed:
+                    index += 1
                     continue
                 while self._in_flight and not self._room_beside() and not failures:
                     self._changed.clear()
                     await self._changed.wait()
                 if failures:
                     break
-                self._in_flight[index] = f
-                self._unsized.add(index)
-                group.create_task(self._transfer_noting_failure(index, f, failures))
+                batch = self._batch_from(index)
+                for i in [i for i, _ in batch] or [index]:
+                    self._in_flight[i] = files[i]
+                    self._unsized.add(i)
+                if batch:
+                    self._batches += 1
+                    group.create_task(self._batch_noting_failure(batch, failures))
+                    index = batch[-1][0] + 1
+                else:
+                    group.create_task(self._transfer_noting_failure(index, files[index], failures))
+                    index += 1
         if failures:
             raise failures[min(failures)]
+
+    def _batch_from(self, index: int) -> list[tuple[int, URL]]:
+        """The files from `index` on that go as one batch: fresh, plain http, one origin; once a file of
+        this run proved small (a job's files tend to be alike). Fewer than two: none."""
+        files, job = self._job.files, self._job
+        first = files[index]
+        if not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:":
+            return []
+        try:
+            proxy = proxy_route(job, self._preconfigured, first.remote_url)
+        except BitsError:
+            return []  # the per-file way reports it
+        url = self._transport.batchable(first.remote_url, self._headers, None if proxy is None else str(proxy.url))
+        if url is None:
+            return []
+        batch, origin = [(index, url)], (url.raw_host, url.port)
+        for i in range(index + 1, min(len(files), index + self._batch_files)):
+            f = files[i]
+            if f.completed or f.durable_offset:
+                break
+            url = self._transport.batchable(f.remote_url, self._headers, None)
+            if url is None or (url.raw_host, url.port) != origin:
+                break
+            batch.append((i, url))
+        return batch if len(batch) > 1 else []
+
+    async def _batch_noting_failure(self, batch: list[tuple[int, URL]], failures: dict[int, BitsError]) -> None:
+        try:
+            await self._transfer_batch(batch, failures)
+        except BitsError as exc:
+            failures[batch[0][0]] = exc
+            for index, _ in batch:
+                self._in_flight.pop(index, None)
+                self._unsized.discard(index)
+            self._changed.set()
+        finally:
+            self._batches -= 1
+
+    async def _transfer_batch(self, batch: list[tuple[int, URL]], failures: dict[int, BitsError]) -> None:
+        """Open, fetch, sync and complete a batch together; a file the batch could not fetch (not a small
+        200, a broken connection, ...) then goes the per-file way, which reports its error."""
+        job, files = self._job, self._job.files
+        local = self._service.files_of(job)
+        opened = await asyncio.gather(*(local.open_temp(files[i].temp_path, create=True) for i, _ in batch),
+                                      return_exceptions=True)
+        fds = [fd for fd in opened if isinstance(fd, int)]
+        fetched: list[int] = []
+        try:
+            for fd in opened:
+                if isinstance(fd, BaseException) and not isinstance(fd, Exception):
+                    raise fd  # cancelled
+            ready = [(i, url, fd) for (i, url), fd in zip(batch, opened) if isinstance(fd, int)]
+            for i, _, _ in ready:
+                files[i].restart()
+            if job.state != JobState.TRANSFERRING:
+                job.state = JobState.TRANSFERRING
+                await self._service.commit(job)
+            validators = await self._transport.fetch_small([(url, fd) for _, url, fd in ready], self._headers,
+                                                           BATCH_LANES) if ready else []
+            written = []
+            for (i, _, fd), validator in zip(ready, validators):
+                if validator is not None:
+                    f = files[i]
+                    f.validator, f.bytes_total = validator.to_dict(), validator.size
+                    f.bytes_transferred = validator.size
+                    fetched.append(i)
+                    written.append(fd)
+                    del self._in_flight[i]
+                    self._unsized.discard(i)
+            if fetched:
+                job.last_progress_time = time.time()
+                self._changed.set()
+                if self._throttle is not None:
+                    await self._throttle.consume(sum(files[i].bytes_total for i in fetched))
+                await self._syncs.sync(written, files[fetched[0]].local_path)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for i in fetched:
+            files[i].durable_offset = files[i].bytes_total
+        self._finished.update(fetched)
+        for i, _ in batch:
+            if i in self._in_flight:  # not fetched: the per-file way, one at a time (the rare case)
+                if failures:
+                    self._in_flight.pop(i)
+                    self._unsized.discard(i)
+                else:
+                    await self._transfer_noting_failure(i, files[i], failures)
+        await self._complete_in_order()
 
     async def _transfer_noting_failure(self, index: int, f: JobFile, failures: dict[int, BitsError]) -> None:
         try:
@@ -182,7 +295,9 @@ class JobRunner:
         files tend to be alike): waiting for each file's size serialised a broker and an HTTP round trip
         per file (10,000 x 4 KiB: ~600 files/s with the main thread a third idle). A file known to be
         large, or that turned out to have no size, runs alone."""
-        return len(self._in_flight) < FILE_WINDOW and all(
+        # while batches run, two at a time: the next one opens its files while the one before fetches
+        window = 2 * self._batch_files if self._batches else FILE_WINDOW
+        return len(self._in_flight) < window and all(
             0 <= f.bytes_total <= SMALL_FILE or (index in self._unsized and self._small_seen)
             for index, f in self._in_flight.items()
         )
@@ -207,7 +322,7 @@ class JobRunner:
                     os.close(source)
             else:
                 proxy = proxy_route(job, self._preconfigured, f.remote_url)  # BG_E_INVALID_PROXY_INFO
-                spec = DownloadSpec(f.remote_url, f.durable_offset, previous, _headers(job.custom_headers),
+                spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers,
                                     job.dynamic_content, defer_sync_below=SMALL_FILE,
                                     proxy=None if proxy is None else str(proxy.url))
                 validator = await self._transport.download(spec, fd, sink, self._throttle,
@@ -218,7 +333,7 @@ class JobRunner:
             self._unsized.discard(index)
             self._changed.set()
             if f.durable_offset < size:  # a small file the transport left to our batch
-                await self._syncs.sync(fd, f.local_path)
+                await self._syncs.sync([fd], f.local_path)
         finally:
             os.close(fd)
             await sink.flush()

@@ -92,6 +92,29 @@ class HttpTransport:
             await self._session.close()
             self._session = None
 
+    def batchable(self, url: str, headers: dict[str, str], proxy: str | None) -> URL | None:
+        """The URL when `fetch_small` may ask for it: plain http the fast path takes, no proxy."""
+        if self._fast is None or proxy is not None or url[:5].lower() != "http:":
+            return None
+        try:
+            parsed = URL(url)
+        except (ValueError, TypeError):
+            return None
+        if not parsed.raw_host or (parsed.raw_host, parsed.port or 0) in self._general:
+            return None
+        return parsed if fastget.plain_request(parsed, headers) else None
+
+    async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str],
+                          lanes: int) -> list[RemoteValidator | None]:
+        """Fresh small files of one origin (URLs from `batchable`), each whole into its empty descriptor
+        over `lanes` connections. Per file its validator, or None: not fetched, ask `download` (which
+        meets whatever went wrong again and reports it the BITS way). Raises nothing of its own."""
+        assert self._fast is not None
+        heads = await self._fast.fetch_all(files, headers, lanes)
+        return [None if head is None or head.content_length is None else
+                RemoteValidator(head.content_length, head.headers.get("ETag"), head.headers.get("Last-Modified"))
+                for head in heads]
+
     async def download(
         self, spec: DownloadSpec, fd: int, sink: DownloadSink, throttle: Throttle | None = None,
         auth: ChallengeAuth | None = None,

@@ -42,13 +42,13 @@ class SyncBatch:
         #: the round in flight: resolves to the fds it covered
         self._round: asyncio.Future[list[int]] | None = None
 
-    async def sync(self, fd: int, label: str) -> None:
-        """Return once `fd`'s written bytes are on disk (raises TransferError, LOCAL_FILE, if not)."""
-        self._queued.append(fd)
+    async def sync(self, fds: list[int], label: str) -> None:
+        """Return once the written bytes of `fds` are on disk (raises TransferError, LOCAL_FILE, if not)."""
+        self._queued.extend(fds)
         try:
             while True:
                 covered = await (self._lead() if self._round is None else asyncio.shield(self._round))
-                if fd in covered:
+                if fds[-1] in covered:  # a round covers all it took, and took these together
                     return
         except OSError as exc:
             raise local_error(exc, label) from exc

@@ -1,0 +1,72 @@
+"""Jobs of many small files: after the first file proves small, the runner fetches fresh plain-http
+files in batches (core/runner.py, `fastget.FastClient.fetch_all`). Whatever a batch cannot take - a
+redirect, a file too big for it, a chunked body, a broken connection, an error status - goes the
+per-file way, so the results and errors are exactly those of one file at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from pathlib import Path
+
+from openbits import ErrorContext, JobState, JobType, Manager
+
+from .servers.faulty import FaultyServer, sha256
+
+_unique = itertools.count()
+
+
+def _paths(count: int, odd: dict[int, str]) -> list[str]:
+    """`count` distinct files of 4 KiB unless `odd` gives a file other query parameters."""
+    run = next(_unique)
+    return [f"/small/{run}/{i}.bin?{odd.get(i, 'size=4k')}" for i in range(count)]
+
+
+def test_a_batch_hands_what_it_cannot_take_to_the_per_file_way(manager: Manager, faulty: FaultyServer,
+                                                               tmp_path: Path) -> None:
+    odd = {5: "size=4k&redirect=1", 9: "size=300k", 14: "size=4k&chunked=1", 20: "size=4k&drop=100&fail=1",
+           27: "size=4k&etag=none&lastmod=0"}
+    paths = _paths(40, odd)
+    job = manager.create_job("many small", JobType.DOWNLOAD)
+    job.add_files([(faulty.url(p), tmp_path / f"{i}.bin") for i, p in enumerate(paths)])
+    job.resume()
+    assert job.wait(60) == JobState.TRANSFERRED, job.error
+    progress = job.progress
+    assert (progress.files_transferred, progress.files_total) == (40, 40)
+    assert all(f.completed and f.progress.bytes_transferred == f.progress.bytes_total for f in job.files)
+    job.complete()
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{i}.bin" for i in range(40)), "no temporary file is left"
+    for i, p in enumerate(paths):
+        assert hashlib.sha256((tmp_path / f"{i}.bin").read_bytes()).hexdigest() == sha256(p), p
+
+
+def test_an_error_in_a_batch_stops_the_job_at_that_file(manager: Manager, faulty: FaultyServer,
+                                                        tmp_path: Path) -> None:
+    paths = _paths(30, {12: "size=4k&status=404"})
+    job = manager.create_job("one missing", JobType.DOWNLOAD)
+    job.add_files([(faulty.url(p), tmp_path / f"{i}.bin") for i, p in enumerate(paths)])
+    job.resume()
+    assert job.wait(60) == JobState.ERROR
+    error = job.error
+    assert error is not None
+    assert (error.name, error.context, error.http_status) == ("BG_E_HTTP_ERROR_404", ErrorContext.REMOTE_FILE, 404)
+    assert "12.bin" in error.description
+    assert [f.completed for f in job.files] == [True] * 12 + [False] * 18, "files complete in order, up to the error"
+    job.complete()  # Complete on ERROR keeps the finished files and removes every temporary file
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{i}.bin" for i in range(12))
+
+
+def test_a_batch_job_survives_suspend_and_resume(manager: Manager, faulty: FaultyServer, tmp_path: Path) -> None:
+    paths = _paths(200, {i: "size=8k&trickle=5" for i in range(0, 200, 7)})
+    job = manager.create_job("suspended midway", JobType.DOWNLOAD)
+    job.add_files([(faulty.url(p), tmp_path / f"{i}.bin") for i, p in enumerate(paths)])
+    job.resume()
+    job.suspend()
+    job.resume()
+    assert job.wait(60) == JobState.TRANSFERRED, job.error
+    job.complete()
+    assert len(os.listdir(tmp_path)) == 200
+    for i, p in enumerate(paths):
+        assert hashlib.sha256((tmp_path / f"{i}.bin").read_bytes()).hexdigest() == sha256(p), p
