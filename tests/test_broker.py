@@ -372,6 +372,24 @@ async def test_remove_batch(broker: FileBroker, alice: RealUser, bob: RealUser, 
     assert bobs.exists() and not os.path.exists(temps[0])  # the rest of the batch still went
 
 
+async def test_open_temps_batch(broker: FileBroker, alice: RealUser, bob: RealUser, adir: Path) -> None:
+    """A batch of small files opens its temporaries in one round trip: alice's descriptors, and an error
+    for each path she may not create, in order; more than one message's worth of descriptors is split."""
+    files = broker.files_for(alice.identity)
+    temps = [str(adir / f".b{i}") for i in range(300)]
+    forbidden = f"{bob.home}/obt-{secrets.token_hex(4)}.tmp"
+    results = await files.open_temps([*temps[:2], forbidden, *temps[2:]])
+    assert isinstance(results[2], BitsError) and results[2].code == ErrorCode.E_ACCESSDENIED
+    fds = [r for r in results if not isinstance(r, BitsError)]
+    assert len(fds) == 300
+    for fd in fds:
+        info = os.fstat(fd)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (alice.uid, 0o600)
+        os.close(fd)
+    assert sorted(os.listdir(adir)) == sorted(os.path.basename(t) for t in temps)
+    assert not os.path.lexists(forbidden)
+
+
 async def test_check_destination(broker: FileBroker, alice: RealUser, adir: Path) -> None:
     files = broker.files_for(alice.identity)
     await files.check_destination(str(adir / "new.iso"))

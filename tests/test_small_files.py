@@ -36,6 +36,14 @@ def test_a_batch_hands_what_it_cannot_take_to_the_per_file_way(manager: Manager,
     progress = job.progress
     assert (progress.files_transferred, progress.files_total) == (40, 40)
     assert all(f.completed and f.progress.bytes_transferred == f.progress.bytes_total for f in job.files)
+    finished = []
+    for event in job.events():  # validated against the wire model by the client
+        if event.kind == "file_transferred":
+            assert event.file is not None and event.file.completed
+            finished.append((event.file_index, event.file.local_path))
+        if event.kind == "job_transferred":
+            break
+    assert finished == [(i, str(tmp_path / f"{i}.bin")) for i in range(40)], "one event per file, in order"
     job.complete()
     assert sorted(os.listdir(tmp_path)) == sorted(f"{i}.bin" for i in range(40)), "no temporary file is left"
     for i, p in enumerate(paths):

@@ -234,14 +234,10 @@ class JobRunner:
         200, a broken connection, ...) then goes the per-file way, which reports its error."""
         job, files = self._job, self._job.files
         local = self._service.files_of(job)
-        opened = await asyncio.gather(*(local.open_temp(files[i].temp_path, create=True) for i, _ in batch),
-                                      return_exceptions=True)
+        opened = await local.open_temps([files[i].temp_path for i, _ in batch])
         fds = [fd for fd in opened if isinstance(fd, int)]
         fetched: list[int] = []
         try:
-            for fd in opened:
-                if isinstance(fd, BaseException) and not isinstance(fd, Exception):
-                    raise fd  # cancelled
             ready = [(i, url, fd) for (i, url), fd in zip(batch, opened) if isinstance(fd, int)]
             for i, _, _ in ready:
                 files[i].restart()

@@ -19,7 +19,9 @@ with its last sequence number and catches up from the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -161,7 +163,7 @@ class EventBus:
             newly = totals.update(job, files)
         now = _Seen.of(job, totals)
         self._seen[job.id] = now
-        events = [self._event(job, EventKind.FILE_TRANSFERRED, totals, index) for index in sorted(newly)]
+        events = self._file_events(job, totals, sorted(newly)) if newly else []
         if before is None or before.state != job.state:
             kind = NOTIFICATIONS.get(job.state)
             if kind is None:
@@ -205,6 +207,21 @@ class EventBus:
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
         )
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())
+
+    def _file_events(self, job: Job, totals: _Totals, indexes: list[int]) -> list[Event]:
+        """FILE_TRANSFERRED for each of `indexes`: the job's part serialised once, then only the file's
+        (a batch of small files finishes hundreds at a time; an `_event` each was ~40 us a file)."""
+        kind = EventKind.FILE_TRANSFERRED
+        events = [self._event(job, kind, totals, indexes[0])]
+        doc = json.loads(events[0].doc)
+        for index in indexes[1:]:
+            f = job.files[index]
+            seq, now = next(self._seq), time.time()
+            doc.update(seq=seq, time=now, file_index=index, file={
+                "remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
+                "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed})
+            events.append(Event(seq, now, job.id, job.owner_uid, kind, _compact_json(doc)))
+        return events
 
     def forget(self, job_id: str) -> None:
         """The job is gone from the daemon (past its retention); its stored events stay until theirs."""
@@ -265,3 +282,7 @@ class EventBus:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
             except TimeoutError:
                 pass
+
+
+#: JSON as pydantic's model_dump_json writes it (compact, UTF-8 kept).
+_compact_json = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)

@@ -70,7 +70,7 @@ _BROKER_CODES = frozenset(
         ErrorCode.ERROR_DISK_FULL,
     }
 )
-_OPS = frozenset({"check_destination", "open_temp", "commit", "remove", "open_read", "stat"})
+_OPS = frozenset({"check_destination", "open_temp", "open_temps", "commit", "remove", "open_read", "stat"})
 _FD_OPS = frozenset({"open_temp", "open_read"})
 
 
@@ -237,33 +237,45 @@ def _serve(sock: socket.socket, files: DiskFiles) -> None:
         for start in range(0, len(requests or ()), _BATCH):
             replies, out_fds = [], []
             for request_id, op, args in requests[start : start + _BATCH]:
-                reply, fd = _handle(files, op, args)
-                replies.append([request_id, reply, 0 if fd is None else 1])
-                out_fds += [] if fd is None else [fd]
-            frames = _frames(replies)
-            for frame in frames[:-1]:
-                sock.send(frame)
-            socket.send_fds(sock, frames[-1:], out_fds)
-            _close_all(out_fds)
+                reply, fds = _handle(files, op, args)
+                if len(out_fds) + len(fds) > _BATCH:  # one message carries at most _BATCH descriptors
+                    _send_replies(sock, replies, out_fds)
+                    replies, out_fds = [], []
+                replies.append([request_id, reply, len(fds)])
+                out_fds += fds
+            _send_replies(sock, replies, out_fds)
 
 
-def _handle(files: DiskFiles, op: str, args: list[Any]) -> tuple[dict[str, Any], int | None]:
-    """Run one operation: (JSON reply, descriptor to pass or None)."""
+def _send_replies(sock: socket.socket, replies: list[list[Any]], fds: list[int]) -> None:
+    frames = _frames(replies)
+    for frame in frames[:-1]:
+        sock.send(frame)
+    socket.send_fds(sock, frames[-1:], fds)
+    _close_all(fds)
+
+
+def _handle(files: DiskFiles, op: str, args: list[Any]) -> tuple[dict[str, Any], list[int]]:
+    """Run one operation: (JSON reply, descriptors to pass)."""
     try:
         if op not in _OPS:
             raise local_error(ErrorCode.E_INVALIDARG, f"unknown broker operation {op!r}")
+        if op == "open_temps" and not (len(args) == 1 and isinstance(args[0], list) and len(args[0]) <= _BATCH):
+            raise local_error(ErrorCode.E_INVALIDARG, f"open_temps takes one list of at most {_BATCH} paths")
         result = getattr(files, op)(*args)
     except BitsError as exc:
-        return {"error": [exc.code, exc.description]}, None
+        return {"error": [exc.code, exc.description]}, []
     except Exception as exc:  # noqa: BLE001 - a bug is reported as E_FAIL, the broker lives on
-        return {"error": [ErrorCode.E_FAIL, f"file broker failure: {exc!r}"]}, None
+        return {"error": [ErrorCode.E_FAIL, f"file broker failure: {exc!r}"]}, []
     if op in _FD_OPS:
-        return {"ok": None}, result
+        return {"ok": None}, [result]
+    if op == "open_temps":
+        return ({"ok": [None if type(item) is int else [item.code, item.description] for item in result]},
+                [item for item in result if type(item) is int])
     if op == "commit":
-        return {"ok": [None if err is None else [err.code, err.description] for err in result]}, None
+        return {"ok": [None if err is None else [err.code, err.description] for err in result]}, []
     if op == "stat" and result is not None:
-        return {"ok": [result.size, result.mtime_ns, result.uid, result.mode]}, None
-    return {"ok": None}, None
+        return {"ok": [result.size, result.mtime_ns, result.uid, result.mode]}, []
+    return {"ok": None}, []
 
 
 # --- daemon side ---------------------------------------------------------------------------
@@ -380,7 +392,7 @@ def _match(replies: Any, fds: list[int]) -> list[tuple[int, Any, list[int]]]:
     matched, used = [], 0
     try:
         for request_id, reply, count in replies:
-            if type(request_id) is not int or type(count) is not int or count not in (0, 1):
+            if type(request_id) is not int or type(count) is not int or not 0 <= count <= _BATCH:
                 raise _ProtocolError("bad reply header")
             matched.append((request_id, reply, fds[used : used + count]))
             used += count
@@ -426,6 +438,24 @@ class _BrokerFiles:
 
     async def open_temp(self, temp_path: str, *, create: bool) -> int:
         return await self._call_fd("open_temp", [temp_path, create])
+
+    async def open_temps(self, temp_paths: Sequence[str]) -> list[int | BitsError]:
+        results: list[int | BitsError] = []
+        for start in range(0, len(temp_paths), _BATCH):
+            paths = list(temp_paths[start : start + _BATCH])
+            reply, fds = await self._exchange("open_temps", [paths], retry=True)
+            try:
+                items = _reply(reply, self.identity.name)
+                if (not isinstance(items, list) or len(items) != len(paths) or items.count(None) != len(fds)
+                        or not all(st.S_ISREG(os.fstat(fd).st_mode) for fd in fds)):
+                    raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a "
+                                      "malformed reply")
+            except BaseException:
+                _close_all(fds)
+                raise
+            given = iter(fds)
+            results += [next(given) if item is None else _broker_error(item) for item in items]
+        return results
 
     async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
         pairs = [[temp, final] for temp, final in renames]

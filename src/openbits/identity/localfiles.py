@@ -42,6 +42,7 @@ class LocalFiles(Protocol):
 
     async def check_destination(self, local_path: str) -> None: ...
     async def open_temp(self, temp_path: str, *, create: bool) -> int: ...
+    async def open_temps(self, temp_paths: Sequence[str]) -> list[int | BitsError]: ...
     async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]: ...
     async def remove(self, paths: Sequence[str]) -> None: ...
     async def open_read(self, path: str) -> int: ...
@@ -100,6 +101,16 @@ class DiskFiles:
             return self._regular(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN, TEMP_MODE), path)
         except OSError as exc:
             raise self._error(exc, "create" if create else "reopen", path) from None
+
+    def open_temps(self, temp_paths: list[str]) -> list[int | BitsError]:
+        """open_temp(create=True) of each path, for a batch of small files: a descriptor or the error each."""
+        results: list[int | BitsError] = []
+        for path in temp_paths:
+            try:
+                results.append(self.open_temp(path, True))
+            except BitsError as exc:
+                results.append(exc)
+        return results
 
     def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
         """Rename each temp over its final name, then fsync each touched folder once."""
