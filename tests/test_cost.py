@@ -2,15 +2,19 @@
 
 The daemon runs for real: a job whose policy forbids a metered network waits
 in TRANSIENT_ERROR with BG_E_BLOCKED_BY_COST_TRANSFER_POLICY, and moves on as
-soon as the configuration (SIGHUP) or its own cost flags allow it. No
-NetworkManager runs here, so the daemon's `busctl` finds none and the
-configuration decides - the fall-back path is what these tests prove.
+soon as the configuration (SIGHUP) or its own cost flags allow it. Here the
+daemon has no system bus at all (DBUS_SYSTEM_BUS_ADDRESS names a socket that
+is not there, as on a machine without D-Bus), or a bus without NetworkManager,
+and the configuration decides - the fall-back path is what these tests prove;
+tests/test_cost_networkmanager.py has a real NetworkManager.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from openbits.core.cost import CostMonitor, cost_allows, network_cost
 from openbits.daemon.config import Config
 
 from .daemon import DaemonProcess
+from .nmlab import PrivateBus
 
 
 @pytest.mark.parametrize(("policy", "allowed"), [
@@ -41,12 +46,38 @@ def test_each_named_policy_allows_the_states_bits_documents(policy: TransferPoli
                                        | CostState.CAPPED_USAGE_UNKNOWN | CostState.UNRESTRICTED)
 
 
-def test_without_networkmanager_the_configuration_decides() -> None:
+async def watch_briefly(monitor: CostMonitor, seconds: float = 0.5) -> list[CostState]:
+    """The changes `monitor.watch` reports in `seconds`; it must not fail meanwhile."""
+    changes: list[CostState] = []
+    watching = asyncio.create_task(monitor.watch(changes.append))
+    await asyncio.sleep(seconds)
+    assert not watching.done(), watching
+    watching.cancel()
+    await asyncio.gather(watching, return_exceptions=True)
+    return changes
+
+
+async def test_without_a_system_bus_the_configuration_decides(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     config = Config.from_dict({"network": {"metered": True}})
-    monitor = CostMonitor(lambda: config)  # the real busctl, if any: no NetworkManager runs here
-    assert asyncio.run(monitor.refresh()) == CostState.CAPPED_USAGE_UNKNOWN
-    assert monitor.source == "configuration"
-    assert CostMonitor(lambda: config, busctl="/nonexistent/busctl").state == CostState.CAPPED_USAGE_UNKNOWN
+    monitor = CostMonitor(lambda: config, bus_address=f"unix:path={tmp_path / 'no-bus'}")
+    with caplog.at_level(logging.DEBUG):
+        assert await watch_briefly(monitor) == []  # nothing changed: the configuration said metered all along
+    assert (monitor.state, monitor.source) == (CostState.CAPPED_USAGE_UNKNOWN, "configuration")
+    said = [record for record in caplog.records if record.name.startswith(("openbits.cost", "dbus_fast"))]
+    assert [(r.levelname, r.getMessage().split(" (")[0]) for r in said] == [("INFO", "no system bus")], said
+
+
+@pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon is not installed (make test installs it)")
+async def test_on_a_bus_without_networkmanager_the_configuration_decides(tmp_path: Path) -> None:
+    bus = PrivateBus(tmp_path)  # a bus where nobody owns org.freedesktop.NetworkManager
+    try:
+        config = Config.from_dict({"network": {"metered": True}})
+        monitor = CostMonitor(lambda: config, bus_address=bus.address)
+        assert await watch_briefly(monitor) == []
+        assert (monitor.state, monitor.source) == (CostState.CAPPED_USAGE_UNKNOWN, "configuration")
+    finally:
+        bus.close()
 
 
 def test_bad_network_config_is_refused() -> None:
@@ -63,12 +94,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.fixture
-def metered_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+def metered_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonProcess]:
+    """No system bus (whatever runs on this machine), and the configuration says metered."""
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
     daemon = DaemonProcess(tmp_path / "d", config={"network": {"metered": True}}).start()
     try:
         yield daemon
     finally:
         daemon.stop()
+    # Said once that the configuration decides, and nothing else of the missing bus: no error, no traceback.
+    log = daemon.log()
+    assert log.count("no system bus") == 1, log
+    assert not [line for line in log.splitlines() if " ERROR " in line or " WARNING " in line
+                or "Traceback" in line], log
 
 
 def test_blocked_on_a_metered_network_then_resumes_on_sighup(metered_daemon: DaemonProcess, tmp_path: Path) -> None:

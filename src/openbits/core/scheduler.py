@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..enums import ErrorContext, JobPriority, JobState, JobType
+from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
 from ..transport.http import HttpTransport
@@ -169,15 +169,13 @@ class Scheduler:
                 self._retry_waiting_for(ErrorCode.BG_E_NETWORK_DISCONNECTED)
 
     async def _watch_cost(self) -> None:
-        """When the cost state changes (NetworkManager, or a SIGHUP'd config), blocked jobs retry at once
-        and running jobs the new state forbids stop (the next pass holds them)."""
-        state = await self._cost.refresh()
-        while True:
-            await asyncio.sleep(NETWORK_POLL)
-            was, state = state, await self._cost.refresh()
-            if state != was:
-                log.info("network cost state now %s (from the %s)", state.name, self._cost.source)
-                self._retry_waiting_for(ErrorCode.BG_E_BLOCKED_BY_COST_TRANSFER_POLICY)
+        """When the cost state changes (NetworkManager's signal, or a SIGHUP'd config), blocked jobs retry at
+        once and running jobs the new state forbids stop (the next pass holds them)."""
+        def changed(state: CostState) -> None:
+            log.info("network cost state now %s (from the %s)", state.name, self._cost.source)
+            self._retry_waiting_for(ErrorCode.BG_E_BLOCKED_BY_COST_TRANSFER_POLICY)
+
+        await self._cost.watch(changed)
 
     def _retry_waiting_for(self, code: int) -> None:
         """Jobs in TRANSIENT_ERROR for `code` retry now, not after their delay."""

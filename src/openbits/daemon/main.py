@@ -118,7 +118,13 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, settings.reload)
+    cost = CostMonitor(lambda: settings.config)  # the network's cost state (NetworkManager, else [network])
+
+    def reload() -> None:
+        settings.reload()
+        cost.recheck()  # a new [network] section takes effect at once
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     service = JobService(store, broker, lambda: settings.config, jobs)
     trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
@@ -127,7 +133,6 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
                              lambda: settings.config.bandwidth_ignore_limits_when_idle,
                              upload_sensor=LinkSensor(direction=UP) if settings.config.bandwidth_upload_control
                              else None)
-    cost = CostMonitor(lambda: settings.config)  # the network's cost state (NetworkManager, else [network])
     # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
     views.explain_rate = functools.partial(cost.explain, rate=policy.explain)
     transport = HttpTransport()
