@@ -63,6 +63,11 @@ MIN_WINDOW = 4 * 1024
 WINDOW_GROWTH = 1.25
 #: RTT assumed until the kernel has measured one.
 _DEFAULT_RTT = 0.05
+#: A transfer shows its socket once the response's head is in, and what arrived with it is already in
+#: the interface's count: on a link the sensor watches, up to this much of what the socket received
+#: is counted as ours when it is attached - a head and the first flights, not the gigabytes a kept
+#: connection may have carried before.
+ATTACH_CREDIT = 64 * 1024
 _SYSFS = Path("/sys/class/net")
 
 
@@ -202,6 +207,10 @@ class LinkSensor:
         if interface is not None and not (_SYSFS / interface).exists():
             interface = None
         self._sockets[sock] = _Tracked(peer, interface, info.bytes(self.direction), clamp)
+        if interface is not None and interface in self._links:
+            # Else, beside another transfer, a new one's first bytes read as someone else's traffic,
+            # and the controller yields the link to its own job (to the floor: see `_decide`).
+            self._ours += min(info.bytes(self.direction), ATTACH_CREDIT)
         if interface is not None and interface not in self._links:
             count = link_bytes(interface, self.direction)
             if count is not None:
