@@ -119,6 +119,15 @@ class NetLab:
         self._procs.append(proc)
         return proc
 
+    def wait_listening(self, ns: str, port: int, timeout: float = 15.0) -> None:
+        """Return once something in `ns` listens on TCP `port`: a server just spawned there may take
+        seconds to start on a busy machine, and a job that finds nobody waits out its retry delay."""
+        deadline = time.monotonic() + timeout
+        while not self.ns_exec(ns, "ss", "-Hltn", f"sport = :{port}").stdout.strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} in {ns} after {timeout} s")
+            time.sleep(0.05)
+
     def client_rx_bytes(self) -> int:
         """Bytes the client's interface received (all flows)."""
         out = self.ns_exec(self.client, "cat", "/sys/class/net/c0/statistics/rx_bytes").stdout

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
 
+from openbits.bandwidth import Decision, Sample
+from openbits.bandwidth.sensing import UP, UP_DELAY_WINDOW, LinkSensor
 from openbits.transport.http import THROTTLED_READ
 from openbits.transport.upload import PIECE_SECONDS, _PacedBody
 
@@ -110,3 +113,59 @@ def test_paced_body_writes_pairs_of_full_segments_sized_to_the_rate(connected: s
     assert pair <= 2 * 1448
     most = THROTTLED_READ // pair * pair
     assert size == (most if rate == 0 else max(pair, min(most, int(rate * PIECE_SECONDS) // pair * pair)))
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+        self.decision = Decision(1, "")
+
+    def update(self, sample: Sample) -> Decision:
+        self.samples.append(sample)
+        return self.decision
+
+
+class _Sending:
+    """A socket to a server beyond this host whose TCP_INFO says what `rtt` (s) is."""
+
+    def __init__(self) -> None:
+        self.rtt, self.sent = 0.021, 0
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+        if option != socket.TCP_INFO:
+            return (65535).to_bytes(4, "little")
+        raw = bytearray(buflen)
+        struct.pack_into("=I", raw, 68, int(self.rtt * 1e6))
+        self.sent += 1448
+        struct.pack_into("=Q", raw, 200, self.sent)
+        return bytes(raw)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("192.0.2.2", 40000)
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("198.51.100.2", 80)
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        pass
+
+
+def test_upload_delay_is_the_least_of_the_last_second() -> None:
+    """A server that reads late for a moment delays its ACKs: our RTT rises for a few ticks, which
+    is no queue; one that stays up for longer than UP_DELAY_WINDOW is."""
+    now = [0.0]
+    recorder = _Recorder()
+    sensor = LinkSensor(recorder, clock=lambda: now[0], direction=UP)  # type: ignore[arg-type]
+    sock = _Sending()
+    sensor.attach(sock)
+
+    def tick(rtt: float) -> float:
+        sock.rtt = rtt
+        now[0] += 0.1
+        sensor.decision()
+        return recorder.samples[-1].delays["198.51.100.2"]
+
+    assert [tick(0.021) for _ in range(5)] == [0.021] * 5
+    assert [tick(0.035) for _ in range(int(UP_DELAY_WINDOW / 0.1) - 1)] == [0.021] * 9, "a stall is no queue"
+    assert tick(0.035) == tick(0.035) == 0.035, "a queue that stands is one"
+    assert tick(0.022) == 0.022

@@ -73,6 +73,7 @@ def test_background_upload_yields_to_a_foreground_upload_and_recovers(lab: NetLa
                               "--listen", f"{SERVER_ADDR}:8080")
     put = nginx.NginxServer(www, host=SERVER_ADDR, port=80, wrap=lab.wrap(lab.server),
                             locations=_PUT.format(root=www))
+    lab.wait_listening(lab.server, 8080)
     daemon = DaemonProcess(tmp_path / "d", wrap=lab.wrap(lab.client)).start()  # upload_control is on by default
     try:
         with daemon.manager() as manager:
@@ -81,7 +82,9 @@ def test_background_upload_yields_to_a_foreground_upload_and_recovers(lab: NetLa
             job.resume()
             time.sleep(5)  # the controller finds the link
             alone = tx_rate(lab, 3)
-            assert alone > 0.6 * LINK, f"alone the upload gets most of the link ({alone:.0f} B/s; {job.info().rate_reason})"
+            info = job.info()
+            assert alone > 0.6 * LINK, (f"alone the upload gets most of the link ({alone:.0f} B/s; {info.state.name}, "
+                                        f"{info.rate_reason}, error {info.error})")
             assert job.state == JobState.TRANSFERRING
 
             before, start = tx_bytes(lab), time.monotonic()

@@ -5,7 +5,8 @@ and one controller per direction, since each has its own bottleneck.
 Downloads: we are the receiver, so the delay is the receive-side RTT and the
 actuator the receive window (TCP_WINDOW_CLAMP); the counter is rx_bytes.
 Uploads: we are the sender, so the delay is our smoothed RTT (tcpi_rtt; its
-minimum over time is the base, as for downloads). The actuator is the bucket
+minimum over time is the base, as for downloads; the least of the last
+`UP_DELAY_WINDOW` seconds is the current one). The actuator is the bucket
 itself: the body goes out in small pieces of full segments (transport/upload.py,
 `_PacedBody`, which says why not the kernel's pacing), so bytes wait in our
 process, not in the bottleneck's queue in front of someone's foreground upload.
@@ -27,6 +28,7 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,12 @@ MIN_WINDOW = 4 * 1024
 #: The window follows what arrives, grown by this factor (plus INITIAL_RATE), not a generous
 #: allowance: an open window is what the server still sends after we decide to yield.
 WINDOW_GROWTH = 1.25
+#: Uploads: a path's current delay is the least RTT of this many seconds. Our RTT samples hold the
+#: server's reading too: a server busy for a moment (opening a session, syncing a file) sends its
+#: ACKs late, and the start of an upload on the loaded lab read 6-11 ms of "queueing" for 0.7 s at
+#: a fifth of the link, which the controller took for the link's capacity (the upload then crept
+#: up from 15 %; measured). A queue another host's traffic keeps stands far longer than that.
+UP_DELAY_WINDOW = 1.0
 #: RTT assumed until the kernel has measured one.
 _DEFAULT_RTT = 0.05
 #: A transfer shows its socket once the response's head is in, and what arrived with it is already in
@@ -184,6 +192,8 @@ class LinkSensor:
         self._clock = clock
         self._sockets: dict[SocketLike, _Tracked] = {}
         self._links: dict[str, int] = {}  # interface -> last rx_bytes
+        #: UP: peer -> (time, delay) of the last UP_DELAY_WINDOW, increasing delays; kept across fragments
+        self._recent: dict[str, deque[tuple[float, float]]] = {}
         self._ours = 0
         self._link = 0
         self._next = 0.0
@@ -267,6 +277,8 @@ class LinkSensor:
                 # The most congested socket to a server speaks for its path.
                 delays[tracked.peer] = max(delays.get(tracked.peer, 0.0), delay)
         after = self._counters()
+        if self.direction == UP:
+            delays = {peer: self._least_recent(peer, now, delay) for peer, delay in delays.items()}
         for interface, last in list(self._links.items()):
             if interface not in before or interface not in after:
                 del self._links[interface]
@@ -284,6 +296,16 @@ class LinkSensor:
         if decision.reason != self._logged:
             self._logged = decision.reason
             log.debug("background rate %d B/s: %s", decision.rate, decision.reason)
+
+    def _least_recent(self, peer: str, now: float, delay: float) -> float:
+        """The least delay of `peer`'s path in the last UP_DELAY_WINDOW seconds, this one included."""
+        recent = self._recent.setdefault(peer, deque())
+        while recent and recent[-1][1] >= delay:
+            recent.pop()
+        recent.append((now, delay))
+        while recent[0][0] < now - UP_DELAY_WINDOW:
+            recent.popleft()
+        return recent[0][1]
 
     def _clamp_windows(self, rate: float) -> None:
         share = rate / max(1, len(self._sockets))
