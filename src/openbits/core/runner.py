@@ -245,7 +245,7 @@ class JobRunner:
                 job.state = JobState.TRANSFERRING
                 await self._service.commit(job)
             validators = await self._transport.fetch_small([(url, fd) for _, url, fd in ready], self._headers,
-                                                           BATCH_LANES) if ready else []
+                                                           BATCH_LANES, self._throttle) if ready else []
             written = []
             for (i, _, fd), validator in zip(ready, validators):
                 if validator is not None:

@@ -524,12 +524,13 @@ class FastClient:
             self._slots.release()
             raise
 
-    async def fetch_all(self, files: Sequence[tuple[URL, int]], headers: Mapping[str, str],
-                        lanes: int) -> list[ResponseHead | None]:
+    async def fetch_all(self, files: Sequence[tuple[URL, int]], headers: Mapping[str, str], lanes: int,
+                        watch: Callable[[Any], contextlib.AbstractContextManager[None]]) -> list[ResponseHead | None]:
         """GET small files of one origin (each `plain_request`) into their descriptors over up to `lanes`
         connections, each starting its next file from the callback that finished the last (see
-        `_Connection.fetch`). Per file: its head, or None when it must be asked the general way (not a
-        small 200, a broken or stale connection, a write error, no connection at all)."""
+        `_Connection.fetch`); `watch(socket)` holds each connection's socket meanwhile (the bandwidth
+        sensor's, before the first request). Per file: its head, or None when it must be asked the general
+        way (not a small 200, a broken or stale connection, a write error, no connection at all)."""
         host, port = files[0][0].raw_host or "", files[0][0].port or 80
         key = (host, port)
         results: list[ResponseHead | None] = [None] * len(files)
@@ -562,10 +563,14 @@ class FastClient:
                 break
             conns.append(conn)
         try:
-            for conn in list(conns):
-                start(conn)
-            if conns:
-                await finished
+            with contextlib.ExitStack() as watched:
+                for conn in conns:
+                    if conn.transport is not None:
+                        watched.enter_context(watch(conn.transport.get_extra_info("socket")))
+                for conn in list(conns):
+                    start(conn)
+                if conns:
+                    await finished
         finally:
             for conn in conns:
                 conn._fetch = None  # cancelled: no callback may touch the caller's descriptors any more

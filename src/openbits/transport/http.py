@@ -104,13 +104,13 @@ class HttpTransport:
             return None
         return parsed if fastget.plain_request(parsed, headers) else None
 
-    async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str],
-                          lanes: int) -> list[RemoteValidator | None]:
+    async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str], lanes: int,
+                          throttle: Throttle | None) -> list[RemoteValidator | None]:
         """Fresh small files of one origin (URLs from `batchable`), each whole into its empty descriptor
         over `lanes` connections. Per file its validator, or None: not fetched, ask `download` (which
         meets whatever went wrong again and reports it the BITS way). Raises nothing of its own."""
         assert self._fast is not None
-        heads = await self._fast.fetch_all(files, headers, lanes)
+        heads = await self._fast.fetch_all(files, headers, lanes, functools.partial(watching, throttle))
         return [None if head is None or head.content_length is None else
                 RemoteValidator(head.content_length, head.headers.get("ETag"), head.headers.get("Last-Modified"))
                 for head in heads]
