@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import time
 from pathlib import Path
 
 from openbits import ErrorContext, JobState, JobType, Manager
+from openbits.core.runner import THROTTLED_BATCH_FILES
 
+from .daemon import DaemonProcess
 from .servers.faulty import FaultyServer, sha256
 
 _unique = itertools.count()
@@ -76,5 +79,36 @@ def test_a_batch_job_survives_suspend_and_resume(manager: Manager, faulty: Fault
     assert job.wait(60) == JobState.TRANSFERRED, job.error
     job.complete()
     assert len(os.listdir(tmp_path)) == 200
+    for i, p in enumerate(paths):
+        assert hashlib.sha256((tmp_path / f"{i}.bin").read_bytes()).hexdigest() == sha256(p), p
+
+
+def test_kill_9_mid_batch_keeps_every_completed_file(daemon: DaemonProcess, faulty: FaultyServer,
+                                                     tmp_path: Path) -> None:
+    """Files reported completed are on disk and never fetched again; a throttled batch runs no further
+    ahead of its cap than the batch in flight; the rest start over after the restart."""
+    paths = _paths(200, {})
+    with daemon.manager() as manager:
+        job = manager.create_job("crash in a batch", JobType.DOWNLOAD)
+        job.add_files([(faulty.url(p), tmp_path / f"{i}.bin") for i, p in enumerate(paths)])
+        job.set_properties(max_bandwidth=100_000)  # ~24 files/s: caught mid-way
+        job.resume()
+        deadline = time.monotonic() + 30
+        while (done := job.progress.files_transferred) < 40:
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        job_id = job.id
+    daemon.kill9()
+    asked = len({r.path_qs for r in faulty.requests} & set(paths))
+    assert asked <= done + 2 * THROTTLED_BATCH_FILES + 1, f"{asked} files asked for at the cap, {done} done"
+    daemon.start()
+    with daemon.manager() as manager:
+        job = manager.get_job(job_id)
+        assert all(f.completed for f in job.files[:done])
+        job.set_properties(max_bandwidth=0)
+        assert job.wait(60) == JobState.TRANSFERRED, job.error
+        job.complete()
+    for i in range(done):
+        assert sum(1 for r in faulty.requests if r.path_qs == paths[i]) == 1, f"file {i} was fetched again"
     for i, p in enumerate(paths):
         assert hashlib.sha256((tmp_path / f"{i}.bin").read_bytes()).hexdigest() == sha256(p), p

@@ -254,13 +254,14 @@ class JobRunner:
                     f.bytes_transferred = validator.size
                     fetched.append(i)
                     written.append(fd)
-                    del self._in_flight[i]
-                    self._unsized.discard(i)
             if fetched:
                 job.last_progress_time = time.time()
-                self._changed.set()
-                if self._throttle is not None:
+                if self._throttle is not None:  # paid for before the next batch may start
                     await self._throttle.consume(sum(files[i].bytes_total for i in fetched))
+                for i in fetched:
+                    del self._in_flight[i]
+                    self._unsized.discard(i)
+                self._changed.set()
                 await self._syncs.sync(written, files[fetched[0]].local_path)
         finally:
             for fd in fds:
