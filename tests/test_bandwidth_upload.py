@@ -169,3 +169,23 @@ def test_upload_delay_is_the_least_of_the_last_second() -> None:
     assert [tick(0.035) for _ in range(int(UP_DELAY_WINDOW / 0.1) - 1)] == [0.021] * 9, "a stall is no queue"
     assert tick(0.035) == tick(0.035) == 0.035, "a queue that stands is one"
     assert tick(0.022) == 0.022
+
+
+class _Segments:
+    """A socket whose TCP_MAXSEG says `mss`."""
+
+    def __init__(self, mss: int) -> None:
+        self.mss = mss
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return self.mss
+
+
+@pytest.mark.parametrize("mss", [32741, 65483])
+def test_paced_body_never_writes_more_than_a_throttled_read(mss: int) -> None:
+    """Loopback's segments are up to 64 KiB: however large a pair, a piece is at most THROTTLED_READ."""
+    data = bytes(300_000)
+    throttle, writer = _Throttle(8 * 1024), _Writer(_Segments(mss))  # type: ignore[arg-type]
+    asyncio.run(_PacedBody(data, throttle).write_with_length(writer, len(data)))  # type: ignore[arg-type]
+    sizes = [len(c) for c in writer.chunks]
+    assert max(sizes) <= THROTTLED_READ and min(sizes[:-1]) > THROTTLED_READ // 2 and sum(sizes) == len(data)

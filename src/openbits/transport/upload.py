@@ -305,6 +305,8 @@ class _PacedBody(AsyncIterablePayload):
     def _piece(self) -> int:
         rate = getattr(self._throttle, "rate", lambda: 0)()
         most = THROTTLED_READ // self._pair
+        if most == 0:
+            return THROTTLED_READ  # loopback's 64 KiB segments: nothing to pair
         return max(1, min(most, int(rate * PIECE_SECONDS) // self._pair) if rate > 0 else most) * self._pair
 
     async def _pieces(self) -> AsyncIterator[bytes]:
