@@ -14,6 +14,13 @@ measures, in one run:
   the client's interface, headers included, over the tbf rate; goal >= 85 %);
 * recovery: seconds after the curl ends until the background is back at 85 %.
 
+Then uploads (issue 6), on the lab at 20 Mbit/s with the same tbf on the
+client's egress (`shape_upload`; Python keeps up at both ends on a shared
+core; the sender's congestion control is this host's): a foreground `curl -T`
+of 12 MiB to nginx's PUT beside `curl -T` unlimited, capped at 10 %, and an
+openbits NORMAL upload job (to openbits-server), with the same four figures
+from the client interface's tx bytes.
+
 Root only; everything stays inside the lab's namespaces. The machine is shared:
 run it more than once before believing a figure.
 """
@@ -45,6 +52,11 @@ from tests.servers.nginx import NginxServer  # noqa: E402
 LINK_BITS = 100e6
 FG_SIZE = 30 * 1024 * 1024
 WARMUP, SOLO_WINDOW, RECOVERY_LIMIT = 5.0, 4.0, 10.0
+UP_RATE, UP_BITS = "20mbit", 20e6
+UP_FG_SIZE = 12 * 1024 * 1024
+UPLOAD_PORT = 8080
+_PUT = """        location /put/ {{ dav_methods PUT; client_max_body_size 0; root {root}; }}
+"""
 
 
 @dataclass
@@ -58,12 +70,13 @@ class Result:
 
 
 class RxMeter:
-    """Samples the client interface's rx_bytes every 0.1 s in the client namespace."""
+    """Samples the client interface's rx_bytes (or tx_bytes) every 0.1 s in the client namespace."""
 
-    def __init__(self, lab: NetLab) -> None:
+    def __init__(self, lab: NetLab, counter: str = "rx_bytes", link_bits: float = LINK_BITS) -> None:
         self._proc = lab.spawn(lab.client, "sh", "-c",
-                               "while :; do cat /sys/class/net/c0/statistics/rx_bytes; sleep 0.1; done",
+                               f"while :; do cat /sys/class/net/c0/statistics/{counter}; sleep 0.1; done",
                                stdout=subprocess.PIPE)
+        self._link_bits = link_bits
         self.samples: list[tuple[float, int]] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -78,7 +91,16 @@ class RxMeter:
         if len(inside) < 2:
             return 0.0
         (t0, b0), (t1, b1) = inside[0], inside[-1]
-        return (b1 - b0) * 8 / (t1 - t0) / LINK_BITS
+        return (b1 - b0) * 8 / (t1 - t0) / self._link_bits
+
+    def settle(self, share: float = 0.05, limit: float = 10.0) -> None:
+        """Wait until the link is quiet: a killed `curl -T` leaves its socket buffer draining."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = time.monotonic()
+            if self.rate(now - 0.5, now) < share:
+                return
 
     def recovered_after(self, start: float, share: float, limit: float) -> float | None:
         """Seconds after `start` until a 0.5 s window reaches `share` of the link."""
@@ -108,28 +130,53 @@ def curl(lab: NetLab, url: str) -> float:
 
 
 @contextmanager
-def aria2c(lab: NetLab, url: str, scratch: Path, limit: str | None) -> Iterator[None]:
-    scratch.mkdir(parents=True, exist_ok=True)
-    command = ["aria2c", "-q", "-x1", "-s1", "--file-allocation=none", "--allow-overwrite=true",
-               "--auto-file-renaming=false", "-d", str(scratch), "-o", "bg.bin", url]
-    if limit:
-        command.insert(1, f"--max-download-limit={limit}")
+def running(lab: NetLab, command: list[str]) -> Iterator[None]:
+    """A program in the client namespace for as long as the block lasts."""
     proc = lab.spawn(lab.client, *command)
     try:
         yield
     finally:
         proc.terminate()
         proc.wait(10)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextmanager
-def openbits(lab: NetLab, url: str, scratch: Path) -> Iterator[None]:
+def aria2c(lab: NetLab, url: str, scratch: Path, limit: str | None) -> Iterator[None]:
+    scratch.mkdir(parents=True, exist_ok=True)
+    command = ["aria2c", "-q", "-x1", "-s1", "--file-allocation=none", "--allow-overwrite=true",
+               "--auto-file-renaming=false", "-d", str(scratch), "-o", "bg.bin", url]
+    if limit:
+        command.insert(1, f"--max-download-limit={limit}")
+    try:
+        with running(lab, command):
+            yield
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def curl_upload(lab: NetLab, path: Path, url: str) -> float:
+    """Foreground upload (`curl -T`, a PUT): bytes/s."""
+    out = lab.ns_exec(lab.client, "curl", "-s", "-o", "/dev/null", "-T", str(path), "-w", "%{speed_upload}",
+                      url).stdout
+    return float(out)
+
+
+def curl_upload_background(lab: NetLab, path: Path, url: str, limit: str | None) -> AbstractContextManager[None]:
+    command = ["curl", "-s", "-o", "/dev/null", "-T", str(path), url]
+    if limit:
+        command[1:1] = ["--limit-rate", limit]
+    return running(lab, command)
+
+
+@contextmanager
+def openbits(lab: NetLab, url: str, scratch: Path, upload: Path | None = None) -> Iterator[None]:
+    """An openbits NORMAL job: a download of `url`, or an upload of `upload` to it."""
     daemon = DaemonProcess(scratch / "daemon", wrap=NetLab.wrap(lab.client)).start()
     try:
         with daemon.manager() as manager:
-            job = manager.create_job("background", JobType.DOWNLOAD, priority=JobPriority.NORMAL)
-            job.add_file(url, scratch / "bg.bin")
+            job_type = JobType.DOWNLOAD if upload is None else JobType.UPLOAD
+            job = manager.create_job("background", job_type, priority=JobPriority.NORMAL)
+            job.add_file(url, scratch / "bg.bin" if upload is None else upload)
             job.resume()
             try:
                 yield
@@ -141,40 +188,82 @@ def openbits(lab: NetLab, url: str, scratch: Path) -> Iterator[None]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure(lab: NetLab, nginx: NginxServer, sender: str, solo: float, idle_ping: float,
-            name: str, background: Callable[[], AbstractContextManager[None]]) -> Result:
-    meter = RxMeter(lab)
+def measure(lab: NetLab, meter: RxMeter, foreground: Callable[[], float], sender: str, solo: float,
+            idle_ping: float, name: str, background: Callable[[], AbstractContextManager[None]]) -> Result:
+    """The four figures of one background beside one foreground transfer (`foreground` returns bytes/s)."""
     with background():
         time.sleep(WARMUP)
         started = time.monotonic()
         ping_list = pings(lab, SOLO_WINDOW)
         bg_solo = meter.rate(started, time.monotonic())
-        fg = curl(lab, nginx.url("fg.bin"))
+        fg = foreground()
         recovery = meter.recovered_after(time.monotonic(), 0.85, RECOVERY_LIMIT)
     return Result(sender, name, fg / solo, statistics.median(ping_list) - idle_ping, bg_solo, recovery)
+
+
+def run_contenders(lab: NetLab, meter: RxMeter, foreground: Callable[[], float], sender: str,
+                   contenders: list[tuple[str, Callable[[], AbstractContextManager[None]]]]) -> list[Result]:
+    idle_ping = statistics.median(pings(lab, 2.0))
+    solo = max(foreground() for _ in range(2))
+    print(f"# {sender}: foreground alone {solo * 8 / 1e6:.1f} Mbit/s, idle ping {idle_ping:.1f} ms", flush=True)
+    results = []
+    for name, background in contenders:
+        meter.settle()
+        result = measure(lab, meter, foreground, sender, solo, idle_ping, name, background)
+        print(f"  {row(result)}", flush=True)
+        results.append(result)
+    return results
 
 
 def run_sender(sender: str, www: Path, scratch: Path) -> list[Result]:
     with NetLab(server_cc=sender) as lab:
         nginx = NginxServer(www, host=SERVER_ADDR, port=80, wrap=NetLab.wrap(lab.server))
         try:
-            idle_ping = statistics.median(pings(lab, 2.0))
-            solo = max(curl(lab, nginx.url("fg.bin")) for _ in range(2))
-            print(f"# {sender}: curl alone {solo * 8 / 1e6:.1f} Mbit/s, idle ping {idle_ping:.1f} ms", flush=True)
             big = nginx.url("big.bin")
             contenders: list[tuple[str, Callable[[], AbstractContextManager[None]]]] = [
                 ("aria2c", lambda: aria2c(lab, big, scratch / "aria2c", None)),
                 ("aria2c capped 10 %", lambda: aria2c(lab, big, scratch / "aria2c", f"{int(LINK_BITS / 80)}")),
                 ("openbits NORMAL", lambda: openbits(lab, big, scratch / "openbits")),
             ]
-            results = []
-            for name, background in contenders:
-                result = measure(lab, nginx, sender, solo, idle_ping, name, background)
-                print(f"  {row(result)}", flush=True)
-                results.append(result)
-            return results
+            return run_contenders(lab, RxMeter(lab), lambda: curl(lab, nginx.url("fg.bin")), sender, contenders)
         finally:
             nginx.stop()
+
+
+def run_uploads(work: Path) -> list[Result]:
+    """Background uploads beside a foreground `curl -T`, on a link shaped in the upload direction."""
+    www, incoming, fg = work / "up-www", work / "incoming", work / "fg-up.bin"
+    (www / "put").mkdir(parents=True)
+    incoming.mkdir()
+    for d in (work, www, www / "put", incoming):
+        d.chmod(0o777)  # nginx's worker and openbits-server write here
+    fg.write_bytes(os.urandom(UP_FG_SIZE))
+    big = work / "big-up.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(8 * 1024 ** 3)  # sparse: no background upload ends during the bench
+    with NetLab(rate=UP_RATE) as lab:
+        lab.shape_upload()
+        cc = lab.ns_exec(lab.client, "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
+        server = lab.spawn(lab.server, sys.executable, "-m", "openbits.server", "--root", str(incoming),
+                           "--listen", f"{SERVER_ADDR}:{UPLOAD_PORT}")
+        nginx = NginxServer(www, host=SERVER_ADDR, port=80, wrap=NetLab.wrap(lab.server),
+                            locations=_PUT.format(root=www))
+        try:
+            lab.wait_listening(lab.server, UPLOAD_PORT)
+            bg_put, bits = nginx.url("put/bg.bin"), f"http://{SERVER_ADDR}:{UPLOAD_PORT}/bg.bin"
+            capped = f"{int(UP_BITS / 80)}"  # 10 % of the link, bytes/s
+            contenders: list[tuple[str, Callable[[], AbstractContextManager[None]]]] = [
+                ("curl -T", lambda: curl_upload_background(lab, big, bg_put, None)),
+                ("curl -T capped 10 %", lambda: curl_upload_background(lab, big, bg_put, capped)),
+                ("openbits NORMAL upload", lambda: openbits(lab, bits, work / "openbits-up", upload=big)),
+            ]
+            return run_contenders(lab, RxMeter(lab, "tx_bytes", UP_BITS),
+                                  lambda: curl_upload(lab, fg, nginx.url("put/fg.bin")), f"upload ({cc})",
+                                  contenders)
+        finally:
+            nginx.stop()
+            server.terminate()
+            server.wait(10)
 
 
 def row(r: Result) -> str:
@@ -186,6 +275,7 @@ def row(r: Result) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--senders", default="cubic,bbr", help="server congestion controls (default cubic,bbr)")
+    parser.add_argument("--no-uploads", action="store_true", help="leave out the upload rows")
     args = parser.parse_args()
     if not available() or shutil.which("aria2c") is None or shutil.which("curl") is None:
         raise SystemExit("bench-politeness needs root, iproute2, tc, /dev/net/tun, curl and aria2c")
@@ -196,7 +286,10 @@ def main() -> None:
         (www / "fg.bin").write_bytes(os.urandom(FG_SIZE))
         with open(www / "big.bin", "wb") as fh:
             fh.truncate(8 * 1024 ** 3)  # sparse: nginx serves zeros from the page cache, never from disk
-        results = [r for sender in args.senders.split(",") for r in run_sender(sender, www, work / "scratch")]
+        results = [r for sender in args.senders.split(",") if sender
+                   for r in run_sender(sender, www, work / "scratch")]
+        if not args.no_uploads:
+            results += run_uploads(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n| sender | background | fg kept | ping + (bg alone) | bg solo, % of link | recovery to 85 % |")
@@ -204,7 +297,8 @@ def main() -> None:
     for r in results:
         print(row(r))
     print("\nGoals for openbits: fg kept >= 90 %, ping + <= 25 ms, bg solo >= 85 %, recovery within a few s. "
-          "Link: tbf 100 Mbit/s (bg solo counts headers, as tbf does); RTT 20 ms (delay line).")
+          "Link: tbf 100 Mbit/s (bg solo counts headers, as tbf does); RTT 20 ms (delay line). Upload rows: "
+          f"tbf {UP_BITS / 1e6:.0f} Mbit/s on the client's egress, a {UP_FG_SIZE >> 20} MiB curl -T to nginx.")
 
 
 if __name__ == "__main__":
