@@ -48,7 +48,9 @@ class Server:
         settings = ServerSettings(vdirs=(VirtualDirectory(prefix="/", directory=self.root, **self.vdir),))  # type: ignore[arg-type]
         app = make_upload_app(settings)
         app.middlewares.append(self._record)
-        self.runner = BitsAppRunner(app, access_log=None)
+        # stop() is a server going away: a graceful shutdown's default 60 s wait for a request it stopped
+        # reading (aiohttp drops the rest of a body then) outlasted the tests' waits now and then
+        self.runner = BitsAppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         self.port = self.runner.addresses[0][1]
