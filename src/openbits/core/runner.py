@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 from yarl import URL
@@ -223,10 +223,7 @@ class JobRunner:
             await self._transfer_batch(batch, failures)
         except BitsError as exc:
             failures[batch[0][0]] = exc
-            for index, _ in batch:
-                self._in_flight.pop(index, None)
-                self._unsized.discard(index)
-            self._changed.set()
+            self._out_of_flight(index for index, _ in batch)
         finally:
             self._batches -= 1
 
@@ -259,10 +256,7 @@ class JobRunner:
                 job.last_progress_time = time.time()
                 if self._throttle is not None:  # paid for before the next batch may start
                     await self._throttle.consume(sum(files[i].bytes_total for i in fetched))
-                for i in fetched:
-                    del self._in_flight[i]
-                    self._unsized.discard(i)
-                self._changed.set()
+                self._out_of_flight(fetched)
                 await self._syncs.sync(written, files[fetched[0]].local_path)
         finally:
             for fd in fds:
@@ -273,8 +267,7 @@ class JobRunner:
         for i, _ in batch:
             if i in self._in_flight:  # not fetched: the per-file way, one at a time (the rare case)
                 if failures:
-                    self._in_flight.pop(i)
-                    self._unsized.discard(i)
+                    self._out_of_flight((i,))
                 else:
                     await self._transfer_noting_failure(i, files[i], failures)
         await self._complete_in_order()
@@ -284,9 +277,14 @@ class JobRunner:
             await self._transfer(index, f)
         except BitsError as exc:
             failures[index] = exc
+            self._out_of_flight((index,))
+
+    def _out_of_flight(self, indexes: Iterable[int]) -> None:
+        """These files no longer hold the window (written, or failed): the next files may start."""
+        for index in indexes:
             self._in_flight.pop(index, None)
             self._unsized.discard(index)
-            self._changed.set()
+        self._changed.set()
 
     def _room_beside(self) -> bool:
         """Files whose size is not known yet count as small once a file of this run proved small (a job's
@@ -327,9 +325,7 @@ class JobRunner:
                                                            http_auth(self._service, job, f.remote_url, proxy))
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             # The bytes are written: the next file may start while these become durable.
-            del self._in_flight[index]
-            self._unsized.discard(index)
-            self._changed.set()
+            self._out_of_flight((index,))
             if f.durable_offset < size:  # a small file the transport left to our batch
                 await self._syncs.sync([fd], f.local_path)
         finally:

@@ -1,7 +1,7 @@
 """Group sync for small files: many files finish in the time one disk sync takes.
 
-Each finished small file asks `SyncBatch.sync(fd)`; whoever finds no sync
-running becomes the leader and syncs everything queued so far (one `syncfs`
+Each finished small file (or batch of them) asks `SyncBatch.sync(fds)`; whoever finds
+no sync running becomes the leader and syncs everything queued so far (one `syncfs`
 per filesystem, which flushes all of them at once), while later arrivals queue
 for the next round. Measured here: an fdatasync of a 4 KiB file costs about
 1.25 ms, so per-file syncs cap a job at well under 1,000 small files/s.
