@@ -7,10 +7,12 @@ body; anything else escaping a handler is a bug, logged and answered 500.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,7 +24,7 @@ from ..core.proxy import check_proxy_settings
 from ..core.service import JobService
 from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
-from ..identity import Identity, peer_identity
+from ..identity import Identity, peer_credentials
 from ..identity.logon import LogonChecker
 from .models import (
     AddFilesRequest,
@@ -48,11 +50,20 @@ MODE = web.AppKey("mode", str)
 MAX_WAIT = 30.0
 
 
+#: The peer uid of each open connection: SO_PEERCRED cannot change while it is open, so it is
+#: asked once rather than once per request (a system call each).
+_peer_uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = weakref.WeakKeyDictionary()
+
+
 def caller(request: web.Request) -> Identity:
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None:
-        raise BitsError(ErrorCode.E_ACCESSDENIED, "the caller's identity is unknown (not a Unix socket)")
-    return peer_identity(sock)
+    transport = request.transport
+    uid = _peer_uids.get(transport) if transport is not None else None
+    if uid is None:
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            raise BitsError(ErrorCode.E_ACCESSDENIED, "the caller's identity is unknown (not a Unix socket)")
+        uid = _peer_uids[transport] = peer_credentials(sock).uid
+    return Identity.from_uid(uid)
 
 
 def _error_response(error: BitsError) -> web.Response:
@@ -86,7 +97,8 @@ async def parse(request: web.Request, model: type[M]) -> M:
 
 
 def respond(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+    return web.Response(body=model.__pydantic_serializer__.to_json(model), status=status,
+                        content_type="application/json")
 
 
 def _flag(request: web.Request, name: str) -> bool:

@@ -21,6 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 _BASE_URL = "http://openbits"
 #: Ordinary calls answer at once; anything slower than this means the daemon is stuck.
 DEFAULT_TIMEOUT = 60.0
+_JSON = {"Content-Type": "application/json"}
 
 
 class Connection:
@@ -48,20 +49,24 @@ class Connection:
         timeout: float | None = None,
     ) -> M:
         """Send one API call and parse its answer as `model`; a refusal raises the daemon's BitsError."""
-        payload = None if body is None else body.model_dump(mode="json", exclude_unset=True)
+        # JSON bytes straight from pydantic, and the answer's bytes straight back to it: aiohttp's json=
+        # and text() cost a third of the client's time per call
+        payload = None if body is None else body.model_dump_json(exclude_unset=True).encode()
         extra = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
         try:
-            async with self._session.request(method, path, json=payload, params=params, **extra) as response:
-                text = await response.text()
+            async with self._session.request(method, path, data=payload, params=params,
+                                             headers=None if payload is None else _JSON,
+                                             **extra) as response:
+                raw = await response.read()
                 status = response.status
         except aiohttp.ClientConnectionError as exc:
             raise DaemonUnavailableError(f"cannot talk to the openbits daemon on {self.socket_path}: {exc}") from exc
         except asyncio.TimeoutError as exc:
             raise DaemonUnavailableError(f"the openbits daemon on {self.socket_path} did not answer in time") from exc
         if status >= 400:
-            raise _refusal(status, text)
+            raise _refusal(status, raw.decode(errors="replace"))
         try:
-            return model.model_validate_json(text)
+            return model.model_validate_json(raw)
         except ValidationError as exc:
             raise BitsError(ErrorCode.E_FAIL, f"unexpected answer from the daemon to {method} {path}: {exc}") from exc
 

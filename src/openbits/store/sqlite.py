@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from ..core.job import Job, JobFile, file_to_record, job_from_record, job_to_record
 from ..events.model import Event, EventKind
@@ -31,9 +34,50 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 """
-_INSERT_EVENTS = "INSERT INTO events (seq, time, owner_uid, job_id, kind, doc) VALUES (?, ?, ?, ?, ?, ?)"
 
-_Op = Callable[[sqlite3.Connection], None]
+
+@dataclass
+class _Rows:
+    """Rows for the three tables, from consecutive saves of a batch, written as one multi-row INSERT each.
+
+    The sqlite3 module lets go of the GIL around every statement step, and getting it back while the
+    event loop runs cost the writer about 0.1 ms each time: a row per statement made a batch of eight
+    saves take 2.5 ms (0.4 ms alone) and held the API at 80 % of the rate it has without the store.
+    """
+
+    jobs: list[tuple[str, str]]
+    files: list[tuple[str, int, str]]
+    events: list[tuple[int, float, int, str, str, str]]
+
+    def extend(self, other: _Rows) -> None:
+        self.jobs += other.jobs
+        self.files += other.files
+        self.events += other.events
+
+    def insert(self, conn: sqlite3.Connection) -> _Rows:
+        """Write the rows (a later row of the same key replaces an earlier one); returns an empty _Rows."""
+        for table, rows in (("jobs", self.jobs), ("files", self.files), ("events", self.events)):
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                conn.execute(_insert_sql(table, len(chunk)), [value for row in chunk for value in row])
+        return _Rows([], [], [])
+
+
+#: how each table is written: jobs and files replace their older row, an event's seq is new
+_INSERTS = {"jobs": ("INSERT OR REPLACE", "id, doc"), "files": ("INSERT OR REPLACE", "job_id, idx, doc"),
+            "events": ("INSERT", "seq, time, owner_uid, job_id, kind, doc")}
+#: rows per INSERT: the 6 columns of an event times this stay far below SQLite's 32,766 parameters
+_ROWS_PER_INSERT = 256
+
+
+@functools.lru_cache(maxsize=3 * 64)
+def _insert_sql(table: str, count: int) -> str:
+    verb, columns = _INSERTS[table]
+    row = "(" + ", ".join("?" * (columns.count(",") + 1)) + ")"
+    return f"{verb} INTO {table} ({columns}) VALUES {', '.join([row] * count)}"
+
+
+_Op = Callable[[sqlite3.Connection], None] | _Rows
 
 
 class SqliteStore:
@@ -77,18 +121,10 @@ class SqliteStore:
             return jobs
 
     async def save_job(self, job: Job, files: Sequence[int] = (), events: Sequence[Event] = ()) -> None:
-        doc = json.dumps(_compact(job_to_record(job), _JOB_EMPTY))
-        file_rows = [(job.id, i, json.dumps(_compact(file_to_record(job.files[i]), _FILE_EMPTY))) for i in files]
-        event_rows = _event_rows(events)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO jobs (id, doc) VALUES (?, ?)", (job.id, doc))
-            if file_rows:
-                conn.executemany("INSERT OR REPLACE INTO files (job_id, idx, doc) VALUES (?, ?, ?)", file_rows)
-            if event_rows:
-                conn.executemany(_INSERT_EVENTS, event_rows)
-
-        await self._submit(op)
+        doc = orjson.dumps(_compact(job_to_record(job), _JOB_EMPTY)).decode()
+        file_rows = [(job.id, i, orjson.dumps(_compact(file_to_record(job.files[i]), _FILE_EMPTY)).decode())
+                     for i in files]
+        await self._submit(_Rows([(job.id, doc)], file_rows, _event_rows(events)))
 
     async def delete_job(self, job_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -104,12 +140,7 @@ class SqliteStore:
             return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     async def append_events(self, events: Sequence[Event]) -> None:
-        rows = _event_rows(events)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT_EVENTS, rows)
-
-        await self._submit(op)
+        await self._submit(_Rows([], [], _event_rows(events)))
 
     async def read_events(self, after: int, limit: int, owner_uid: int | None, job_id: str | None) -> list[Event]:
         """Read on a connection of its own, in a thread: WAL readers never wait for the writer."""
@@ -171,15 +202,25 @@ class SqliteStore:
         error: BaseException | None = None
         try:
             conn.execute("BEGIN")
+            rows = _Rows([], [], [])
             for op, _ in batch:
-                op(conn)
+                if isinstance(op, _Rows):
+                    rows.extend(op)
+                else:
+                    rows = rows.insert(conn)
+                    op(conn)
+            rows.insert(conn)
             conn.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter below
             error = exc
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+        # One wake-up per loop for the whole batch: each call_soon_threadsafe writes the loop's self-pipe.
+        waiters: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, future in batch:
-            future.get_loop().call_soon_threadsafe(_settle, future, error)
+            waiters.setdefault(future.get_loop(), []).append(future)
+        for loop, futures in waiters.items():
+            loop.call_soon_threadsafe(_settle, futures, error)
 
 
 def _empty_defaults(cls: type) -> dict[str, object]:
@@ -213,15 +254,16 @@ def _decoded(rows: sqlite3.Cursor, batch: int = 5000) -> Iterator[tuple[str, Any
     """(key, decoded JSON doc) pairs; each batch of docs is parsed as one JSON array, which halves
     the decoding time of 100,000 jobs against one json.loads per doc."""
     while chunk := rows.fetchmany(batch):
-        docs = json.loads("[" + ",".join(doc for _, doc in chunk) + "]")
+        docs = orjson.loads("[" + ",".join(doc for _, doc in chunk) + "]")
         yield from zip((key for key, _ in chunk), docs)
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
