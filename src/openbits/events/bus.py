@@ -19,14 +19,14 @@ with its last sequence number and catches up from the store.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import orjson
 
 from ..api.models import ErrorInfo, EventInfo
 from ..api.views import file_info
@@ -213,14 +213,15 @@ class EventBus:
         (a batch of small files finishes hundreds at a time; an `_event` each was ~40 us a file)."""
         kind = EventKind.FILE_TRANSFERRED
         events = [self._event(job, kind, totals, indexes[0])]
-        doc = json.loads(events[0].doc)
+        doc = orjson.loads(events[0].doc)
         for index in indexes[1:]:
             f = job.files[index]
             seq, now = next(self._seq), time.time()
             doc.update(seq=seq, time=now, file_index=index, file={
                 "remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
                 "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed})
-            events.append(Event(seq, now, job.id, job.owner_uid, kind, _compact_json(doc)))
+            # orjson writes what model_dump_json writes (compact, UTF-8 kept), ten times as fast as json
+            events.append(Event(seq, now, job.id, job.owner_uid, kind, orjson.dumps(doc).decode()))
         return events
 
     def forget(self, job_id: str) -> None:
@@ -283,6 +284,3 @@ class EventBus:
             except TimeoutError:
                 pass
 
-
-#: JSON as pydantic's model_dump_json writes it (compact, UTF-8 kept).
-_compact_json = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
