@@ -29,7 +29,7 @@ from typing import NamedTuple
 import orjson
 
 from ..api.models import ErrorInfo, EventInfo
-from ..api.views import file_info
+from ..api.views import built, file_info
 from ..core.job import Job
 from ..daemon.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
@@ -199,13 +199,13 @@ class EventBus:
                redelivery: bool = False) -> Event:
         seq, now = next(self._seq), time.time()
         f = job.files[file_index] if file_index is not None else None
-        info = EventInfo.model_construct(
+        info = built(EventInfo, dict(
             seq=seq, time=now, kind=kind.value, job_id=job.id, job_name=job.name, owner_uid=job.owner_uid,
             state=job.state, notify=wanted(job.notify_flags, kind), redelivery=redelivery,
             bytes_total=totals.progress[0], bytes_transferred=totals.bytes_transferred, files_total=len(job.files),
             files_transferred=totals.files_transferred, file_index=file_index, file=file_info(f) if f else None,
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
-        )
+        ))
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())
 
     def _file_events(self, job: Job, totals: _Totals, indexes: list[int]) -> list[Event]:
