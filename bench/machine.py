@@ -129,6 +129,12 @@ def children_rss_mib(pid: int) -> float:
     return total
 
 
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU time of one thread of `pid` (tid == pid: its main thread, the event loop)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Stopwatch:
     """`with Stopwatch() as sw: ...; sw.seconds`."""
 
