@@ -8,6 +8,7 @@ it used; the daemon is a real process that can be killed with -9.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import random
@@ -21,13 +22,15 @@ from aiohttp import web
 
 from openbits import AsyncManager
 from openbits.client import AsyncJob
-from openbits.enums import ErrorContext, JobPriority, JobState, JobType
+from openbits.enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from openbits.errors import BitsError, ErrorCode
+from openbits.identity.tokens import AuthScheme, AuthTarget
 from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
 from openbits.uploadprotocol import Header
 
 from .daemon import DaemonProcess
 from .servers import nginx
+from .servers.proxy import ForwardProxy
 from .servers.uploadapp import UploadApp
 from .test_upload_server import _proxying_nginx
 
@@ -325,6 +328,31 @@ async def test_server_restart_resumes_and_lost_session_starts_again(
     await job.complete()
     assert s.count("Create-Session") == 2
     assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+
+
+async def test_upload_reply_goes_through_the_jobs_proxy_with_its_credentials(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], backend: UploadApp, tmp_path: Path
+) -> None:
+    """SetProxySettings and PROXY credentials hold for every packet of an upload and for its reply download."""
+    s = await server(notification_type=1, notification_url=backend.url("/echo"))
+    path, data = _file(tmp_path, 300_000)
+    proxy = ForwardProxy(accounts={"carol": "proxy-pw"})
+    try:
+        job = await amanager.create_job("via-proxy", JobType.UPLOAD_REPLY, priority=JobPriority.FOREGROUND)
+        await job.add_file(s.url("f.bin"), path)
+        await job.set_proxy_settings(ProxyUsage.OVERRIDE, proxy.url)
+        await job.set_credentials(AuthTarget.PROXY, AuthScheme.BASIC, "carol", "proxy-pw")
+        await job.resume()
+        assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+        assert await job.reply_data() == b"reply:" + data  # the backend echoes what the server received
+        await job.complete()
+    finally:
+        proxy.stop()
+    credential = "Basic " + base64.b64encode(b"carol:proxy-pw").decode()
+    answered = [(method, target) for method, target, auth in proxy.requests if auth == credential]
+    # Ping, Create-Session, Fragment(s) and Close-Session to the upload server; the reply's GET
+    assert sum(method == "BITS_POST" and target == s.url("f.bin") for method, target in answered) >= 4
+    assert any(method == "GET" for method, _ in answered)
 
 
 @pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")

@@ -1,4 +1,5 @@
-"""A small forward HTTP proxy for tests: absolute-URI GET/HEAD and CONNECT, to 127.0.0.1 only.
+"""A small forward HTTP proxy for tests: absolute-URI requests (a Content-Length body goes along: the
+BITS upload protocol's BITS_POST) and CONNECT, to 127.0.0.1 only.
 
     proxy = ForwardProxy()                       # no authentication
     proxy = ForwardProxy(accounts={"u": "pw"})   # 407 + Basic challenge until Proxy-Authorization matches
@@ -88,13 +89,16 @@ class ForwardProxy:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
                 return
             url = URL(target)
-            if method not in ("GET", "HEAD") or not url.is_absolute() or url.host != "127.0.0.1":
+            if not url.is_absolute() or url.host != "127.0.0.1":
                 await _answer(writer, "403 Forbidden")
                 return
+            length = int(next((h.split(":", 1)[1] for h in headers if h.lower().startswith("content-length:")), 0))
             up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
             kept = [h for h in headers if not h.lower().startswith(("proxy-", "connection:"))]
             forwarded = "".join(f"{h}\r\n" for h in kept)
             up_writer.write(f"{method} {url.raw_path_qs} HTTP/1.1\r\n{forwarded}Connection: close\r\n\r\n".encode("latin-1"))
+            if length:
+                up_writer.write(await reader.readexactly(length))
             await up_writer.drain()
             await _pipe(up_reader, writer)
             up_writer.close()

@@ -83,7 +83,7 @@ class Scheduler:
             self._observe(job)
         service.listeners.append(self._observe)
         service.quiesce = self.stop
-        service.cancel_remote = functools.partial(cancel_upload_session, transport)  # Cancel-Session on Cancel
+        service.cancel_remote = functools.partial(cancel_upload_session, service, transport)  # Cancel-Session
 
     def _observe(self, job: Job) -> None:
         seen = (job.state, job.priority, job.cost_flags)

@@ -17,10 +17,11 @@ import time
 
 from ..enums import ErrorContext, JobState, JobType
 from ..errors import BitsError, ErrorCode, TransferError
-from ..transport.base import DownloadSpec, RemoteValidator, Throttle
+from ..transport.base import DownloadSpec, RemoteValidator
 from ..transport.http import HttpTransport
 from ..transport.upload import SessionLost, UploadClient, UploadSpec, local_file_changed
 from .job import Job, JobFile
+from .proxy import PreconfiguredProxy, proxy_route
 from .runner import JobRunner, _FileSink, _headers
 from .service import JobService
 from .tokens import http_auth
@@ -69,10 +70,6 @@ class _ReplySink(_FileSink):
 class UploadRunner(JobRunner):
     """JobRunner's contract (state, errors, time limits, commit) with the upload protocol moving the bytes."""
 
-    def __init__(self, service: JobService, transport: HttpTransport, job: Job, throttle: Throttle | None) -> None:
-        super().__init__(service, transport, job, throttle)
-        self._client = UploadClient(transport.session())
-
     async def _transfer_files(self) -> None:
         job = self._job
         f = job.files[0]
@@ -82,16 +79,17 @@ class UploadRunner(JobRunner):
             job.state = JobState.CONNECTING
         await self._check_local_file(f)
         headers = _headers(job.custom_headers)
+        client = upload_client(self._service, self._transport, job, self._preconfigured)
         for _ in range(2):
             if not f.session_closing:
-                reply_url = await self._send(f, headers)
+                reply_url = await self._send(client, f, headers)
                 if job.type == JobType.UPLOAD_REPLY:
                     await self._fetch_reply(reply_url)
                 f.session_closing = True
                 await self._service.commit(job, (0,))
             assert f.session_id is not None, "a sent file has a session"
             try:
-                await self._client.close_session(f.remote_url, f.session_id, headers)
+                await client.close_session(f.remote_url, f.session_id, headers)
             except SessionLost:
                 # Expired or lost before the close took: the server has nothing, so the file goes again.
                 f.session_id, f.session_closing, f.bytes_transferred, f.durable_offset = None, False, 0, 0
@@ -115,13 +113,13 @@ class UploadRunner(JobRunner):
         elif (info.size, info.mtime_ns) != (f.bytes_total, f.local_mtime_ns):
             raise local_file_changed(f.local_path)
 
-    async def _send(self, f: JobFile, headers: dict[str, str]) -> str | None:
+    async def _send(self, client: UploadClient, f: JobFile, headers: dict[str, str]) -> str | None:
         assert f.local_mtime_ns is not None, "checked before sending"
         fd = await self._service.files_of(self._job).open_read(f.local_path)
         sink = _UploadSink(self._service, self._job, 0)
         try:
             spec = UploadSpec(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, f.local_path, f.session_id, headers)
-            return await self._client.upload(spec, sink, self._throttle)
+            return await client.upload(spec, sink, self._throttle)
         finally:
             os.close(fd)
             await sink.flush()
@@ -137,9 +135,11 @@ class UploadRunner(JobRunner):
             if url is None:
                 job.reply_bytes_total = job.reply_bytes_transferred = 0
             else:
-                validator = await self._transport.download(DownloadSpec(url, 0, None, _headers(job.custom_headers)),
-                                                           fd, sink, self._throttle,
-                                                           http_auth(self._service, job, url))
+                proxy = proxy_route(job, self._preconfigured, url)
+                spec = DownloadSpec(url, 0, None, _headers(job.custom_headers),
+                                    proxy=None if proxy is None else str(proxy.url))
+                validator = await self._transport.download(spec, fd, sink, self._throttle,
+                                                           http_auth(self._service, job, url, proxy))
                 job.reply_bytes_total = job.reply_bytes_transferred = validator.size
         except TransferError as exc:
             if exc.context == ErrorContext.REMOTE_FILE:
@@ -150,7 +150,17 @@ class UploadRunner(JobRunner):
             await sink.flush()
 
 
-async def cancel_upload_session(transport: HttpTransport, job: Job) -> None:
+def upload_client(service: JobService, transport: HttpTransport, job: Job,
+                  preconfigured: PreconfiguredProxy | None) -> UploadClient:
+    """The job's file goes through the job's proxy (SetProxySettings, else PRECONFIG: BG_E_INVALID_PROXY_INFO
+    for a bad list), with the job's credentials for the server and the proxy."""
+    url = job.files[0].remote_url
+    proxy = proxy_route(job, preconfigured, url)
+    return UploadClient(transport.session(), None if proxy is None else str(proxy.url),
+                        http_auth(service, job, url, proxy))
+
+
+async def cancel_upload_session(service: JobService, transport: HttpTransport, job: Job) -> None:
     """Cancel's Cancel-Session for an upload still open on the server; best effort, as the server expires it anyway."""
     if job.type == JobType.DOWNLOAD or not job.files:
         return
@@ -159,5 +169,5 @@ async def cancel_upload_session(transport: HttpTransport, job: Job) -> None:
         return
     with contextlib.suppress(BitsError, TimeoutError):
         async with asyncio.timeout(CANCEL_TIMEOUT):
-            await UploadClient(transport.session()).cancel_session(f.remote_url, f.session_id,
-                                                                 _headers(job.custom_headers))
+            await upload_client(service, transport, job, service.config.proxy).cancel_session(
+                f.remote_url, f.session_id, _headers(job.custom_headers))

@@ -393,22 +393,26 @@ def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
     raise TransferError(ErrorCode.http(status), f"{answer}. {advice}", ErrorContext.REMOTE_FILE, status, transient=False)
 
 
+def proxy_refused(exc: aiohttp.ClientHttpProxyError, shown: str) -> TransferError:
+    """https through a proxy: the proxy refused the CONNECT tunnel (407: it wants credentials)."""
+    return TransferError(
+        ErrorCode.http(exc.status),
+        f"The proxy refused to connect to {shown} with HTTP {exc.status} {exc.message}"
+        + ("; set PROXY credentials for the job (Basic) or a ~/.netrc entry for the proxy host."
+           if exc.status == 407 else "; the job retries later." if exc.status >= 500 else "."),
+        ErrorContext.REMOTE_FILE,
+        exc.status,
+        transient=exc.status >= 500 or exc.status in _TRANSIENT_STATUS,
+    )
+
+
 def _network_error(exc: BaseException, shown: str, read_timeout: float) -> TransferError:
     """Sort an aiohttp or fastget failure: redirects and bad URLs are permanent, everything on the wire is transient."""
     transport = ErrorContext.GENERAL_TRANSPORT
     if isinstance(exc, (aiohttp.TooManyRedirects, aiohttp.RedirectClientError)):
         return _redirect_failed(shown, type(exc).__name__)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        # https through a proxy: the proxy refused the CONNECT tunnel (407: it wants credentials)
-        return TransferError(
-            ErrorCode.http(exc.status),
-            f"The proxy refused to connect to {shown} with HTTP {exc.status} {exc.message}"
-            + ("; set PROXY credentials for the job (Basic) or a ~/.netrc entry for the proxy host."
-               if exc.status == 407 else "; the job retries later." if exc.status >= 500 else "."),
-            ErrorContext.REMOTE_FILE,
-            exc.status,
-            transient=exc.status >= 500 or exc.status in _TRANSIENT_STATUS,
-        )
+        return proxy_refused(exc, shown)
     if isinstance(exc, aiohttp.InvalidURL):
         return TransferError(
             ErrorCode.ERROR_INTERNET_INVALID_URL, f"{shown} is not a valid URL: {exc}.", transient=False

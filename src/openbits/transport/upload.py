@@ -40,7 +40,8 @@ from ..uploadprotocol import (
     parse_received_range,
 )
 from .base import Throttle, status_phrase, watching
-from .http import THROTTLED_READ, display_url
+from .auth import ChallengeAuth
+from .http import THROTTLED_READ, display_url, proxy_refused
 
 #: First fragment; later ones are sized from the measured rate.
 INITIAL_FRAGMENT = 1024 * 1024
@@ -145,7 +146,9 @@ def _ack_error(ack: _Ack, packet: PacketType, shown: str) -> TransferError:
 
 
 def _wire_error(exc: BaseException, shown: str) -> TransferError:
-    """Anything on the wire is worth a retry, except a certificate that is not valid."""
+    """Anything on the wire is worth a retry, except a certificate that is not valid and what a proxy refused."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return proxy_refused(exc, shown)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return TransferError(ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"the certificate of the server for {shown} is "
                              f"not valid: {exc.certificate_error}", ErrorContext.GENERAL_TRANSPORT, transient=False)
@@ -176,10 +179,16 @@ class FragmentSizer:
 
 
 class UploadClient:
-    """Sends one file's packets on a shared aiohttp session (BITS_POST is an ordinary method to aiohttp)."""
+    """Sends one file's packets on a shared aiohttp session (BITS_POST is an ordinary method to aiohttp),
+    through `proxy` (the job's, core/proxy.py; https through a CONNECT tunnel) and answering the server's
+    and the proxy's challenges with `auth` (core/tokens.http_auth). The Ping goes first and has no body,
+    so a challenge is met before any fragment, whose paced body could not be sent twice."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, proxy: str | None = None,
+                 auth: ChallengeAuth | None = None) -> None:
         self._session = session
+        self._proxy = proxy
+        self._middlewares = None if auth is None else (auth,)
 
     async def upload(self, spec: UploadSpec, sink: UploadSink, throttle: Throttle | None) -> str | None:
         """Send the file until the server has it all; returns the BITS-Reply-URL of the last Ack, if any.
@@ -268,7 +277,8 @@ class UploadClient:
         try:
             async with self._session.request(
                 METHOD, url, headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
-                allow_redirects=False, **({"timeout": timeout} if timeout else {}),
+                allow_redirects=False, proxy=self._proxy, middlewares=self._middlewares,
+                **({"timeout": timeout} if timeout else {}),
             ) as resp:
                 ack = _Ack(resp.status, resp.headers, await resp.content.read(64 * 1024))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
