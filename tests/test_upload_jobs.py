@@ -32,7 +32,7 @@ from .daemon import DaemonProcess
 from .servers import nginx
 from .servers.proxy import ForwardProxy
 from .servers.uploadapp import UploadApp
-from .test_upload_server import _proxying_nginx
+from .test_upload_server import _PROXY_LOCATION, _proxying_nginx
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -353,6 +353,33 @@ async def test_upload_reply_goes_through_the_jobs_proxy_with_its_credentials(
     # Ping, Create-Session, Fragment(s) and Close-Session to the upload server; the reply's GET
     assert sum(method == "BITS_POST" and target == s.url("f.bin") for method, target in answered) >= 4
     assert any(method == "GET" for method, _ in answered)
+
+
+@pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")
+async def test_upload_answers_the_servers_basic_challenge_with_the_jobs_credentials(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """An upload server behind nginx's auth_basic: SERVER credentials get the file there; without them,
+    ERROR with the 401 (a refusal the job cannot outwait)."""
+    s = await server()
+    path, data = _file(tmp_path, 200_000)
+    users = tmp_path / "htpasswd"
+    users.write_text("dave:{PLAIN}upload-pw\n")
+    guarded = _PROXY_LOCATION.format(upstream=s.port).replace(
+        "proxy_pass", f'auth_basic "uploads"; auth_basic_user_file {users}; proxy_pass')
+    with nginx.NginxServer(tmp_path / "www", locations=guarded) as front:
+        anonymous = await _upload_job(amanager, front.url("uploads/anon.bin"), path)
+        assert await anonymous.wait(30) == JobState.ERROR
+        error = await anonymous.error()
+        assert error is not None and error.code == ErrorCode.http(401) and error.context == ErrorContext.REMOTE_FILE
+        job = await amanager.create_job("authorized", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+        await job.add_file(front.url("uploads/f.bin"), path)
+        await job.set_credentials(AuthTarget.SERVER, AuthScheme.BASIC, "dave", "upload-pw")
+        await job.resume()
+        assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+        await job.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    assert not (s.root / "anon.bin").exists()
 
 
 @pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")
