@@ -72,8 +72,8 @@ class HttpTransport:
         self._general: set[tuple[str, int]] = set()
 
     def session(self) -> aiohttp.ClientSession:
-        """The shared aiohttp session (made on first use): the upload client sends its packets on it too."""
-        """Created on first use: an aiohttp session belongs to the running loop."""
+        """The shared aiohttp session, made on first use (it belongs to the running loop): the upload client
+        sends its packets on it too."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._connector_limit),
