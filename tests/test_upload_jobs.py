@@ -45,6 +45,8 @@ class Server:
     vdir: dict[str, object]
     port: int = 0
     packets: list[tuple[str, int]] = field(default_factory=list)
+    #: (packet type, Host header) per request
+    hosts: list[tuple[str, str]] = field(default_factory=list)
     runner: BitsAppRunner | None = None
 
     async def start(self) -> Server:
@@ -67,6 +69,7 @@ class Server:
     @web.middleware
     async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.packets.append((request.headers.get(Header.PACKET_TYPE, request.method), request.content_length or 0))
+        self.hosts.append((request.headers.get(Header.PACKET_TYPE, request.method), request.host))
         return await handler(request)
 
     def url(self, name: str) -> str:
@@ -332,6 +335,37 @@ async def test_server_restart_resumes_and_lost_session_starts_again(
     await job.complete()
     assert s.count("Create-Session") == 2
     assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+
+
+async def test_packets_after_create_session_go_to_the_servers_host_id(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """create-session.md: the client replaces the server portion of the URL with BITS-Host-Id on all
+    later packets (here the same server under the name localhost)."""
+    s = await server(host_id="localhost")
+    path, data = _file(tmp_path, 300_000)
+    job = await _upload_job(amanager, s.url("f.bin"), path)
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    await job.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    own, farm_node = f"127.0.0.1:{s.port}", f"localhost:{s.port}"
+    assert s.hosts[:2] == [("Ping", own), ("Create-Session", own)]
+    assert {host for _, host in s.hosts[2:]} == {farm_node} and s.hosts[-1][0] == "Close-Session"
+
+
+async def test_an_unreachable_host_id_falls_back_to_the_urls_host_after_its_timeout(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """BITS-Host-Id-Fallback-Timeout: a host id nothing answers on (127.0.0.2) is tried for 1 s; then the
+    packets go to the URL's host, which continues the same session."""
+    s = await server(host_id="127.0.0.2", host_id_fallback_timeout=1)
+    path, data = _file(tmp_path, 300_000)
+    job = await _upload_job(amanager, s.url("f.bin"), path, minimum_retry_delay=0)
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    assert (await job.info()).error_count >= 1  # the connections to 127.0.0.2 failed first
+    await job.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    assert s.count("Create-Session") == 1
 
 
 async def test_upload_reply_goes_through_the_jobs_proxy_with_its_credentials(

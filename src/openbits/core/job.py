@@ -53,6 +53,19 @@ class JobFile:
     session_closing: bool = False
     #: st_mtime_ns of the local file when its upload began (with bytes_total, the BITS change check)
     local_mtime_ns: int | None = None
+    #: BITS-Host-Id of the session: the server of a farm that has it, which every later packet goes to
+    session_host: str | None = None
+    #: BITS-Host-Id-Fallback-Timeout: seconds session_host may stay unreachable before the packets go
+    #: to the URL's own host again (None: never)
+    session_host_fallback: int | None = None
+    #: Unix time of the first failed connection to session_host since it was last reached
+    session_host_unreachable_since: float | None = None
+
+    def forget_session(self) -> None:
+        """The upload session is gone (the server lost it): the file goes again, in a new one."""
+        self.session_id = self.session_host = self.session_host_fallback = self.session_host_unreachable_since = None
+        self.session_closing = False
+        self.bytes_transferred = self.durable_offset = 0
 
     def restart(self) -> None:
         """Forget every byte: the remote file changed or cannot be resumed."""

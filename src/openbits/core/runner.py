@@ -156,7 +156,10 @@ class JobRunner:
             job.touch()
         finally:
             job.active_seconds += time.monotonic() - started
-        await self._service.commit(job)
+        # Shielded: the outcome is in memory already (TRANSIENT_ERROR, say), and a scheduling pass that sees
+        # it stops this turn; cancelled halfway, the commit left a job in TRANSIENT_ERROR that the scheduler
+        # never heard of, and so never retried.
+        await asyncio.shield(self._service.commit(job))
 
     def _network_lost(self) -> bool:
         return not network_available() and any(needs_network(f.remote_url) for f in self._job.files

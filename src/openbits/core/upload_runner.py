@@ -19,7 +19,7 @@ from ..enums import ErrorContext, JobState, JobType
 from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator
 from ..transport.http import HttpTransport
-from ..transport.upload import SessionLost, UploadClient, UploadSpec, local_file_changed
+from ..transport.upload import HostId, SessionLost, UploadClient, UploadSpec, local_file_changed
 from .job import Job, JobFile
 from .proxy import PreconfiguredProxy, proxy_route
 from .runner import JobRunner, _FileSink, _headers
@@ -33,11 +33,12 @@ CANCEL_TIMEOUT = 5.0
 class _UploadSink(_FileSink):
     """UploadSink: the session id is durable before the first fragment; acknowledged offsets are saved queued."""
 
-    async def set_session(self, session_id: str | None) -> None:
+    async def set_session(self, session_id: str | None, host: HostId | None = None) -> None:
         f = self._file
-        f.session_id, f.session_closing = session_id, False
-        if session_id is None:
-            f.bytes_transferred = f.durable_offset = 0
+        f.forget_session()
+        f.session_id = session_id
+        if host is not None:
+            f.session_host, f.session_host_fallback = host.host, host.fallback_timeout
         self._job.state = JobState.TRANSFERRING
         await self.flush()
         await self._service.commit(self._job, (self._index,))
@@ -48,6 +49,26 @@ class _UploadSink(_FileSink):
             self._job.last_progress_time = time.time()
         f.bytes_transferred = f.durable_offset = offset
         self._save()
+
+
+class _HostWatch:
+    """HostWatch: the fallback timer of the session's BITS-Host-Id host, kept with the file (durable)."""
+
+    def __init__(self, service: JobService, job: Job) -> None:
+        self._service, self._job, self._file = service, job, job.files[0]
+
+    async def unreachable(self) -> None:
+        """BITS-Host-Id-Fallback-Timeout after the first failed connection, the packets go to the URL's own
+        host again (which has the session, or answers that it does not: then a new session starts)."""
+        f, now = self._file, time.time()
+        if f.session_host_unreachable_since is None:
+            f.session_host_unreachable_since = now
+        elif f.session_host_fallback is not None and now - f.session_host_unreachable_since >= f.session_host_fallback:
+            f.session_host = f.session_host_fallback = f.session_host_unreachable_since = None
+        await self._service.commit(self._job, (0,))
+
+    def reached(self) -> None:
+        self._file.session_host_unreachable_since = None  # saved with the next progress
 
 
 class _ReplySink(_FileSink):
@@ -89,10 +110,10 @@ class UploadRunner(JobRunner):
                 await self._service.commit(job, (0,))
             assert f.session_id is not None, "a sent file has a session"
             try:
-                await client.close_session(f.remote_url, f.session_id, headers)
+                await client.close_session(f.remote_url, f.session_id, f.session_host, headers)
             except SessionLost:
                 # Expired or lost before the close took: the server has nothing, so the file goes again.
-                f.session_id, f.session_closing, f.bytes_transferred, f.durable_offset = None, False, 0, 0
+                f.forget_session()
                 await self._service.commit(job, (0,))
                 continue
             f.completed = True
@@ -118,7 +139,8 @@ class UploadRunner(JobRunner):
         fd = await self._service.files_of(self._job).open_read(f.local_path)
         sink = _UploadSink(self._service, self._job, 0)
         try:
-            spec = UploadSpec(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, f.local_path, f.session_id, headers)
+            spec = UploadSpec(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, f.local_path, f.session_id, headers,
+                              f.session_host)
             return await client.upload(spec, sink, self._throttle)
         finally:
             os.close(fd)
@@ -151,13 +173,14 @@ class UploadRunner(JobRunner):
 
 
 def upload_client(service: JobService, transport: HttpTransport, job: Job,
-                  preconfigured: PreconfiguredProxy | None) -> UploadClient:
+                  preconfigured: PreconfiguredProxy | None, *, watch_host: bool = True) -> UploadClient:
     """The job's file goes through the job's proxy (SetProxySettings, else PRECONFIG: BG_E_INVALID_PROXY_INFO
-    for a bad list), with the job's credentials for the server and the proxy."""
+    for a bad list), with the job's credentials for the server and the proxy; `watch_host` keeps the
+    BITS-Host-Id fallback timer (not for Cancel: a job being cancelled is saved no more)."""
     url = job.files[0].remote_url
     proxy = proxy_route(job, preconfigured, url)
     return UploadClient(transport.session(), None if proxy is None else str(proxy.url),
-                        http_auth(service, job, url, proxy))
+                        http_auth(service, job, url, proxy), _HostWatch(service, job) if watch_host else None)
 
 
 async def cancel_upload_session(service: JobService, transport: HttpTransport, job: Job) -> None:
@@ -169,5 +192,5 @@ async def cancel_upload_session(service: JobService, transport: HttpTransport, j
         return
     with contextlib.suppress(BitsError, TimeoutError):
         async with asyncio.timeout(CANCEL_TIMEOUT):
-            await upload_client(service, transport, job, service.config.proxy).cancel_session(
-                f.remote_url, f.session_id, _headers(job.custom_headers))
+            await upload_client(service, transport, job, service.config.proxy, watch_host=False).cancel_session(
+                f.remote_url, f.session_id, f.session_host, _headers(job.custom_headers))

@@ -69,12 +69,32 @@ class UploadSpec:
     #: The session to continue, or None for a new one.
     session_id: str | None
     headers: Mapping[str, str]
+    #: The session's BITS-Host-Id: the host its packets go to instead of the URL's.
+    session_host: str | None = None
+
+
+@dataclass(frozen=True)
+class HostId:
+    """Create-Session's BITS-Host-Id and BITS-Host-Id-Fallback-Timeout (seconds; None: never fall back)."""
+
+    host: str
+    fallback_timeout: int | None
+
+
+class HostWatch(Protocol):
+    """Told whether packets reach the session's BITS-Host-Id host (the core keeps the fallback timer)."""
+
+    async def unreachable(self) -> None:
+        """No connection to it (BITS-Host-Id-Fallback-Timeout counts from the first such failure)."""
+
+    def reached(self) -> None:
+        """It answered: the timer starts again at the next failure."""
 
 
 class UploadSink(Protocol):
     """Implemented by the core; called on the event loop thread."""
 
-    async def set_session(self, session_id: str | None) -> None:
+    async def set_session(self, session_id: str | None, host: HostId | None = None) -> None:
         """The session the bytes go to (None: the server lost it, progress is 0). Durable before returning."""
 
     def acknowledged(self, offset: int) -> None:
@@ -145,6 +165,28 @@ def _ack_error(ack: _Ack, packet: PacketType, shown: str) -> TransferError:
                          transient=transient)
 
 
+def on_host(url: URL, host: str | None) -> URL:
+    """`url` with the server portion replaced by a session's BITS-Host-Id (create-session.md: every packet
+    after Create-Session goes there, or the upload may start again on another server of the farm)."""
+    return url if host is None else url.with_host(host)
+
+
+def _host_id(url: URL, headers: CIMultiDictProxy[str]) -> HostId | None:
+    """The Ack's BITS-Host-Id, if it names a host (a name or an address; anything else is ignored)."""
+    host = headers.get(Header.HOST_ID, "").strip()
+    if not host:
+        return None
+    try:
+        on_host(url, host)
+    except ValueError:
+        return None
+    try:
+        fallback: int | None = max(0, int(headers.get(Header.HOST_ID_FALLBACK_TIMEOUT, "")))
+    except ValueError:
+        fallback = None
+    return HostId(host, fallback)
+
+
 def _wire_error(exc: BaseException, shown: str) -> TransferError:
     """Anything on the wire is worth a retry, except a certificate that is not valid and what a proxy refused."""
     if isinstance(exc, aiohttp.ClientHttpProxyError):
@@ -185,10 +227,11 @@ class UploadClient:
     so a challenge is met before any fragment, whose paced body could not be sent twice."""
 
     def __init__(self, session: aiohttp.ClientSession, proxy: str | None = None,
-                 auth: ChallengeAuth | None = None) -> None:
+                 auth: ChallengeAuth | None = None, hosts: HostWatch | None = None) -> None:
         self._session = session
         self._proxy = proxy
         self._middlewares = None if auth is None else (auth,)
+        self._hosts = hosts
 
     async def upload(self, spec: UploadSpec, sink: UploadSink, throttle: Throttle | None) -> str | None:
         """Send the file until the server has it all; returns the BITS-Reply-URL of the last Ack, if any.
@@ -196,31 +239,32 @@ class UploadClient:
         A session the server no longer knows is replaced by a new one, once per call.
         """
         url, shown = URL(spec.url), display_url(URL(spec.url))
-        await self._packet(url, PacketType.PING, spec.headers, shown)
-        session_id = spec.session_id
+        session_id, host = spec.session_id, spec.session_host
+        await self._packet(url, PacketType.PING, spec.headers, shown, host=host)
         for _ in range(2):
             try:
                 if session_id is None:
-                    session_id = await self._create_session(url, spec.headers, shown)
-                    await sink.set_session(session_id)
-                    return await self._fragments(url, shown, session_id, spec, sink, throttle, probe=False)
-                return await self._fragments(url, shown, session_id, spec, sink, throttle, probe=True)
+                    session_id, host_id = await self._create_session(url, spec.headers, shown)
+                    await sink.set_session(session_id, host_id)
+                    host = None if host_id is None else host_id.host
+                    return await self._fragments(url, host, shown, session_id, spec, sink, throttle, probe=False)
+                return await self._fragments(url, host, shown, session_id, spec, sink, throttle, probe=True)
             except SessionLost:
-                session_id = None
+                session_id = host = None
                 await sink.set_session(None)
         raise SessionLost(f"the server for {shown} lost two new upload sessions in a row; the job retries later")
 
-    async def close_session(self, url: str, session_id: str, headers: Mapping[str, str]) -> None:
+    async def close_session(self, url: str, session_id: str, host: str | None, headers: Mapping[str, str]) -> None:
         """Close-Session: the server puts the upload in place (and drops the reply)."""
         await self._packet(URL(url), PacketType.CLOSE_SESSION, {**headers, Header.SESSION_ID: session_id},
-                           display_url(URL(url)))
+                           display_url(URL(url)), host=host)
 
-    async def cancel_session(self, url: str, session_id: str, headers: Mapping[str, str]) -> None:
+    async def cancel_session(self, url: str, session_id: str, host: str | None, headers: Mapping[str, str]) -> None:
         """Cancel-Session: the server deletes everything of the session."""
         await self._packet(URL(url), PacketType.CANCEL_SESSION, {**headers, Header.SESSION_ID: session_id},
-                           display_url(URL(url)))
+                           display_url(URL(url)), host=host)
 
-    async def _create_session(self, url: URL, headers: Mapping[str, str], shown: str) -> str:
+    async def _create_session(self, url: URL, headers: Mapping[str, str], shown: str) -> tuple[str, HostId | None]:
         ack = await self._packet(url, PacketType.CREATE_SESSION,
                                  {**headers, Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5}, shown)
         protocol = ack.headers.get(Header.PROTOCOL, "").strip().lower()
@@ -229,16 +273,16 @@ class UploadClient:
             raise TransferError(BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH, f"the server for {shown} did not accept the "
                                 f"BITS 1.5 upload protocol (BITS-Protocol {protocol or 'missing'!r})",
                                 ErrorContext.REMOTE_FILE, ack.status, transient=False)
-        return session_id
+        return session_id, _host_id(url, ack.headers)
 
-    async def _fragments(self, url: URL, shown: str, session_id: str, spec: UploadSpec, sink: UploadSink,
-                         throttle: Throttle | None, *, probe: bool) -> str | None:
+    async def _fragments(self, url: URL, host: str | None, shown: str, session_id: str, spec: UploadSpec,
+                         sink: UploadSink, throttle: Throttle | None, *, probe: bool) -> str | None:
         sizer = FragmentSizer(MIN_FRAGMENT if throttle is not None else INITIAL_FRAGMENT)
         offset = 0
         while True:
             length = min(1 if probe else sizer.size, spec.size - offset)
             started = time.monotonic()
-            ack = await self._fragment(url, shown, session_id, spec, offset, length, throttle, waits=probe)
+            ack = await self._fragment(url, host, shown, session_id, spec, offset, length, throttle, waits=probe)
             if ack.status not in (200, 416):
                 raise _ack_error(ack, PacketType.FRAGMENT, shown)
             received = ack.received(shown)
@@ -254,8 +298,8 @@ class UploadClient:
             # After a 416 the server has less than we sent from: continue from what it has.
             offset, probe = received, False
 
-    async def _fragment(self, url: URL, shown: str, session_id: str, spec: UploadSpec, offset: int, length: int,
-                        throttle: Throttle | None, *, waits: bool) -> _Ack:
+    async def _fragment(self, url: URL, host: str | None, shown: str, session_id: str, spec: UploadSpec,
+                        offset: int, length: int, throttle: Throttle | None, *, waits: bool) -> _Ack:
         _check_unchanged(spec)
         data = await asyncio.to_thread(os.pread, spec.fd, length, offset) if length else b""
         _check_unchanged(spec)
@@ -267,22 +311,29 @@ class UploadClient:
             headers[Header.CONTENT_NAME] = os.path.basename(spec.local_path)
         body = data if throttle is None else _PacedBody(data, throttle)
         final = waits or offset + length == spec.size
-        return await self._packet(url, PacketType.FRAGMENT, headers, shown, body=body, long_wait=final, check=False)
+        return await self._packet(url, PacketType.FRAGMENT, headers, shown, host=host, body=body, long_wait=final,
+                                  check=False)
 
     async def _packet(self, url: URL, packet: PacketType, headers: Mapping[str, str], shown: str, *,
-                      body: bytes | AsyncIterablePayload | None = None, long_wait: bool = False,
-                      check: bool = True) -> _Ack:
-        """One request packet and its Ack; check=True raises for anything but 200/201."""
+                      host: str | None = None, body: bytes | AsyncIterablePayload | None = None,
+                      long_wait: bool = False, check: bool = True) -> _Ack:
+        """One request packet and its Ack, to the session's BITS-Host-Id `host` if it has one; check=True
+        raises for anything but 200/201."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=FINAL_ACK_TIMEOUT) if long_wait else None
+        watch = self._hosts if host is not None else None
         try:
             async with self._session.request(
-                METHOD, url, headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
+                METHOD, on_host(url, host), headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
                 allow_redirects=False, proxy=self._proxy, middlewares=self._middlewares,
                 **({"timeout": timeout} if timeout else {}),
             ) as resp:
                 ack = _Ack(resp.status, resp.headers, await resp.content.read(64 * 1024))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if watch is not None and isinstance(exc, aiohttp.ClientConnectorError):
+                await watch.unreachable()
             raise _wire_error(exc, shown) from exc
+        if watch is not None:
+            watch.reached()
         if check and ack.status not in (200, 201):
             raise _ack_error(ack, packet, shown)
         return ack
