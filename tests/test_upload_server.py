@@ -8,6 +8,7 @@ an openbits client, so they check the wire and not our own reading of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -557,33 +558,37 @@ async def test_mounted_as_subapp(root: Path) -> None:
     assert (root / "f.txt").read_bytes() == DATA
 
 
-async def test_cli_answers_ping(root: Path) -> None:
+@contextlib.asynccontextmanager
+async def _cli_server(root: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """openbits-server as a command on a free port: (process, port); killed afterwards if still running."""
     command = [sys.executable, "-m", "openbits.server", "--root", str(root), "--listen", "127.0.0.1:0"]
     proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
         assert "listening on" in line, line
-        port = int(line.rsplit(":", 1)[1])
+        yield proc, int(line.rsplit(":", 1)[1])
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_cli_answers_ping(root: Path) -> None:
+    async with _cli_server(root) as (proc, port):
         async with aiohttp.ClientSession() as http:
             ack = await Bits(http, f"http://127.0.0.1:{port}").send("/f.txt", "Ping")
             assert ack.status == 200
-    finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
 async def test_cli_stops_soon_with_a_fragment_still_arriving(root: Path) -> None:
     """SIGTERM with a fragment half sent: the server stops within its grace (5 s), not aiohttp's 60 s."""
-    command = [sys.executable, "-m", "openbits.server", "--root", str(root), "--listen", "127.0.0.1:0"]
-    proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
-        port = int(line.rsplit(":", 1)[1])
+    async with _cli_server(root) as (proc, port):
         async with aiohttp.ClientSession() as http:
             sid = await Bits(http, f"http://127.0.0.1:{port}").create("/f.bin")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         head = (f"BITS_POST /f.bin HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{Header.PACKET_TYPE}: Fragment\r\n"
                 f"{Header.SESSION_ID}: {sid}\r\n{Header.CONTENT_RANGE}: bytes 0-999999/1000000\r\n"
                 "Content-Length: 1000000\r\n\r\n")
@@ -595,10 +600,6 @@ async def test_cli_stops_soon_with_a_fragment_still_arriving(root: Path) -> None
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert asyncio.get_running_loop().time() - started < 15
         writer.close()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 # tests/servers/nginx.py's configuration, with a reverse proxy where it has its document root.
