@@ -30,11 +30,13 @@ from openbits.uploadprotocol import Header
 
 from .daemon import DaemonProcess
 from .servers import nginx
+from .servers.auth import digest_challenge, digest_ok
 from .servers.proxy import ForwardProxy
 from .servers.uploadapp import UploadApp
 from .test_upload_server import _PROXY_LOCATION, _proxying_nginx
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_NONCE = "0123456789abcdef"
 
 
 @dataclass
@@ -47,12 +49,16 @@ class Server:
     packets: list[tuple[str, int]] = field(default_factory=list)
     #: (packet type, Host header) per request
     hosts: list[tuple[str, str]] = field(default_factory=list)
+    #: (user, password) a Digest challenge (tests/servers/auth.py) asks every request for; None: none
+    digest_account: tuple[str, str] | None = None
     runner: BitsAppRunner | None = None
 
     async def start(self) -> Server:
         settings = ServerSettings(vdirs=(VirtualDirectory(prefix="/", directory=self.root, **self.vdir),))  # type: ignore[arg-type]
         app = make_upload_app(settings)
         app.middlewares.append(self._record)
+        if self.digest_account is not None:
+            app.middlewares.append(self._digest)
         # stop() is a server going away: a graceful shutdown's default 60 s wait for a request it stopped
         # reading (aiohttp drops the rest of a body then) outlasted the tests' waits now and then
         self.runner = BitsAppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -72,6 +78,13 @@ class Server:
         self.hosts.append((request.headers.get(Header.PACKET_TYPE, request.method), request.host))
         return await handler(request)
 
+    @web.middleware
+    async def _digest(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        assert self.digest_account is not None
+        if digest_ok(request.headers.get("Authorization", ""), request.method, *self.digest_account, _NONCE):
+            return await handler(request)
+        return web.Response(status=401, headers={"WWW-Authenticate": digest_challenge(_NONCE)})
+
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
@@ -88,8 +101,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server
     servers: list[Server] = []
     (tmp_path / "root").mkdir()
 
-    async def start(**vdir: object) -> Server:
-        servers.append(await Server(tmp_path / "root", vdir).start())
+    async def start(digest_account: tuple[str, str] | None = None, **vdir: object) -> Server:
+        servers.append(await Server(tmp_path / "root", vdir, digest_account=digest_account).start())
         return servers[-1]
 
     yield start
@@ -335,6 +348,24 @@ async def test_server_restart_resumes_and_lost_session_starts_again(
     await job.complete()
     assert s.count("Create-Session") == 2
     assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+
+
+async def test_upload_answers_a_digest_challenge_with_the_jobs_credentials(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """A server that wants Digest on every packet: the Ping meets the challenge, the later packets (fragments
+    paced by a bandwidth cap, whose bodies could not be sent twice) answer it at once."""
+    s = await server(digest_account=("erin", "digest-pw"))
+    path, data = _file(tmp_path, 600_000)
+    job = await amanager.create_job("digest", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+    await job.add_file(s.url("f.bin"), path)
+    await job.set_properties(max_bandwidth=1024 * 1024)
+    await job.set_credentials(AuthTarget.SERVER, AuthScheme.DIGEST, "erin", "digest-pw")
+    await job.resume()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    await job.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    assert s.count("Ping") >= 2 and s.count("Fragment") >= 2  # the first Ping met the challenge
 
 
 async def test_packets_after_create_session_go_to_the_servers_host_id(

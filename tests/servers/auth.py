@@ -35,6 +35,21 @@ def _digest_fields(header: str) -> dict[str, str]:
     return fields
 
 
+def digest_ok(header: str, method: str, user: str, password: str, nonce: str) -> bool:
+    """Whether an Authorization header answers `digest_challenge(nonce)` as `user` with `password`."""
+    if not header.startswith("Digest "):
+        return False
+    f = _digest_fields(header)
+    ha1 = _md5(f"{user}:{REALM}:{password}")
+    ha2 = _md5(f"{method}:{f.get('uri', '')}")
+    expected = _md5(f"{ha1}:{nonce}:{f.get('nc')}:{f.get('cnonce')}:auth:{ha2}")
+    return f.get("username") == user and f.get("response") == expected
+
+
+def digest_challenge(nonce: str) -> str:
+    return f'Digest realm="{REALM}", nonce="{nonce}", qop="auth", algorithm=MD5'
+
+
 class AuthServer:
     def __init__(self) -> None:
         self.authorizations: dict[str, list[str]] = {}
@@ -92,18 +107,10 @@ class AuthServer:
         return web.Response(body=BODY)
 
     async def _digest(self, request: web.Request) -> web.Response:
-        header = self._seen(request)
         user = request.match_info["user"]
-        password = self.accounts.get(user, secrets.token_hex(8))
-        if header.startswith("Digest "):
-            f = _digest_fields(header)
-            ha1 = _md5(f"{user}:{REALM}:{password}")
-            ha2 = _md5(f"GET:{f.get('uri', '')}")
-            expected = _md5(f"{ha1}:{self._nonce}:{f.get('nc')}:{f.get('cnonce')}:auth:{ha2}")
-            if f.get("username") == user and f.get("response") == expected:
-                return web.Response(body=BODY)
-        challenge = f'Digest realm="{REALM}", nonce="{self._nonce}", qop="auth", algorithm=MD5'
-        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        if digest_ok(self._seen(request), "GET", user, self.accounts.get(user, secrets.token_hex(8)), self._nonce):
+            return web.Response(body=BODY)
+        return web.Response(status=401, headers={"WWW-Authenticate": digest_challenge(self._nonce)})
 
     async def _redirect(self, request: web.Request) -> web.Response:
         if not self._basic_ok(request):
