@@ -30,7 +30,7 @@ def _paths(count: int, odd: dict[int, str]) -> list[str]:
 def test_a_batch_hands_what_it_cannot_take_to_the_per_file_way(manager: Manager, faulty: FaultyServer,
                                                                tmp_path: Path) -> None:
     odd = {5: "size=4k&redirect=1", 9: "size=300k", 14: "size=4k&chunked=1", 20: "size=4k&drop=100&fail=1",
-           27: "size=4k&etag=none&lastmod=0"}
+           27: "size=4k&etag=none&lastmod=0", 33: "size=4k&close=1"}  # 33: requests pipelined behind it go again
     paths = _paths(40, odd)
     job = manager.create_job("many small", JobType.DOWNLOAD)
     job.add_files([(faulty.url(p), tmp_path / f"{i}.bin") for i, p in enumerate(paths)])

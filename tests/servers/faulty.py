@@ -18,6 +18,7 @@ the size and the faults. URL grammar (all parameters optional):
       &etag=strong|weak|none   kind of ETag (default strong)
       &lastmod=0               no Last-Modified header
       &chunked=1               no Content-Length: chunked transfer encoding
+      &close=1                 Connection: close, and close it after the answer
       &ranges=0                ignore Range: always 200 with the whole file
       &bad_range=1             answer a Range request with a 206 whose
                                Content-Range starts one byte late
@@ -211,6 +212,8 @@ class _App:
             response.enable_chunked_encoding()
         else:
             response.content_length = last - first + 1
+        if faulty and query.get("close") == "1":
+            response.force_close()
         await response.prepare(request)
         record.status = status
         await self._send(request, response, record, version.body[first : last + 1], query if faulty else {})
