@@ -29,7 +29,7 @@ from typing import NamedTuple
 import orjson
 
 from ..api.models import ErrorInfo, EventInfo
-from ..api.views import built, file_info
+from ..api.views import built, file_info, file_values
 from ..core.job import Job
 from ..daemon.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
@@ -215,11 +215,8 @@ class EventBus:
         events = [self._event(job, kind, totals, indexes[0])]
         doc = orjson.loads(events[0].doc)
         for index in indexes[1:]:
-            f = job.files[index]
             seq, now = next(self._seq), time.time()
-            doc.update(seq=seq, time=now, file_index=index, file={
-                "remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
-                "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed})
+            doc.update(seq=seq, time=now, file_index=index, file=file_values(job.files[index]))
             # orjson writes what model_dump_json writes (compact, UTF-8 kept), ten times as fast as json
             events.append(Event(seq, now, job.id, job.owner_uid, kind, orjson.dumps(doc).decode()))
         return events

@@ -264,11 +264,13 @@ class _Connection(asyncio.BufferedProtocol):
                     self._fail(Unsupported("response head larger than 64 KiB"))
                 self._scan = max(0, self._hfill - 3)
                 return
-            try:
-                head = _parse_head(bytes(self._head_view[:end]))
-            except FastGetError as exc:
-                self._fail(exc)
-                return
+            head = self.head  # parsed already when the head came before the rest of its body
+            if head is None:
+                try:
+                    head = self.head = _parse_head(bytes(self._head_view[:end]))
+                except FastGetError as exc:
+                    self._fail(exc)
+                    return
             start = end + 4
             length = head.content_length or 0
             if head.status != 200 or start + length > HEAD_BUFSIZE:
@@ -286,7 +288,7 @@ class _Connection(asyncio.BufferedProtocol):
                 return
             rest = self._hfill - start - length
             self._head[:rest] = self._head[start + length:self._hfill]
-            self._hfill, self._scan = rest, 0
+            self._hfill, self._scan, self.head = rest, 0, None
             if not head.keep_alive:
                 self.close()
             on_done(head)
@@ -564,9 +566,10 @@ class FastClient:
                         watch: Callable[[Any], contextlib.AbstractContextManager[None]]) -> list[ResponseHead | None]:
         """GET small files of one origin (each `plain_request`) into their descriptors over up to `lanes`
         connections, each sending its next PIPELINE_DEPTH requests from the callback that finished the last
-        of the ones before (see `_Connection.fetch`); `watch(socket)` holds each connection's socket meanwhile (the bandwidth
-        sensor's, before the first request). Per file: its head, or None when it must be asked the general
-        way (not a small 200, a broken or stale connection, a write error, no connection at all)."""
+        of the ones before (see `_Connection.fetch`); `watch(socket)` holds each connection's socket
+        meanwhile (the bandwidth sensor's, before the first request). Per file: its head, or None when it
+        must be asked the general way (not a small 200, a broken or stale connection, a write error, no
+        connection at all)."""
         host, port = files[0][0].raw_host or "", files[0][0].port or 80
         key = (host, port)
         results: list[ResponseHead | None] = [None] * len(files)
