@@ -384,6 +384,25 @@ async def test_packets_after_create_session_go_to_the_servers_host_id(
     assert {host for _, host in s.hosts[2:]} == {farm_node} and s.hosts[-1][0] == "Close-Session"
 
 
+async def test_the_host_id_server_gets_the_jobs_credentials(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """The BITS-Host-Id server is a server of the same farm: the job's SERVER credentials answer its own
+    Digest challenge too (met by a Ping before the paced fragments, whose bodies could not be sent twice)."""
+    s = await server(digest_account=("erin", "digest-pw"), host_id="localhost")
+    path, data = _file(tmp_path, 600_000)
+    job = await amanager.create_job("farm", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+    await job.add_file(s.url("f.bin"), path)
+    await job.set_properties(max_bandwidth=1024 * 1024)
+    await job.set_credentials(AuthTarget.SERVER, AuthScheme.DIGEST, "erin", "digest-pw")
+    await job.resume()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    await job.complete()
+    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+    farm_node = f"localhost:{s.port}"
+    assert ("Fragment", farm_node) in s.hosts and ("Close-Session", farm_node) in s.hosts
+
+
 async def test_an_unreachable_host_id_falls_back_to_the_urls_host_after_its_timeout(
     amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
 ) -> None:

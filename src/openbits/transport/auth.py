@@ -2,7 +2,9 @@
 and a proxy's 407 challenge (Basic only).
 
 Credentials are looked up only when the server asks (so a netrc is read only when needed) and are
-never sent to another origin, e.g. the target of a redirect to another host.
+never sent to another origin, e.g. the target of a redirect to another host, unless the client trusts
+that origin with them (an upload's BITS-Host-Id server, which the authenticated server named).
+Each origin answers its own challenge, as a Digest nonce belongs to one server.
 Digest is aiohttp's own DigestAuthMiddleware, which answers servers (WWW-Authenticate) and not
 proxies, so a proxy that wants Digest is not answered and the file fails with HTTP 407.
 """
@@ -10,6 +12,7 @@ proxies, so a proxy that wants Digest is not answered and the file fails with HT
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import hdrs
@@ -29,16 +32,27 @@ def _proxy_scheme(headers: Mapping[str, str] | None) -> str:
     return (headers or {}).get(hdrs.PROXY_AUTHENTICATE, "").strip().split(" ", 1)[0].lower()
 
 
+@dataclass
+class _Answer:
+    """How one origin's challenge was met (neither yet: its first 401 decides)."""
+
+    basic: aiohttp.BasicAuth | None = None
+    digest: aiohttp.DigestAuthMiddleware | None = None
+
+
 class ChallengeAuth:
-    """An aiohttp client middleware: server authentication for one origin, proxy authentication for its proxy."""
+    """An aiohttp client middleware: server authentication for one origin (and the origins `trust` adds),
+    proxy authentication for its proxy."""
 
     def __init__(self, url: str, lookup: Lookup, proxy_lookup: Lookup | None = None) -> None:
-        self._origin = URL(url).origin()
+        self._answers = {URL(url).origin(): _Answer()}
         self._lookup = lookup
-        self._basic: aiohttp.BasicAuth | None = None
-        self._digest: aiohttp.DigestAuthMiddleware | None = None
         self._proxy_lookup = proxy_lookup
         self._proxy_basic: aiohttp.BasicAuth | None = None
+
+    def trust(self, url: URL) -> None:
+        """The same credentials also answer url's origin."""
+        self._answers.setdefault(url.origin(), _Answer())
 
     async def __call__(self, request: aiohttp.ClientRequest,
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
@@ -68,13 +82,14 @@ class ChallengeAuth:
 
     async def _server(self, request: aiohttp.ClientRequest,
                       handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-        if request.url.origin() != self._origin:
+        answer = self._answers.get(request.url.origin())
+        if answer is None:
             request.headers.popall(hdrs.AUTHORIZATION, None)
             return await handler(request)
-        if self._digest is not None:
-            return await self._digest(request, handler)
-        if self._basic is not None:
-            request.headers[hdrs.AUTHORIZATION] = self._basic.encode()
+        if answer.digest is not None:
+            return await answer.digest(request, handler)
+        if answer.basic is not None:
+            request.headers[hdrs.AUTHORIZATION] = answer.basic.encode()
             return await handler(request)
         response = await handler(request)
         scheme = challenge_scheme(response)
@@ -86,8 +101,8 @@ class ChallengeAuth:
         response.release()
         user, password = found
         if scheme == "basic":
-            self._basic = aiohttp.BasicAuth(user, password)
-            request.headers[hdrs.AUTHORIZATION] = self._basic.encode()
+            answer.basic = aiohttp.BasicAuth(user, password)
+            request.headers[hdrs.AUTHORIZATION] = answer.basic.encode()
             return await handler(request)
-        self._digest = aiohttp.DigestAuthMiddleware(user, password)
-        return await self._digest(request, handler)
+        answer.digest = aiohttp.DigestAuthMiddleware(user, password)
+        return await answer.digest(request, handler)

@@ -223,13 +223,15 @@ class FragmentSizer:
 class UploadClient:
     """Sends one file's packets on a shared aiohttp session (BITS_POST is an ordinary method to aiohttp),
     through `proxy` (the job's, core/proxy.py; https through a CONNECT tunnel) and answering the server's
-    and the proxy's challenges with `auth` (core/tokens.http_auth). The Ping goes first and has no body,
-    so a challenge is met before any fragment, whose paced body could not be sent twice."""
+    and the proxy's challenges with `auth` (core/tokens.http_auth). The Ping goes first (to a BITS-Host-Id
+    server too) and has no body, so a challenge is met before any fragment, whose paced body could not
+    be sent twice. A BITS-Host-Id server gets the same credentials as the URL's."""
 
     def __init__(self, session: aiohttp.ClientSession, proxy: str | None = None,
                  auth: ChallengeAuth | None = None, hosts: HostWatch | None = None) -> None:
         self._session = session
         self._proxy = proxy
+        self._auth = auth
         self._middlewares = None if auth is None else (auth,)
         self._hosts = hosts
 
@@ -247,6 +249,8 @@ class UploadClient:
                     session_id, host_id = await self._create_session(url, spec.headers, shown)
                     await sink.set_session(session_id, host_id)
                     host = None if host_id is None else host_id.host
+                    if host is not None:  # meets the host's own challenge before a fragment
+                        await self._packet(url, PacketType.PING, spec.headers, shown, host=host)
                     return await self._fragments(url, host, shown, session_id, spec, sink, throttle, probe=False)
                 return await self._fragments(url, host, shown, session_id, spec, sink, throttle, probe=True)
             except SessionLost:
@@ -321,9 +325,12 @@ class UploadClient:
         raises for anything but 200/201."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=FINAL_ACK_TIMEOUT) if long_wait else None
         watch = self._hosts if host is not None else None
+        target = on_host(url, host)
+        if host is not None and self._auth is not None:
+            self._auth.trust(target)  # a server of the URL's farm, named by it (create-session.md)
         try:
             async with self._session.request(
-                METHOD, on_host(url, host), headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
+                METHOD, target, headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
                 allow_redirects=False, proxy=self._proxy, middlewares=self._middlewares,
                 **({"timeout": timeout} if timeout else {}),
             ) as resp:
