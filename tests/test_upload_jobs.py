@@ -350,12 +350,14 @@ async def test_server_restart_resumes_and_lost_session_starts_again(
     assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
 
 
+@pytest.mark.parametrize("host_id", [None, "localhost"])
 async def test_upload_answers_a_digest_challenge_with_the_jobs_credentials(
-    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path, host_id: str | None
 ) -> None:
     """A server that wants Digest on every packet: the Ping meets the challenge, the later packets (fragments
-    paced by a bandwidth cap, whose bodies could not be sent twice) answer it at once."""
-    s = await server(digest_account=("erin", "digest-pw"))
+    paced by a bandwidth cap, whose bodies could not be sent twice) answer it at once. A BITS-Host-Id server
+    (localhost) is a server of the same farm: the credentials answer its own challenge too, met by a Ping."""
+    s = await server(digest_account=("erin", "digest-pw"), **({} if host_id is None else {"host_id": host_id}))
     path, data = _file(tmp_path, 600_000)
     job = await amanager.create_job("digest", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
     await job.add_file(s.url("f.bin"), path)
@@ -366,6 +368,9 @@ async def test_upload_answers_a_digest_challenge_with_the_jobs_credentials(
     await job.complete()
     assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
     assert s.count("Ping") >= 2 and s.count("Fragment") >= 2  # the first Ping met the challenge
+    if host_id is not None:
+        farm_node = f"{host_id}:{s.port}"
+        assert ("Fragment", farm_node) in s.hosts and ("Close-Session", farm_node) in s.hosts
 
 
 async def test_packets_after_create_session_go_to_the_servers_host_id(
@@ -382,25 +387,6 @@ async def test_packets_after_create_session_go_to_the_servers_host_id(
     own, farm_node = f"127.0.0.1:{s.port}", f"localhost:{s.port}"
     assert s.hosts[:2] == [("Ping", own), ("Create-Session", own)]
     assert {host for _, host in s.hosts[2:]} == {farm_node} and s.hosts[-1][0] == "Close-Session"
-
-
-async def test_the_host_id_server_gets_the_jobs_credentials(
-    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
-) -> None:
-    """The BITS-Host-Id server is a server of the same farm: the job's SERVER credentials answer its own
-    Digest challenge too (met by a Ping before the paced fragments, whose bodies could not be sent twice)."""
-    s = await server(digest_account=("erin", "digest-pw"), host_id="localhost")
-    path, data = _file(tmp_path, 600_000)
-    job = await amanager.create_job("farm", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
-    await job.add_file(s.url("f.bin"), path)
-    await job.set_properties(max_bandwidth=1024 * 1024)
-    await job.set_credentials(AuthTarget.SERVER, AuthScheme.DIGEST, "erin", "digest-pw")
-    await job.resume()
-    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
-    await job.complete()
-    assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
-    farm_node = f"localhost:{s.port}"
-    assert ("Fragment", farm_node) in s.hosts and ("Close-Session", farm_node) in s.hosts
 
 
 async def test_an_unreachable_host_id_falls_back_to_the_urls_host_after_its_timeout(
