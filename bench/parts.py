@@ -8,6 +8,7 @@ each after a page-cache drop when the machine allows one.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import time
@@ -156,11 +157,29 @@ def _fmt_times(times: list[float]) -> str:
 
 # -- 1. one big file ---------------------------------------------------------------------------------
 
+#: A RAM-backed directory for the second big-file measurement (fdatasync is a no-op there)
+TMPFS = Path("/dev/shm")
+
+
 def bench_big(ctx: Context) -> list[Row]:
-    """One big file: curl -o against one openbits job, throughput in MB/s, best of N."""
+    """One big file: curl -o against one openbits job, throughput in MB/s, best of N; the goal's row writes
+    to the scratch disk, a second row (no goal) to tmpfs, where the disk writes no destination and the
+    ratio is the software's alone."""
     size = ctx.sizes.big_bytes
     make_big_file(ctx.data / "big.bin", size)
-    out = fresh_dir(ctx.scratch / "out-big")
+    rows = [_big_row(ctx, fresh_dir(ctx.scratch / "out-big"))]
+    if TMPFS.is_dir() and shutil.disk_usage(TMPFS).free > 3 * size:
+        out = fresh_dir(TMPFS / "openbits-bench-big")
+        try:
+            rows.append(_big_row(ctx, out, " to tmpfs"))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def _big_row(ctx: Context, out: Path, where: str = "") -> Row:
+    """curl and openbits into `out`, interleaved; the goal holds for the scratch disk (`where` empty)."""
+    size = ctx.sizes.big_bytes
     with NginxServer(ctx.data) as nginx:
         url = nginx.url("big.bin")
         daemon = ctx.daemon("big", {})
@@ -179,15 +198,18 @@ def bench_big(ctx: Context) -> list[Row]:
                 dest.unlink()
                 return seconds
 
+            print(f"  into {out}", flush=True)
             times = _interleave(ctx.sizes.big_runs, {"curl -o": curl, "openbits": ours})
         finally:
             daemon.stop()
     curl_rate = size / min(times["curl -o"]) / MB
     our_rate = size / min(times["openbits"]) / MB
-    ctx.notes.append(f"Big file ({size / 2**20:.0f} MiB): curl {_fmt_times(times['curl -o'])}; "
+    ctx.notes.append(f"Big file ({size / 2**20:.0f} MiB) into {out}: curl {_fmt_times(times['curl -o'])}; "
                      f"openbits {_fmt_times(times['openbits'])} (FOREGROUND job, Resume to ACKNOWLEDGED).")
-    return [Row(f"{size / 2**30:g} GiB file", our_rate, "MB/s", "curl -o", curl_rate, "≥ 1.2× curl",
-                our_rate >= 1.2 * curl_rate)]
+    if not where:
+        return Row(f"{size / 2**30:g} GiB file", our_rate, "MB/s", "curl -o", curl_rate, "≥ 1.2× curl",
+                   our_rate >= 1.2 * curl_rate)
+    return Row(f"{size / 2**30:g} GiB file{where}", our_rate, "MB/s", "curl -o", curl_rate)
 
 
 # -- 2. many small files ------------------------------------------------------------------------------
