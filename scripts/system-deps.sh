@@ -2,8 +2,8 @@
 # Debian packages openbits needs to build, test and benchmark; installs only what is missing.
 set -eu
 # dbus and network-manager: tests/test_cost_networkmanager.py runs its own NetworkManager on a private bus, in
-# namespaces of its own. (Where systemd runs, installing network-manager also starts the system's; Debian's leaves
-# the links /etc/network/interfaces configures alone.)
+# namespaces of its own, as the tests run their own nginx: the packages' system services are not started by the
+# install (see policy-rc.d below), so a developer's machine keeps its network set-up and port 80 as they were.
 packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager"
 missing=""
 for p in $packages; do
@@ -15,5 +15,13 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 echo "openbits: installing$missing"
+# invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d before starting a service; 101 = not now.
+# A machine's own policy (Docker images have one) is left as it is.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# openbits scripts/system-deps.sh, while it installs: start no service\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
