@@ -56,7 +56,8 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def write_results(rows: list[Row], ctx: Context, machine: str, command: str, loads: tuple[str, str]) -> None:
-    cache = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed download"
+    cache = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed download; "
+             "for the big file's goal row the source is then read back in (the server's file in its memory)"
              if ctx.cold_cache else "page cache could NOT be dropped (no permission): downloads ran warm")
     text = [
         "# openbits benchmark",
