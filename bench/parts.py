@@ -41,8 +41,8 @@ class Sizes:
     small_count: int = 10_000
     small_bytes: int = 4096
     runs: int = 3
-    #: the big file's runs: a 1 GiB write meets the disk's writeback, whose pace varied 1.3-2.5 s from
-    #: one run to the next for both curl and openbits; best of five rather than of three
+    #: the big file's runs, best of five: the row with the source read cold from the same disk varied
+    #: 0.9-2.1 s a run for both curl and openbits
     big_runs: int = 5
     api_jobs: int = 3000
     api_tasks: int = 32

@@ -23,7 +23,7 @@ import pytest
 
 from openbits.enums import ErrorContext
 from openbits.errors import BitsError, ErrorCode
-from openbits.identity import FileBroker, FileStat, Identity, LocalFiles, peer_credentials, peer_identity
+from openbits.identity import FileBroker, FileStat, Identity, LocalFiles, peer_credentials
 from openbits.identity.localfiles import DiskFiles
 
 from .users import RealUser, RealUsers, require_root
@@ -182,12 +182,13 @@ def test_peer_identity_of_a_process_that_switched_uid(alice: RealUser) -> None:
                 os._exit(0)
         conn, _ = server.accept()
         with conn:
-            assert peer_identity(conn) == alice.identity
+            # the daemon's caller(): groups from the user database, not the peer's current ones
+            assert Identity.from_uid(peer_credentials(conn).uid) == alice.identity
             assert peer_credentials(conn) == (pid, alice.uid, alice.identity.gid)
             conn.send(b"x")
         os.waitpid(pid, 0)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, pytest.raises(ValueError):
-        peer_identity(tcp)
+        peer_credentials(tcp)
 
 
 # --- the broker: what alice can and cannot do ----------------------------------------------

@@ -3,6 +3,6 @@
 from .broker import FileBroker
 from .identity import Identity
 from .localfiles import FileStat, LocalFiles
-from .peer import PeerCred, peer_credentials, peer_identity
+from .peer import PeerCred, peer_credentials
 
-__all__ = ["FileBroker", "FileStat", "Identity", "LocalFiles", "PeerCred", "peer_credentials", "peer_identity"]
+__all__ = ["FileBroker", "FileStat", "Identity", "LocalFiles", "PeerCred", "peer_credentials"]

@@ -6,8 +6,6 @@ import socket
 import struct
 from typing import NamedTuple
 
-from .identity import Identity
-
 _UCRED = struct.Struct("3i")
 
 
@@ -24,8 +22,3 @@ def peer_credentials(sock: socket.socket) -> PeerCred:
     if sock.family != socket.AF_UNIX:
         raise ValueError(f"peer credentials need an AF_UNIX socket, not {sock.family!r}")
     return PeerCred(*_UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)))
-
-
-def peer_identity(sock: socket.socket) -> Identity:
-    """Identity of the peer's uid, with groups from the user database (not the peer's current groups)."""
-    return Identity.from_uid(peer_credentials(sock).uid)

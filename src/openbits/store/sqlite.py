@@ -54,13 +54,13 @@ class _Rows:
         self.files += other.files
         self.events += other.events
 
-    def insert(self, conn: sqlite3.Connection) -> _Rows:
-        """Write the rows (a later row of the same key replaces an earlier one); returns an empty _Rows."""
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Write the rows held so far (a later row of the same key replaces an earlier one) and let go of them."""
         for table, rows in (("jobs", self.jobs), ("files", self.files), ("events", self.events)):
             for start in range(0, len(rows), _ROWS_PER_INSERT):
                 chunk = rows[start : start + _ROWS_PER_INSERT]
                 conn.execute(_insert_sql(table, len(chunk)), [value for row in chunk for value in row])
-        return _Rows([], [], [])
+            rows.clear()
 
 
 #: how each table is written: jobs and files replace their older row, an event's seq is new
@@ -207,9 +207,9 @@ class SqliteStore:
                 if isinstance(op, _Rows):
                     rows.extend(op)
                 else:
-                    rows = rows.insert(conn)
+                    rows.write(conn)  # what came before goes first
                     op(conn)
-            rows.insert(conn)
+            rows.write(conn)
             conn.execute("COMMIT")
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter below
             error = exc
