@@ -27,8 +27,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from openbits import AsyncManager, JobPriority, JobType  # noqa: E402
-from openbits.core.job import Job  # noqa: E402
-from openbits.daemon.config import Config  # noqa: E402
+from openbits.model.job import Job  # noqa: E402
+from openbits.model.config import Config  # noqa: E402
 from openbits.events.bus import EventBus  # noqa: E402
 from openbits.store import SqliteStore  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402

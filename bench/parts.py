@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from openbits import AsyncJob, AsyncManager, JobPriority, JobState
-from openbits.client.discovery import answers
+from openbits.locations import answers
 
 from machine import (Stopwatch, children_rss_mib, drop_caches, fresh_dir, make_big_file, make_small_files, rss_mib,
                      thread_cpu_seconds)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from openbits import Manager
-from openbits.client.discovery import answers
+from openbits.locations import answers
 
 
 def _toml_value(value: Any) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from openbits.client.discovery import answers
+from openbits.locations import answers
 
 from .daemon import DaemonProcess
 

@@ -22,7 +22,7 @@ from openbits import JobType, Manager
 from openbits.bandwidth import BandwidthPolicy, Decision, IdleController, Sample
 from openbits.bandwidth.controller import FLOOR_SHARE, MIN_FLOOR, OTHER_NOISE
 from openbits.bandwidth.sensing import DOWN, MIN_WINDOW, UP, interface_of, tcp_info
-from openbits.core.job import Job
+from openbits.model.job import Job
 from openbits.enums import JobPriority
 
 TRACES = Path(__file__).parent / "traces"

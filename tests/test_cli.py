@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from openbits.api.models import JobInfo, JobList
+from openbits.schema.models import JobInfo, JobList
 
 from .daemon import DaemonProcess
 from .servers.nginx import NginxServer

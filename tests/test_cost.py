@@ -23,7 +23,7 @@ import pytest
 
 from openbits import CostState, JobState, JobType, TransferPolicy
 from openbits.core.cost import CostMonitor, cost_allows, network_cost
-from openbits.daemon.config import Config
+from openbits.model.config import Config
 
 from .daemon import DaemonProcess
 from .nmlab import PrivateBus

@@ -24,7 +24,7 @@ import pytest
 
 from openbits import CostState, Job, JobState, JobType, Manager, TransferPolicy
 from openbits.core.cost import CostMonitor
-from openbits.daemon.config import Config
+from openbits.model.config import Config
 
 from .daemon import DaemonProcess
 from .nmlab import NetworkManager, PrivateBus, missing_tools

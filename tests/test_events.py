@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from openbits import AsyncManager, JobState, Manager, NotifyFlags
-from openbits.api.models import EventInfo
+from openbits.schema.models import EventInfo
 
 from .daemon import DaemonProcess
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from openbits import BitsError, JobState, Manager, ProxyUsage
-from openbits.identity.tokens import AuthScheme, AuthTarget
+from openbits.enums import AuthScheme, AuthTarget
 
 from .daemon import DaemonProcess
 from .servers.auth import BODY, AuthServer

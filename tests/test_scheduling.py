@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from openbits import JobPriority, JobState, JobType, Manager
-from openbits.daemon.config import Config, parse_rate
+from openbits.model.config import Config, parse_rate
 
 from .daemon import DaemonProcess
 from .servers.faulty import FaultyServer

@@ -37,7 +37,7 @@ PRELUDE = """
 import json, os, sys, time
 import openbits
 from openbits import BitsError, JobState, Manager, TokenFlags
-from openbits.identity.tokens import AuthScheme, AuthTarget
+from openbits.enums import AuthScheme, AuthTarget
 m = Manager(os.environ["OPENBITS_SOCKET"], autostart=False)
 import atexit; atexit.register(m.close)
 def out(**kw):

@@ -24,7 +24,7 @@ from openbits import AsyncManager
 from openbits.client import AsyncJob
 from openbits.enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from openbits.errors import BitsError, ErrorCode
-from openbits.identity.tokens import AuthScheme, AuthTarget
+from openbits.enums import AuthScheme, AuthTarget
 from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
 from openbits.uploadprotocol import Header
 

@@ -5,8 +5,7 @@ The public API, in BITS's vocabulary: a `Manager` (or `AsyncManager`) creates
 documented name, number and context.
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from .client import AsyncJob, AsyncManager, DaemonUnavailableError, File, FileProgress, Job, Manager, Progress
 from .enums import (
     SIZE_UNKNOWN,

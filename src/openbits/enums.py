@@ -133,3 +133,19 @@ def cost_flags_name(flags: int) -> str:
         return TransferPolicy(flags).name
     except ValueError:
         return f"0x{flags:08x}"
+
+class AuthTarget(enum.IntEnum):
+    """BG_AUTH_TARGET."""
+
+    SERVER = 1
+    PROXY = 2
+
+
+class AuthScheme(enum.IntEnum):
+    """BG_AUTH_SCHEME; openbits answers BASIC and DIGEST challenges."""
+
+    BASIC = 1
+    DIGEST = 2
+    NTLM = 3
+    NEGOTIATE = 4
+    PASSPORT = 5

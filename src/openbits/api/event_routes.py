@@ -4,7 +4,7 @@ Server-sent events rather than WebSocket: the stream only flows from the daemon
 to the client, SSE's `id:` field is our sequence number and `Last-Event-ID` its
 resumption, `curl -N --unix-socket` can follow it, and callback answers are
 ordinary POSTs that get the API's validation, errors and OpenAPI description.
-The delivery protocol is in openbits.events.delivery.
+The delivery protocol is in openbits.core.deliveries.
 """
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ import logging
 
 from aiohttp import web
 
-from ..core.job import Job
+from ..model.job import Job
 from ..errors import BitsError, ErrorCode
 from ..events.bus import Subscription
-from ..events.delivery import Deliveries
-from ..events.model import Event
+from ..model.event import Event
 from ..events.notify import check_cmdline
 from ..store import Store
-from .models import AckResult, EventAck, NotifyCmdLine, StreamReady
-from .routes import SERVICE, _flag, caller, parse, respond
-from .views import job_info
+from ..schema.models import AckResult, EventAck, NotifyCmdLine, StreamReady
+from .request import DELIVERIES, SERVICE, caller, flag, parse, respond
+from ..schema.views import job_info
 
 log = logging.getLogger("openbits.api")
 
-DELIVERIES = web.AppKey("deliveries", Deliveries)
 event_routes = web.RouteTableDef()
 
 #: Seconds between looks at whether the client is still there (an unreachable callback is found this fast).
@@ -61,7 +59,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     who = caller(request)
     since = _number(request, "since", int, header="Last-Event-ID")
     timeout = _number(request, "timeout", float)
-    all_users, callbacks = _flag(request, "all_users"), _flag(request, "callbacks")
+    all_users, callbacks = flag(request, "all_users"), flag(request, "callbacks")
     if all_users and not service.is_admin(who):
         raise BitsError(ErrorCode.E_ACCESSDENIED, "only an administrator may follow all users' events")
     job = service.find(who, request.query["job"]) if "job" in request.query else None

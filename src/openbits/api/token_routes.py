@@ -8,11 +8,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity
-from ..identity.tokens import TICKET_LIFETIME, AuthScheme, AuthTarget, Credential
-from .models import (
+from ..enums import AuthScheme, AuthTarget
+from ..identity.tokens import TICKET_LIFETIME, Credential
+from ..schema.models import (
     CredentialsKey,
     CredentialsRequest,
     HelperTokenRequest,
@@ -22,10 +22,9 @@ from .models import (
     TokenFlagsBody,
     TokenTicket,
 )
-from .routes import caller, parse, respond
-from .views import job_info
+from .request import TOKENS, caller, parse, respond
+from ..schema.views import job_info
 
-TOKENS = web.AppKey("tokens", TokenService)
 token_routes = web.RouteTableDef()
 _JOB = "/v1/jobs/{job:[^/]+}"
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ..core.job import Job
+from ..model.job import Job
 from ..enums import JobPriority, JobType
 from .controller import kbit
 from .sensing import LinkSensor, SocketLike

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import click
 
-from ..api.models import JobInfo, JobList
+from ..schema.models import JobInfo, JobList
 from ..client.types import error_of
 from ..enums import JobPriority, JobType, TransferPolicy, cost_flags_name
 from .app import cli, manager, open_job

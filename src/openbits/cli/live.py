@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import click
 from rich.live import Live
 
-from ..api.models import JobInfo
+from ..schema.models import JobInfo
 from ..client import DaemonUnavailableError, Job
 from ..client.types import error_of
 from ..enums import SIZE_UNKNOWN, JobPriority, JobState, JobType

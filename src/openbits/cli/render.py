@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from ..api.models import JobInfo
+from ..schema.models import JobInfo
 from ..enums import BLOCKED_BY_COST, SIZE_UNKNOWN, JobState, cost_flags_name
 from ..errors import BitsError
 

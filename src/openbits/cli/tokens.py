@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..enums import TokenFlags
-from ..identity.tokens import AuthScheme, AuthTarget
+from ..enums import AuthScheme, AuthTarget
 from .app import cli, manager, open_job
 
 FLAG_NAMES = {"LOCAL_FILE": TokenFlags.LOCAL_FILE, "NETWORK": TokenFlags.NETWORK, "NONE": TokenFlags.NONE}

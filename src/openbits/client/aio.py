@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..api.models import (
+from ..schema.models import (
     AddFilesRequest,
     CreateJobRequest,
     CredentialsRequest,
@@ -34,9 +34,8 @@ from ..api.models import (
     ReplyFileName,
     TokenTicket,
 )
-from ..enums import JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
+from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ..errors import BitsError, ErrorCode
-from ..identity.tokens import AuthScheme, AuthTarget
 from . import discovery
 from .connection import Connection
 from .notify import Notifiers, follow, with_idle

@@ -1,59 +1,21 @@
-"""Where the daemon's socket is, and how a client starts a user-mode daemon when none answers.
-
-The path rules are plain functions without third-party imports so the daemon
-can import them too and both sides always agree on the same paths.
-"""
+"""Which daemon a client talks to, and how it starts a user-mode daemon when none answers (paths: openbits.locations)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-#: Environment variable naming the one socket to use; overrides the search.
-SOCKET_ENV = "OPENBITS_SOCKET"
+from ..locations import SOCKET_ENV, answers, system_socket_path, user_socket_path, user_state_dir
+
 #: How long a client waits for a daemon it started to answer.
 AUTOSTART_TIMEOUT = 10.0
 
 
 class DaemonUnavailableError(ConnectionError):
     """No daemon answers (and none could be started): the CLI exits 3 on it."""
-
-
-def system_socket_path() -> Path:
-    """The socket of the system daemon (running as root, serving every local user)."""
-    return Path("/run/openbits/openbits.sock")
-
-
-def user_runtime_dir() -> Path:
-    """$XDG_RUNTIME_DIR, or /tmp/openbits-<uid> where no session manager provides one."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) if runtime else Path(f"/tmp/openbits-{os.getuid()}")
-
-
-def user_socket_path() -> Path:
-    """The socket of this user's own daemon."""
-    return user_runtime_dir() / "openbits.sock"
-
-
-def user_state_dir() -> Path:
-    """$XDG_STATE_HOME/openbits or ~/.local/state/openbits: a user daemon's database and log."""
-    state = os.environ.get("XDG_STATE_HOME")
-    return (Path(state) if state else Path.home() / ".local" / "state") / "openbits"
-
-
-def answers(path: Path) -> bool:
-    """True when something accepts a connection on the Unix socket at `path`."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(os.fspath(path))
-        except OSError:
-            return False
-    return True
 
 
 def find_socket() -> Path | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..identity import Identity
+from ..model.identity import Identity
 from .aio import LocalPath
 from .sync import Manager
 

@@ -12,7 +12,7 @@ stream), calls the method for every event the job's notify flags ask for, and
 answers job_transferred / job_error with `POST /v1/events/{seq}/ack`: ok when
 the method returned, failed (BITS's E_FAIL) when it raised. The daemon then
 falls back to the notify command line or sends the event again after the
-minimum retry delay (openbits.events.delivery has the whole protocol).
+minimum retry delay (openbits.core.deliveries has the whole protocol).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..api.models import AckResult, EventAck, EventInfo, StreamReady
+from ..schema.models import AckResult, EventAck, EventInfo, StreamReady
 from ..errors import BitsError, ErrorCode
 from .connection import Connection
 from .discovery import DaemonUnavailableError

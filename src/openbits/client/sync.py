@@ -13,9 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ..api.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
-from ..enums import JobPriority, JobState, JobType, NotifyFlags, ProxyUsage, TokenFlags
-from ..identity.tokens import AuthScheme, AuthTarget
+from ..schema.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
+from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage, TokenFlags
 from ..errors import BitsError
 from .aio import AsyncJob, AsyncManager, LocalPath
 from .tokens import AsyncTokenOptions

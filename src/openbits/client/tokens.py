@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from ..api.models import HelperTokenRequest, HelperTokenUser, TokenFlagsBody
+from ..schema.models import HelperTokenRequest, HelperTokenUser, TokenFlagsBody
 from ..enums import TokenFlags
 from ..errors import BitsError, ErrorCode
-from ..identity import Identity
+from ..model.identity import Identity
 from .connection import Connection
 
 

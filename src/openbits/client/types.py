@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.models import ErrorInfo, FileInfo, JobInfo
+from ..schema.models import ErrorInfo, FileInfo, JobInfo
 from ..enums import ProxyUsage
 from ..errors import BitsError
 

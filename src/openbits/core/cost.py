@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from ..daemon.config import Config
+from ..model.config import Config
 from ..enums import BLOCKED_BY_COST, CostState, ErrorContext, cost_flags_name
 from ..errors import BitsError, ErrorCode
-from .job import Job
+from ..model.job import Job
 
 log = logging.getLogger("openbits.cost")
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import re
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
 
 from yarl import URL
 
 from ..enums import ErrorContext, ProxyUsage
 from ..errors import BitsError, ErrorCode
-from .job import Job
+from ..model.config import PreconfiguredProxy
+from ..model.job import Job
 
 #: SetProxySettings: each list is limited to 4,000 characters.
 MAX_PROXY_LIST = 4000
@@ -40,28 +40,6 @@ class ProxyRoute:
 
     url: URL
     credential: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class PreconfiguredProxy:
-    """The config file's `[proxy]` section, or the daemon's environment, in `*_proxy` variable syntax."""
-
-    http_proxy: str = ""
-    https_proxy: str = ""
-    no_proxy: str = ""
-
-    @classmethod
-    def parse(cls, raw: Any, source: str) -> PreconfiguredProxy:
-        """The config's [proxy] table: only these three keys, strings."""
-        known = {"http_proxy", "https_proxy", "no_proxy"}
-        if not isinstance(raw, dict) or set(raw) - known or not all(isinstance(v, str) for v in raw.values()):
-            raise ValueError(f"{source}: [proxy] takes only http_proxy, https_proxy and no_proxy, as strings")
-        return cls(**raw)
-
-    @classmethod
-    def from_environment(cls) -> PreconfiguredProxy:
-        env = urllib.request.getproxies_environment()
-        return cls(env.get("http", ""), env.get("https", ""), env.get("no", ""))
 
 
 def check_proxy_settings(usage: ProxyUsage, proxy_list: str | None,

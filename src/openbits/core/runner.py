@@ -21,7 +21,7 @@ from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.file import copy_local
 from ..transport.syncbatch import SyncBatch
 from ..transport.http import HttpTransport
-from .job import Job, JobFile
+from ..model.job import Job, JobFile
 from .network import needs_network, network_available
 from .proxy import PreconfiguredProxy, proxy_route
 from .service import JobService

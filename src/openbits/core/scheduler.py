@@ -25,7 +25,7 @@ from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
 from ..transport.http import HttpTransport
 from .cost import CostMonitor, blocked_by_cost, cost_allows
-from .job import Job
+from ..model.job import Job
 from .network import network_available
 from .runner import JobRunner
 from .upload_runner import UploadRunner, cancel_upload_session

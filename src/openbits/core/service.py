@@ -13,14 +13,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
-from ..daemon.config import Config
+from ..model.config import Config
 from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
 from ..identity.tokens import TokenStore
 from ..events.bus import EventBus
 from ..store import Store
-from .job import Job, check_local_path
+from ..model.job import Job, check_local_path
 
 #: GetReplyData hands out replies up to 1 MB; larger ones are read from the reply file.
 MAX_REPLY_DATA = 1024 * 1024

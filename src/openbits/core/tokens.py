@@ -21,9 +21,10 @@ from ..enums import ErrorContext, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..identity.logon import LogonChecker
-from ..identity.tokens import AuthScheme, AuthTarget, Credential
+from ..enums import AuthScheme, AuthTarget
+from ..identity.tokens import Credential
 from ..transport.auth import ChallengeAuth, Lookup
-from .job import Job
+from ..model.job import Job
 from .proxy import ProxyRoute
 from .service import JobService
 

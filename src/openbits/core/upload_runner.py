@@ -20,7 +20,7 @@ from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator
 from ..transport.http import HttpTransport
 from ..transport.upload import HostId, SessionLost, UploadClient, UploadSpec, local_file_changed
-from .job import Job, JobFile
+from ..model.job import Job, JobFile
 from .proxy import PreconfiguredProxy, proxy_route
 from .runner import JobRunner, _FileSink, _headers
 from .service import JobService

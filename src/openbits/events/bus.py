@@ -28,13 +28,13 @@ from typing import NamedTuple
 
 import orjson
 
-from ..api.models import ErrorInfo, EventInfo
-from ..api.views import built, file_info, file_values
-from ..core.job import Job
-from ..daemon.config import Config
+from ..schema.models import ErrorInfo, EventInfo
+from ..schema.views import built, file_info, file_values
+from ..model.job import Job
+from ..model.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
 from ..store import Store
-from .model import NOTIFICATIONS, Event, EventKind, wanted
+from ..model.event import NOTIFICATIONS, Event, EventKind, wanted
 
 #: Events a live subscriber may have queued before it counts as too slow and is dropped.
 SUBSCRIBER_BACKLOG = 20_000

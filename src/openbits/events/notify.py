@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 
-from ..core.job import Job
+from ..model.job import Job
 from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity

@@ -1,7 +1,7 @@
 """Who a caller is, and the file broker that does every local file operation as that user."""
 
 from .broker import FileBroker
-from .identity import Identity
+from ..model.identity import Identity
 from .localfiles import FileStat, LocalFiles
 from .peer import PeerCred, peer_credentials
 

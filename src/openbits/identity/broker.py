@@ -38,7 +38,7 @@ from typing import Any
 
 from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
-from .identity import Identity
+from ..model.identity import Identity
 from .localfiles import DiskFiles, FileStat, LocalFiles, local_error
 
 _MORE = b"+"

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
-from .identity import Identity
+from ..model.identity import Identity
 
 #: Mode of a completed file: readable by all, like a file the user saved with the usual umask.
 FINAL_MODE = 0o644

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pam
 
 from ..errors import BitsError, ErrorCode
-from .identity import Identity
+from ..model.identity import Identity
 
 log = logging.getLogger("openbits.logon")
 

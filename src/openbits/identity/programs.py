@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
-from .identity import Identity
+from ..model.identity import Identity
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 

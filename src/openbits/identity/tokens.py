@@ -6,32 +6,17 @@ token at log-off); the job record keeps only the helper token *flags*.
 
 from __future__ import annotations
 
-import enum
 import secrets
 import time
 from dataclasses import dataclass, field
 
-from .identity import Identity
+from ..enums import AuthScheme, AuthTarget
+from ..model.identity import Identity
 
 #: How long a ticket from `gettokenticket` may be redeemed.
 TICKET_LIFETIME = 600.0
 
 
-class AuthTarget(enum.IntEnum):
-    """BG_AUTH_TARGET."""
-
-    SERVER = 1
-    PROXY = 2
-
-
-class AuthScheme(enum.IntEnum):
-    """BG_AUTH_SCHEME; openbits answers BASIC and DIGEST challenges."""
-
-    BASIC = 1
-    DIGEST = 2
-    NTLM = 3
-    NEGOTIATE = 4
-    PASSPORT = 5
 
 
 @dataclass(frozen=True)

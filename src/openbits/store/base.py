@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..core.job import Job
-from ..events.model import Event
+from ..model.job import Job
+from ..model.event import Event
 
 
 class Store(Protocol):

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from ..core.job import Job, JobFile, file_to_record, job_from_record, job_to_record
-from ..events.model import Event, EventKind
+from ..model.job import Job, JobFile, file_to_record, job_from_record, job_to_record
+from ..model.event import Event, EventKind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, doc TEXT NOT NULL);

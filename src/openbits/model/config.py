@@ -8,10 +8,32 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.proxy import PreconfiguredProxy
+
+@dataclass(frozen=True)
+class PreconfiguredProxy:
+    """The config file's `[proxy]` section, or the daemon's environment, in `*_proxy` variable syntax."""
+
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
+
+    @classmethod
+    def parse(cls, raw: Any, source: str) -> PreconfiguredProxy:
+        """The config's [proxy] table: only these three keys, strings."""
+        known = {"http_proxy", "https_proxy", "no_proxy"}
+        if not isinstance(raw, dict) or set(raw) - known or not all(isinstance(v, str) for v in raw.values()):
+            raise ValueError(f"{source}: [proxy] takes only http_proxy, https_proxy and no_proxy, as strings")
+        return cls(**raw)
+
+    @classmethod
+    def from_environment(cls) -> PreconfiguredProxy:
+        env = urllib.request.getproxies_environment()
+        return cls(env.get("http", ""), env.get("https", ""), env.get("no", ""))
+
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?)(b|bit)?(?:/s)?\s*$", re.IGNORECASE)
 

@@ -33,7 +33,7 @@ def wanted(flags: int, kind: EventKind) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event as stored and streamed; `doc` is its wire form (api.models.EventInfo) as JSON."""
+    """One event as stored and streamed; `doc` is its wire form (schema.models.EventInfo) as JSON."""
 
     seq: int
     time: float

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from ..core.job import Job, JobFile
+from ..model.job import Job, JobFile
 from ..enums import ProxyUsage
 from ..errors import BitsError
-from ..identity import Identity
+from ..model.identity import Identity
 from .models import ErrorInfo, FileInfo, JobInfo
 
 M = TypeVar("M", bound=BaseModel)

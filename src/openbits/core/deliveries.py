@@ -33,12 +33,12 @@ import asyncio
 import contextlib
 import time
 
-from ..core.job import Job
-from ..core.service import JobService
-from ..identity import Identity
-from .bus import EventBus, Subscription
-from .model import NOTIFICATIONS, wanted
-from .notify import run_cmdline
+from ..model.job import Job
+from ..events.bus import EventBus, Subscription
+from ..events.notify import run_cmdline
+from ..model.event import NOTIFICATIONS, wanted
+from ..model.identity import Identity
+from .service import JobService
 
 
 class Deliveries:

@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from ..enums import DEFAULT_COST_FLAGS, CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
-from ..enums import ProxyUsage
-from ..identity.tokens import AuthScheme, AuthTarget
+from ..enums import AuthScheme, AuthTarget, ProxyUsage
 
 E = TypeVar("E", bound=IntEnum)
 

@@ -1,112 +1,32 @@
-"""The /v1 HTTP+JSON API over the Unix socket.
-
-Who calls is the peer credential of the connection (SO_PEERCRED), never a
-field of the request. Every refusal is a BitsError answered as a 4xx JSON
-body; anything else escaping a handler is a bug, logged and answered 500.
-"""
+"""/v1 routes of jobs and files: IBackgroundCopyManager and IBackgroundCopyJob over HTTP+JSON."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import logging
 import os
-import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
-from .. import __version__
 from ..core.proxy import check_proxy_settings
-from ..core.service import JobService
-from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
-from ..identity import Identity, peer_credentials
-from ..identity.logon import LogonChecker
-from .models import (
+from ..schema.models import (
     AddFilesRequest,
     CreateJobRequest,
     DaemonStatus,
-    ErrorBody,
     JobList,
     JobProperties,
     ReplyData,
     ReplyFileName,
 )
-from .openapi import openapi_document
-from .views import job_info
+from ..schema.openapi import openapi_document
+from ..schema.views import job_info
+from ..version import __version__
+from .request import MODE, SERVICE, Handler, caller, flag, parse, respond
 
-log = logging.getLogger("openbits.api")
-
-M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-SERVICE = web.AppKey("service", JobService)
-MODE = web.AppKey("mode", str)
 #: longest single /wait request; clients loop for longer waits
 MAX_WAIT = 30.0
-
-
-#: The peer uid of each open connection: SO_PEERCRED cannot change while it is open, so it is
-#: asked once rather than once per request (a system call each).
-_peer_uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = weakref.WeakKeyDictionary()
-
-
-def caller(request: web.Request) -> Identity:
-    transport = request.transport
-    uid = _peer_uids.get(transport) if transport is not None else None
-    if uid is None:
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            raise BitsError(ErrorCode.E_ACCESSDENIED, "the caller's identity is unknown (not a Unix socket)")
-        uid = _peer_uids[transport] = peer_credentials(sock).uid
-    return Identity.from_uid(uid)
-
-
-def _error_response(error: BitsError) -> web.Response:
-    body = ErrorBody.model_validate({"error": error.to_dict()})
-    return web.json_response(body.model_dump(mode="json"), status=error.api_status)
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except BitsError as exc:
-        return _error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error_response(BitsError(ErrorCode.E_INVALIDARG if exc.status != 404 else ErrorCode.BG_E_NOT_FOUND,
-                                         f"{request.method} {request.path}: {exc.reason}; see /v1/openapi.json"))
-
-
-async def parse(request: web.Request, model: type[M]) -> M:
-    """The request body as `model`, or a 400 that names each wrong field."""
-    try:
-        raw = await request.read()
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise BitsError(ErrorCode.E_INVALIDARG, f"invalid {model.__name__}: {problems}") from None
-
-
-def respond(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(body=model.__pydantic_serializer__.to_json(model), status=status,
-                        content_type="application/json")
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0"):
-        raise BitsError(ErrorCode.E_INVALIDARG, f"query parameter {name} must be true or false, not {value!r}")
-    return value in ("true", "1")
-
 
 routes = web.RouteTableDef()
 
@@ -128,7 +48,7 @@ async def create_job(request: web.Request) -> web.Response:
 
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    jobs = request.app[SERVICE].list(caller(request), _flag(request, "all_users"))
+    jobs = request.app[SERVICE].list(caller(request), flag(request, "all_users"))
     return respond(JobList(jobs=[job_info(j) for j in jobs]))
 
 
@@ -217,23 +137,3 @@ async def reply_data(request: web.Request) -> web.Response:
 @routes.get("/v1/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(openapi_document()), content_type="application/json")
-
-
-def make_app(service: JobService, mode: str) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=4 * 1024 * 1024)
-    app[SERVICE] = service
-    app[MODE] = mode
-    app.add_routes(routes)
-    from .token_routes import TOKENS, token_routes  # here: token_routes builds on this module's helpers
-
-    app[TOKENS] = TokenService(service, LogonChecker())
-    app.add_routes(token_routes)
-    from .event_routes import DELIVERIES, event_routes  # the same: notifications build on these helpers
-    from ..events.delivery import Deliveries
-
-    app[DELIVERIES] = Deliveries(service, service.events)
-    app.add_routes(event_routes)
-    return app
-
-
-__all__ = ["make_app"]

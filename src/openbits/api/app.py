@@ -1,0 +1,21 @@
+"""The /v1 application: every route table, with the services the composition root built."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..core.deliveries import Deliveries
+from ..core.service import JobService
+from ..core.tokens import TokenService
+from .event_routes import event_routes
+from .job_routes import routes
+from .request import DELIVERIES, MODE, SERVICE, TOKENS, errors_middleware
+from .token_routes import token_routes
+
+
+def make_app(service: JobService, tokens: TokenService, deliveries: Deliveries, mode: str) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=4 * 1024 * 1024)
+    app[SERVICE], app[TOKENS], app[DELIVERIES], app[MODE] = service, tokens, deliveries, mode
+    for table in (routes, token_routes, event_routes):
+        app.add_routes(table)
+    return app
