@@ -21,8 +21,7 @@ from ..model.event import Event
 from ..events.notify import check_cmdline
 from ..store import Store
 from ..schema.models import AckResult, EventAck, NotifyCmdLine, StreamReady
-from .request import DELIVERIES, SERVICE, caller, flag, parse, respond
-from ..schema.views import job_info
+from .request import DELIVERIES, SERVICE, caller, flag, parse, respond, respond_job
 
 log = logging.getLogger("openbits.api")
 
@@ -153,11 +152,11 @@ async def set_notify_cmdline(request: web.Request) -> web.Response:
     body = await parse(request, NotifyCmdLine)
     argv = check_cmdline(body.program, body.parameters)
     job = await request.app[SERVICE].update(caller(request), request.match_info["job"], {"notify_cmdline": argv})
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 @event_routes.delete("/v1/jobs/{job:[^/]+}/notify-cmdline")
 async def clear_notify_cmdline(request: web.Request) -> web.Response:
     """SetNotifyCmdLine(NULL, NULL): no more command line notification."""
     job = await request.app[SERVICE].update(caller(request), request.match_info["job"], {"notify_cmdline": None})
-    return respond(job_info(job))
+    return respond_job(request, job)

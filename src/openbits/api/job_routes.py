@@ -23,7 +23,7 @@ from ..schema.models import (
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
 from ..version import __version__
-from .request import MODE, SERVICE, Handler, caller, flag, parse, respond
+from .request import Handler, MODE, RATES, SERVICE, caller, flag, parse, respond, respond_job
 
 #: longest single /wait request; clients loop for longer waits
 MAX_WAIT = 30.0
@@ -43,18 +43,18 @@ async def status(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     body = await parse(request, CreateJobRequest)
     job = await request.app[SERVICE].create(caller(request), body.name, body.type, body.priority, body.description)
-    return respond(job_info(job), status=201)
+    return respond_job(request, job, 201)
 
 
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = request.app[SERVICE].list(caller(request), flag(request, "all_users"))
-    return respond(JobList(jobs=[job_info(j) for j in jobs]))
+    return respond(JobList(jobs=[job_info(j, request.app[RATES]) for j in jobs]))
 
 
 @routes.get("/v1/jobs/{job:[^/]+}")
 async def get_job(request: web.Request) -> web.Response:
-    return respond(job_info(request.app[SERVICE].find(caller(request), request.match_info["job"])))
+    return respond_job(request, request.app[SERVICE].find(caller(request), request.match_info["job"]))
 
 
 @routes.patch("/v1/jobs/{job:[^/]+}")
@@ -72,7 +72,7 @@ async def patch_job(request: web.Request) -> web.Response:
     if changes.keys() & _PROXY_FIELDS:
         changes.update(_proxy_settings(body))
     job = await request.app[SERVICE].update(caller(request), request.match_info["job"], changes)
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 @routes.post("/v1/jobs/{job:[^/]+}/files")
@@ -80,7 +80,7 @@ async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
     job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs)
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 _PROXY_FIELDS = {"proxy_usage", "proxy_list", "proxy_bypass_list"}
@@ -92,14 +92,14 @@ def _proxy_settings(body: JobProperties) -> dict[str, Any]:
         raise BitsError(ErrorCode.E_INVALIDARG, "give proxy_usage with the proxy lists (SetProxySettings sets all "
                         "three at once)")
     proxy_list, bypass_list = check_proxy_settings(body.proxy_usage, body.proxy_list, body.proxy_bypass_list)
-    return {"proxy_usage": int(body.proxy_usage), "proxy_list": proxy_list, "proxy_bypass_list": bypass_list}
+    return {"proxy_usage": body.proxy_usage, "proxy_list": proxy_list, "proxy_bypass_list": bypass_list}
 
 
 def _action(name: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         operation = getattr(request.app[SERVICE], name.replace("takeownership", "take_ownership"))
         job = await operation(caller(request), request.match_info["job"])
-        return respond(job_info(job))
+        return respond_job(request, job)
 
     return handler
 
@@ -117,7 +117,7 @@ async def wait_job(request: web.Request) -> web.Response:
     if not 0 <= timeout < float("inf"):
         raise BitsError(ErrorCode.E_INVALIDARG, "timeout must be a number of seconds >= 0")
     job = await request.app[SERVICE].wait(caller(request), request.match_info["job"], min(timeout, MAX_WAIT))
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 @routes.put("/v1/jobs/{job:[^/]+}/reply-file-name")
@@ -125,7 +125,7 @@ async def set_reply_file_name(request: web.Request) -> web.Response:
     body = await parse(request, ReplyFileName)
     job = await request.app[SERVICE].set_reply_file_name(caller(request), request.match_info["job"],
                                                           body.reply_file_name)
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 @routes.get("/v1/jobs/{job:[^/]+}/reply")

@@ -21,7 +21,9 @@ from ..core.service import JobService
 from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity, peer_credentials
+from ..model.job import Job
 from ..schema.models import ErrorBody
+from ..schema.views import RateExplainer, job_info
 
 log = logging.getLogger("openbits.api")
 
@@ -32,6 +34,8 @@ SERVICE = web.AppKey("service", JobService)
 TOKENS = web.AppKey("tokens", TokenService)
 DELIVERIES = web.AppKey("deliveries", Deliveries)
 MODE = web.AppKey("mode", str)
+#: the bandwidth policy's explanation of a job's rate, under the cost state (`info`'s allowed rate)
+RATES = web.AppKey("rates", RateExplainer)
 
 
 #: The peer uid of each open connection: SO_PEERCRED cannot change while it is open, so it is
@@ -92,3 +96,6 @@ def flag(request: web.Request, name: str) -> bool:
     return value in ("true", "1")
 
 
+def respond_job(request: web.Request, job: Job, status: int = 200) -> web.Response:
+    """The job as its caller sees it (JobInfo), with the rate it may use now."""
+    return respond(job_info(job, request.app[RATES]), status)

@@ -22,8 +22,7 @@ from ..schema.models import (
     TokenFlagsBody,
     TokenTicket,
 )
-from .request import TOKENS, caller, parse, respond
-from ..schema.views import job_info
+from .request import TOKENS, caller, parse, respond, respond_job
 
 token_routes = web.RouteTableDef()
 _JOB = "/v1/jobs/{job:[^/]+}"
@@ -85,7 +84,7 @@ async def set_credentials(request: web.Request) -> web.Response:
     body = await parse(request, CredentialsRequest)
     job = await request.app[TOKENS].set_credentials(caller(request), request.match_info["job"], body.target,
                                                     body.scheme, Credential(body.username, body.password))
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 def _auth_pair(request: web.Request) -> tuple[AuthTarget, AuthScheme]:
@@ -102,7 +101,7 @@ def _auth_pair(request: web.Request) -> tuple[AuthTarget, AuthScheme]:
 async def remove_credentials(request: web.Request) -> web.Response:
     target, scheme = _auth_pair(request)
     job = await request.app[TOKENS].remove_credentials(caller(request), request.match_info["job"], target, scheme)
-    return respond(job_info(job))
+    return respond_job(request, job)
 
 
 @token_routes.post("/v1/logon")

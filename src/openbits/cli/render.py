@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import click
 from pydantic import BaseModel
@@ -14,6 +16,8 @@ from rich.panel import Panel
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from ..model.job import JOB_PROPERTIES
+from ..model.properties import Described
 from ..schema.models import JobInfo
 from ..enums import BLOCKED_BY_COST, SIZE_UNKNOWN, JobState, cost_flags_name
 from ..errors import BitsError
@@ -86,6 +90,25 @@ def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
     return table
 
 
+#: How `info` shows a property's value, by its description's shown_as (model/properties.py).
+_SHOWN: dict[str, Callable[[Any], str]] = {
+    "text": str,
+    "name": lambda value: value.name,
+    "seconds": lambda value: f"{value} s",
+    "rate": lambda value: f"{decimal(value)}/s",
+    "time": lambda value: _time(value),
+    "yes_no": lambda value: "yes" if value else "no",
+    "lines": "\n".join,
+    "cost_flags": cost_flags_name,
+}
+
+
+def _shown(p: Described, value: Any) -> str:
+    if p.how.unset and not value:
+        return p.how.unset
+    return _SHOWN[p.how.shown_as](value)
+
+
 def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
     """bitsadmin /info /verbose: the job's properties, its error and its files."""
     props = Table.grid(padding=(0, 2))
@@ -96,24 +119,12 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("Type", job.type.name),
         ("State", state_text(job.state)),
         ("Owner", f"{job.owner} (uid {job.owner_uid})"),
-        ("Priority", job.priority.name),
         ("Files", f"{job.files_transferred} / {job.files_total}"),
         ("Bytes", f"{size(job.bytes_transferred)} / {size(job.bytes_total)}"),
-        ("Description", job.description or "-"),
-        ("Created", _time(job.creation_time)),
-        ("Modified", _time(job.modification_time)),
-        ("Completed", _time(job.transfer_completion_time)),
-        ("Retry delay", f"{job.minimum_retry_delay} s"),
-        ("No-progress timeout", f"{job.no_progress_timeout} s"),
-        ("Max download time", f"{job.max_download_time} s" if job.max_download_time else "no limit"),
-        ("Bandwidth cap", f"{decimal(job.max_bandwidth)}/s" if job.max_bandwidth else "none of its own"),
-        ("Cost flags", cost_flags_name(job.cost_flags)),
         ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate
                           else "nothing" if job.rate_reason.startswith(BLOCKED_BY_COST) else "unlimited")
          + (f" ({job.rate_reason})" if job.rate_reason else "")),
-        ("Dynamic content", "yes" if job.dynamic_content else "no"),
-        ("Custom headers", "\n".join(job.custom_headers) or "-"),
-        ("Error count", str(job.error_count)),
+        *((p.how.label, _shown(p, getattr(job, p.name))) for p in JOB_PROPERTIES if p.how.label),
         ("Error", "-" if error is None else f"[red]{error_line(error)}[/]"),
     ]
     for label, value in rows:

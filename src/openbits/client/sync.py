@@ -11,11 +11,12 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ..schema.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
 from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage, TokenFlags
 from ..errors import BitsError
+from ..model.job import JOB_PROPERTIES
 from .aio import AsyncJob, AsyncManager, LocalPath
 from .tokens import AsyncTokenOptions
 from .types import File, Progress, ProxySettings, ReplyProgress
@@ -58,34 +59,28 @@ class _LoopThread:
         self._loop.close()
 
 
-class _Setting(Generic[T]):
+class _Setting:
     """A job property read from the daemon on every get and written with one PATCH on every set."""
 
-    def __set_name__(self, owner: type, name: str) -> None:
+    def __init__(self, name: str, doc: str) -> None:
         self._field = name
+        self.__doc__ = doc
 
-    def __get__(self, job: Job, owner: type | None = None) -> T:
-        value: T = getattr(job.info(), self._field)
-        return value
+    def __get__(self, job: Job | None, owner: type | None = None) -> Any:
+        if job is None:
+            return self
+        return getattr(job.info(), self._field)
 
-    def __set__(self, job: Job, value: T) -> None:
+    def __set__(self, job: Job, value: Any) -> None:
         job.set_properties(**{self._field: value})
 
 
 class Job:
-    """A blocking handle on one job; see AsyncJob for the semantics of each call."""
+    """A blocking handle on one job; see AsyncJob for the semantics of each call.
 
-    priority: _Setting[JobPriority] = _Setting()
-    name: _Setting[str] = _Setting()
-    description: _Setting[str] = _Setting()
-    minimum_retry_delay: _Setting[int] = _Setting()
-    no_progress_timeout: _Setting[int] = _Setting()
-    max_download_time: _Setting[int] = _Setting()
-    custom_headers: _Setting[list[str]] = _Setting()
-    dynamic_content: _Setting[bool] = _Setting()
-    minimum_notification_interval_ms: _Setting[int] = _Setting()
-    max_bandwidth: _Setting[int] = _Setting()
-    cost_flags: _Setting[int] = _Setting()
+    Every property the description marks as a client attribute (model/properties.py) is an attribute
+    here: `job.priority = JobPriority.HIGH`, `job.minimum_retry_delay`, ...
+    """
 
     def __init__(self, loop: _LoopThread, job: AsyncJob) -> None:
         self._loop = loop
@@ -224,6 +219,11 @@ class Job:
     def events(self, since: int = 0) -> Iterator[EventInfo]:
         return self._loop.iterate(self._job.events(since))
 
+
+
+for _property in JOB_PROPERTIES:
+    if _property.how.client_attribute:
+        setattr(Job, _property.name, _Setting(_property.name, _property.how.doc))
 
 class TokenOptions:
     """A blocking IBitsTokenOptions; see AsyncTokenOptions."""

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..schema import views
 from ..api.app import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
@@ -134,8 +133,6 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
                              lambda: settings.config.bandwidth_ignore_limits_when_idle,
                              upload_sensor=LinkSensor(direction=UP) if settings.config.bandwidth_upload_control
                              else None)
-    # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
-    views.explain_rate = functools.partial(cost.explain, rate=policy.explain)
     transport = HttpTransport()
     scheduler = Scheduler(service, transport, policy.throttle_for, cost)
     gc.freeze()  # the loaded jobs live as long as the daemon: keep them out of every future collection
@@ -144,7 +141,9 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     gc.set_threshold(10_000, 20, 20)
     gc.enable()
     deliveries = Deliveries(service, service.events)
-    app = make_app(service, TokenService(service, LogonChecker()), deliveries, settings.mode)
+    app = make_app(service, TokenService(service, LogonChecker()), deliveries,
+                   # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
+                   functools.partial(cost.explain, rate=policy.explain), settings.mode)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = bind_socket(settings.socket, settings.system)

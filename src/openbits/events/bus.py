@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -30,7 +31,7 @@ import orjson
 
 from ..schema.models import ErrorInfo, EventInfo
 from ..schema.views import built, file_info, file_values
-from ..model.job import Job
+from ..model.job import JOB_PROPERTIES, Job
 from ..model.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
 from ..store import Store
@@ -98,11 +99,15 @@ class _Seen(NamedTuple):
 
     @classmethod
     def of(cls, job: Job, totals: _Totals) -> _Seen:
-        properties = (job.name, job.description, job.priority, job.minimum_retry_delay, job.no_progress_timeout,
-                      job.max_download_time, tuple(job.custom_headers), job.dynamic_content, job.max_bandwidth,
-                      job.owner_uid, job.helper_token_flags, job.notify_flags, tuple(job.notify_cmdline or ()),
-                      job.minimum_notification_interval_ms, len(job.files))
-        return cls(job.state, properties, totals.progress)
+        properties = list(_NOTIFYING(job))
+        for i in _LISTS:  # copies: a list changed in place still shows as a change
+            properties[i] = tuple(properties[i] or ())
+        return cls(job.state, (*properties, job.owner_uid, len(job.files)), totals.progress)
+
+
+#: The properties whose change is a JOB_MODIFICATION event (model/properties.py), read in one C call.
+_NOTIFYING = operator.attrgetter(*(p.name for p in JOB_PROPERTIES if p.how.notifies))
+_LISTS = [i for i, p in enumerate(p for p in JOB_PROPERTIES if p.how.notifies) if p.is_list]
 
 
 @dataclass(eq=False)

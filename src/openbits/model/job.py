@@ -7,15 +7,19 @@ the change and starting transfers is the service's business.
 
 from __future__ import annotations
 
+import enum
 import os
 import time
+import typing
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType
+from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType,
+                     ProxyUsage)
 from ..errors import BitsError, ErrorCode
+from .properties import described, prop
 
 SUPPORTED_SCHEMES = ("http", "https", "file")
 
@@ -25,6 +29,8 @@ DEFAULT_MINIMUM_RETRY_DELAY = 600
 DEFAULT_NO_PROGRESS_TIMEOUT = 14 * 24 * 3600
 #: BITS_JOB_PROPERTY_MINIMUM_NOTIFICATION_INTERVAL_MS default.
 DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
+#: BITS takes these as ULONG seconds.
+_SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
 
 
 def temp_path_for(local_path: str, file_id: str) -> str:
@@ -76,28 +82,45 @@ class JobFile:
 
 @dataclass(slots=True)
 class Job:
+    """A job and, through `prop()` fields, the one description of its properties (model/properties.py)."""
+
     id: str
-    name: str
-    type: JobType
-    owner_uid: int
-    priority: JobPriority = JobPriority.NORMAL
-    description: str = ""
+    name: str = prop("", doc="display name (SetDisplayName)", settable=True, limits={"min_length": 1, "max_length": 256})
+    type: JobType = JobType.DOWNLOAD
+    owner_uid: int = 0
+    priority: JobPriority = prop(JobPriority.NORMAL, doc="SetPriority: FOREGROUND runs at once; HIGH, NORMAL and "
+                                 "LOW in the background", label="Priority", shown_as="name", settable=True)
+    description: str = prop("", doc="SetDescription", label="Description", unset="-", settable=True,
+                            limits={"max_length": 1024})
     state: JobState = JobState.SUSPENDED
     files: list[JobFile] = field(default_factory=list)
     error: dict[str, Any] | None = None
-    error_count: int = 0
-    minimum_retry_delay: int = DEFAULT_MINIMUM_RETRY_DELAY
-    no_progress_timeout: int = DEFAULT_NO_PROGRESS_TIMEOUT
-    max_download_time: int = 0
-    custom_headers: list[str] = field(default_factory=list)
-    dynamic_content: bool = False
-    #: bytes/s this job may use; 0 = no cap of its own
-    max_bandwidth: int = 0
-    #: BITS_JOB_PROPERTY_ID_COST_FLAGS: the network cost states the job may transfer in (core/cost.py)
-    cost_flags: int = int(DEFAULT_COST_FLAGS)
-    creation_time: float = field(default_factory=time.time)
-    modification_time: float = field(default_factory=time.time)
-    transfer_completion_time: float | None = None
+    error_count: int = prop(0, doc="failed attempts so far (GetErrorCount)", label="Error count", notifies=False)
+    minimum_retry_delay: int = prop(DEFAULT_MINIMUM_RETRY_DELAY, doc="seconds a transient error waits before the "
+                                    "retry (SetMinimumRetryDelay)", label="Retry delay", shown_as="seconds",
+                                    settable=True, limits=_SECONDS)
+    no_progress_timeout: int = prop(DEFAULT_NO_PROGRESS_TIMEOUT, doc="seconds without progress before a transient "
+                                    "error is fatal (SetNoProgressTimeout)", label="No-progress timeout",
+                                    shown_as="seconds", settable=True, limits=_SECONDS)
+    max_download_time: int = prop(0, doc="seconds; 0 = no limit", label="Max download time", shown_as="seconds",
+                                  unset="no limit", settable=True, limits=_SECONDS)
+    custom_headers: list[str] = prop(factory=list, doc="SetCustomHeaders: 'Name: value' lines sent with every "
+                                     "request", label="Custom headers", shown_as="lines", unset="-", settable=True,
+                                     limits={"item_max_length": 16384})
+    dynamic_content: bool = prop(False, doc="BITS_JOB_PROPERTY_DYNAMIC_CONTENT: the server's content may change "
+                                 "between requests", label="Dynamic content", shown_as="yes_no", settable=True)
+    max_bandwidth: int = prop(0, doc="bytes/s this job may use; 0 = no cap of its own", label="Bandwidth cap",
+                              shown_as="rate", unset="none of its own", settable=True, limits={"ge": 0})
+    cost_flags: int = prop(int(DEFAULT_COST_FLAGS), doc="BITS_JOB_PROPERTY_ID_COST_FLAGS: the network cost states "
+                           "the job transfers in; TransferPolicy ALWAYS 0x800000ff, NOT_ROAMING 0x8000007f "
+                           "(default), NO_SURCHARGE 0x8000006f, STANDARD 0x80000067, UNRESTRICTED 0x80000021",
+                           label="Cost flags", shown_as="cost_flags", settable=True, notifies=False)
+    creation_time: float = prop(factory=time.time, doc="Unix time", label="Created", shown_as="time",
+                                notifies=False)
+    modification_time: float = prop(factory=time.time, doc="Unix time", label="Modified", shown_as="time",
+                                    notifies=False)
+    transfer_completion_time: float | None = prop(None, doc="Unix time the job became TRANSFERRED", label="Completed",
+                                                  shown_as="time", notifies=False)
     #: when the job last moved a byte or was (re)activated; the no-progress clock
     last_progress_time: float = field(default_factory=time.time)
     #: seconds spent in action states so far, for max_download_time
@@ -105,24 +128,29 @@ class Job:
     #: when a TRANSIENT_ERROR job may be retried (Unix time)
     retry_at: float = 0.0
     #: TokenFlags: what the helper token is used for; the token itself is never stored
-    helper_token_flags: int = 0
-    #: SetProxySettings: a ProxyUsage, and the OVERRIDE lists as given (core/proxy.py reads them)
-    proxy_usage: int = 0
-    proxy_list: str | None = None
-    proxy_bypass_list: str | None = None
+    helper_token_flags: int = prop(0, doc="TokenFlags of the helper token (its own route)", wire=False)
+    proxy_usage: ProxyUsage = prop(ProxyUsage.PRECONFIG, doc="GetProxySettings: PRECONFIG (the administrator's or "
+                                   "the daemon's environment's proxy), NO_PROXY, OVERRIDE, AUTODETECT (no WPAD on "
+                                   "Linux: as PRECONFIG)", settable=True, attribute=False, notifies=False)
+    proxy_list: str | None = prop(None, doc="OVERRIDE: '[http=|https=][http://]server[:port]' entries, "
+                                  "space-separated", settable=True, attribute=False, notifies=False)
+    proxy_bypass_list: str | None = prop(None, doc="OVERRIDE: hosts, addresses, '*.suffix' or <local> that go "
+                                         "direct", settable=True, attribute=False, notifies=False)
     # -- notifications (openbits.events) --
-    #: NotifyFlags (SetNotifyFlags)
-    notify_flags: int = int(DEFAULT_NOTIFY_FLAGS)
-    #: SetNotifyCmdLine as an argv: [program, *parameters]; None = no command line
-    notify_cmdline: list[str] | None = None
-    minimum_notification_interval_ms: int = DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS
+    notify_flags: int = prop(int(DEFAULT_NOTIFY_FLAGS), doc="NotifyFlags: JOB_TRANSFERRED 0x1, JOB_ERROR 0x2, "
+                             "DISABLE 0x4, JOB_MODIFICATION 0x8, FILE_TRANSFERRED 0x10, FILE_RANGES_TRANSFERRED 0x20",
+                             settable=True, attribute=False)
+    notify_cmdline: list[str] | None = prop(None, doc="SetNotifyCmdLine as [program, *parameters], or null "
+                                            "(its own route)")
+    minimum_notification_interval_ms: int = prop(DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS, doc="BITS_JOB_PROPERTY_"
+                                                 "MINIMUM_NOTIFICATION_INTERVAL_MS: modification events at most this "
+                                                 "often", settable=True, limits={"ge": 0, "le": 0xFFFFFFFF})
     #: seq of the job_transferred / job_error event no callback or command line has handled yet; 0 = none
     notify_pending: int = 0
     #: SetReplyFileName; None = the name BITS generates (see reply_path)
     reply_file_name: str | None = None
-    #: BG_JOB_REPLY_PROGRESS of an upload-reply job: SIZE_UNKNOWN until the reply starts
-    reply_bytes_total: int = SIZE_UNKNOWN
-    reply_bytes_transferred: int = 0
+    reply_bytes_total: int = prop(SIZE_UNKNOWN, doc="GetReplyProgress: -1 until the reply begins", notifies=False)
+    reply_bytes_transferred: int = prop(0, doc="GetReplyProgress", notifies=False)
 
     @classmethod
     def new(cls, name: str, job_type: JobType, owner_uid: int, priority: JobPriority, description: str) -> Job:
@@ -339,19 +367,26 @@ def check_local_path(path: str) -> None:
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"files"}
 _FILE_FIELDS = frozenset(JobFile.__dataclass_fields__)
+#: fields stored as numbers and kept as their enumeration in memory
+_ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
+    name: hint for name, hint in typing.get_type_hints(Job).items() if isinstance(hint, type) and issubclass(hint, enum.IntEnum)}
+#: every property of a job, as model/properties.py describes it
+JOB_PROPERTIES = described(Job)
 
 
 def job_to_record(job: Job) -> dict[str, Any]:
     """The job's own fields as plain JSON values; files are stored (and saved) one by one."""
     record = {name: getattr(job, name) for name in _JOB_FIELDS}
-    record["type"], record["priority"], record["state"] = int(job.type), int(job.priority), int(job.state)
+    for name in _ENUM_FIELDS:
+        record[name] = int(record[name])
     return record
 
 
 def job_from_record(record: dict[str, Any], files: list[dict[str, Any]]) -> Job:
     """Fields a newer or older openbits stored and this one does not know are dropped, not fatal."""
     job = Job(**_known(_JOB_FIELDS, record), files=[JobFile(**_known(_FILE_FIELDS, f)) for f in files])
-    job.type, job.priority, job.state = JobType(job.type), JobPriority(job.priority), JobState(job.state)
+    for name, kind in _ENUM_FIELDS.items():
+        setattr(job, name, kind(getattr(job, name)))
     return job
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
 
-from ..enums import DEFAULT_COST_FLAGS, CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
-from ..enums import AuthScheme, AuthTarget, ProxyUsage
+from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
+from ..enums import AuthScheme, AuthTarget
+from ..model.job import JOB_PROPERTIES
+from ..model.properties import Described
 
 E = TypeVar("E", bound=IntEnum)
 
@@ -41,7 +43,7 @@ JobStateName = _by_name(JobState)
 JobPriorityName = _by_name(JobPriority)
 JobTypeName = _by_name(JobType)
 ErrorContextName = _by_name(ErrorContext)
-ProxyUsageName = _by_name(ProxyUsage)
+_PROPERTY = {p.name: p for p in JOB_PROPERTIES}
 
 #: SetNotifyFlags: a combination of the six BG_NOTIFY_* bits.
 NotifyFlagsValue = Annotated[int, Field(ge=0, le=0x3F)]
@@ -67,8 +69,6 @@ CostFlagsValue = Annotated[int, BeforeValidator(_cost_flags), WithJsonSchema({
     "oneOf": [{"type": "integer", "minimum": 1, "maximum": 0xFFFFFFFF},
               {"type": "string", "enum": list(TransferPolicy.__members__)}]})]
 
-#: Seconds; BITS's SetMinimumRetryDelay / SetNoProgressTimeout take ULONG seconds.
-Seconds = Annotated[int, Field(ge=0, le=0xFFFFFFFF)]
 
 
 class WireModel(BaseModel):
@@ -100,53 +100,60 @@ class FileInfo(WireModel):
     completed: bool
 
 
-class JobInfo(WireModel):
+class _JobInfoComputed(WireModel):
+    """JobInfo's fields that are no property of their own: identity, state, progress, files, the rate."""
+
     id: str
-    name: str
-    description: str
     owner: str
     owner_uid: int
     type: JobTypeName
     state: JobStateName
-    priority: JobPriorityName
     bytes_total: int = Field(description="-1 while any file's size is unknown")
     bytes_transferred: int
     files_total: int
     files_transferred: int
     error: ErrorInfo | None
-    error_count: int
-    minimum_retry_delay: int
-    no_progress_timeout: int
-    max_download_time: int = Field(description="seconds; 0 = no limit")
-    custom_headers: list[str]
-    dynamic_content: bool
-    max_bandwidth: int = Field(description="bytes/s this job may use; 0 = no cap of its own")
     allowed_rate: int = Field(0, description="bytes/s the job may use now (0 = unlimited): the idle-bandwidth "
                               "controller's rate under the policy's and the job's caps, shared by background jobs")
     rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, "
                              "blocked by cost (then nothing may pass), ...")
-    cost_flags: int = Field(int(DEFAULT_COST_FLAGS), description="BITS_JOB_PROPERTY_ID_COST_FLAGS: the network cost "
-                            "states the job transfers in; TransferPolicy ALWAYS 0x800000ff, NOT_ROAMING 0x8000007f "
-                            "(default), NO_SURCHARGE 0x8000006f, STANDARD 0x80000067, UNRESTRICTED 0x80000021")
-    creation_time: float = Field(description="Unix time")
-    modification_time: float
-    transfer_completion_time: float | None
     files: list[FileInfo]
     reply_file_name: str | None = Field(
         default=None, description="GetReplyFileName: upload-reply jobs; null before a file is added")
-    reply_bytes_total: int = Field(default=-1, description="GetReplyProgress: -1 until the reply begins")
-    reply_bytes_transferred: int = 0
-    notify_flags: int = Field(description="NotifyFlags: JOB_TRANSFERRED 0x1, JOB_ERROR 0x2, DISABLE 0x4, "
-                              "JOB_MODIFICATION 0x8, FILE_TRANSFERRED 0x10, FILE_RANGES_TRANSFERRED 0x20")
-    notify_cmdline: list[str] | None = Field(description="SetNotifyCmdLine as [program, *parameters], or null")
-    minimum_notification_interval_ms: int
-    proxy_usage: ProxyUsageName = Field(ProxyUsage.PRECONFIG, description="GetProxySettings: PRECONFIG (the "
-                                        "administrator's or the daemon's environment's proxy), NO_PROXY, OVERRIDE, "
-                                        "AUTODETECT (no WPAD on Linux: as PRECONFIG)")
-    proxy_list: str | None = Field(None, description="OVERRIDE: '[http=|https=][http://]server[:port]' entries, "
-                                   "space-separated")
-    proxy_bypass_list: str | None = Field(None, description="OVERRIDE: hosts, addresses, '*.suffix' or <local> "
-                                          "that go direct")
+
+
+#: Wire types of properties whose value is more than its record type says.
+_WIRE_TYPES: dict[str, Any] = {"cost_flags": CostFlagsValue, "notify_flags": NotifyFlagsValue}
+
+
+def _by_record_type(p: Described) -> Any:
+    """Enumerations travel by name; everything else as its record type says."""
+    return _by_name(p.type) if isinstance(p.type, type) and issubclass(p.type, IntEnum) else p.type
+
+
+def _wire_type(p: Described) -> Any:
+    """The annotation a settable property is validated with: its limits become Field constraints."""
+    base = _WIRE_TYPES.get(p.name) or _by_record_type(p)
+    limits = dict(p.how.limits or {})
+    item_max = limits.pop("item_max_length", None)
+    if item_max is not None:
+        base = list[Annotated[str, Field(max_length=item_max)]]
+    return Annotated[base, Field(**limits)] if limits else base
+
+
+def _fields(*, settable: bool) -> dict[str, Any]:
+    if settable:
+        return {p.name: (_wire_type(p) | None, Field(None, description=p.how.doc))
+                for p in JOB_PROPERTIES if p.how.settable}
+    return {p.name: (_by_record_type(p), Field(p.default, description=p.how.doc)) for p in JOB_PROPERTIES if p.how.wire}
+
+
+JobInfo = create_model("JobInfo", __base__=_JobInfoComputed, __doc__="GET /v1/jobs/{job}: a job as its caller may "
+                       "see it", **_fields(settable=False))
+#: PATCH body: only the fields given change. SetProxySettings: proxy_usage sets all three (an omitted list is
+#: NULL); the 4,000-character limits are checked by the service, so a long list gets BITS's own error
+JobProperties = create_model("JobProperties", __base__=WireModel, __doc__="PATCH /v1/jobs/{job}: only the fields "
+                             "given change", **_fields(settable=True))
 
 
 class JobList(WireModel):
@@ -154,10 +161,10 @@ class JobList(WireModel):
 
 
 class CreateJobRequest(WireModel):
-    name: Annotated[str, Field(min_length=1, max_length=256)]
+    name: _wire_type(_PROPERTY["name"])  # type: ignore[valid-type]
     type: JobTypeName = JobType.DOWNLOAD
     priority: JobPriorityName = JobPriority.NORMAL
-    description: Annotated[str, Field(max_length=1024)] = ""
+    description: _wire_type(_PROPERTY["description"]) = ""  # type: ignore[valid-type]
 
 
 class AddFile(WireModel):
@@ -169,28 +176,6 @@ class AddFilesRequest(WireModel):
     """AddFile and AddFileSet in one call."""
 
     files: Annotated[list[AddFile], Field(min_length=1)]
-
-
-class JobProperties(WireModel):
-    """PATCH body: only the fields given change."""
-
-    name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    description: Annotated[str, Field(max_length=1024)] | None = None
-    priority: JobPriorityName | None = None
-    minimum_retry_delay: Seconds | None = None
-    no_progress_timeout: Seconds | None = None
-    max_download_time: Seconds | None = None
-    custom_headers: list[Annotated[str, Field(max_length=16384)]] | None = None
-    dynamic_content: bool | None = None
-    max_bandwidth: Annotated[int, Field(ge=0)] | None = None
-    cost_flags: CostFlagsValue | None = None
-    notify_flags: NotifyFlagsValue | None = None
-    minimum_notification_interval_ms: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] | None = None
-    #: SetProxySettings: proxy_usage sets all three (an omitted list is NULL); the 4,000-character limits are
-    #: checked by the service, so a long list gets BITS's own error, not a schema error
-    proxy_usage: ProxyUsageName | None = None
-    proxy_list: str | None = None
-    proxy_bypass_list: str | None = None
 
 
 class ReplyFileName(WireModel):

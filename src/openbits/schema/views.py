@@ -8,8 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from ..model.job import Job, JobFile
-from ..enums import ProxyUsage
+from ..model.job import JOB_PROPERTIES, Job, JobFile
 from ..errors import BitsError
 from ..model.identity import Identity
 from .models import ErrorInfo, FileInfo, JobInfo
@@ -25,51 +24,33 @@ def owner_name(uid: int) -> str:
         return str(uid)
 
 
-#: The bandwidth policy's explanation of a job's rate (openbits.bandwidth.BandwidthPolicy.explain),
-#: installed by the daemon at start; without one a job is only under its own cap.
-explain_rate: Callable[[Job], tuple[int, str]] = lambda job: (job.max_bandwidth, "")
+#: How the daemon explains a job's rate now: (bytes/s allowed, why); openbits.bandwidth's policy under the cost state.
+RateExplainer = Callable[[Job], tuple[int, str]]
+
+#: The properties JobInfo carries as they are in the record.
+_WIRE_PROPERTIES = tuple(p.name for p in JOB_PROPERTIES if p.how.wire)
 
 
-def job_info(job: Job) -> JobInfo:
+def job_info(job: Job, explain_rate: RateExplainer) -> JobInfo:
     allowed_rate, rate_reason = explain_rate(job)
-    return built(JobInfo, dict(
+    values = {name: getattr(job, name) for name in _WIRE_PROPERTIES}
+    values.update(
         id=job.id,
-        name=job.name,
-        description=job.description,
         owner=owner_name(job.owner_uid),
         owner_uid=job.owner_uid,
         type=job.type,
         state=job.state,
-        priority=job.priority,
         bytes_total=job.bytes_total,
         bytes_transferred=job.bytes_transferred,
         files_total=len(job.files),
         files_transferred=job.files_transferred,
         error=ErrorInfo.model_validate(job.error) if job.error else None,
-        error_count=job.error_count,
-        minimum_retry_delay=job.minimum_retry_delay,
-        no_progress_timeout=job.no_progress_timeout,
-        max_download_time=job.max_download_time,
-        custom_headers=job.custom_headers,
-        dynamic_content=job.dynamic_content,
-        max_bandwidth=job.max_bandwidth,
         allowed_rate=allowed_rate,
         rate_reason=rate_reason,
-        cost_flags=job.cost_flags,
-        creation_time=job.creation_time,
-        modification_time=job.modification_time,
-        transfer_completion_time=job.transfer_completion_time,
         files=[file_info(f) for f in job.files],
         reply_file_name=job.reply_path,
-        reply_bytes_total=job.reply_bytes_total,
-        reply_bytes_transferred=job.reply_bytes_transferred,
-        notify_flags=job.notify_flags,
-        notify_cmdline=job.notify_cmdline,
-        minimum_notification_interval_ms=job.minimum_notification_interval_ms,
-        proxy_usage=ProxyUsage(job.proxy_usage),
-        proxy_list=job.proxy_list,
-        proxy_bypass_list=job.proxy_bypass_list,
-    ))
+    )
+    return built(JobInfo, values)
 
 
 def file_info(f: JobFile) -> FileInfo:

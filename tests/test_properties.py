@@ -1,0 +1,89 @@
+"""One description of a job's properties, and every side that follows it (model/properties.py).
+
+In-process: no daemon. A property declared with prop() must reach the wire model, the PATCH
+body, the store, the event comparison, the Python client and `openbits info` without another edit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rich.console import Console
+
+from openbits.cli.render import _SHOWN, job_panel
+from openbits.client.sync import Job as ClientJob
+from openbits.client.sync import _Setting
+from openbits.enums import JobPriority, JobType, ProxyUsage
+from openbits.events.bus import _NOTIFYING
+from openbits.model.job import JOB_PROPERTIES, Job, job_from_record, job_to_record
+from openbits.schema.models import JobInfo, JobProperties
+from openbits.schema.views import job_info
+from openbits.store import SqliteStore
+
+
+def _job() -> Job:
+    job = Job.new("props", JobType.DOWNLOAD, 1000, JobPriority.LOW, "a description")
+    job.custom_headers = ["X-A: 1"]
+    job.proxy_usage = ProxyUsage.NO_PROXY
+    job.max_bandwidth = 12_000
+    return job
+
+
+def test_every_wire_property_is_in_job_info_and_every_settable_one_in_the_patch_body() -> None:
+    assert {p.name for p in JOB_PROPERTIES if p.how.wire} <= set(JobInfo.model_fields)
+    assert {p.name for p in JOB_PROPERTIES if p.how.settable} == set(JobProperties.model_fields)
+    assert not {p.name for p in JOB_PROPERTIES if not p.how.wire} & set(JobInfo.model_fields)
+
+
+def test_job_info_carries_each_property_by_its_wire_form() -> None:
+    job = _job()
+    wire = job_info(job, lambda j: (0, "")).model_dump(mode="json")
+    assert wire["priority"] == "LOW" and wire["proxy_usage"] == "NO_PROXY"
+    assert wire["custom_headers"] == ["X-A: 1"] and wire["max_bandwidth"] == 12_000
+    assert JobInfo.model_validate(wire).priority == JobPriority.LOW  # what the client reads back
+
+
+def test_the_store_keeps_every_property(tmp_path: Path) -> None:
+    job = _job()
+    record = job_to_record(job)
+    again = job_from_record(record, [])
+    for p in JOB_PROPERTIES:
+        assert getattr(again, p.name) == getattr(job, p.name), p.name
+    assert type(again.proxy_usage) is ProxyUsage
+
+    async def save() -> None:
+        store = SqliteStore(str(tmp_path / "jobs.db"))
+        await store.save_job(job)
+        await store.close()
+
+    asyncio.run(save())
+    store = SqliteStore(str(tmp_path / "jobs.db"))
+    loaded = {j.id: j for j in store.load_jobs()}[job.id]
+    asyncio.run(store.close())
+    assert all(getattr(loaded, p.name) == getattr(job, p.name) for p in JOB_PROPERTIES)
+
+
+def test_a_change_of_a_notifying_property_is_seen_by_the_event_bus() -> None:
+    names = [p.name for p in JOB_PROPERTIES if p.how.notifies]
+    job = _job()
+    before = _NOTIFYING(job)
+    job.description = "changed"
+    assert _NOTIFYING(job) != before and len(before) == len(names)
+
+
+def test_the_client_has_an_attribute_for_each_client_property() -> None:
+    for p in JOB_PROPERTIES:
+        has = isinstance(vars(ClientJob).get(p.name), _Setting)
+        assert has == p.how.client_attribute, p.name
+
+
+def test_info_shows_every_labelled_property() -> None:
+    assert {p.how.shown_as for p in JOB_PROPERTIES} <= set(_SHOWN)
+    console = Console(width=200, record=True)
+    console.print(job_panel(job_info(_job(), lambda j: (0, "")), None))
+    text = console.export_text()
+    for p in JOB_PROPERTIES:
+        if p.how.label:
+            assert p.how.label in text, p.how.label
+    assert "12.0 kB/s" in text and "X-A: 1" in text and "LOW" in text
