@@ -38,11 +38,12 @@ from ..events.bus import EventBus, Subscription
 from ..events.notify import run_cmdline
 from ..model.event import NOTIFICATIONS, wanted
 from ..model.identity import Identity
+from .changes import JobChanges
 from .service import JobService
 
 
 class Deliveries:
-    def __init__(self, service: JobService, bus: EventBus) -> None:
+    def __init__(self, service: JobService, bus: EventBus, changes: JobChanges) -> None:
         self._service = service
         self._bus = bus
         #: job id -> the stream registered as its callback interface
@@ -52,7 +53,7 @@ class Deliveries:
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
-        service.listeners.append(self._observe)
+        changes.listen(self._observe)
 
     async def run(self) -> None:
         """Own one delivery task per job with a pending notification; start those left from before a restart."""

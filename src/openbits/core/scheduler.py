@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
@@ -28,8 +26,10 @@ from .cost import CostMonitor, blocked_by_cost, cost_allows
 from ..model.job import Job
 from .network import network_available
 from .runner import JobRunner
-from .upload_runner import UploadRunner, cancel_upload_session
+from .upload_runner import UploadRunner
+from .changes import JobChanges
 from .service import JobService
+from .transfers import Transfers
 
 log = logging.getLogger("openbits.scheduler")
 
@@ -46,21 +46,17 @@ ThrottleSource = Callable[[Job], Throttle | None]
 _Key = tuple[int, float, int]
 
 
-@dataclass
-class _Turn:
-    task: asyncio.Task[None]
-    started: float
-
-
 class Scheduler:
-    def __init__(self, service: JobService, transport: HttpTransport, throttle_for: ThrottleSource,
-                 cost: CostMonitor | None = None) -> None:
+    def __init__(self, service: JobService, changes: JobChanges, transfers: Transfers, transport: HttpTransport,
+                 throttle_for: ThrottleSource, cost: CostMonitor) -> None:
         self._service = service
         #: the network's cost state, against each job's cost flags (core/cost.py)
-        self._cost = cost or CostMonitor(lambda: service.config)
+        self._cost = cost
         self._transport = transport
         self._throttle_for = throttle_for
-        self._running: dict[str, _Turn] = {}
+        #: the running transfers (the service stops one too, for Suspend and Cancel)
+        self._running = transfers.turns
+        self._transfers = transfers
         #: monotonic time a job last got a turn; the round-robin order within a priority
         self._last_turn: dict[str, float] = {}
         #: jobs in action or transient-error states with the state and priority last seen, so
@@ -78,12 +74,9 @@ class Scheduler:
         #: heap of (*key, job id) over `_background`; an entry whose key is no longer the job's is skipped
         self._queue: list[tuple[int, float, int, str]] = []
         self._wake = asyncio.Event()
-        self._group: asyncio.TaskGroup | None = None
         for job in service.jobs.values():
             self._observe(job)
-        service.listeners.append(self._observe)
-        service.quiesce = self.stop
-        service.cancel_remote = functools.partial(cancel_upload_session, service, transport)  # Cancel-Session
+        changes.listen(self._observe)
 
     def _observe(self, job: Job) -> None:
         seen = (job.state, job.priority, job.cost_flags)
@@ -144,7 +137,6 @@ class Scheduler:
     async def run(self) -> None:
         """The scheduling loop; returns (after stopping every transfer) when cancelled."""
         async with asyncio.TaskGroup() as group:
-            self._group = group
             watching = group.create_task(self._watch_network(), name="network watch")
             watching_cost = group.create_task(self._watch_cost(), name="cost watch")
             try:
@@ -156,8 +148,6 @@ class Scheduler:
             finally:
                 watching.cancel()
                 watching_cost.cancel()
-                for turn in self._running.values():
-                    turn.task.cancel()
 
     async def _watch_network(self) -> None:
         """When a route appears, jobs waiting for the network are retried at once, not after their delay."""
@@ -199,15 +189,8 @@ class Scheduler:
             await self._service.commit(job)
         return allowed
 
-    async def stop(self, job: Job) -> None:
-        """Cancel the job's transfer, if any, and return once it has really stopped."""
-        await self._stop(job.id)
-
     async def _stop(self, job_id: str) -> None:
-        turn = self._running.pop(job_id, None)
-        if turn is not None:
-            turn.task.cancel()
-            await asyncio.wait([turn.task])
+        await self._transfers.stop(job_id)
 
     async def _schedule(self) -> float:
         now, clock = time.time(), time.monotonic()
@@ -250,7 +233,7 @@ class Scheduler:
         chosen_ids = {j.id for j in chosen}
         for job in background[limit:]:
             if job.id in self._running:  # preempted by a higher priority or a turn that ended
-                await self.stop(job)
+                await self._stop(job.id)
                 job.state = JobState.QUEUED
                 await self._service.commit(job)
         for job in chosen:
@@ -263,12 +246,10 @@ class Scheduler:
         return max(0.05, next_wake)
 
     def _start(self, job: Job) -> None:
-        assert self._group is not None, "jobs start only inside run()"
         # upload jobs: the BITS upload protocol (core/upload_runner.py)
         runner_type = JobRunner if job.type == JobType.DOWNLOAD else UploadRunner
         runner = runner_type(self._service, self._transport, job, self._throttle_for(job))
-        task = self._group.create_task(self._run_turn(job, runner), name=f"job {job.id}")
-        self._running[job.id] = _Turn(task, time.monotonic())
+        self._transfers.start(job.id, self._run_turn(job, runner))
         self._last_turn[job.id] = time.monotonic()
         if job.id in self._background:  # its turn came: to the back of its priority
             self._enqueue(job.id, job.priority)
@@ -283,9 +264,7 @@ class Scheduler:
                           transient=False)
             await self._service.commit(job)
         finally:
-            turn = self._running.get(job.id)
-            if turn is not None and turn.task is asyncio.current_task():
-                del self._running[job.id]
+            self._transfers.ended(job.id)
             self._wake.set()
 
 

@@ -21,21 +21,25 @@ from ..identity.tokens import TokenStore
 from ..events.bus import EventBus
 from ..store import Store
 from ..model.job import Job, check_local_path
+from .changes import JobChanges
+from .transfers import Transfers
 
 #: GetReplyData hands out replies up to 1 MB; larger ones are read from the reply file.
 MAX_REPLY_DATA = 1024 * 1024
 
 
-async def _nothing_runs(job: Job) -> None:
-    """Default `quiesce` before a scheduler is attached."""
+#: Cancel's word to the server (Cancel-Session of an upload), best effort; given the service and the job.
+CancelRemote = Callable[["JobService", Job], Awaitable[None]]
 
 
 class JobService:
-    def __init__(self, store: Store, broker: FileBroker, config_source: Callable[[], Config], jobs: Iterable[Job]) -> None:
+    def __init__(self, store: Store, broker: FileBroker, config_source: Callable[[], Config], jobs: dict[str, Job],
+                 events: EventBus, changes: JobChanges, transfers: Transfers, cancel_remote: CancelRemote) -> None:
         self.store = store
         self.broker = broker
         self._config = config_source
-        self.jobs: dict[str, Job] = {job.id: job for job in jobs}
+        #: every job the daemon knows, by id (the event bus reads the same dict)
+        self.jobs = jobs
         #: owner uid of every live (not final) job, and how many each owner has: Create checks the
         #: per-user limit in O(1) (counting by a scan of 46,806 jobs made creation 4x slower)
         self._live_owner: dict[str, int] = {}
@@ -44,17 +48,15 @@ class JobService:
             self._count_live(job)
         self._locks: dict[str, asyncio.Lock] = {}
         self._change = asyncio.Event()
-        #: called with the job after every durable change (the scheduler and the event bus subscribe)
-        self.listeners: list[Callable[[Job], None]] = []
-        #: the scheduler's "stop this job's transfer and wait until it has stopped"
-        self.quiesce: Callable[[Job], Awaitable[None]] = _nothing_runs
-        #: Cancel's word to the server (Cancel-Session of an upload), best effort; set by the scheduler
-        self.cancel_remote: Callable[[Job], Awaitable[None]] = _nothing_runs
+        #: every change becomes events, saved with it (openbits.events)
+        self.events = events
+        #: told of every durable change (the scheduler and the deliveries listen)
+        self._changes = changes
+        #: the running transfers, which Suspend and Cancel stop before touching files
+        self._transfers = transfers
+        self._cancel_remote = cancel_remote
         #: helper tokens, tickets and per-job credentials: memory only, forgotten when a job ends
         self.tokens = TokenStore()
-        self.listeners.append(lambda job: self.tokens.forget(job.id) if job.state.is_final else None)
-        #: every change becomes events, saved with it (openbits.events)
-        self.events = EventBus(store, self.jobs, config_source)
 
     @property
     def config(self) -> Config:
@@ -171,7 +173,7 @@ class JobService:
         async with self._locked(caller, ref) as job:
             job.suspend()
             await self.commit(job)
-            await self.quiesce(job)
+            await self._transfers.stop(job.id)
             return job
 
     async def cancel(self, caller: Identity, ref: str) -> Job:
@@ -183,8 +185,8 @@ class JobService:
 
     async def _discard(self, job: Job) -> None:
         """Cancel's file work: stop the transfer, tell the server, then remove every temporary file."""
-        await self.quiesce(job)
-        await self.cancel_remote(job)
+        await self._transfers.stop(job.id)
+        await self._cancel_remote(self, job)
         try:
             files = self.files_of(job)
         except BitsError:  # the helper token is gone: the owner removes what the owner can
@@ -302,8 +304,9 @@ class JobService:
 
     def announce(self, job: Job) -> None:
         """Wake listeners and every `wait` (each re-checks its own job)."""
-        for listener in self.listeners:
-            listener(job)
+        if job.state.is_final:
+            self.tokens.forget(job.id)
+        self._changes.announce(job)
         change, self._change = self._change, asyncio.Event()
         change.set()
 

@@ -183,7 +183,7 @@ def upload_client(service: JobService, transport: HttpTransport, job: Job,
                         http_auth(service, job, url, proxy), _HostWatch(service, job) if watch_host else None)
 
 
-async def cancel_upload_session(service: JobService, transport: HttpTransport, job: Job) -> None:
+async def cancel_upload_session(transport: HttpTransport, service: JobService, job: Job) -> None:
     """Cancel's Cancel-Session for an upload still open on the server; best effort, as the server expires it anyway."""
     if job.type == JobType.DOWNLOAD or not job.files:
         return
