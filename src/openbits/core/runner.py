@@ -116,7 +116,7 @@ class JobRunner:
         #: read once per run: scanning the environment per file took a tenth of the loop's time (10,000 files)
         section = service.config.proxy
         self._preconfigured = section if section is not None else PreconfiguredProxy.from_environment()
-        self._syncs = SyncBatch()
+        self._syncs = SyncBatch(transport.pools.sync)
         self._changed = asyncio.Event()
         #: files in flight whose response has not told their size yet
         self._unsized: set[int] = set()
@@ -316,7 +316,7 @@ class JobRunner:
                 source = await self._service.remote_files_of(job).open_read(unquote(urlsplit(f.remote_url).path))
                 try:
                     validator = await copy_local(source, fd, f.durable_offset, sink, self._throttle,
-                                                 validator=previous)
+                                                 validator=previous, pools=self._transport.pools)
                 finally:
                     os.close(source)
             else:

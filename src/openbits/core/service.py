@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import Executor
 
 from ..model.config import Config
 from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
@@ -34,7 +35,8 @@ CancelRemote = Callable[["JobService", Job], Awaitable[None]]
 
 class JobService:
     def __init__(self, store: Store, broker: FileBroker, config_source: Callable[[], Config], jobs: dict[str, Job],
-                 events: EventBus, changes: JobChanges, transfers: Transfers, cancel_remote: CancelRemote) -> None:
+                 events: EventBus, changes: JobChanges, transfers: Transfers, cancel_remote: CancelRemote,
+                 reads: Executor) -> None:
         self.store = store
         self.broker = broker
         self._config = config_source
@@ -55,6 +57,8 @@ class JobService:
         #: the running transfers, which Suspend and Cancel stop before touching files
         self._transfers = transfers
         self._cancel_remote = cancel_remote
+        #: where reply data is read (Pools.reads)
+        self._reads = reads
         #: helper tokens, tickets and per-job credentials: memory only, forgotten when a job ends
         self.tokens = TokenStore()
 
@@ -241,7 +245,7 @@ class JobService:
                 raise BitsError(ErrorCode.BG_E_TOO_LARGE, f"the reply has {size} bytes, more than GetReplyData's "
                                 f"{MAX_REPLY_DATA}; Complete the job and read {job.reply_path}",
                                 ErrorContext.GENERAL_QUEUE_MANAGER)
-            return await asyncio.to_thread(os.pread, fd, size, 0)
+            return await asyncio.get_running_loop().run_in_executor(self._reads, os.pread, fd, size, 0)
         finally:
             os.close(fd)
 

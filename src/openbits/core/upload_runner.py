@@ -179,7 +179,7 @@ def upload_client(service: JobService, transport: HttpTransport, job: Job,
     BITS-Host-Id fallback timer (not for Cancel: a job being cancelled is saved no more)."""
     url = job.files[0].remote_url
     proxy = proxy_route(job, preconfigured, url)
-    return UploadClient(transport.session(), None if proxy is None else str(proxy.url),
+    return UploadClient(transport.session(), transport.pools.reads, None if proxy is None else str(proxy.url),
                         http_auth(service, job, url, proxy), _HostWatch(service, job) if watch_host else None)
 
 

@@ -27,6 +27,7 @@ from aiohttp import web
 from ..api.app import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
+from ..pools import Pools
 from ..locations import answers, system_socket_path, user_socket_path, user_state_dir
 from ..core.cost import CostMonitor
 from ..core.changes import JobChanges
@@ -121,7 +122,7 @@ def bind_socket(path: Path, system: bool) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs: list[Job]) -> None:
+async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -135,10 +136,10 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     by_id = {job.id: job for job in jobs}
-    changes, transfers, transport = JobChanges(), Transfers(), HttpTransport()
+    changes, transfers, transport = JobChanges(), Transfers(), HttpTransport(pools=pools)
     bus = EventBus(store, by_id, settings.current)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
-                         functools.partial(cancel_upload_session, transport))
+                         functools.partial(cancel_upload_session, transport), pools.reads)
     trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
@@ -152,7 +153,7 @@ async def serve(settings: Settings, broker: FileBroker, store: SqliteStore, jobs
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.
     gc.set_threshold(10_000, 20, 20)
     gc.enable()
-    app = make_app(service, TokenService(service, LogonChecker()), deliveries,
+    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam)), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
                    functools.partial(cost.explain, rate=policy.explain), settings.mode)
     runner = web.AppRunner(app, access_log=None)
@@ -202,13 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     os.umask(0o022)
     lock = take_state_lock(settings.state_dir)
     broker = FileBroker.start()  # before any thread or event loop exists
-    store = SqliteStore(os.fspath(settings.state_dir / "jobs.db"))
+    pools = Pools()  # its threads start with the first work, after the fork
+    store = SqliteStore(os.fspath(settings.state_dir / "jobs.db"), reads=pools.store)
     # Loading 100,000 jobs allocates millions of objects and nothing cyclic to free: the collector
     # would rescan them all again and again (a third of the start-up). It resumes in serve().
     gc.disable()
     jobs = store.load_jobs()
     recover(jobs)
     try:
-        asyncio.run(serve(settings, broker, store, jobs))
+        asyncio.run(serve(settings, broker, pools, store, jobs))
     finally:
+        pools.shutdown()
         os.close(lock)

@@ -13,6 +13,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import pam
@@ -44,8 +45,11 @@ class _Failures:
 class LogonChecker:
     """Checks passwords off the event loop; a caller who keeps failing is made to wait."""
 
-    def __init__(self, check: Callable[[str, str, str], bool] = pam_check, pam_dir: str = "/etc/pam.d") -> None:
+    def __init__(self, check: Callable[[str, str, str], bool] = pam_check, pam_dir: str = "/etc/pam.d",
+                 pool: Executor | None = None) -> None:
         self._check = check
+        #: where PAM runs (Pools.pam; None: the loop's default executor)
+        self._pool = pool
         self._pam_dir = pam_dir
         self._failures: dict[int, _Failures] = {}
         self._warned = False
@@ -72,8 +76,8 @@ class LogonChecker:
             uid = pwd.getpwnam(username).pw_uid
         except (KeyError, ValueError):
             uid = None
-        ok = uid is not None and "\0" not in password and await asyncio.to_thread(
-            self._check, username, password, self._service())
+        ok = uid is not None and "\0" not in password and await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._check, username, password, self._service())
         if not ok or uid is None:
             failures.count += 1
             if failures.count >= FREE_FAILURES:

@@ -14,6 +14,7 @@ import os
 import queue
 import sqlite3
 import threading
+from concurrent.futures import Executor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,9 +82,11 @@ _Op = Callable[[sqlite3.Connection], None] | _Rows
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", reads: Executor | None = None) -> None:
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         self._path = path
+        #: where reading queries run (Pools.store; None: the loop's default executor)
+        self._reads = reads
         self._synchronous = synchronous
         self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[None]] | None] = queue.SimpleQueue()
         with contextlib.closing(self._connect()) as conn:
@@ -160,7 +163,7 @@ class SqliteStore:
             finally:
                 conn.close()
 
-        return await asyncio.to_thread(read)
+        return await asyncio.get_running_loop().run_in_executor(self._reads, read)
 
     async def prune_events(self, older_than: float, keep_at_most: int) -> None:
         def op(conn: sqlite3.Connection) -> None:

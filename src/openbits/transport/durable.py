@@ -10,11 +10,11 @@ event loop keeps receiving, and the offset advances when that sync returns.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ctypes
 import errno
 import os
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from ..enums import ErrorContext
 from ..errors import ErrorCode, TransferError
@@ -28,10 +28,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-
-#: Own threads, so slow disks never starve the loop's default executor (DNS lookups run there).
-_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="openbits-sync")
-
 
 def _sync(fd: int, start: int, end: int) -> None:
     """Runs in a worker thread: push [start, end) to the disk, then make everything written durable."""
@@ -63,10 +59,12 @@ class DurableWriter:
     """
 
     def __init__(
-        self, fd: int, offset: int, on_durable: Callable[[int], None], *, label: str, step: int = DURABLE_STEP,
-        defer_sync_below: int = 0,
+        self, fd: int, offset: int, on_durable: Callable[[int], None], *, label: str, pool: Executor,
+        step: int = DURABLE_STEP, defer_sync_below: int = 0,
     ) -> None:
         self.fd = fd
+        #: where the fdatasyncs run (Pools.sync: a slow disk never starves the loop's default executor)
+        self._pool = pool
         self._defer_sync_below = defer_sync_below
         self.label = label
         self.offset = offset
@@ -134,7 +132,7 @@ class DurableWriter:
     def _start_sync(self) -> None:
         target = self.offset
         loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(_EXECUTOR, _sync, self.fd, self.durable, target)
+        self._pending = loop.run_in_executor(self._pool, _sync, self.fd, self.durable, target)
         self._pending.add_done_callback(lambda fut: self._synced(fut, target))
 
     def _synced(self, fut: asyncio.Future[None], target: int) -> None:

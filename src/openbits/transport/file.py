@@ -12,6 +12,7 @@ import email.utils
 import os
 
 from ..enums import ErrorContext
+from ..pools import Pools
 from ..errors import ErrorCode, TransferError
 from .base import DownloadSink, ProgressReporter, RemoteValidator, Throttle
 from .durable import DurableWriter
@@ -39,6 +40,7 @@ async def copy_local(
     *,
     validator: RemoteValidator | None = None,
     label: str = "the local source file",
+    pools: Pools,
 ) -> RemoteValidator:
     """Copy `src_fd` into `dst_fd` from `offset` on; returns the source's validator.
 
@@ -48,7 +50,7 @@ async def copy_local(
     transient error, so the next attempt starts over with the new version.
     """
     loop = asyncio.get_running_loop()
-    writer = DurableWriter(dst_fd, offset, sink.durable, label=label)
+    writer = DurableWriter(dst_fd, offset, sink.durable, label=label, pool=pools.sync)
     try:
         current = _fstat(src_fd, label)
         start = offset if validator is not None and validator == current else 0
@@ -58,7 +60,7 @@ async def copy_local(
         progress = ProgressReporter(sink)
         while writer.offset < current.size:
             try:
-                chunk = await loop.run_in_executor(None, os.pread, src_fd, READ_SIZE, writer.offset)
+                chunk = await loop.run_in_executor(pools.reads, os.pread, src_fd, READ_SIZE, writer.offset)
             except OSError as exc:
                 raise _source_error(f"Reading {label} failed: {exc.strerror or exc}.", transient=False) from exc
             if not chunk:

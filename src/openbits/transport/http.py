@@ -25,7 +25,9 @@ from yarl import URL
 
 from ..enums import SIZE_UNKNOWN, ErrorContext
 from ..errors import ErrorCode, TransferError
+from ..pools import Pools
 from . import fastget
+from .httphead import ConnectFailed, FastGetError, Unsupported, plain_request
 from .auth import ChallengeAuth, challenge_scheme
 from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle, status_phrase, watching
 from .durable import DurableWriter
@@ -59,15 +61,20 @@ class HttpTransport:
         read_timeout: float = 60.0,
         connect_timeout: float = 30.0,
         fast_path: bool = True,
+        pools: Pools | None = None,
     ) -> None:
-        """`fast_path`: plain http GETs go through `fastget` (aiohttp takes them all when False)."""
+        """`fast_path`: plain http GETs go through `fastget` (aiohttp takes them all when False). `pools`: the
+        daemon's (without: the transport's own, shut down by aclose)."""
+        self.pools = pools or Pools()
+        self._own_pools = pools is None
         self._connector_limit = connector_limit
         self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
         self._fast = fastget.FastClient(user_agent=user_agent, read_timeout=read_timeout,
-                                        connect_timeout=connect_timeout, limit=connector_limit) if fast_path else None
+                                        connect_timeout=connect_timeout, limit=connector_limit,
+                                        splice_pool=self.pools.splice) if fast_path else None
         #: (host, port) of origins that needed aiohttp (a challenge, chunked bodies, https redirects): no fast path
         self._general: set[tuple[str, int]] = set()
 
@@ -91,6 +98,8 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._own_pools:
+            self.pools.shutdown()
 
     def batchable(self, url: str, headers: dict[str, str], proxy: str | None) -> URL | None:
         """The URL when `fetch_small` may ask for it: plain http the fast path takes, no proxy."""
@@ -102,7 +111,7 @@ class HttpTransport:
             return None
         if not parsed.raw_host or (parsed.raw_host, parsed.port or 0) in self._general:
             return None
-        return parsed if fastget.plain_request(parsed, headers) else None
+        return parsed if plain_request(parsed, headers) else None
 
     async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str], lanes: int,
                           throttle: Throttle | None) -> list[RemoteValidator | None]:
@@ -127,17 +136,18 @@ class HttpTransport:
         """
         url = _parse_url(spec.url)
         shown = display_url(url)
-        writer = DurableWriter(fd, spec.offset, sink.durable, label=shown, defer_sync_below=spec.defer_sync_below)
+        writer = DurableWriter(fd, spec.offset, sink.durable, label=shown, pool=self.pools.sync,
+                               defer_sync_below=spec.defer_sync_below)
         origin = (url.raw_host or "", url.port or 0)
         try:
             if (self._fast is not None and spec.proxy is None and origin not in self._general
-                    and fastget.plain_request(url, spec.headers)):
+                    and plain_request(url, spec.headers)):
                 try:
                     return await self._download(url, shown, spec, writer, sink, throttle, auth, fast=True)
-                except fastget.Unsupported:
+                except Unsupported:
                     self._general.add(origin)
             return await self._download(url, shown, spec, writer, sink, throttle, auth)
-        except (aiohttp.ClientError, asyncio.TimeoutError, fastget.FastGetError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, FastGetError) as exc:
             raise _network_error(exc, shown, self._read_timeout) from exc
         finally:
             await writer.close()
@@ -210,14 +220,14 @@ class HttpTransport:
             try:
                 url = url.join(URL(location))
             except ValueError as exc:
-                raise fastget.Unsupported(f"a redirect to {location!r}") from exc
-            if not fastget.plain_request(url, headers):
-                raise fastget.Unsupported("a redirect away from plain http")
+                raise Unsupported(f"a redirect to {location!r}") from exc
+            if not plain_request(url, headers):
+                raise Unsupported("a redirect away from plain http")
         else:
             raise _redirect_failed(shown, "TooManyRedirects")
         try:
             if response.status == 401 and auth is not None and challenge_scheme(response) in ("basic", "digest"):
-                raise fastget.Unsupported("an authentication challenge")
+                raise Unsupported("an authentication challenge")
             yield response
         finally:
             response.release()
@@ -343,7 +353,7 @@ async def _splice(resp: fastget.Response, writer: DurableWriter, progress: Progr
         await resp.splice_rest(writer.fd, writer.offset, count, moved)
     except TimeoutError:
         raise
-    except OSError as exc:  # the temporary file's: the socket's come as fastget.Broken
+    except OSError as exc:  # the temporary file's: the socket's come as Broken
         raise writer.failed(exc) from exc
 
 
@@ -424,7 +434,7 @@ def _network_error(exc: BaseException, shown: str, read_timeout: float) -> Trans
             transport,
             transient=False,
         )
-    cause = exc.cause if isinstance(exc, fastget.ConnectFailed) else None
+    cause = exc.cause if isinstance(exc, ConnectFailed) else None
     if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
         code, what = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED, "the server's name does not resolve"
     elif isinstance(exc, aiohttp.ClientSSLError):

@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
+from concurrent.futures import Executor
 
 from .durable import local_error
 
@@ -37,7 +38,9 @@ def _sync_all(fds: list[int]) -> None:
 
 
 class SyncBatch:
-    def __init__(self) -> None:
+    def __init__(self, pool: Executor) -> None:
+        #: where the rounds of fdatasync run (Pools.sync)
+        self._pool = pool
         self._queued: list[int] = []
         #: the round in flight: resolves to the fds it covered
         self._round: asyncio.Future[list[int]] | None = None
@@ -57,7 +60,7 @@ class SyncBatch:
         batch, self._queued = self._queued, []
         loop = asyncio.get_running_loop()
         self._round = loop.create_future()
-        work = loop.run_in_executor(None, _sync_all, batch)
+        work = loop.run_in_executor(self._pool, _sync_all, batch)
         try:
             # The thread cannot be stopped: even when cancelled, wait for it before anyone reuses the fds.
             await asyncio.shield(work)

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -227,9 +228,11 @@ class UploadClient:
     server too) and has no body, so a challenge is met before any fragment, whose paced body could not
     be sent twice. A BITS-Host-Id server gets the same credentials as the URL's."""
 
-    def __init__(self, session: aiohttp.ClientSession, proxy: str | None = None,
+    def __init__(self, session: aiohttp.ClientSession, reads: Executor, proxy: str | None = None,
                  auth: ChallengeAuth | None = None, hosts: HostWatch | None = None) -> None:
         self._session = session
+        #: where fragments are read from the file (Pools.reads)
+        self._reads = reads
         self._proxy = proxy
         self._auth = auth
         self._middlewares = None if auth is None else (auth,)
@@ -305,7 +308,8 @@ class UploadClient:
     async def _fragment(self, url: URL, host: str | None, shown: str, session_id: str, spec: UploadSpec,
                         offset: int, length: int, throttle: Throttle | None, *, waits: bool) -> _Ack:
         _check_unchanged(spec)
-        data = await asyncio.to_thread(os.pread, spec.fd, length, offset) if length else b""
+        data = await asyncio.get_running_loop().run_in_executor(self._reads, os.pread, spec.fd, length, offset) \
+            if length else b""
         _check_unchanged(spec)
         if len(data) != length:
             raise local_file_changed(spec.local_path)
