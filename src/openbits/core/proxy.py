@@ -25,7 +25,7 @@ from yarl import URL
 
 from ..enums import ErrorContext, ProxyUsage
 from ..errors import BitsError, ErrorCode
-from ..model.config import PreconfiguredProxy
+from ..model.config import Config, PreconfiguredProxy
 from ..model.job import Job
 
 #: SetProxySettings: each list is limited to 4,000 characters.
@@ -138,3 +138,8 @@ def proxy_route(job: Job, section: PreconfiguredProxy | None, remote_url: str) -
     proxy = proxies.get(url.scheme) or proxies.get(None)
     return None if proxy is None else ProxyRoute(proxy)
 
+
+def preconfigured_proxy(config: Config) -> PreconfiguredProxy:
+    """PRECONFIG's proxy as proxy_route reads it: the config's section, else the daemon's environment. Read
+    once per attempt: scanning the environment per file took a tenth of the loop's time (10,000 files)."""
+    return config.proxy if config.proxy is not None else PreconfiguredProxy.from_environment()

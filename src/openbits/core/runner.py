@@ -11,33 +11,29 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable
-from urllib.parse import unquote, urlsplit
 
 from yarl import URL
 
-from ..enums import ErrorContext, JobState
-from ..errors import BitsError, ErrorCode, TransferError
+from ..enums import JobState
+from ..errors import BitsError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle
-from ..transport.file import copy_local
 from ..transport.syncbatch import SyncBatch
-from ..transport.http import HttpTransport
+from ..transport.router import Transport
 from ..model.job import Job, JobFile
-from .network import needs_network, network_available
-from .proxy import PreconfiguredProxy, proxy_route
+from .attempt import run_attempt
+from .progress import SavedProgress
+from .access import JobAccess
+from .proxy import proxy_route
 from .service import JobService
-from .tokens import http_auth
 
 
-class _FileSink:
+class _FileSink(SavedProgress):
     """DownloadSink for one file: progress in memory, durable offsets to the store."""
 
     def __init__(self, service: JobService, job: Job, index: int,
                  on_started: Callable[[int, int], None] = lambda index, size: None) -> None:
-        self._service, self._job, self._index = service, job, index
+        super().__init__(service, job, index)
         self._on_started = on_started
-        self._file = job.files[index]
-        self._saving: asyncio.Task[None] | None = None
-        self._dirty = False
 
     def started(self, validator: RemoteValidator, offset: int) -> None:
         f = self._file
@@ -55,32 +51,12 @@ class _FileSink:
             self._save()
 
     def received(self, offset: int) -> None:
-        if offset > self._file.bytes_transferred:
-            self._job.last_progress_time = time.time()
+        self.moved(offset, self._file.bytes_transferred)
         self._file.bytes_transferred = offset
 
     def durable(self, offset: int) -> None:
         self._file.durable_offset = offset
         self._save()
-
-    def _save(self) -> None:
-        """Queue a save; saves of one file never overlap and the newest offset always wins."""
-        if self._saving is None or self._saving.done():
-            self._saving = asyncio.get_running_loop().create_task(self._save_loop())
-        else:
-            self._dirty = True
-
-    async def _save_loop(self) -> None:
-        while True:
-            self._dirty = False
-            await self._service.commit(self._job, (self._index,))
-            if not self._dirty:
-                return
-
-    async def flush(self) -> None:
-        """Wait for the last queued save (the runner owns the save task)."""
-        if self._saving is not None:
-            await self._saving
 
 
 #: Files started side by side within one job, when they are small (per-file latency dominates).
@@ -97,7 +73,7 @@ BATCH_LANES = 16
 THROTTLED_BATCH_FILES = 8
 
 
-class JobRunner:
+class DownloadRunner:
     """Runs the transfer of one job until it is TRANSFERRED, failed, or cancelled by the scheduler.
 
     Files go in order. A large file (or one of unknown size) runs alone; while the files in
@@ -105,17 +81,14 @@ class JobRunner:
     file (request, create, fsync) rather than per byte. Files are marked completed in order.
     """
 
-    def __init__(self, service: JobService, transport: HttpTransport, job: Job, throttle: Throttle | None) -> None:
+    def __init__(self, service: JobService, transport: Transport, job: Job, throttle: Throttle | None) -> None:
         self._service, self._transport, self._job, self._throttle = service, transport, job, throttle
         self._in_flight: dict[int, JobFile] = {}
         self._finished: set[int] = set()
         #: files before this index are all completed (so completing in order is not a scan per file)
         self._next = 0
         self._completing: asyncio.Future[None] | None = None
-        #: PRECONFIG's proxy as proxy_route reads it (the config's section, else the daemon's environment),
-        #: read once per run: scanning the environment per file took a tenth of the loop's time (10,000 files)
-        section = service.config.proxy
-        self._preconfigured = section if section is not None else PreconfiguredProxy.from_environment()
+        self._access = JobAccess(service, job)
         self._syncs = SyncBatch(transport.pools.sync)
         self._changed = asyncio.Event()
         #: files in flight whose response has not told their size yet
@@ -123,47 +96,13 @@ class JobRunner:
         #: a file of this run proved small: files of unknown size may start beside others
         self._small_seen = False
         #: the job's custom headers as the transport takes them
-        self._headers = _headers(job.custom_headers)
+        self._headers = job.request_headers()
         #: batch tasks running, and how many files a batch takes
         self._batches = 0
         self._batch_files = BATCH_FILES if throttle is None else THROTTLED_BATCH_FILES
 
     async def run(self) -> None:
-        job = self._job
-        started = time.monotonic()
-        try:
-            budget = job.max_download_time - job.active_seconds if job.max_download_time else None
-            if budget is not None and budget <= 0:
-                raise _max_download_time_error(job)
-            try:
-                async with asyncio.timeout(budget):
-                    await self._transfer_files()
-            except TimeoutError:
-                raise _max_download_time_error(job) from None
-        except TransferError as exc:
-            if exc.transient and self._network_lost():
-                exc = TransferError(ErrorCode.BG_E_NETWORK_DISCONNECTED,
-                                    "no network connection; the job continues when one comes back",
-                                    ErrorContext.GENERAL_TRANSPORT, transient=True)
-                job.last_progress_time = time.time()  # waiting for a network is not a lack of progress
-            job.set_error(exc, transient=exc.transient, retry_after=exc.retry_after)
-        except BitsError as exc:
-            job.set_error(exc, transient=False)
-        else:
-            job.state = JobState.TRANSFERRED
-            job.transfer_completion_time = time.time()
-            job.error = None
-            job.touch()
-        finally:
-            job.active_seconds += time.monotonic() - started
-        # Shielded: the outcome is in memory already (TRANSIENT_ERROR, say), and a scheduling pass that sees
-        # it stops this turn; cancelled halfway, the commit left a job in TRANSIENT_ERROR that the scheduler
-        # never heard of, and so never retried.
-        await asyncio.shield(self._service.commit(job))
-
-    def _network_lost(self) -> bool:
-        return not network_available() and any(needs_network(f.remote_url) for f in self._job.files
-                                               if not f.completed)
+        await run_attempt(self._service, self._job, self._transfer_files)
 
     async def _transfer_files(self) -> None:
         """Start files in order; after a failure start no more, let earlier ones finish, report the first."""
@@ -204,7 +143,7 @@ class JobRunner:
         if not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:":
             return []
         try:
-            proxy = proxy_route(job, self._preconfigured, first.remote_url)
+            proxy = proxy_route(job, self._access.preconfigured, first.remote_url)
         except BitsError:
             return []  # the per-file way reports it
         url = self._transport.batchable(first.remote_url, self._headers, None if proxy is None else str(proxy.url))
@@ -312,20 +251,9 @@ class JobRunner:
         sink = _FileSink(self._service, job, index, self._file_started)
         try:
             previous = RemoteValidator.from_dict(f.validator) if f.validator else None
-            if f.remote_url[:5].lower() == "file:":  # checked when added: one scheme, no urlsplit per file
-                source = await self._service.remote_files_of(job).open_read(unquote(urlsplit(f.remote_url).path))
-                try:
-                    validator = await copy_local(source, fd, f.durable_offset, sink, self._throttle,
-                                                 validator=previous, pools=self._transport.pools)
-                finally:
-                    os.close(source)
-            else:
-                proxy = proxy_route(job, self._preconfigured, f.remote_url)  # BG_E_INVALID_PROXY_INFO
-                spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers,
-                                    job.dynamic_content, defer_sync_below=SMALL_FILE,
-                                    proxy=None if proxy is None else str(proxy.url))
-                validator = await self._transport.download(spec, fd, sink, self._throttle,
-                                                           http_auth(self._service, job, f.remote_url, proxy))
+            spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
+                                defer_sync_below=SMALL_FILE)
+            validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             # The bytes are written: the next file may start while these become durable.
             self._out_of_flight((index,))
@@ -381,21 +309,3 @@ class JobRunner:
                 os.close(fd)
         f.restart()
         return await files.open_temp(f.temp_path, create=True)
-
-
-def _headers(lines: list[str]) -> dict[str, str]:
-    """BITS custom headers are "Name: value" lines."""
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip()] = value.strip()
-    return headers
-
-
-def _max_download_time_error(job: Job) -> BitsError:
-    return BitsError(
-        ErrorCode.BG_E_MAXDOWNLOAD_TIMEOUT,
-        f"the job spent its maximum download time of {job.max_download_time} s; raise it with "
-        "setmaxdownloadtime and resume the job",
-        ErrorContext.GENERAL_TRANSPORT,
-    )

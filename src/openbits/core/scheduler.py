@@ -21,11 +21,11 @@ from collections.abc import Callable
 from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
-from ..transport.http import HttpTransport
+from ..transport.router import Transport
 from .cost import CostMonitor, blocked_by_cost, cost_allows
 from ..model.job import Job
 from .network import network_available
-from .runner import JobRunner
+from .runner import DownloadRunner
 from .upload_runner import UploadRunner
 from .changes import JobChanges
 from .service import JobService
@@ -47,7 +47,7 @@ _Key = tuple[int, float, int]
 
 
 class Scheduler:
-    def __init__(self, service: JobService, changes: JobChanges, transfers: Transfers, transport: HttpTransport,
+    def __init__(self, service: JobService, changes: JobChanges, transfers: Transfers, transport: Transport,
                  throttle_for: ThrottleSource, cost: CostMonitor) -> None:
         self._service = service
         #: the network's cost state, against each job's cost flags (core/cost.py)
@@ -247,14 +247,14 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         # upload jobs: the BITS upload protocol (core/upload_runner.py)
-        runner_type = JobRunner if job.type == JobType.DOWNLOAD else UploadRunner
+        runner_type = DownloadRunner if job.type == JobType.DOWNLOAD else UploadRunner
         runner = runner_type(self._service, self._transport, job, self._throttle_for(job))
         self._transfers.start(job.id, self._run_turn(job, runner))
         self._last_turn[job.id] = time.monotonic()
         if job.id in self._background:  # its turn came: to the back of its priority
             self._enqueue(job.id, job.priority)
 
-    async def _run_turn(self, job: Job, runner: JobRunner) -> None:
+    async def _run_turn(self, job: Job, runner: DownloadRunner | UploadRunner) -> None:
         try:
             await runner.run()
         except Exception as exc:  # a bug: it must cost this job, never the daemon

@@ -17,12 +17,14 @@ import time
 
 from ..enums import ErrorContext, JobState, JobType
 from ..errors import BitsError, ErrorCode, TransferError
-from ..transport.base import DownloadSpec, RemoteValidator
-from ..transport.http import HttpTransport
+from ..transport.base import DownloadSpec, RemoteValidator, Throttle
+from ..transport.router import Transport
 from ..transport.upload import HostId, SessionLost, UploadClient, UploadSpec, local_file_changed
 from ..model.job import Job, JobFile
+from .access import JobAccess
 from .proxy import PreconfiguredProxy, proxy_route
-from .runner import JobRunner, _FileSink, _headers
+from .attempt import run_attempt
+from .progress import SavedProgress
 from .service import JobService
 from .tokens import http_auth
 
@@ -30,7 +32,7 @@ from .tokens import http_auth
 CANCEL_TIMEOUT = 5.0
 
 
-class _UploadSink(_FileSink):
+class _UploadSink(SavedProgress):
     """UploadSink: the session id is durable before the first fragment; acknowledged offsets are saved queued."""
 
     async def set_session(self, session_id: str | None, host: HostId | None = None) -> None:
@@ -45,8 +47,7 @@ class _UploadSink(_FileSink):
 
     def acknowledged(self, offset: int) -> None:
         f = self._file
-        if offset > f.bytes_transferred:
-            self._job.last_progress_time = time.time()
+        self.moved(offset, f.bytes_transferred)
         f.bytes_transferred = f.durable_offset = offset
         self._save()
 
@@ -71,7 +72,7 @@ class _HostWatch:
         self._file.session_host_unreachable_since = None  # saved with the next progress
 
 
-class _ReplySink(_FileSink):
+class _ReplySink(SavedProgress):
     """DownloadSink of the reply: BG_JOB_REPLY_PROGRESS in the job record."""
 
     def started(self, validator: RemoteValidator, offset: int) -> None:
@@ -80,16 +81,22 @@ class _ReplySink(_FileSink):
         self._save()
 
     def received(self, offset: int) -> None:
-        if offset > self._job.reply_bytes_transferred:
-            self._job.last_progress_time = time.time()
+        self.moved(offset, self._job.reply_bytes_transferred)
         self._job.reply_bytes_transferred = offset
 
     def durable(self, offset: int) -> None:
         self._save()
 
 
-class UploadRunner(JobRunner):
-    """JobRunner's contract (state, errors, time limits, commit) with the upload protocol moving the bytes."""
+class UploadRunner:
+    """An attempt (core/attempt.py) whose bytes move with the BITS upload protocol."""
+
+    def __init__(self, service: JobService, transport: Transport, job: Job, throttle: Throttle | None) -> None:
+        self._service, self._transport, self._job, self._throttle = service, transport, job, throttle
+        self._access = JobAccess(service, job)
+
+    async def run(self) -> None:
+        await run_attempt(self._service, self._job, self._transfer_files)
 
     async def _transfer_files(self) -> None:
         job = self._job
@@ -99,8 +106,8 @@ class UploadRunner(JobRunner):
         if job.state == JobState.QUEUED:
             job.state = JobState.CONNECTING
         await self._check_local_file(f)
-        headers = _headers(job.custom_headers)
-        client = upload_client(self._service, self._transport, job, self._preconfigured)
+        headers = job.request_headers()
+        client = upload_client(self._service, self._transport, job, self._access.preconfigured)
         for _ in range(2):
             if not f.session_closing:
                 reply_url = await self._send(client, f, headers)
@@ -157,11 +164,8 @@ class UploadRunner(JobRunner):
             if url is None:
                 job.reply_bytes_total = job.reply_bytes_transferred = 0
             else:
-                proxy = proxy_route(job, self._preconfigured, url)
-                spec = DownloadSpec(url, 0, None, _headers(job.custom_headers),
-                                    proxy=None if proxy is None else str(proxy.url))
-                validator = await self._transport.download(spec, fd, sink, self._throttle,
-                                                           http_auth(self._service, job, url, proxy))
+                spec = DownloadSpec(url, 0, None, job.request_headers())
+                validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
                 job.reply_bytes_total = job.reply_bytes_transferred = validator.size
         except TransferError as exc:
             if exc.context == ErrorContext.REMOTE_FILE:
@@ -172,18 +176,18 @@ class UploadRunner(JobRunner):
             await sink.flush()
 
 
-def upload_client(service: JobService, transport: HttpTransport, job: Job,
+def upload_client(service: JobService, transport: Transport, job: Job,
                   preconfigured: PreconfiguredProxy | None, *, watch_host: bool = True) -> UploadClient:
     """The job's file goes through the job's proxy (SetProxySettings, else PRECONFIG: BG_E_INVALID_PROXY_INFO
     for a bad list), with the job's credentials for the server and the proxy; `watch_host` keeps the
     BITS-Host-Id fallback timer (not for Cancel: a job being cancelled is saved no more)."""
     url = job.files[0].remote_url
     proxy = proxy_route(job, preconfigured, url)
-    return UploadClient(transport.session(), transport.pools.reads, None if proxy is None else str(proxy.url),
-                        http_auth(service, job, url, proxy), _HostWatch(service, job) if watch_host else None)
+    return transport.upload_client(None if proxy is None else str(proxy.url), http_auth(service, job, url, proxy),
+                                   _HostWatch(service, job) if watch_host else None)
 
 
-async def cancel_upload_session(transport: HttpTransport, service: JobService, job: Job) -> None:
+async def cancel_upload_session(transport: Transport, service: JobService, job: Job) -> None:
     """Cancel's Cancel-Session for an upload still open on the server; best effort, as the server expires it anyway."""
     if job.type == JobType.DOWNLOAD or not job.files:
         return
@@ -193,4 +197,4 @@ async def cancel_upload_session(transport: HttpTransport, service: JobService, j
     with contextlib.suppress(BitsError, TimeoutError):
         async with asyncio.timeout(CANCEL_TIMEOUT):
             await upload_client(service, transport, job, service.config.proxy, watch_host=False).cancel_session(
-                f.remote_url, f.session_id, f.session_host, _headers(job.custom_headers))
+                f.remote_url, f.session_id, f.session_host, job.request_headers())

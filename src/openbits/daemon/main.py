@@ -44,6 +44,7 @@ from ..enums import JobState
 from ..identity import FileBroker
 from ..store import SqliteStore
 from ..transport.http import HttpTransport
+from ..transport.router import Transport
 from ..model.config import Config
 
 log = logging.getLogger("openbitsd")
@@ -136,7 +137,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     by_id = {job.id: job for job in jobs}
-    changes, transfers, transport = JobChanges(), Transfers(), HttpTransport(pools=pools)
+    changes, transfers, transport = JobChanges(), Transfers(), Transport(HttpTransport(pools=pools))
     bus = EventBus(store, by_id, settings.current)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
                          functools.partial(cancel_upload_session, transport), pools.reads)

@@ -177,6 +177,14 @@ class Job:
         """Files of a job go in order: the first one not yet complete."""
         return next((f for f in self.files if not f.completed), None)
 
+    def request_headers(self) -> dict[str, str]:
+        """The custom headers ("Name: value" lines) as a transport sends them."""
+        headers: dict[str, str] = {}
+        for line in self.custom_headers:
+            name, _, value = line.partition(":")
+            headers[name.strip()] = value.strip()
+        return headers
+
     # -- upload-reply -------------------------------------------------------
 
     @property

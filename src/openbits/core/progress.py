@@ -1,0 +1,46 @@
+"""SavedProgress: what both runners share about one file's progress - it moves in memory, and is saved queued.
+
+A transfer reports many offsets a second; each save is a commit (and its events). Saves of one
+file never overlap and the newest offset always wins; the one save task belongs to this object,
+and the runner awaits `flush()` before it leaves the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ..model.job import Job
+from .service import JobService
+
+
+class SavedProgress:
+    def __init__(self, service: JobService, job: Job, index: int) -> None:
+        self._service, self._job, self._index = service, job, index
+        self._file = job.files[index]
+        self._saving: asyncio.Task[None] | None = None
+        self._dirty = False
+
+    def moved(self, offset: int, before: int) -> None:
+        """Bytes moved past `before`: the no-progress clock starts again."""
+        if offset > before:
+            self._job.last_progress_time = time.time()
+
+    def _save(self) -> None:
+        """Queue a save of the job with this file."""
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.get_running_loop().create_task(self._save_loop())
+        else:
+            self._dirty = True
+
+    async def _save_loop(self) -> None:
+        while True:
+            self._dirty = False
+            await self._service.commit(self._job, (self._index,))
+            if not self._dirty:
+                return
+
+    async def flush(self) -> None:
+        """Wait for the last queued save."""
+        if self._saving is not None:
+            await self._saving

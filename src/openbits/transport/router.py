@@ -1,0 +1,71 @@
+"""Transport: the one interface a runner calls, whatever the file's scheme.
+
+The runner asks for a file's download (or a batch of small files, or an upload client); the
+transport layer picks how: http(s) through HttpTransport (aiohttp, or the lean fast path for plain
+http), file:// through copy_local from a source the job's file broker opened. What depends on the
+job - its proxy, its credentials, its identities - comes in as a RemoteAccess the core binds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable
+from dataclasses import replace
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from yarl import URL
+
+from ..pools import Pools
+from .auth import ChallengeAuth
+from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
+from .file import copy_local
+from .http import HttpTransport
+from .upload import HostWatch, UploadClient
+
+
+class RemoteAccess(Protocol):
+    """What a transfer needs of its job, bound to the job's identities by the core."""
+
+    def http(self, url: str) -> tuple[str | None, ChallengeAuth | None]:
+        """The proxy URL for `url` (None: direct; raises BG_E_INVALID_PROXY_INFO) and who answers challenges."""
+
+    def open_source(self, path: str) -> Awaitable[int]:
+        """A file:// source, opened read-only by the job's network identity."""
+
+
+class Transport:
+    def __init__(self, http: HttpTransport) -> None:
+        self._http = http
+
+    @property
+    def pools(self) -> Pools:
+        return self._http.pools
+
+    async def download(self, spec: DownloadSpec, fd: int, sink: DownloadSink, throttle: Throttle | None,
+                       access: RemoteAccess) -> RemoteValidator:
+        """`spec.url` into `fd` from `spec.offset` on; the validator of the complete file (TransferError)."""
+        if spec.url[:5].lower() == "file:":  # checked when added: one scheme, no urlsplit per http file
+            source = await access.open_source(unquote(urlsplit(spec.url).path))
+            try:
+                return await copy_local(source, fd, spec.offset, sink, throttle, validator=spec.validator,
+                                        pools=self.pools)
+            finally:
+                os.close(source)
+        proxy, auth = access.http(spec.url)
+        return await self._http.download(replace(spec, proxy=proxy), fd, sink, throttle, auth)
+
+    def batchable(self, url: str, headers: dict[str, str], proxy: str | None) -> URL | None:
+        """The URL when `fetch_small` may take the file (see HttpTransport.batchable)."""
+        return self._http.batchable(url, headers, proxy)
+
+    async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str], lanes: int,
+                          throttle: Throttle | None) -> list[RemoteValidator | None]:
+        return await self._http.fetch_small(files, headers, lanes, throttle)
+
+    def upload_client(self, proxy: str | None, auth: ChallengeAuth | None, hosts: HostWatch | None) -> UploadClient:
+        """A client of the BITS upload protocol on the shared session."""
+        return UploadClient(self._http.session(), self.pools.reads, proxy, auth, hosts)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
