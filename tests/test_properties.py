@@ -15,7 +15,7 @@ from openbits.cli.render import _SHOWN, job_panel
 from openbits.client.sync import Job as ClientJob
 from openbits.client.sync import _Setting
 from openbits.enums import JobPriority, JobType, ProxyUsage
-from openbits.events.bus import _NOTIFYING
+from openbits.events.bus import _Seen, _Totals
 from openbits.model.job import JOB_PROPERTIES, Job, job_from_record, job_to_record
 from openbits.schema.models import JobInfo, JobProperties
 from openbits.schema.views import job_info
@@ -65,11 +65,18 @@ def test_the_store_keeps_every_property(tmp_path: Path) -> None:
 
 
 def test_a_change_of_a_notifying_property_is_seen_by_the_event_bus() -> None:
-    names = [p.name for p in JOB_PROPERTIES if p.how.notifies]
     job = _job()
-    before = _NOTIFYING(job)
-    job.description = "changed"
-    assert _NOTIFYING(job) != before and len(before) == len(names)
+    totals = _Totals(job)
+    for p in JOB_PROPERTIES:
+        before = _Seen.of(job, totals)
+        value = getattr(job, p.name)
+        changed = (["X-B: 2"] if p.is_list else f"{value}-changed" if isinstance(value, str) or value is None
+                   else type(value)(1 - int(value)) if isinstance(value, bool) else value + 1)
+        setattr(job, p.name, changed)
+        assert (_Seen.of(job, totals) != before) == p.how.notifies, p.name
+        setattr(job, p.name, value)
+    job.custom_headers.append("X-C: 3")  # changed in place
+    assert _Seen.of(job, _Totals(job)) != before
 
 
 def test_the_client_has_an_attribute_for_each_client_property() -> None:

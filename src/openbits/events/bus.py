@@ -99,15 +99,14 @@ class _Seen(NamedTuple):
 
     @classmethod
     def of(cls, job: Job, totals: _Totals) -> _Seen:
-        properties = list(_NOTIFYING(job))
-        for i in _LISTS:  # copies: a list changed in place still shows as a change
-            properties[i] = tuple(properties[i] or ())
-        return cls(job.state, (*properties, job.owner_uid, len(job.files)), totals.progress)
+        # the lists as copies: a list changed in place still shows as a change
+        lists = tuple([tuple(v) if v else () for v in _LISTED(job)])
+        return cls(job.state, (_PLAIN(job), lists, job.owner_uid, len(job.files)), totals.progress)
 
 
-#: The properties whose change is a JOB_MODIFICATION event (model/properties.py), read in one C call.
-_NOTIFYING = operator.attrgetter(*(p.name for p in JOB_PROPERTIES if p.how.notifies))
-_LISTS = [i for i, p in enumerate(p for p in JOB_PROPERTIES if p.how.notifies) if p.is_list]
+#: The properties whose change is a JOB_MODIFICATION event (model/properties.py), each kind read in one C call.
+_PLAIN = operator.attrgetter(*(p.name for p in JOB_PROPERTIES if p.how.notifies and not p.is_list))
+_LISTED = operator.attrgetter(*(p.name for p in JOB_PROPERTIES if p.how.notifies and p.is_list))
 
 
 @dataclass(eq=False)
