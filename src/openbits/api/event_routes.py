@@ -116,7 +116,8 @@ async def _follow(request: web.Request, response: web.StreamResponse, sub: Subsc
             return
         wait = _LIVENESS if deadline is None else min(_LIVENESS, deadline - now)
         try:
-            first = await asyncio.wait_for(sub.queue.get(), wait)
+            async with asyncio.timeout(wait):  # not wait_for: see openbits.waiting
+                first = await sub.queue.get()
         except TimeoutError:
             if loop.time() - quiet_since >= _KEEPALIVE:
                 await response.write(b": keep-alive\n\n")

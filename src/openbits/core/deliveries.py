@@ -30,7 +30,6 @@ daemon restart every pending notification is tried again (at least once delivery
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from ..model.job import Job
@@ -38,6 +37,7 @@ from ..events.bus import EventBus, Subscription
 from ..events.notify import run_cmdline
 from ..model.event import NOTIFICATIONS, wanted
 from ..model.identity import Identity
+from ..waiting import wait_set
 from .changes import JobChanges
 from .service import JobService
 
@@ -146,8 +146,7 @@ class Deliveries:
 
     @staticmethod
     async def _sleep(wake: asyncio.Event, seconds: float | None) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
+        await wait_set(wake, seconds)
         wake.clear()
 
     async def _handled(self, job: Job, seq: int) -> None:

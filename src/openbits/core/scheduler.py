@@ -11,7 +11,6 @@ and awaited before anyone touches its files.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
 from ..transport.base import Throttle
+from ..waiting import wait_set
 from ..transport.router import Transport
 from .cost import CostMonitor, blocked_by_cost, cost_allows
 from ..model.job import Job
@@ -143,8 +143,7 @@ class Scheduler:
                 while True:
                     self._wake.clear()  # before the pass: a wake during its awaits (a commit) is not lost
                     delay = await self._schedule()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                    await wait_set(self._wake, delay)
             finally:
                 watching.cancel()
                 watching_cost.cancel()

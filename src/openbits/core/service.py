@@ -21,6 +21,7 @@ from ..identity import FileBroker, Identity, LocalFiles
 from ..identity.tokens import TokenStore
 from ..events.bus import EventBus
 from ..store import Store
+from ..waiting import wait_set
 from ..model.job import Job, check_local_path
 from .changes import JobChanges
 from .transfers import Transfers
@@ -278,8 +279,7 @@ class JobService:
                    JobState.CANCELLED)
         deadline = time.monotonic() + timeout
         while job.state not in settled and (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._change.wait(), remaining)
+            await wait_set(self._change, remaining)
         return job
 
     # -- durability and change notification ---------------------------------

@@ -35,6 +35,7 @@ from ..model.job import JOB_PROPERTIES, Job
 from ..model.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
 from ..store import Store
+from ..waiting import wait_set
 from ..model.event import NOTIFICATIONS, Event, EventKind, wanted
 
 #: Events a live subscriber may have queued before it counts as too slow and is dropped.
@@ -280,8 +281,5 @@ class EventBus:
                 self.publish(events)
             wait = min([next_prune, *self._held.values()]) - time.monotonic()
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, max(0.0, wait))
 
