@@ -1,18 +1,22 @@
-"""Shared fixtures: a real daemon, a real fault-injecting server, real nginx."""
+"""Shared fixtures: a real daemon, a real fault-injecting server, real nginx; the daemon's core in-process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from typing import TYPE_CHECKING
 
 import pytest
 
 from openbits import Manager
+from openbits.identity import FileBroker
 
 from .daemon import DaemonProcess
+from .inprocess import Core
 
 if TYPE_CHECKING:
     from .servers.faulty import FaultyServer
@@ -59,6 +63,24 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator["NginxServer"]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def file_broker() -> Iterator[FileBroker]:
+    """The file broker of the in-process tests: started the first time one asks, outside any event loop
+    (pytest-asyncio runs a loop per test), as openbitsd starts it before its loop."""
+    broker = FileBroker.start()
+    try:
+        yield broker
+    finally:
+        asyncio.run(broker.aclose())
+
+
+@pytest.fixture
+async def core(tmp_path: Path, file_broker: FileBroker) -> AsyncIterator[Core]:
+    """The daemon's service, store, events and transfers in this process (tests/inprocess.py)."""
+    async with Core.built(tmp_path / "state", file_broker) as built:
+        yield built
 
 
 @pytest.hookimpl(tryfirst=True)
