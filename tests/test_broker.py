@@ -478,6 +478,7 @@ def test_brokers_die_with_the_daemon(alice: RealUser, scratch: Path) -> None:
 # --- throughput ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # some 40 s on 2 cores: make test runs it, make test-fast does not
 async def test_throughput(
     broker: FileBroker, alice: RealUser, adir: Path, scratch: Path, record_property: Any
 ) -> None:
