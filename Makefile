@@ -27,9 +27,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The quick part: everything not marked slow.
+# The quick part, in one process: the state machine, scheduler, service, broker, layers and bandwidth
+# controller; no daemon process, no real server (the `servers` marker, tests/conftest.py) and nothing slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+	$(PY) -m pytest -m 'not servers and not slow' $(PYTEST_ARGS)
 
 # Downloads, small files, API rate, 100k queued jobs (bench/RESULTS.md); then uploads and upload sessions.
 bench: $(STAMP)

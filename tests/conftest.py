@@ -1,18 +1,24 @@
-"""Shared fixtures: a real daemon, a real fault-injecting server, real nginx."""
+"""Shared fixtures: a real daemon, a real fault-injecting server, real nginx; the daemon's core in-process."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
 
 from typing import TYPE_CHECKING
 
 import pytest
 
 from openbits import Manager
+from openbits.identity import FileBroker
 
 from .daemon import DaemonProcess
+from .inprocess import Core
 
 if TYPE_CHECKING:
     from .servers.faulty import FaultyServer
@@ -61,8 +67,50 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator["NginxServer"]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def file_broker() -> Iterator[FileBroker]:
+    """The file broker of the in-process tests: started the first time one asks, outside any event loop
+    (pytest-asyncio runs a loop per test), as openbitsd starts it before its loop."""
+    broker = FileBroker.start()
+    try:
+        yield broker
+    finally:
+        asyncio.run(broker.aclose())
+
+
+@pytest.fixture
+async def core(tmp_path: Path, file_broker: FileBroker) -> AsyncIterator[Core]:
+    """The daemon's service, store, events and transfers in this process (tests/inprocess.py)."""
+    async with Core.built(tmp_path / "state", file_broker) as built:
+        yield built
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
     """Attach the daemon's log to a failing test's report."""
     if call.excinfo is not None and "daemon" in getattr(item, "funcargs", {}):
         item.add_report_section(call.when, "openbitsd log", item.funcargs["daemon"].log()[-20000:])
+
+
+#: what starts an openbitsd process, a real server or a lab (network namespace, bus) when a test uses it
+STARTERS = ("tests.daemon", "tests.servers", "tests.netlab", "tests.nmlab")
+STARTING_FIXTURES = frozenset({"daemon", "manager", "faulty", "nginx"})
+
+
+def _uses_starters(module: ModuleType) -> bool:
+    """Does the test module hold anything of STARTERS (a module, class or function it imported)?"""
+    for value in vars(module).values():
+        origin = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        if isinstance(origin, str) and origin.startswith(STARTERS):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `servers` every test that starts a daemon or a real server: those of a module that imports one
+    of STARTERS, and any test using a STARTING_FIXTURES fixture. `make test-fast` runs the others."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if (module is not None and _uses_starters(module)) or STARTING_FIXTURES & set(
+                getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)

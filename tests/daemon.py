@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from openbits import Manager
 from openbits.locations import answers
+
+from .waiting import wait_until
 
 
 def _toml_value(value: Any) -> str:
@@ -29,10 +30,12 @@ class DaemonProcess:
     """openbitsd --user on a private socket and state directory."""
 
     def __init__(self, root: Path, config: dict[str, Any] | None = None, *, system: bool = False,
-                 wrap: Sequence[str] = ()) -> None:
-        """`wrap` prefixes the command: `ip netns exec NS` runs the daemon in a namespace (tests/netlab.py)."""
+                 wrap: Sequence[str] = (), log_level: str | None = "DEBUG") -> None:
+        """`wrap` prefixes the command: `ip netns exec NS` runs the daemon in a namespace (tests/netlab.py).
+        `log_level` None: the daemon's own default, for a test that reads the log for what must not be in it."""
         self.root = root
         self.wrap = list(wrap)
+        self.log_level = log_level
         self.socket = root / "openbits.sock"
         self.state_dir = root / "state"
         self.config_path = root / "openbitsd.toml"
@@ -56,17 +59,19 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         command = [*self.wrap, sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
                    "--socket", str(self.socket), "--state-dir", str(self.state_dir),
-                   "--config", str(self.config_path), "--log-level", "DEBUG"]
+                   "--config", str(self.config_path)]
+        if self.log_level is not None:
+            command += ["--log-level", self.log_level]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        proc = self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        deadline = time.monotonic() + 15
-        while not answers(self.socket):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"openbitsd exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"openbitsd did not answer within 15 s:\n{self.log()}")
-            time.sleep(0.02)
+
+        def answering() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"openbitsd exited with {proc.returncode}:\n{self.log()}")
+            return answers(self.socket)
+
+        wait_until(answering, 15, lambda: f"openbitsd did not answer within 15 s:\n{self.log()}", interval=0.02)
         return self
 
     def log(self) -> str:

@@ -12,16 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from openbits.locations import answers
-
 from .daemon import DaemonProcess
+from .servers.thread import ServerThread, stream_listener
 
 pytestmark = pytest.mark.slow
 
@@ -31,58 +28,36 @@ class UnixForwarder:
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
-        self.port = 0
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        ready.wait(10)
+        self._server = ServerThread(stream_listener(self._handle), "unix-forwarder")
+        self.port = self._server.port
 
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(str(self.socket_path))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_unix_connection(str(self.socket_path))
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        async def main() -> None:
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            await server.serve_forever()
-
-        self._loop.run_until_complete(main())
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
 
 
 @pytest.fixture
 def isolated_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a network namespace with loopback only")
-    daemon = DaemonProcess(tmp_path / "d", {"max_jobs_per_user": 100000})
-    command = ["unshare", "--net", "--", "sh", "-c",
-               'ip link set lo up && exec "$@"', "sh", sys.executable, "-m", "openbits.daemon", "--user",
-               "--socket", str(daemon.socket), "--state-dir", str(daemon.state_dir), "--config",
-               str(daemon.config_path)]
-    with open(daemon.log_path, "ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=log)
-    deadline = time.monotonic() + 15
-    while not answers(daemon.socket):
-        assert proc.poll() is None and time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
+    # the daemon's default log level: the test looks for "500" in the log
+    daemon = DaemonProcess(tmp_path / "d", {"max_jobs_per_user": 100000}, log_level=None,
+                           wrap=["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]).start()
     try:
         yield daemon
     finally:
-        proc.terminate()
-        proc.wait(20)
+        daemon.stop()
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(isolated_daemon: DaemonProcess,

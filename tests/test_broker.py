@@ -26,7 +26,8 @@ from openbits.errors import BitsError, ErrorCode
 from openbits.identity import FileBroker, FileStat, Identity, LocalFiles, peer_credentials
 from openbits.identity.localfiles import DiskFiles
 
-from .users import RealUser, RealUsers, require_root
+from .users import RealUser, RealUsers, owned_folder, require_root
+from .waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -66,7 +67,7 @@ def scratch(users: dict[str, RealUser]) -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="obt_", dir="/var/tmp"))
     base.chmod(0o755)
     for name in ("alice", "bob"):
-        folder(base / name, users[name], 0o700)
+        owned_folder(base / name, users[name], 0o700)
     (base / "rootdir").mkdir(mode=0o755)
     yield base
     shutil.rmtree(base)
@@ -75,14 +76,7 @@ def scratch(users: dict[str, RealUser]) -> Iterator[Path]:
 @pytest.fixture
 def adir(scratch: Path, alice: RealUser) -> Path:
     """A fresh folder of alice's for one test."""
-    return folder(scratch / "alice" / secrets.token_hex(4), alice)
-
-
-def folder(path: Path, owner: RealUser, mode: int = 0o755) -> Path:
-    path.mkdir()
-    os.chown(path, owner.uid, owner.identity.gid)
-    path.chmod(mode)
-    return path
+    return owned_folder(scratch / "alice" / secrets.token_hex(4), alice)
 
 
 async def refused(call: Any, code: ErrorCode, mentions: str) -> BitsError:
@@ -100,15 +94,6 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
-
-
-def wait_gone(pid: int, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def in_child(body: Callable[[], Any]) -> Any:
@@ -279,7 +264,7 @@ async def test_parent_swapped_for_a_symlink_between_open_and_commit(
 ) -> None:
     """Whatever the folder turns into, the broker acts as alice: at most what alice herself could do."""
     files = broker.files_for(alice.identity)
-    work = folder(adir / "work", alice)
+    work = owned_folder(adir / "work", alice)
     fd = await files.open_temp(str(work / ".f.obt"), create=True)
     os.write(fd, b"payload")
     os.close(fd)
@@ -342,7 +327,7 @@ async def test_open_read_of_bobs_private_file_is_denied(
     broker: FileBroker, alice: RealUser, bob: RealUser, scratch: Path
 ) -> None:
     shelf = scratch / f"bob-shelf-{secrets.token_hex(4)}"
-    folder(shelf, bob, 0o755)
+    owned_folder(shelf, bob, 0o755)
     secret = shelf / "secret"
     secret.write_bytes(b"bob only")
     os.chown(secret, bob.uid, bob.identity.gid)
@@ -425,7 +410,7 @@ async def test_broker_holds_only_the_identity_and_respawns(broker: FileBroker, a
     assert status["NoNewPrivs"] == "1"
     assert os.stat(f"/proc/{pid}/mem").st_uid == 0  # not dumpable: alice cannot ptrace it
     os.kill(pid, signal.SIGKILL)
-    assert wait_gone(pid)
+    wait_until(lambda: gone(pid), 3, f"process {pid} to exit", interval=0.01)
     assert await files.stat(str(adir)) is not None  # transparently respawned
     assert files.pid not in (None, pid)  # type: ignore[attr-defined]
 
@@ -486,12 +471,14 @@ def test_brokers_die_with_the_daemon(alice: RealUser, scratch: Path) -> None:
     assert not gone(zygote) and not gone(broker_pid)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    assert wait_gone(zygote) and wait_gone(broker_pid)
+    for process in (zygote, broker_pid):
+        wait_until(lambda: gone(process), 3, f"process {process} to exit", interval=0.01)
 
 
 # --- throughput ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # some 40 s on 2 cores: make test runs it, make test-fast does not
 async def test_throughput(
     broker: FileBroker, alice: RealUser, adir: Path, scratch: Path, record_property: Any
 ) -> None:
@@ -539,6 +526,6 @@ async def test_a_stopped_broker_stalls_only_until_the_timeout(alice: RealUser, a
         assert 0.3 <= time.monotonic() - begin < 2.0
         assert files.pid != stopped  # type: ignore[attr-defined]
         os.kill(stopped, signal.SIGCONT)
-        assert wait_gone(stopped)  # it sees EOF and exits
+        wait_until(lambda: gone(stopped), 3, "the stopped broker to exit", interval=0.01)  # it sees EOF and exits
     finally:
         await started.aclose()

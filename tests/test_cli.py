@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from openbits.schema.models import JobInfo, JobList
 
 from .daemon import DaemonProcess
 from .servers.nginx import NginxServer
+from .waiting import wait_until
 
 
 class Cli:
@@ -181,10 +181,8 @@ def test_interrupted_transfer_cancels_the_job(cli: Cli, silent_server: str, tmp_
     command = [sys.executable, "-m", "openbits.cli", "--socket", str(cli.socket), "transfer", "--name", name,
                silent_server, str(tmp_path / "never.bin")]
     process = subprocess.Popen(command, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while cli("getstate", name).stdout.strip() not in ("CONNECTING", "TRANSFERRING", "TRANSIENT_ERROR"):
-        assert time.monotonic() < deadline, "the transfer never started"
-        time.sleep(0.1)
+    wait_until(lambda: cli("getstate", name).stdout.strip() in ("CONNECTING", "TRANSFERRING", "TRANSIENT_ERROR"),
+               20, "the transfer to start", interval=0.1)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 130, stderr

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from openbits.model.config import Config
 
 from .daemon import DaemonProcess
 from .nmlab import PrivateBus
+from .waiting import wait_until
 
 
 @pytest.mark.parametrize(("policy", "allowed"), [
@@ -86,13 +87,6 @@ def test_bad_network_config_is_refused() -> None:
             Config.from_dict(bad)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def metered_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonProcess]:
     """No system bus (whatever runs on this machine), and the configuration says metered."""
@@ -118,7 +112,7 @@ def test_blocked_on_a_metered_network_then_resumes_on_sighup(metered_daemon: Dae
         job.add_file(source.as_uri(), tmp_path / "out.bin")
         job.set_properties(cost_flags="UNRESTRICTED", no_progress_timeout=1)
         job.resume()
-        wait_for(lambda: job.info().state == JobState.TRANSIENT_ERROR, 10, "the job to be blocked")
+        wait_until(lambda: job.info().state == JobState.TRANSIENT_ERROR, 10, "the job to be blocked")
         info = job.info()
         assert info.error is not None and info.error.name == "BG_E_BLOCKED_BY_COST_TRANSFER_POLICY"
         assert info.rate_reason.startswith("blocked by cost"), info.rate_reason
@@ -127,7 +121,7 @@ def test_blocked_on_a_metered_network_then_resumes_on_sighup(metered_daemon: Dae
         assert job.info().state == JobState.TRANSIENT_ERROR
 
         metered_daemon.reload({"network": {"metered": False}})
-        wait_for(lambda: job.info().state == JobState.TRANSFERRED, 10, "the job to continue after SIGHUP")
+        wait_until(lambda: job.info().state == JobState.TRANSFERRED, 10, "the job to continue after SIGHUP")
         job.complete()
         assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
 
@@ -140,7 +134,7 @@ def test_changing_the_cost_flags_takes_effect_at_once(metered_daemon: DaemonProc
         job.add_file(source.as_uri(), tmp_path / "out.bin")
         job.cost_flags = TransferPolicy.UNRESTRICTED
         job.resume()
-        wait_for(lambda: job.info().state == JobState.TRANSIENT_ERROR, 10, "the job to be blocked")
+        wait_until(lambda: job.info().state == JobState.TRANSIENT_ERROR, 10, "the job to be blocked")
         job.cost_flags = TransferPolicy.STANDARD  # metered is within STANDARD
-        wait_for(lambda: job.info().state == JobState.TRANSFERRED, 5, "the job to continue")
+        wait_until(lambda: job.info().state == JobState.TRANSFERRED, 5, "the job to continue")
         assert job.cost_flags == TransferPolicy.STANDARD

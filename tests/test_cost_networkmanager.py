@@ -29,6 +29,7 @@ from openbits.model.config import Config
 from .daemon import DaemonProcess
 from .nmlab import NetworkManager, PrivateBus, missing_tools
 from .servers.faulty import FaultyServer, sha256
+from .waiting import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -65,15 +66,6 @@ def daemon(tmp_path: Path, nm: NetworkManager, monkeypatch: pytest.MonkeyPatch) 
         yield process
     finally:
         process.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def blocked(job: Job) -> bool:
@@ -128,7 +120,7 @@ def blocked_job(manager: Manager, nm: NetworkManager, tmp_path: Path) -> Job:
     (tmp_path / "src.bin").write_bytes(os.urandom(200_000))
     nm.set_metered("wan", True)
     job = unrestricted_job(manager, (tmp_path / "src.bin").as_uri(), tmp_path / "out.bin")
-    wait_for(lambda: blocked(job), 10, "the job to be blocked by cost")
+    wait_until(lambda: blocked(job), 10, "the job to be blocked by cost")
     return job
 
 
@@ -143,7 +135,9 @@ def test_a_job_waits_while_networkmanager_says_metered_and_goes_on_when_it_flips
         assert blocked(job), "still waiting: nothing changed"
 
         nm.set_metered("wan", False)
-        took = wait_for(lambda: job.info().state == JobState.TRANSFERRED, AT_ONCE, "the job to go on")
+        start = time.monotonic()
+        wait_until(lambda: job.info().state == JobState.TRANSFERRED, AT_ONCE, "the job to go on", interval=0.02)
+        took = time.monotonic() - start
         job.complete()
         assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "src.bin").read_bytes()
     log = daemon.log()
@@ -156,18 +150,18 @@ def test_a_running_job_stops_when_the_primary_connection_becomes_metered(
     path = "/cost/trickle.bin?size=1m&trickle=10"  # 4 KiB every 10 ms: some 2.5 s
     with daemon.manager() as manager:
         job = unrestricted_job(manager, faulty.url(path), tmp_path / "out.bin")
-        wait_for(lambda: job.info().state == JobState.TRANSFERRING and job.info().bytes_transferred > 0, 10,
-                 "the job to be transferring")
+        wait_until(lambda: job.info().state == JobState.TRANSFERRING and job.info().bytes_transferred > 0, 10,
+                   "the job to be transferring")
 
         nm.nmcli("connection", "up", "cell")  # the metered link takes over the default route
-        wait_for(lambda: blocked(job), AT_ONCE, "the running job to stop for cost")
+        wait_until(lambda: blocked(job), AT_ONCE, "the running job to stop for cost")
         held = job.info().bytes_transferred
         assert held < 1024 * 1024
         time.sleep(0.5)
         assert blocked(job) and job.info().bytes_transferred == held, "no bytes while the network is metered"
 
         nm.nmcli("connection", "down", "cell")
-        wait_for(lambda: job.info().state == JobState.TRANSFERRED, 15, "the job to finish on the unmetered link")
+        wait_until(lambda: job.info().state == JobState.TRANSFERRED, 15, "the job to finish on the unmetered link")
         job.complete()
     assert hashlib.sha256((tmp_path / "out.bin").read_bytes()).hexdigest() == sha256(path)
 
@@ -177,6 +171,6 @@ def test_when_networkmanager_stops_the_configuration_decides(
     with daemon.manager() as manager:
         job = blocked_job(manager, nm, tmp_path)
         nm.stop()  # NameOwnerChanged: [network] metered = false decides now
-        wait_for(lambda: job.info().state == JobState.TRANSFERRED, AT_ONCE, "the job to go on")
+        wait_until(lambda: job.info().state == JobState.TRANSFERRED, AT_ONCE, "the job to go on")
         job.complete()
     assert "NetworkManager is not on the system bus: the [network] configuration decides" in daemon.log()

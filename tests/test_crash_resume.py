@@ -12,6 +12,7 @@ from openbits import JobState, JobType
 from .daemon import DaemonProcess
 from .servers.faulty import FaultyServer, sha256
 from .test_retry import requests_for, sha256_file, unique
+from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +22,16 @@ SIZE = 200 * 1024 * 1024
 def wait_bytes(daemon: DaemonProcess, job_id: str, at_least: int) -> int:
     with daemon.manager() as manager:
         job = manager.get_job(job_id)
-        deadline = time.monotonic() + 60
-        while (done := job.progress.bytes_transferred) < at_least:
-            assert time.monotonic() < deadline, f"only {done} bytes after 60 s"
+
+        def enough() -> int:
+            """The bytes done once they reach at_least (0 before); the job must not end before that."""
+            if (done := job.progress.bytes_transferred) >= at_least:
+                return done
             assert job.state not in (JobState.ERROR, JobState.TRANSFERRED), job.state
-            time.sleep(0.02)
-        return done
+            return 0
+
+        return wait_until(enough, 60, lambda: f"only {job.progress.bytes_transferred} bytes after 60 s",
+                          interval=0.02)
 
 
 @pytest.mark.parametrize("cut", [0.3, 0.7])

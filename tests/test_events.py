@@ -7,20 +7,13 @@ import asyncio
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from openbits import AsyncManager, JobState, Manager, NotifyFlags
 from openbits.schema.models import EventInfo
 
 from .daemon import DaemonProcess
-
-
-def _until(check: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+from .waiting import wait_until
 
 
 def _history(manager: Manager, job_id: str, since: int = 0) -> list[EventInfo]:
@@ -81,7 +74,7 @@ def test_seed_pattern_sync_and_event_order_of_a_full_life(manager: Manager, tmp_
         job.cancel()
     assert callbacks.names() == ["file_transferred", "job_transferred"]
     assert (tmp_path / "a").read_bytes() == b"payload\n"
-    _until(lambda: _history(manager, job.id)[-1].state == JobState.ACKNOWLEDGED)
+    wait_until(lambda: _history(manager, job.id)[-1].state == JobState.ACKNOWLEDGED)
     history = _history(manager, job.id)
     assert [e.seq for e in history] == sorted({e.seq for e in history})
     kinds = [(e.kind, e.state.name) for e in history]
@@ -178,7 +171,7 @@ def test_a_raising_callback_runs_the_command_line_once(manager: Manager, tmp_pat
     job.set_notify_interface(callbacks)
     job.add_file(_source(tmp_path), tmp_path / "e")
     job.resume()
-    _until(ran.exists)
+    wait_until(ran.exists)
     time.sleep(2.5)  # exit 0 handled the notification: neither runs again
     assert ran.read_text() == "ran\n" and callbacks.names() == ["job_transferred"]
     assert job.state == JobState.TRANSFERRED
@@ -214,7 +207,7 @@ def test_disable_silences_everything_and_a_command_line_set_afterwards_runs(mana
     assert callbacks.calls == [] and not ran.exists()
     assert all(not e.notify for e in _history(manager, job.id))
     job.notify_flags = NotifyFlags.JOB_TRANSFERRED  # the event already happened: the command line still runs
-    _until(ran.exists)
+    wait_until(ran.exists)
     assert job.info().state == JobState.TRANSFERRED
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from .daemon import DaemonProcess
 from .test_security import daemon, users, world  # noqa: F401  (module fixtures: real users, a system daemon)
-from .users import RealUser
+from .users import RealUser, owned_folder
+from .waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -27,12 +28,6 @@ def cli(user: RealUser, daemon: DaemonProcess, *args: str) -> str:
                             env={"PATH": "/usr/bin:/bin", "HOME": str(user.home)})
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def own_folder(path: Path, user: RealUser) -> Path:
-    path.mkdir()
-    os.chown(path, user.uid, user.identity.gid)
-    return path
 
 
 def stored_events(user: RealUser, daemon: DaemonProcess, *args: str) -> list[dict[str, object]]:
@@ -59,7 +54,7 @@ def test_a_user_never_sees_another_users_events(users, world, daemon) -> None:  
 
 def test_the_command_line_runs_as_the_owner_again_until_complete(users, world, daemon) -> None:  # type: ignore
     alice = users["alice"]
-    home = own_folder(world / "alice_cmd", alice)
+    home = owned_folder(world / "alice_cmd", alice)
     src = home / "src"
     src.write_bytes(b"x" * 1000)
     os.chown(src, alice.uid, alice.identity.gid)
@@ -71,10 +66,8 @@ def test_the_command_line_runs_as_the_owner_again_until_complete(users, world, d
     assert cli(alice, daemon, "getnotifycmdline", job).strip().startswith("/bin/sh -c ")
     cli(alice, daemon, "addfile", job, src.as_uri(), str(home / "dst"))
     cli(alice, daemon, "resume", job)  # no client is connected when the job is transferred
-    deadline = time.monotonic() + 20
-    while not (out.exists() and len(out.read_text().split()) >= 2):
-        assert time.monotonic() < deadline, daemon.log()[-3000:]
-        time.sleep(0.1)
+    wait_until(lambda: out.exists() and len(out.read_text().split()) >= 2, 20, lambda: daemon.log()[-3000:],
+               interval=0.1)
     assert set(out.read_text().split()) == {str(alice.uid)}
     assert out.stat().st_uid == alice.uid
     cli(alice, daemon, "complete", job)

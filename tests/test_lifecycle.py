@@ -11,6 +11,7 @@ import pytest
 from openbits import BitsError, ErrorContext, JobPriority, JobState, JobType, Manager
 
 from .daemon import DaemonProcess
+from .waiting import wait_until
 
 
 def sha256(path: Path) -> str:
@@ -245,8 +246,7 @@ def test_sigterm_is_a_clean_shutdown_mid_transfer(daemon: DaemonProcess, nginx, 
         job.add_file(nginx.url("medium.bin"), tmp_path / "m.bin")
         job.set_properties(max_bandwidth=500_000)
         job.resume()
-        while job.progress.bytes_transferred == 0:
-            job.wait(0.05)
+        wait_until(lambda: job.progress.bytes_transferred > 0, 30, "the first bytes")
         job_id = job.id
     assert daemon.stop() == 0
     assert not daemon.socket.exists()

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from openbits import JobState, JobType
-from openbits.locations import answers
 
 from .daemon import DaemonProcess
+from .waiting import wait_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 for a network namespace")
@@ -42,24 +42,15 @@ def test_job_waits_for_the_network_then_continues(namespace: str, tmp_path: Path
     www = tmp_path / "www"
     www.mkdir()
     (www / "f.bin").write_bytes(os.urandom(50_000))
-    daemon = DaemonProcess(tmp_path / "d")
-    log = open(daemon.log_path, "ab")
-    proc = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m", "openbits.daemon", "--user",
-                             "--socket", str(daemon.socket), "--state-dir", str(daemon.state_dir)],
-                            stdout=log, stderr=log)
+    daemon = DaemonProcess(tmp_path / "d", wrap=["ip", "netns", "exec", namespace]).start()
     server = None
     try:
-        deadline = time.monotonic() + 15
-        while not answers(daemon.socket):
-            assert proc.poll() is None and time.monotonic() < deadline, daemon.log()
-            time.sleep(0.05)
         with daemon.manager() as manager:
             job = manager.create_job("offline", JobType.DOWNLOAD)
             job.add_file("http://192.0.2.1:8080/f.bin", tmp_path / "f.bin")
             job.set_properties(no_progress_timeout=1, minimum_retry_delay=600)
             job.resume()
-            while job.state != JobState.TRANSIENT_ERROR:
-                time.sleep(0.05)
+            wait_state(job, JobState.TRANSIENT_ERROR)
             error = job.error
             assert error is not None and error.name == "BG_E_NETWORK_DISCONNECTED"
             time.sleep(2.5)
@@ -80,6 +71,4 @@ def test_job_waits_for_the_network_then_continues(namespace: str, tmp_path: Path
         if server is not None:
             server.terminate()
             server.wait(10)
-        proc.terminate()
-        proc.wait(20)
-        log.close()
+        daemon.stop()

@@ -11,7 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from .daemon import DaemonProcess
 from .servers.auth import BODY, AuthServer
 from .servers.proxy import ForwardProxy
 from .test_security import daemon as system_daemon  # noqa: F401  (fixtures, under names of their own here)
-from .test_security import folder, run_as, users, world  # noqa: F401
+from .test_security import run_as, users, world  # noqa: F401
 from .test_security import web as auth_web  # noqa: F401
+from .users import owned_folder
+from .waiting import wait_until
 
 #: a port nothing listens on: a proxy there fails every request that tries it
 DEAD_PROXY = "http://127.0.0.1:9"
@@ -115,9 +116,7 @@ def test_preconfig_prefers_the_config_section(origin: AuthServer, proxy: Forward
             assert fetch(manager, url, tmp_path / "a")[0] == JobState.TRANSFERRED
         assert proxy.targets == [url]
         daemon.reload({"proxy": {"http_proxy": proxy.url, "no_proxy": "127.0.0.1"}})
-        deadline = time.monotonic() + 10
-        while "configuration reloaded" not in daemon.log() and time.monotonic() < deadline:  # SIGHUP is asynchronous
-            time.sleep(0.05)
+        wait_until(lambda: "configuration reloaded" in daemon.log(), 10, "the reload")  # SIGHUP is asynchronous
         with daemon.manager() as manager:
             assert fetch(manager, url, tmp_path / "b")[0] == JobState.TRANSFERRED
         assert proxy.targets == [url]  # no_proxy of the section: direct
@@ -232,7 +231,7 @@ def test_network_flag_answers_the_proxy_with_the_helpers_netrc(users, world, sys
         netrc.write_text(f"machine 127.0.0.1 login bobproxy password {password}\n")
         os.chown(netrc, bob.uid, bob.identity.gid)
         netrc.chmod(0o600)
-        mine = folder(world / "alice_proxy", alice, 0o700)
+        mine = owned_folder(world / "alice_proxy", alice, 0o700)
 
         def code(dest: str, flags: int, helper: bool) -> str:
             return f"""

@@ -12,6 +12,7 @@ import pytest
 from openbits import ErrorContext, Job, JobState, JobType, Manager
 
 from .servers.faulty import FaultyServer, sha256
+from .waiting import wait_state, wait_until
 
 
 def unique(path_qs: str) -> str:
@@ -25,13 +26,6 @@ def run_job(manager: Manager, url: str, dest: Path, **properties: object) -> Job
     job.set_properties(minimum_retry_delay=1, **properties)
     job.resume()
     return job
-
-
-def wait_state(job: Job, wanted: JobState, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while job.state != wanted:
-        assert time.monotonic() < deadline, f"job stayed {job.state.name}, wanted {wanted.name}"
-        time.sleep(0.05)
 
 
 def sha256_file(path: Path) -> str:
@@ -162,9 +156,12 @@ def test_unknown_size_is_shown_as_unknown_until_known(manager: Manager, faulty: 
                                                       tmp_path: Path) -> None:
     path = unique("f.bin?size=200k&chunked=1&trickle=20")
     job = run_job(manager, faulty.url(path), tmp_path / "f.bin")
-    while job.progress.bytes_transferred == 0:
+
+    def started() -> bool:
         assert job.state not in (JobState.ERROR, JobState.TRANSFERRED)
-        time.sleep(0.02)
+        return job.progress.bytes_transferred > 0
+
+    wait_until(started, 60, "the first bytes", interval=0.02)
     assert job.progress.bytes_total == -1 and job.files[0].progress.bytes_total == -1
     assert job.wait(60) == JobState.TRANSFERRED
     assert job.progress.bytes_total == 200 * 1024

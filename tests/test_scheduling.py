@@ -16,6 +16,7 @@ from openbits.model.config import Config, parse_rate
 from .daemon import DaemonProcess
 from .servers.faulty import FaultyServer
 from .test_retry import unique
+from .waiting import wait_state, wait_until
 
 
 @pytest.fixture
@@ -54,8 +55,8 @@ def test_foreground_runs_beside_background(one_at_a_time: DaemonProcess, faulty:
         background = add_job(manager, faulty, tmp_path / "bg", JobPriority.NORMAL, size="64m")
         background.resume()
         foreground = add_job(manager, faulty, tmp_path / "fg", JobPriority.FOREGROUND, size="16m")
-        while background.progress.bytes_transferred == 0:
-            time.sleep(0.02)
+        wait_until(lambda: background.progress.bytes_transferred > 0, 30, "the background job's first bytes",
+                   interval=0.02)
         foreground.resume()
         assert foreground.wait(30) == JobState.TRANSFERRED
         assert background.state in (JobState.TRANSFERRING, JobState.CONNECTING, JobState.QUEUED)
@@ -109,10 +110,7 @@ def test_inactive_jobs_are_cancelled(tmp_path: Path) -> None:
     try:
         with daemon.manager() as manager:
             job = manager.create_job("forgotten", JobType.DOWNLOAD)
-            deadline = time.monotonic() + 30
-            while job.state != JobState.CANCELLED:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_state(job, JobState.CANCELLED)
     finally:
         daemon.stop()
 

@@ -26,7 +26,7 @@ from openbits.identity.programs import start_as
 
 from .daemon import DaemonProcess
 from .servers.auth import BODY, AuthServer
-from .users import RealUser, RealUsers, require_root
+from .users import RealUser, RealUsers, owned_folder, require_root
 
 pytestmark = pytest.mark.root
 
@@ -85,13 +85,6 @@ def web() -> Iterator[AuthServer]:
     server.stop()
 
 
-def folder(path: Path, owner: RealUser, mode: int = 0o755) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, owner.uid, owner.identity.gid)
-    path.chmod(mode)
-    return path
-
-
 def run_as(user: RealUser, daemon: DaemonProcess, code: str, stdin: str = "") -> dict[str, Any]:
     """Run PRELUDE + code as user; its last stdout line is JSON."""
     script = daemon.root.parent / f"script_{secrets.token_hex(4)}.py"
@@ -138,7 +131,7 @@ def download_job(url: str, dest: Path, *, helper: str = "", password: str = "", 
 
 def test_seed_helper_token_from_password(users, world, daemon, web) -> None:
     alice, bob = users["alice"], users["bob"]
-    drop = folder(world / "bob_only", bob)
+    drop = owned_folder(world / "bob_only", bob)
     dest = drop / "seed.bin"
     answer = run_as(alice, daemon, download_job(_plain(web), dest, helper=bob.name, password=bob.password))
     assert answer["state"] == "TRANSFERRED", answer
@@ -152,7 +145,7 @@ def _plain(web: AuthServer) -> str:
 def test_seed_impersonate_as_root_service(users, world, daemon, web) -> None:
     """LogonUser + ImpersonateLoggedOnUser + SetHelperToken + RevertToSelf, from a root process."""
     bob = users["bob"]
-    dest = folder(world / "bob_only2", bob) / "imp.bin"
+    dest = owned_folder(world / "bob_only2", bob) / "imp.bin"
     code = PRELUDE + textwrap.dedent(f"""
     job = m.create_job("root-service")
     opts = job.token_options()
@@ -178,7 +171,7 @@ def test_seed_impersonate_as_root_service(users, world, daemon, web) -> None:
 
 def test_without_helper_token_access_denied_and_no_file(users, world, daemon, web) -> None:
     alice, bob = users["alice"], users["bob"]
-    dest = folder(world / "bob_only3", bob) / "nothing.bin"
+    dest = owned_folder(world / "bob_only3", bob) / "nothing.bin"
     refused = run_as(alice, daemon, download_job(_plain(web), dest, flags=0))
     assert (refused["error"], refused["context"]) == ("E_ACCESSDENIED", "LOCAL_FILE")
     # Accepted with the helper, then helper and flags taken away before the transfer: ERROR, no file.
@@ -240,7 +233,7 @@ def test_other_users_jobs_are_not_found_and_admin_only_verbs(users, daemon) -> N
 
 def test_owner_cannot_make_the_daemon_write_or_read_as_root(users, world, daemon, web) -> None:
     alice, bob = users["alice"], users["bob"]
-    mine = folder(world / "alice_dir", alice, 0o700)
+    mine = owned_folder(world / "alice_dir", alice, 0o700)
     for target in ("/etc/obt_evil", "/root/obt_evil", str(bob.home / "obt_evil")):
         answer = run_as(alice, daemon, download_job(_plain(web), Path(target), flags=0))
         assert answer["error"] == "E_ACCESSDENIED", (target, answer)
@@ -267,8 +260,8 @@ def test_owner_cannot_make_the_daemon_write_or_read_as_root(users, world, daemon
 
 def test_folder_swapped_for_symlink_before_complete(users, world, daemon, web) -> None:
     alice = users["alice"]
-    base = folder(world / "alice_swap", alice, 0o755)
-    inner = folder(base / "d", alice)
+    base = owned_folder(world / "alice_swap", alice, 0o755)
+    inner = owned_folder(base / "d", alice)
     answer = run_as(alice, daemon, f"""
     job = m.create_job("swap")
     job.add_file({_plain(web)!r}, {str(inner / "f.bin")!r})
@@ -289,7 +282,7 @@ def test_file_url_reads_as_the_owner(users, world, daemon) -> None:
     secret.write_text("bob's secret\n")
     os.chown(secret, bob.uid, bob.identity.gid)
     secret.chmod(0o600)
-    dest = folder(world / "alice_read", alice, 0o700) / "stolen"
+    dest = owned_folder(world / "alice_read", alice, 0o700) / "stolen"
     answer = run_as(alice, daemon, download_job(f"file://{secret}", dest, flags=0))
     assert (answer["state"], answer["error"], answer["context"]) == ("ERROR", "E_ACCESSDENIED", "LOCAL_FILE")
     assert not dest.exists()
@@ -346,7 +339,7 @@ def test_failed_logons_are_rate_limited_and_not_logged(users, daemon) -> None:
 
 def test_restart_forgets_helper_tokens_token_required(users, world, daemon, faulty) -> None:
     alice, bob = users["alice"], users["bob"]
-    dest = folder(world / "bob_restart", bob) / "r.bin"
+    dest = owned_folder(world / "bob_restart", bob) / "r.bin"
     # The first request stalls after 1,000 bytes, so the job is mid-transfer when the daemon dies.
     url = faulty.url(f"{uuid.uuid4().hex}/r.bin?size=64k&stall=30&stall_at=1000&fail=1")
     job_id = run_as(alice, daemon, f"""
@@ -385,7 +378,7 @@ def test_network_flag_uses_the_helpers_netrc_and_files(users, world, daemon, web
     netrc.write_text(f"machine 127.0.0.1 login bobnet password {'pw' + bob.name}\n")
     os.chown(netrc, bob.uid, bob.identity.gid)
     netrc.chmod(0o600)
-    mine = folder(world / "alice_net", alice, 0o700)
+    mine = owned_folder(world / "alice_net", alice, 0o700)
     for scheme in ("basic", "digest"):
         url = web.url(f"/{scheme}/bobnet/n")
         owner_only = run_as(alice, daemon, download_job(url, mine / f"{scheme}0", flags=0))
@@ -412,7 +405,7 @@ def test_job_credentials_stay_with_the_origin_and_out_of_sight(users, world, dae
     try:
         password = "cred-" + secrets.token_hex(8)
         web.accounts["u"] = other.accounts["u"] = password
-        mine = folder(world / "alice_cred", alice, 0o700)
+        mine = owned_folder(world / "alice_cred", alice, 0o700)
         target = other.url("/basic/u/elsewhere")
         answer = run_as(alice, daemon, f"""
         job = m.create_job("creds")
@@ -448,7 +441,7 @@ def test_job_credentials_stay_with_the_origin_and_out_of_sight(users, world, dae
 
 def test_programs_run_as_the_owner_with_a_clean_environment(users, world) -> None:
     alice = users["alice"]
-    out = folder(world / "alice_prog", alice, 0o700) / "who"
+    out = owned_folder(world / "alice_prog", alice, 0o700) / "who"
     os.environ["OBT_LEAK"] = "daemon secret"
     try:
         async def run() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import time
 from pathlib import Path
 
 from openbits import ErrorContext, JobState, JobType, Manager
@@ -17,6 +16,7 @@ from openbits.core.runner import THROTTLED_BATCH_FILES
 
 from .daemon import DaemonProcess
 from .servers.faulty import FaultyServer, sha256
+from .waiting import wait_until
 
 _unique = itertools.count()
 
@@ -93,10 +93,7 @@ def test_kill_9_mid_batch_keeps_every_completed_file(daemon: DaemonProcess, faul
         job.add_files([(faulty.url(p), tmp_path / f"{i}.bin") for i, p in enumerate(paths)])
         job.set_properties(max_bandwidth=100_000)  # ~24 files/s: caught mid-way
         job.resume()
-        deadline = time.monotonic() + 30
-        while (done := job.progress.files_transferred) < 40:
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.02)
+        done = wait_until(lambda: (n := job.progress.files_transferred) >= 40 and n, 30, "progress", interval=0.02)
         job_id = job.id
     daemon.kill9()
     asked = len({r.path_qs for r in faulty.requests} & set(paths))

@@ -24,6 +24,7 @@ from openbits import AsyncManager
 from openbits.client import AsyncJob
 from openbits.enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from openbits.errors import BitsError, ErrorCode
+from openbits.schema.models import JobInfo
 from openbits.enums import AuthScheme, AuthTarget
 from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
 from openbits.uploadprotocol import Header
@@ -32,8 +33,10 @@ from .daemon import DaemonProcess
 from .servers import nginx
 from .servers.auth import digest_challenge, digest_ok
 from .servers.proxy import ForwardProxy
+from .servers.thread import serve_app
 from .servers.uploadapp import UploadApp
 from .test_upload_server import _PROXY_LOCATION, _proxying_nginx
+from .waiting import until
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _NONCE = "0123456789abcdef"
@@ -61,10 +64,7 @@ class Server:
             app.middlewares.append(self._digest)
         # stop() is a server going away: a graceful shutdown's default 60 s wait for a request it stopped
         # reading (aiohttp drops the rest of a body then) outlasted the tests' waits now and then
-        self.runner = BitsAppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        self.port = self.runner.addresses[0][1]
+        self.runner, self.port = await serve_app(app, self.port, runner=BitsAppRunner, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:
@@ -145,10 +145,12 @@ async def _upload_job(m: AsyncManager, url: str, path: Path, kind: JobType = Job
 
 
 async def _until(job: AsyncJob, done: Callable[..., bool], timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not done(info := await job.info()):
-            assert info.state != JobState.ERROR, info.error
-            await asyncio.sleep(0.05)
+    """Until `done(info)`; a job that fails meanwhile fails the test with its error."""
+    def checked(info: JobInfo) -> bool:
+        assert info.state != JobState.ERROR, info.error
+        return done(info)
+
+    await until(job.info, checked, timeout)
 
 
 def _resent(s: Server, size: int) -> int:

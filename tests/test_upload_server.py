@@ -45,6 +45,7 @@ from openbits.uploadprotocol import (
 )
 
 from .servers import nginx
+from .servers.thread import serve_app
 from .servers.uploadapp import STATIC_REPLY, UploadApp
 
 OTHER_PROTOCOL = "{00000000-0000-0000-0000-000000000000}"
@@ -121,13 +122,6 @@ class Bits:
 Start = Callable[..., Awaitable[Bits]]
 
 
-async def _serve(app: web.Application) -> tuple[BitsAppRunner, int]:
-    runner = BitsAppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, runner.addresses[0][1]
-
-
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Start]:
     """start(**vdir_settings) -> Bits against a fresh server for tmp_path/root (same dirs each call)."""
@@ -141,7 +135,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
             cleanup_interval=cleanup_interval,
             sync_bytes=sync_bytes,
         )
-        runner, port = await _serve(make_upload_app(settings))
+        runner, port = await serve_app(make_upload_app(settings), runner=BitsAppRunner)
         servers.append(Bits(http, f"http://127.0.0.1:{port}", runner))
         return servers[-1]
 
@@ -547,7 +541,7 @@ async def test_application_error_is_remote_application(start: Start, backend: Up
 async def test_mounted_as_subapp(root: Path) -> None:
     outer = web.Application()
     outer.add_subapp("/bits", make_upload_app(ServerSettings.for_root(root)))
-    runner, port = await _serve(outer)
+    runner, port = await serve_app(outer, runner=BitsAppRunner)
     try:
         async with aiohttp.ClientSession() as http:
             bits = Bits(http, f"http://127.0.0.1:{port}/bits")

@@ -76,6 +76,14 @@ class RealUsers:
         self.close()
 
 
+def owned_folder(path: Path, owner: RealUser, mode: int = 0o755) -> Path:
+    """A folder (made with its parents if missing) that `owner` owns, with `mode`: a place of the user's own."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, owner.uid, owner.identity.gid)
+    path.chmod(mode)
+    return path
+
+
 def _run(command: list[str], stdin: str | None = None) -> None:
     result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
     if result.returncode != 0:

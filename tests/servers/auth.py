@@ -11,13 +11,13 @@ Runs on 127.0.0.1 in a thread, like FaultyServer.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import secrets
-import threading
 
 from aiohttp import web
+
+from .thread import ServerThread, app_listener
 
 BODY = b"secret payload\n" * 100
 REALM = "openbits-test"
@@ -56,37 +56,22 @@ class AuthServer:
         #: user name -> password (kept out of URLs, which jobs show)
         self.accounts: dict[str, str] = {}
         self._nonce = secrets.token_hex(8)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
+        self._server = ServerThread(app_listener(self._app), "auth-server")
+        self.port = self._server.port
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def _serve(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/basic/{user}/{name}", self._basic)
         app.router.add_get("/digest/{user}/{name}", self._digest)
         app.router.add_get("/redirect/{user}", self._redirect)
         app.router.add_get("/open/{name}", self._open)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
+        return app
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._server.stop()
 
     def _seen(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")

@@ -51,6 +51,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
+from .thread import ServerThread, app_listener
+
 DEFAULT_SIZE = 64 * 1024
 #: Bytes per write for the normal body: big enough not to be the bottleneck.
 PIECE = 256 * 1024
@@ -278,36 +280,14 @@ class FaultyServer:
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True, name="faulty-server")
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None or self._stopped is None:
-            raise RuntimeError(f"FaultyServer did not start: {self._error!r}")
+        self._server = ServerThread(app_listener(self._app, self.port, shutdown_timeout=0.1,
+                                                 handler_cancellation=True), "faulty-server")
+        self.port = self._server.port
 
-    async def _serve(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", _App(self.requests).handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", self.port)
-            await site.start()
-            self.port = runner.addresses[0][1]
-            self._loop = asyncio.get_running_loop()
-            self._stopped = self._loop.create_future()
-        except BaseException as exc:
-            self._error = exc
-            raise
-        finally:
-            self._ready.set()
-        try:
-            await self._stopped
-        finally:
-            await runner.cleanup()
+        return app
 
     def url(self, path_qs: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path_qs.lstrip('/')}"
@@ -318,9 +298,7 @@ class FaultyServer:
         return sum(r.bytes_sent for r in self.requests)
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: self._stopped.done() or self._stopped.set_result(None))  # type: ignore[union-attr]
-        self._thread.join(10)
+        self._server.stop()
 
     def __enter__(self) -> FaultyServer:
         return self

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import threading
 
 from yarl import URL
+
+from .thread import ServerThread, stream_listener
 
 
 class ForwardProxy:
@@ -27,13 +28,8 @@ class ForwardProxy:
         self.accounts = accounts or {}
         self.scheme = scheme
         self.requests: list[tuple[str, str, str]] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
+        self._server = ServerThread(stream_listener(self._client), "forward-proxy")
+        self.port = self._server.port
 
     @property
     def url(self) -> str:
@@ -44,17 +40,7 @@ class ForwardProxy:
         return [target for _, target, _ in self.requests]
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
-        server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
+        self._server.stop()
 
     def _authorized(self, header: str) -> bool:
         if self.scheme != "Basic":

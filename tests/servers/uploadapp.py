@@ -16,6 +16,8 @@ from aiohttp import web
 
 from openbits.uploadprotocol import Header
 
+from .thread import serve_app
+
 STATIC_REPLY = "http://static.example/reply.bin"
 
 
@@ -38,11 +40,7 @@ class UploadApp:
         app.router.add_post("/echo", self._echo)
         app.router.add_post("/static", self._static)
         app.router.add_post("/fail", self._fail)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:
