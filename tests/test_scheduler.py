@@ -12,13 +12,11 @@ against a daemon and a real server).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 
 from openbits.core.attempt import run_attempt
 from openbits.core.runner import DownloadRunner
@@ -103,11 +101,9 @@ async def scheduling(core: Core) -> AsyncIterator[Bench]:
 
 
 async def stopped(loop: asyncio.Task[None]) -> None:
-    """Cancel the scheduler's loop until it ends: on Python 3.11 asyncio.wait_for swallows a cancel that
-    arrives as its event is set, and the loop goes on (the xfail test below), so one cancel may not do."""
-    while not loop.done():
-        loop.cancel()
-        await asyncio.wait([loop], timeout=0.05)
+    """Cancel the scheduler's loop and wait until it has ended."""
+    loop.cancel()
+    await asyncio.wait([loop])
 
 
 async def job(core: Core, tmp_path: Path, name: str, priority: JobPriority = JobPriority.NORMAL, *,
@@ -223,9 +219,6 @@ async def test_suspend_stops_a_running_turn(core: Core, tmp_path: Path) -> None:
         assert first.state == JobState.SUSPENDED
 
 
-@pytest.mark.xfail(sys.version_info < (3, 12), strict=True,
-                   reason="bug in src: Scheduler.run waits with asyncio.wait_for, which on Python 3.11 swallows a "
-                   "cancel that comes as its wake event is set; the loop goes on and the daemon's shutdown hangs")
 async def test_the_scheduler_stops_when_cancelled_as_it_is_woken(core: Core) -> None:
     bench = Bench(core)
     loop = asyncio.create_task(bench.run(), name="scheduler")
