@@ -234,8 +234,8 @@ def _empty_defaults(cls: type) -> dict[str, object]:
     """
     empty: dict[str, object] = {}
     for name, f in cls.__dataclass_fields__.items():  # type: ignore[attr-defined]
-        default = [] if f.default_factory is list else f.default
-        if default is None or (type(default) in (int, float, bool, str, list) and not default):
+        default = f.default_factory() if f.default_factory in (list, dict) else f.default
+        if default is None or (type(default) in (int, float, bool, str, list, dict) and not default):
             empty[name] = default
     return empty
 
