@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from ..enums import NOT_LOGGED_ON
 from ..errors import BitsError
 from ..identity import Identity
 from ..model.config import Config
@@ -40,7 +41,6 @@ log = logging.getLogger("openbits.logons")
 
 LOGIND, LOGIND_PATH = "org.freedesktop.login1", "/org/freedesktop/login1"
 MANAGER, USER, SESSION = f"{LOGIND}.Manager", f"{LOGIND}.User", f"{LOGIND}.Session"
-NOT_LOGGED_ON = "owner not logged on"
 _MATCH_RULES = (
     f"type='signal',sender='{LOGIND}',path='{LOGIND_PATH}',interface='{MANAGER}'",
     (f"type='signal',sender='{LOGIND}',interface='{sysbus.PROPERTIES}',member='PropertiesChanged',"

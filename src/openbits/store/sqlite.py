@@ -98,6 +98,9 @@ class SqliteStore:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        # What a change replaces or deletes (a removed credential's sealed value) is overwritten with
+        # zeros in the database file, not left in a free page; the WAL's copy goes at its next checkpoint.
+        conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     def load_jobs(self) -> list[Job]:
