@@ -207,9 +207,11 @@ class TokenService:
         job = self.service.find(caller, ref)
         job.check_modifiable()
         self.service.tokens.remove_credential(job.id, target, scheme)
-        job.sealed_credentials.pop(_sealed_name(target, scheme), None)  # the next save erases it from disk
+        removed = job.sealed_credentials.pop(_sealed_name(target, scheme), None)
         job.touch()
         await self.service.commit(job)
+        if removed is not None:  # the save overwrote it (secure_delete); the WAL's copy goes too
+            await self.service.store.checkpoint()
         return job
 
 

@@ -78,7 +78,9 @@ def _insert_sql(table: str, count: int) -> str:
     return f"{verb} INTO {table} ({columns}) VALUES {', '.join([row] * count)}"
 
 
-_Op = Callable[[sqlite3.Connection], None] | _Rows
+#: an op that asks for a checkpoint after its batch commits (a checkpoint cannot run inside the transaction)
+_CHECKPOINT = "checkpoint"
+_Op = Callable[[sqlite3.Connection], None] | _Rows | str
 
 
 class SqliteStore:
@@ -138,6 +140,9 @@ class SqliteStore:
             conn.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
 
         await self._submit(op)
+
+    async def checkpoint(self) -> None:
+        await self._submit(_CHECKPOINT)
 
     # -- events --
 
@@ -212,11 +217,13 @@ class SqliteStore:
             for op, _ in batch:
                 if isinstance(op, _Rows):
                     rows.extend(op)
-                else:
+                elif callable(op):
                     rows.write(conn)  # what came before goes first
                     op(conn)
             rows.write(conn)
             conn.execute("COMMIT")
+            if any(op == _CHECKPOINT for op, _ in batch):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter below
             error = exc
             if conn.in_transaction:
