@@ -131,7 +131,7 @@ async def test_the_monitor_follows_logind_at_once(bus: PrivateBus, logind: FakeL
     config = Config.from_dict({"users": {"require_logon": True}})
     monitor = LogonMonitor(lambda: config, bus_address=bus.address)
     told: asyncio.Queue[frozenset[int] | None] = asyncio.Queue()
-    watching = asyncio.create_task(monitor.watch(lambda: told.put_nowait(monitor.logind_uids)))
+    watching = asyncio.create_task(monitor.watch(lambda: told.put_nowait(monitor.answer)))
     uid = uid_range()[0] + 54321
 
     async def after(change: Callable[[], object]) -> frozenset[int] | None:

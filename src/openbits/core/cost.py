@@ -75,25 +75,23 @@ def describe(state: CostState) -> str:
     return {CostState.ROAMING: "roaming", CostState.CAPPED_USAGE_UNKNOWN: "metered"}.get(state, "unrestricted")
 
 
-class CostMonitor:
-    """The network's cost state: NetworkManager's while it is on the system bus, else the configuration's."""
+class CostMonitor(sysbus.Follower[bool]):
+    """The network's cost state: NetworkManager's while it is on the system bus, else the configuration's.
+    Its answer is whether NetworkManager says the network is metered."""
+
+    service, tells, rules, logger = "NetworkManager", "whether the network is metered", _MATCH_RULES, log
 
     def __init__(self, config: Callable[[], Config], *, bus_address: str | None = None) -> None:
+        super().__init__(bus_address)
         self._config = config
-        #: a D-Bus address; None: the system bus (DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket)
-        self._bus_address = bus_address
-        #: NetworkManager's last answer: metered or not; None while it is not on the bus
-        self.nm_metered: bool | None = None
         #: while `watch` runs: whom to tell of a change, and the state last told
         self._on_change: Callable[[CostState], None] | None = None
         self._told: CostState | None = None
-        #: the last situation logged, so that one that lasts (no bus, tried again and again) is said once
-        self._said = ""
 
     @property
     def state(self) -> CostState:
         config = self._config()
-        metered = config.network_metered if self.nm_metered is None else self.nm_metered
+        metered = config.network_metered if self.answer is None else self.answer
         return network_cost(metered, config.network_roaming)
 
     def explain(self, job: Job, rate: Callable[[Job], tuple[int, str]]) -> tuple[int, str]:
@@ -106,7 +104,7 @@ class CostMonitor:
 
     @property
     def source(self) -> str:
-        return "configuration" if self.nm_metered is None else "NetworkManager"
+        return "configuration" if self.answer is None else "NetworkManager"
 
     def recheck(self) -> None:
         """Tell the watcher if the state changed: after a configuration reload (SIGHUP), or an answer."""
@@ -114,41 +112,29 @@ class CostMonitor:
             self._told = state
             self._on_change(state)
 
+    def answered(self) -> None:
+        self.recheck()
+
     async def watch(self, on_change: Callable[[CostState], None]) -> None:
         """Until cancelled: follow NetworkManager on the system bus, and call `on_change(state)` each time
         the cost state changes (at once on NetworkManager's signal; on `recheck()` for the configuration)."""
         self._on_change, self._told = on_change, self.state
-
-        def no_bus(exc: Exception) -> None:
-            self._say(f"no system bus ({sysbus.describe(exc)}): the [network] configuration decides the cost state")
-            self._set_nm(None)
-
         try:
-            await sysbus.watch(_MATCH_RULES, _wanted, self._ask, no_bus, bus_address=self._bus_address)
+            await self.follow()
         finally:
             self._on_change = None
 
-    async def _ask(self, bus: MessageBus) -> None:
-        metered = await _metered(bus)
-        self._say("NetworkManager is not on the system bus: the [network] configuration decides the cost state"
-                  if metered is None else "NetworkManager on the system bus says whether the network is metered")
-        self._set_nm(metered)
+    def wanted(self, msg: Message) -> bool:
+        """NetworkManager came, went, or changed a watched property."""
+        return sysbus.is_owner_change(msg, NM) or (
+            msg.member == "PropertiesChanged" and msg.path == NM_PATH and msg.signature == "sa{sv}as"
+            and msg.body[0] == NM and not _WATCHED.isdisjoint([*msg.body[1], *msg.body[2]]))
 
-    def _set_nm(self, metered: bool | None) -> None:
-        self.nm_metered = metered
-        self.recheck()
+    async def query(self, bus: MessageBus) -> bool | None:
+        return await _metered(bus)
 
-    def _say(self, situation: str) -> None:
-        if situation != self._said:
-            self._said = situation
-            log.info("%s", situation)
-
-
-def _wanted(msg: Message) -> bool:
-    """A signal of our match rules: NetworkManager came, went, or changed a watched property."""
-    return sysbus.is_owner_change(msg, NM) or (
-        msg.member == "PropertiesChanged" and msg.path == NM_PATH and msg.signature == "sa{sv}as"
-        and msg.body[0] == NM and not _WATCHED.isdisjoint([*msg.body[1], *msg.body[2]]))
+    def fallback(self) -> str:
+        return "the [network] configuration decides the cost state"
 
 
 async def _metered(bus: MessageBus) -> bool | None:

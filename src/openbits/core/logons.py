@@ -68,29 +68,27 @@ def uid_range(login_defs: str = "/etc/login.defs") -> tuple[int, int]:
     return found["UID_MIN"], found["UID_MAX"]
 
 
-class LogonMonitor:
+class LogonMonitor(sysbus.Follower[frozenset[int]]):
     """Who is logged on: logind's sessions and lingering users while it is on the system bus, else the
-    configuration's `[users] require_logon`; service accounts always."""
+    configuration's `[users] require_logon`; service accounts always. Its answer is the uids logind counts."""
+
+    service, tells, rules, logger = "systemd-logind", "who is logged on", _MATCH_RULES, log
 
     def __init__(self, config: Callable[[], Config], *, follow: bool = True, bus_address: str | None = None,
                  login_defs: str = "/etc/login.defs") -> None:
+        super().__init__(bus_address)
         self._config = config
         #: a system daemon follows logind; a user daemon runs in its user's session and counts them logged on
         self._follow = follow
-        #: a D-Bus address; None: the system bus
-        self._bus_address = bus_address
         self._uid_min, self._uid_max = uid_range(login_defs)
-        #: logind's last answer: the uids with a session or lingering; None while logind is not on the bus
-        self.logind_uids: frozenset[int] | None = None
         #: set once the first answer (or the lack of a bus) is known: the scheduler's first pass waits for it
         self.ready = asyncio.Event()
         self._on_change: Callable[[], None] | None = None
         self._told: tuple[object, ...] | None = None
-        self._said = ""
 
     @property
     def source(self) -> str:
-        return "configuration" if self.logind_uids is None else "systemd-logind"
+        return "configuration" if self.answer is None else "systemd-logind"
 
     def always_logged_on(self, uid: int) -> bool:
         """Root and system accounts, and members of [users] service_group: BITS's service accounts."""
@@ -107,25 +105,31 @@ class LogonMonitor:
     def logged_on(self, uid: int) -> bool:
         if self.always_logged_on(uid):
             return True
-        if self.logind_uids is None:
+        if self.answer is None:
             return not self._config().users_require_logon
-        return uid in self.logind_uids
+        return uid in self.answer
 
     def explain(self, job: Job, rate: Callable[[Job], tuple[int, str]]) -> tuple[int, str]:
         """`openbits info`: a job whose owner is not logged on may use nothing; any other gets `rate(job)`."""
         if not job.state.is_final and not self.logged_on(job.owner_uid):
-            why = ("[users] require_logon = true and no systemd-logind to ask" if self.logind_uids is None
+            why = ("[users] require_logon = true and no systemd-logind to ask" if self.answer is None
                    else "systemd-logind has no session of theirs and they do not linger (loginctl enable-linger)")
             return 0, f"{NOT_LOGGED_ON}: {why}; the job goes on when they log on"
         return rate(job)
 
+    def _view(self) -> tuple[object, ...]:
+        config = self._config()
+        return self.answer, config.users_require_logon, config.users_service_group
+
     def recheck(self) -> None:
         """Tell the watcher if the answer may have changed: after a configuration reload (SIGHUP), or an answer."""
-        config = self._config()
-        view = (self.logind_uids, config.users_require_logon, config.users_service_group)
-        if self._on_change is not None and view != self._told:
+        if self._on_change is not None and (view := self._view()) != self._told:
             self._told = view
             self._on_change()
+
+    def answered(self) -> None:
+        self.ready.set()
+        self.recheck()
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         """Until cancelled: follow logind on the system bus, and call `on_change()` when who is logged on may
@@ -133,49 +137,28 @@ class LogonMonitor:
         if not self._follow:
             self.ready.set()
             return
-        self._on_change = on_change
-        config = self._config()
-        self._told = (self.logind_uids, config.users_require_logon, config.users_service_group)
-
-        def no_bus(exc: Exception) -> None:
-            self._say(f"no system bus ({sysbus.describe(exc)}): {self._fallback()}")
-            self._set(None)
-
+        self._on_change, self._told = on_change, self._view()
         try:
-            await sysbus.watch(_MATCH_RULES, _wanted, self._ask, no_bus, bus_address=self._bus_address)
+            await self.follow()
         finally:
             self._on_change = None
 
-    async def _ask(self, bus: MessageBus) -> None:
-        uids = await logged_on_uids(bus)
-        self._say(f"systemd-logind is not on the system bus: {self._fallback()}" if uids is None
-                  else "systemd-logind on the system bus says who is logged on")
-        self._set(uids)
+    def wanted(self, msg: Message) -> bool:
+        """logind came or went, a session or user came or went, or changed."""
+        if sysbus.is_owner_change(msg, LOGIND):
+            return True
+        if msg.interface == MANAGER:
+            return msg.member in _MANAGER_SIGNALS
+        return (msg.member == "PropertiesChanged" and msg.signature == "sa{sv}as"
+                and not _WATCHED.isdisjoint([*msg.body[1], *msg.body[2]]))
 
-    def _fallback(self) -> str:
+    async def query(self, bus: MessageBus) -> frozenset[int] | None:
+        return await logged_on_uids(bus)
+
+    def fallback(self) -> str:
         if self._config().users_require_logon:
             return "[users] require_logon = true: only service accounts' jobs transfer"
         return "[users] require_logon = false: every owner counts as logged on"
-
-    def _set(self, uids: frozenset[int] | None) -> None:
-        self.logind_uids = uids
-        self.ready.set()
-        self.recheck()
-
-    def _say(self, situation: str) -> None:
-        if situation != self._said:
-            self._said = situation
-            log.info("%s", situation)
-
-
-def _wanted(msg: Message) -> bool:
-    """A signal of our match rules: logind came or went, a session or user came or went, or changed."""
-    if sysbus.is_owner_change(msg, LOGIND):
-        return True
-    if msg.interface == MANAGER:
-        return msg.member in _MANAGER_SIGNALS
-    return (msg.member == "PropertiesChanged" and msg.signature == "sa{sv}as"
-            and not _WATCHED.isdisjoint([*msg.body[1], *msg.body[2]]))
 
 
 async def logged_on_uids(bus: MessageBus) -> frozenset[int] | None:

@@ -10,10 +10,14 @@ through `on_no_bus` and tries again every BUS_RETRY seconds.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from dbus_fast import BusType, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
+
+log = logging.getLogger("openbits.sysbus")
 
 BUS, BUS_PATH = "org.freedesktop.DBus", "/org/freedesktop/DBus"
 PROPERTIES = "org.freedesktop.DBus.Properties"
@@ -23,6 +27,65 @@ CALL_TIMEOUT, BUS_RETRY = 5.0, 30.0
 
 #: asks the service on a connected bus and keeps the answer (raises when the bus fails)
 Ask = Callable[[MessageBus], Awaitable[None]]
+
+
+T = TypeVar("T")
+
+
+class Follower(Generic[T]):
+    """The last answer of one service on the system bus (None while it or the bus is not there, when the
+    configuration decides), each situation said once in the log however often it recurs."""
+
+    #: how the log names the service, and what its answer tells
+    service = ""
+    tells = ""
+    #: the match rules of the signals that may change the answer
+    rules: tuple[str, ...] = ()
+    logger = log
+
+    def __init__(self, bus_address: str | None) -> None:
+        #: a D-Bus address; None: the system bus
+        self._bus_address = bus_address
+        self.answer: T | None = None
+        self._said = ""
+
+    def wanted(self, msg: Message) -> bool:
+        """A signal of our rules that may change the answer."""
+        raise NotImplementedError
+
+    async def query(self, bus: MessageBus) -> T | None:
+        """The service's answer now; None when it is not on the bus."""
+        raise NotImplementedError
+
+    def fallback(self) -> str:
+        """What decides while there is no answer."""
+        raise NotImplementedError
+
+    def answered(self) -> None:
+        """Called after every answer (and every loss of one)."""
+
+    async def follow(self) -> None:
+        """Until cancelled: keep `answer` current (core/sysbus.watch)."""
+        await watch(self.rules, self.wanted, self._ask, self._no_bus, bus_address=self._bus_address)
+
+    async def _ask(self, bus: MessageBus) -> None:
+        answer = await self.query(bus)
+        self.say(f"{self.service} is not on the system bus: {self.fallback()}" if answer is None
+                 else f"{self.service} on the system bus says {self.tells}")
+        self._set(answer)
+
+    def _no_bus(self, exc: Exception) -> None:
+        self.say(f"no system bus ({type(exc).__name__}: {str(exc) or 'closed'}): {self.fallback()}")
+        self._set(None)
+
+    def _set(self, answer: T | None) -> None:
+        self.answer = answer
+        self.answered()
+
+    def say(self, situation: str) -> None:
+        if situation != self._said:
+            self._said = situation
+            self.logger.info("%s", situation)
 
 
 def owner_changed_rule(name: str) -> str:
@@ -97,7 +160,3 @@ async def ask_service(bus: MessageBus, destination: str, path: str, interface: s
     """One method call that never starts `destination` (NO_AUTOSTART); an ERROR reply when it is not there."""
     return await call(bus, Message(destination=destination, path=path, interface=interface, member=member,
                                    signature=signature, body=list(body), flags=MessageFlag.NO_AUTOSTART))
-
-
-def describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc) or 'closed'}"
