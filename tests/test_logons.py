@@ -27,6 +27,7 @@ from openbits.model.config import Config
 from .daemon import DaemonProcess
 from .logindlab import FakeLogind
 from .nmlab import PrivateBus
+from .servers.nginx import NginxServer
 from .test_security import folder, run_as
 from .users import RealUser, RealUsers, require_root
 
@@ -251,3 +252,30 @@ def test_without_logind_the_configuration_decides(users: dict[str, RealUser], wo
         assert process.log().count("[users] require_logon = true: only service accounts' jobs transfer") == 1
     finally:
         process.stop()
+
+
+def test_a_logoff_puts_a_transferring_job_back_in_the_queue(
+        users: dict[str, RealUser], world: Path, daemon: DaemonProcess, logind: FakeLogind,
+        nginx: NginxServer) -> None:
+    """BITS: "if a user logs off while their job is transferring, the job transitions to the queued state"."""
+    alice = users["alice"]
+    (nginx.root / "slow.bin").write_bytes(os.urandom(2_000_000))
+    sid = logind.login(alice.uid, alice.name)
+    job_id = run_as(alice, daemon, f"""
+    job = m.create_job("slow")
+    job.add_file({nginx.url("slow.bin")!r}, {str(folder(world / alice.name, alice) / "slow.bin")!r})
+    job.max_bandwidth = 200_000
+    job.resume()
+    out(id=job.id)
+    """)["id"]
+    try:
+        wait_for(lambda: info(daemon, job_id).bytes_transferred > 0, "the job to move bytes")
+    finally:
+        logind.logout(sid)
+    wait_for(lambda: info(daemon, job_id).state == JobState.QUEUED, "the job to go back to the queue")
+    moved = info(daemon, job_id).bytes_transferred
+    time.sleep(1.0)
+    assert info(daemon, job_id).bytes_transferred == moved
+    assert info(daemon, job_id).rate_reason.startswith(NOT_LOGGED_ON)
+    with daemon.manager() as manager:
+        manager.get_job(job_id).cancel()

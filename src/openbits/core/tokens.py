@@ -71,10 +71,11 @@ def _label(job_id: str, name: str) -> str:
 
 
 def restore_credentials(jobs: Iterable[Job], tokens: TokenStore, sealer: Sealer) -> list[Job]:
-    """At start-up: the credentials stored with the jobs, opened into memory. Ones that do not open (another
-    machine's key) are erased, and their job goes to ERROR with BG_E_INVALID_CREDENTIALS naming them; those jobs."""
-    broken_jobs = []
-    for job in jobs:
+    """At start-up: the credentials stored with the live jobs, opened into memory; the jobs to save again.
+    Ones that do not open (another machine's key) are erased, and their job goes to ERROR with
+    BG_E_INVALID_CREDENTIALS naming them."""
+    changed = []
+    for job in (job for job in jobs if job.sealed_credentials):  # a final job has none (Job.cancel, complete)
         broken = []
         for name, sealed in list(job.sealed_credentials.items()):
             target, scheme = name.split(" ")
@@ -85,18 +86,16 @@ def restore_credentials(jobs: Iterable[Job], tokens: TokenStore, sealer: Sealer)
                 del job.sealed_credentials[name]
                 continue
             tokens.set_credential(job.id, AuthTarget[target], AuthScheme[scheme], Credential(username, password))
-        if broken and not job.state.is_final:
-            log.error("job %s: its stored %s credentials do not open with this machine's key", job.id,
-                      " and ".join(broken))
+        if broken:
             pairs = " and ".join(broken)
+            log.error("job %s: its stored %s credentials do not open with this machine's key", job.id, pairs)
             job.set_error(BitsError(
                 ErrorCode.BG_E_INVALID_CREDENTIALS,
                 f"the {pairs} credentials stored with this job do not open with this machine's key (the store was "
                 f"moved from another machine, or its key changed); set them again (setcredentials JOB {broken[0]} "
                 "USER --password-stdin), then resume", ErrorContext.GENERAL_QUEUE_MANAGER), transient=False)
-        if broken:
-            broken_jobs.append(job)
-    return broken_jobs
+            changed.append(job)
+    return changed
 
 
 class TokenService:
@@ -197,8 +196,8 @@ class TokenService:
                             "characters", ErrorContext.GENERAL_QUEUE_MANAGER)
         self.service.tokens.set_credential(job.id, target, scheme, credential)
         name = _sealed_name(target, scheme)
-        job.sealed_credentials[name] = self._sealer.seal(json.dumps([credential.username, credential.password]).encode(),
-                                                         _label(job.id, name))
+        secret = json.dumps([credential.username, credential.password]).encode()
+        job.sealed_credentials[name] = self._sealer.seal(secret, _label(job.id, name))
         job.touch()
         await self.service.commit(job)
         return job

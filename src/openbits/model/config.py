@@ -151,8 +151,8 @@ class Config:
         for key, value in raw.items():
             if key not in known or key.startswith(_SECTIONS):
                 top = sorted(k for k in known if not k.startswith(_SECTIONS))
-                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], [network], "
-                                 "[users]")
+                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], "
+                                 "[network], [users]")
             expected = type(getattr(cls(), key))
             if key == "admin_group" and isinstance(value, str):
                 values[key] = value
