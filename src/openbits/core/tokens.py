@@ -9,6 +9,7 @@ SetHelperToken while impersonating: the daemon takes the identity from SO_PEERCR
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -23,7 +24,7 @@ from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..identity.logon import LogonChecker
 from ..enums import AuthScheme, AuthTarget
-from ..identity.sealing import SealBroken, Sealer
+from ..identity.sealing import KeyRing, SealBroken
 from ..identity.tokens import Credential, TokenStore
 from ..transport.auth import ChallengeAuth, Lookup
 from ..model.job import Job
@@ -70,12 +71,13 @@ def _label(job_id: str, name: str) -> str:
     return f"openbits job {job_id} credentials {name}"
 
 
-def restore_credentials(jobs: Iterable[Job], tokens: TokenStore, sealer: Sealer) -> list[Job]:
-    """At start-up: the credentials stored with the live jobs, opened into memory; the jobs to save again.
-    Ones that do not open (another machine's key) are erased, and their job goes to ERROR with
+def restore_credentials(jobs: Iterable[Job], tokens: TokenStore, keys: KeyRing) -> list[Job]:
+    """At start-up, before anything runs: the credentials stored with the jobs, opened into memory; the jobs to
+    save again. Ones that do not open (another machine's key) are erased, and their job goes to ERROR with
     BG_E_INVALID_CREDENTIALS naming them."""
     changed = []
     for job in (job for job in jobs if job.sealed_credentials):  # a final job has none (Job.cancel, complete)
+        sealer = keys.get()
         broken = []
         for name, sealed in list(job.sealed_credentials.items()):
             target, scheme = name.split(" ")
@@ -101,11 +103,11 @@ def restore_credentials(jobs: Iterable[Job], tokens: TokenStore, sealer: Sealer)
 class TokenService:
     """The API's helper-token and credential operations over a JobService."""
 
-    def __init__(self, service: JobService, logons: LogonChecker, sealer: Sealer) -> None:
+    def __init__(self, service: JobService, logons: LogonChecker, keys: KeyRing) -> None:
         self.service = service
         self.logons = logons
-        #: seals the credentials stored with a job (identity/sealing.py)
-        self._sealer = sealer
+        #: the key that seals the credentials stored with a job (identity/sealing.py)
+        self._keys = keys
 
     def _attachable(self, caller_is_admin: bool, helper: Identity) -> None:
         if helper.is_admin(self.service.config.admin_group) and not caller_is_admin:
@@ -197,7 +199,8 @@ class TokenService:
         self.service.tokens.set_credential(job.id, target, scheme, credential)
         name = _sealed_name(target, scheme)
         secret = json.dumps([credential.username, credential.password]).encode()
-        job.sealed_credentials[name] = self._sealer.seal(secret, _label(job.id, name))
+        sealer = self._keys.sealer or await asyncio.get_running_loop().run_in_executor(None, self._keys.get)
+        job.sealed_credentials[name] = sealer.seal(secret, _label(job.id, name))
         job.touch()
         await self.service.commit(job)
         return job

@@ -43,7 +43,7 @@ from ..core.tokens import TokenService, require_tokens_after_restart, restore_cr
 from ..identity.logon import LogonChecker
 from ..enums import JobState
 from ..identity import FileBroker
-from ..identity.sealing import Sealer, open_key
+from ..identity.sealing import KeyRing
 from ..store import SqliteStore
 from ..transport.http import HttpTransport
 from ..transport.router import Transport
@@ -126,7 +126,7 @@ def bind_socket(path: Path, system: bool) -> socket.socket:
 
 
 async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job],
-                sealer: Sealer) -> None:
+                keys: KeyRing) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -146,8 +146,9 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     bus = EventBus(store, by_id, settings.current)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
                          functools.partial(cancel_upload_session, transport), pools.reads)
-    for job in restore_credentials(jobs, service.tokens, sealer):  # the credentials stored with the jobs
-        await service.commit(job)
+    # the credentials stored with the jobs, before anything runs (a blocking systemd-creds call, once)
+    for job in restore_credentials(jobs, service.tokens, keys):
+        await service.commit(job)  # credentials that did not open: the job's error says so
     trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
@@ -161,7 +162,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.
     gc.set_threshold(10_000, 20, 20)
     gc.enable()
-    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam), sealer), deliveries,
+    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam), keys), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (an owner not logged on, blocked by
                    # cost, the bandwidth policy)
                    functools.partial(logons.explain, rate=functools.partial(cost.explain, rate=policy.explain)),
@@ -220,9 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     gc.disable()
     jobs = store.load_jobs()
     recover(jobs)
-    sealer = open_key(settings.state_dir)  # the key of the credentials stored with the jobs (beside the store)
+    keys = KeyRing(settings.state_dir)  # the key of the credentials stored with the jobs (beside the store)
     try:
-        asyncio.run(serve(settings, broker, pools, store, jobs, sealer))
+        asyncio.run(serve(settings, broker, pools, store, jobs, keys))
     finally:
         pools.shutdown()
         os.close(lock)

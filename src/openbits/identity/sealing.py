@@ -11,8 +11,9 @@ data key is a file in the state directory, beside the database:
     credentials.key       else the key itself, mode 0600, readable by the daemon's user only
                           (root, for the system daemon)
 
-One systemd-creds call at start-up opens the key; sealing and opening a credential is then an
-AES-GCM call, not a process per credential. A store copied to another machine (another host
+The key is opened (or made) once, when the first credential is set or at a start-up that finds
+some stored: one systemd-creds call, then sealing and opening a credential is an AES-GCM call,
+not a process per credential; a daemon whose jobs never have credentials never makes one. A store copied to another machine (another host
 key, or without its key file) cannot open what it holds: the job says which credentials to set
 again. A key file that no longer opens (another host key) is kept as `*.unusable` and a new key
 is made, so an administrator can still bring the old one back.
@@ -62,6 +63,19 @@ class Sealer:
             return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], label.encode())
         except (InvalidTag, binascii.Error, ValueError):
             raise SealBroken(label) from None
+
+
+class KeyRing:
+    """The state directory's Sealer, opened on first use (KeyRing.get blocks: systemd-creds runs)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self.sealer: Sealer | None = None
+
+    def get(self) -> Sealer:
+        if self.sealer is None:
+            self.sealer = open_key(self._state_dir)
+        return self.sealer
 
 
 def open_key(state_dir: Path) -> Sealer:
