@@ -180,6 +180,7 @@ class Scheduler:
 
     def _logons_changed(self) -> None:
         """Someone logged on or off (logind's signal, or a SIGHUP'd [users]): their jobs are filed again."""
+        log.debug("who is logged on may have changed (from the %s)", self._logons.source)
         for job_id in list(self._active):
             if (job := self._service.jobs.get(job_id)) is not None:
                 self._observe(job)
