@@ -4,7 +4,9 @@ set -eu
 # dbus and network-manager: tests/test_cost_networkmanager.py runs its own NetworkManager on a private bus, in
 # namespaces of its own, as the tests run their own nginx: the packages' system services are not started by the
 # install (see policy-rc.d below), so a developer's machine keeps its network set-up and port 80 as they were.
-packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager"
+# systemd: systemd-creds seals the key of the credentials stored with jobs (identity/sealing.py; the tests give
+# it a host key of their own, tests/test_credentials_at_rest.py).
+packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager systemd"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

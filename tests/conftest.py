@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def host_credential_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """systemd-creds in every daemon the tests start seals with a host key of the run's, never the machine's
+    /var/lib/systemd/credential.secret (identity/sealing.py)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SYSTEMD_CREDENTIAL_SECRET", str(tmp_path_factory.mktemp("host") / "credential.secret"))
+        yield
+
+
 @pytest.fixture
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """A user-mode openbitsd on a private socket; its log is printed when a test fails."""

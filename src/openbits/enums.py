@@ -122,6 +122,8 @@ class TransferPolicy(enum.IntEnum):
 
 #: How `openbits info`'s rate_reason begins for a job the network's cost state blocks.
 BLOCKED_BY_COST = "blocked by cost"
+#: How it begins for a job whose owner is not logged on (core/logons.py): the job stays QUEUED.
+NOT_LOGGED_ON = "owner not logged on"
 
 #: Cost flags of a new job. BITS 5.0 (Windows 8) stopped background transfers while roaming by default.
 DEFAULT_COST_FLAGS = TransferPolicy.NOT_ROAMING

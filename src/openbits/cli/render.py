@@ -19,7 +19,7 @@ from rich.table import Table
 from ..model.job import JOB_PROPERTIES
 from ..model.properties import Described
 from ..schema.models import JobInfo
-from ..enums import BLOCKED_BY_COST, SIZE_UNKNOWN, JobState, cost_flags_name
+from ..enums import BLOCKED_BY_COST, NOT_LOGGED_ON, SIZE_UNKNOWN, JobState, cost_flags_name
 from ..errors import BitsError
 
 #: Colour of each state in tables, so trouble stands out.
@@ -122,7 +122,8 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("Files", f"{job.files_transferred} / {job.files_total}"),
         ("Bytes", f"{size(job.bytes_transferred)} / {size(job.bytes_total)}"),
         ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate
-                          else "nothing" if job.rate_reason.startswith(BLOCKED_BY_COST) else "unlimited")
+                          else "nothing" if job.rate_reason.startswith((BLOCKED_BY_COST, NOT_LOGGED_ON))
+                          else "unlimited")
          + (f" ({job.rate_reason})" if job.rate_reason else "")),
         *((p.how.label, _shown(p, getattr(job, p.name))) for p in JOB_PROPERTIES if p.how.label),
         ("Error", "-" if error is None else f"[red]{error_line(error)}[/]"),

@@ -12,7 +12,7 @@ When NetworkManager is not on the bus, or there is no system bus at all (a
 container, CI), the configuration says: `[network] metered = true|false`,
 `roaming = true|false`, reloaded on SIGHUP. NetworkManager does not know
 roaming; `roaming` applies either way. Without a bus the daemon says so once
-and tries again every BUS_RETRY seconds, quietly.
+and tries again every sysbus.BUS_RETRY seconds, quietly (core/sysbus.py follows the bus).
 
 The network is in one cost state at a time, and a job may transfer when its
 cost flags contain that state (BITS_COST_STATE_TRANSFER_* are such unions).
@@ -23,37 +23,32 @@ state changes (core/scheduler.py, `_watch_cost`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
-from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from ..model.config import Config
 from ..enums import BLOCKED_BY_COST, CostState, ErrorContext, cost_flags_name
 from ..errors import BitsError, ErrorCode
 from ..model.job import Job
+from . import sysbus
 
 log = logging.getLogger("openbits.cost")
 
 NM, NM_PATH = "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager"
-_BUS, _BUS_PATH = "org.freedesktop.DBus", "/org/freedesktop/DBus"
-_PROPERTIES = "org.freedesktop.DBus.Properties"
 #: The signals that may change the answer. The bus delivers a signal whose sender is a well-known
 #: name from whichever connection owns the name then, so the rule outlives a NetworkManager restart.
 _MATCH_RULES = (
-    (f"type='signal',sender='{NM}',path='{NM_PATH}',interface='{_PROPERTIES}',member='PropertiesChanged',"
+    (f"type='signal',sender='{NM}',path='{NM_PATH}',interface='{sysbus.PROPERTIES}',member='PropertiesChanged',"
      f"arg0='{NM}'"),
-    f"type='signal',sender='{_BUS}',path='{_BUS_PATH}',interface='{_BUS}',member='NameOwnerChanged',arg0='{NM}'",
+    sysbus.owner_changed_rule(NM),
 )
 #: the properties of org.freedesktop.NetworkManager whose change may change whether the network is metered
 _WATCHED = frozenset({"Metered", "PrimaryConnection"})
 #: NM_METERED_YES and NM_METERED_GUESS_YES (UNKNOWN 0, NO 2, GUESS_NO 4 are not metered).
 _NM_METERED = (1, 3)
-#: Seconds a call on the bus may take; seconds between tries to reach a system bus that is not there
-#: (a connect to a missing socket costs nothing, and the bus may come up after the daemon).
-CALL_TIMEOUT, BUS_RETRY = 5.0, 30.0
 
 
 def network_cost(metered: bool, roaming: bool) -> CostState:
@@ -80,27 +75,23 @@ def describe(state: CostState) -> str:
     return {CostState.ROAMING: "roaming", CostState.CAPPED_USAGE_UNKNOWN: "metered"}.get(state, "unrestricted")
 
 
-class CostMonitor:
-    """The network's cost state: NetworkManager's while it is on the system bus, else the configuration's."""
+class CostMonitor(sysbus.Follower[bool]):
+    """The network's cost state: NetworkManager's while it is on the system bus, else the configuration's.
+    Its answer is whether NetworkManager says the network is metered."""
+
+    service, tells, rules, logger = "NetworkManager", "whether the network is metered", _MATCH_RULES, log
 
     def __init__(self, config: Callable[[], Config], *, bus_address: str | None = None) -> None:
+        super().__init__(bus_address)
         self._config = config
-        #: a D-Bus address; None: the system bus (DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket)
-        self._bus_address = bus_address
-        #: NetworkManager's last answer: metered or not; None while it is not on the bus
-        self.nm_metered: bool | None = None
         #: while `watch` runs: whom to tell of a change, and the state last told
         self._on_change: Callable[[CostState], None] | None = None
         self._told: CostState | None = None
-        #: set by a signal: ask NetworkManager again (made by `watch`, on its loop)
-        self._stale: asyncio.Event | None = None
-        #: the last situation logged, so that one that lasts (no bus, tried again and again) is said once
-        self._said = ""
 
     @property
     def state(self) -> CostState:
         config = self._config()
-        metered = config.network_metered if self.nm_metered is None else self.nm_metered
+        metered = config.network_metered if self.answer is None else self.answer
         return network_cost(metered, config.network_roaming)
 
     def explain(self, job: Job, rate: Callable[[Job], tuple[int, str]]) -> tuple[int, str]:
@@ -113,7 +104,7 @@ class CostMonitor:
 
     @property
     def source(self) -> str:
-        return "configuration" if self.nm_metered is None else "NetworkManager"
+        return "configuration" if self.answer is None else "NetworkManager"
 
     def recheck(self) -> None:
         """Tell the watcher if the state changed: after a configuration reload (SIGHUP), or an answer."""
@@ -121,82 +112,34 @@ class CostMonitor:
             self._told = state
             self._on_change(state)
 
+    def answered(self) -> None:
+        self.recheck()
+
     async def watch(self, on_change: Callable[[CostState], None]) -> None:
         """Until cancelled: follow NetworkManager on the system bus, and call `on_change(state)` each time
         the cost state changes (at once on NetworkManager's signal; on `recheck()` for the configuration)."""
-        self._on_change, self._told, self._stale = on_change, self.state, asyncio.Event()
+        self._on_change, self._told = on_change, self.state
         try:
-            while True:
-                try:
-                    await self._follow()
-                except Exception as exc:  # noqa: BLE001 - no bus, or it went away: the configuration decides
-                    self._say(f"no system bus ({type(exc).__name__}: {str(exc) or 'closed'}): the [network] "
-                              "configuration decides the cost state")
-                self._set_nm(None)
-                await asyncio.sleep(BUS_RETRY)
+            await self.follow()
         finally:
-            self._on_change = self._stale = None
+            self._on_change = None
 
-    async def _follow(self) -> None:
-        """Connected to the system bus: keep `nm_metered` current until the bus goes away."""
-        bus = await MessageBus(bus_address=self._bus_address, bus_type=BusType.SYSTEM).connect()
-        asking = disconnected = None
-        try:
-            bus.add_message_handler(self._on_message)
-            for rule in _MATCH_RULES:
-                reply = await _call(bus, Message(destination=_BUS, path=_BUS_PATH, interface=_BUS,
-                                                 member="AddMatch", signature="s", body=[rule]))
-                if reply.message_type is MessageType.ERROR:
-                    raise ConnectionError(f"the bus refused AddMatch: {reply.error_name}")
-            assert self._stale is not None
-            self._stale.set()  # the first answer
-            asking = asyncio.create_task(self._ask_when_stale(bus), name="NetworkManager metered")
-            disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
-            done, _ = await asyncio.wait((asking, disconnected), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises what ended it
-            raise ConnectionError("the bus closed the connection")
-        finally:
-            for task in (asking, disconnected):
-                if task is not None:
-                    task.cancel()
-            bus.disconnect()
+    def wanted(self, msg: Message) -> bool:
+        """NetworkManager came, went, or changed a watched property."""
+        return sysbus.is_owner_change(msg, NM) or (
+            msg.member == "PropertiesChanged" and msg.path == NM_PATH and msg.signature == "sa{sv}as"
+            and msg.body[0] == NM and not _WATCHED.isdisjoint([*msg.body[1], *msg.body[2]]))
 
-    def _on_message(self, msg: Message) -> None:
-        """A signal from our match rules: NetworkManager came, went, or changed a watched property."""
-        if msg.message_type is not MessageType.SIGNAL or not msg.body or msg.body[0] != NM:
-            return
-        if ((msg.member == "NameOwnerChanged" and msg.sender == _BUS and msg.signature == "sss")
-                or (msg.member == "PropertiesChanged" and msg.path == NM_PATH and msg.signature == "sa{sv}as"
-                    and not _WATCHED.isdisjoint([*msg.body[1], *msg.body[2]]))):
-            assert self._stale is not None
-            self._stale.set()
+    async def query(self, bus: MessageBus) -> bool | None:
+        return await _metered(bus)
 
-    async def _ask_when_stale(self, bus: MessageBus) -> None:
-        """Ask after every signal; a signal during an ask asks once more, so the last answer is the newest."""
-        assert self._stale is not None
-        while True:
-            await self._stale.wait()
-            self._stale.clear()
-            metered = await _metered(bus)
-            self._say("NetworkManager is not on the system bus: the [network] configuration decides the cost state"
-                      if metered is None else "NetworkManager on the system bus says whether the network is metered")
-            self._set_nm(metered)
-
-    def _set_nm(self, metered: bool | None) -> None:
-        self.nm_metered = metered
-        self.recheck()
-
-    def _say(self, situation: str) -> None:
-        if situation != self._said:
-            self._said = situation
-            log.info("%s", situation)
+    def fallback(self) -> str:
+        return "the [network] configuration decides the cost state"
 
 
 async def _metered(bus: MessageBus) -> bool | None:
     """NetworkManager's `Metered` now; None when it is not on the bus (NO_AUTOSTART: it is not started for us)."""
-    reply = await _call(bus, Message(destination=NM, path=NM_PATH, interface=_PROPERTIES, member="Get",
-                                     signature="ss", body=[NM, "Metered"], flags=MessageFlag.NO_AUTOSTART))
+    reply = await sysbus.ask_service(bus, NM, NM_PATH, sysbus.PROPERTIES, "Get", "ss", [NM, "Metered"])
     if reply.message_type is MessageType.ERROR:  # ServiceUnknown, NameHasNoOwner: not running
         log.debug("NetworkManager's Metered: %s", reply.error_name)
         return None
@@ -204,8 +147,3 @@ async def _metered(bus: MessageBus) -> bool | None:
     if not isinstance(value, Variant) or value.signature != "u":
         return None
     return value.value in _NM_METERED
-
-
-async def _call(bus: MessageBus, msg: Message) -> Message:
-    async with asyncio.timeout(CALL_TIMEOUT):
-        return await bus.call(msg)

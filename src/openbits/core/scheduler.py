@@ -23,6 +23,7 @@ from ..transport.base import Throttle
 from ..waiting import wait_set
 from ..transport.router import Transport
 from .cost import CostMonitor, blocked_by_cost, cost_allows
+from .logons import LogonMonitor, drop_tokens_of_logged_off
 from ..model.job import Job
 from .network import network_available
 from .runner import DownloadRunner
@@ -35,6 +36,8 @@ log = logging.getLogger("openbits.scheduler")
 
 #: seconds between looks at the routing tables
 NETWORK_POLL = 2.0
+#: seconds the first pass waits for the first word on who is logged on (the system bus's call timeout)
+LOGONS_KNOWN = 5.0
 
 _RUNNING_STATES = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
 
@@ -48,10 +51,14 @@ _Key = tuple[int, float, int]
 
 class Scheduler:
     def __init__(self, service: JobService, changes: JobChanges, transfers: Transfers, transport: Transport,
-                 throttle_for: ThrottleSource, cost: CostMonitor) -> None:
+                 throttle_for: ThrottleSource, cost: CostMonitor, logons: LogonMonitor) -> None:
         self._service = service
         #: the network's cost state, against each job's cost flags (core/cost.py)
         self._cost = cost
+        #: who is logged on: a job of an owner who is not stays QUEUED outside the run queue (core/logons.py)
+        self._logons = logons
+        #: set when someone may have logged off: the next pass drops the helper tokens they set
+        self._logoff_check = False
         self._transport = transport
         self._throttle_for = throttle_for
         #: the running transfers (the service stops one too, for Suspend and Cancel)
@@ -59,9 +66,9 @@ class Scheduler:
         self._transfers = transfers
         #: monotonic time a job last got a turn; the round-robin order within a priority
         self._last_turn: dict[str, float] = {}
-        #: jobs in action or transient-error states with the state and priority last seen, so
-        #: a pass looks at these only and a progress save wakes nobody
-        self._active: dict[str, tuple[JobState, JobPriority, int]] = {}
+        #: jobs in action or transient-error states with the state, priority, cost flags and whether the
+        #: owner is logged on, last seen, so a pass looks at these only and a progress save wakes nobody
+        self._active: dict[str, tuple[JobState, JobPriority, int, bool]] = {}
         #: when each active job became active (a counter): ties in the background order go to the earlier one
         self._arrival: dict[str, int] = {}
         self._arrivals = itertools.count()
@@ -79,7 +86,7 @@ class Scheduler:
         changes.listen(self._observe)
 
     def _observe(self, job: Job) -> None:
-        seen = (job.state, job.priority, job.cost_flags)
+        seen = (job.state, job.priority, job.cost_flags, self._logons.logged_on(job.owner_uid))
         if self._active.get(job.id) == seen:
             return
         if _waits_for(job, ErrorCode.BG_E_BLOCKED_BY_COST_TRANSFER_POLICY) and cost_allows(job.cost_flags,
@@ -99,7 +106,7 @@ class Scheduler:
         self._background.pop(job.id, None)
         if job.state == JobState.TRANSIENT_ERROR:
             self._transient[job.id] = None
-        elif job.state in _RUNNING_STATES:
+        elif job.state in _RUNNING_STATES and seen[3]:  # an owner who is not logged on: QUEUED, not filed
             if job.priority == JobPriority.FOREGROUND:
                 self._foreground[job.id] = None
             else:
@@ -139,6 +146,9 @@ class Scheduler:
         async with asyncio.TaskGroup() as group:
             watching = group.create_task(self._watch_network(), name="network watch")
             watching_cost = group.create_task(self._watch_cost(), name="cost watch")
+            watching_logons = group.create_task(self._logons.watch(self._logons_changed), name="logon watch")
+            with contextlib.suppress(TimeoutError):  # the first pass knows who is logged on
+                await asyncio.wait_for(self._logons.ready.wait(), LOGONS_KNOWN)
             try:
                 while True:
                     self._wake.clear()  # before the pass: a wake during its awaits (a commit) is not lost
@@ -147,6 +157,7 @@ class Scheduler:
             finally:
                 watching.cancel()
                 watching_cost.cancel()
+                watching_logons.cancel()
 
     async def _watch_network(self) -> None:
         """When a route appears, jobs waiting for the network are retried at once, not after their delay."""
@@ -165,6 +176,15 @@ class Scheduler:
             self._retry_waiting_for(ErrorCode.BG_E_BLOCKED_BY_COST_TRANSFER_POLICY)
 
         await self._cost.watch(changed)
+
+    def _logons_changed(self) -> None:
+        """Someone logged on or off (logind's signal, or a SIGHUP'd [users]): their jobs are filed again."""
+        log.debug("who is logged on may have changed (from the %s)", self._logons.source)
+        for job_id in list(self._active):
+            if (job := self._service.jobs.get(job_id)) is not None:
+                self._observe(job)
+        self._logoff_check = True
+        self._wake.set()
 
     def _retry_waiting_for(self, code: int) -> None:
         """Jobs in TRANSIENT_ERROR for `code` retry now, not after their delay."""
@@ -196,6 +216,9 @@ class Scheduler:
         config = self._service.config
         jobs = self._service.jobs
         next_wake = 60.0
+        if self._logoff_check:
+            self._logoff_check = False
+            await drop_tokens_of_logged_off(self._service, self._logons)
         for job_id in list(self._transient):
             job = jobs.get(job_id)
             if job is not None and job.state == JobState.TRANSIENT_ERROR:
@@ -208,6 +231,10 @@ class Scheduler:
             job = jobs.get(job_id)
             if turn.task.done() or job is None or job.state not in _RUNNING_STATES:
                 await self._stop(job_id)
+            elif job_id not in self._foreground and job_id not in self._background:  # its owner logged off
+                await self._stop(job_id)
+                job.state = JobState.QUEUED
+                await self._service.commit(job)
         foreground = await self._hold_for_cost(
             [job for job_id in sorted(self._foreground, key=self._arrival.__getitem__)
              if (job := jobs.get(job_id)) is not None and job.state in _RUNNING_STATES])

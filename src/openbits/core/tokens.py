@@ -9,12 +9,14 @@ SetHelperToken while impersonating: the daemon takes the identity from SO_PEERCR
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 import netrc
 import os
 import pwd
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..enums import ErrorContext, TokenFlags
@@ -22,7 +24,8 @@ from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..identity.logon import LogonChecker
 from ..enums import AuthScheme, AuthTarget
-from ..identity.tokens import Credential
+from ..identity.sealing import KeyRing, SealBroken
+from ..identity.tokens import Credential, TokenStore
 from ..transport.auth import ChallengeAuth, Lookup
 from ..model.job import Job
 from .proxy import ProxyRoute
@@ -38,24 +41,73 @@ MAX_NETRC = 1 << 20
 _SCHEMES = {"basic": AuthScheme.BASIC, "digest": AuthScheme.DIGEST}
 
 
-def require_tokens_after_restart(jobs: list[Job]) -> None:
-    """No helper token survives a restart: a job that wants to move bytes with one goes to ERROR."""
+def require_tokens(jobs: Iterable[Job], why: str) -> list[Job]:
+    """Jobs whose helper token is gone and that want to move bytes with one go to ERROR (BG_E_TOKEN_REQUIRED);
+    the ones that did."""
+    stopped = []
     for job in jobs:
         if job.helper_token_flags and job.state.is_active:
             job.set_error(BitsError(
                 ErrorCode.BG_E_TOKEN_REQUIRED,
-                "openbitsd restarted and helper tokens live in memory only; set the helper token again "
-                "(settoken) or clear the flags (settokenflags JOB 0), then resume",
+                f"{why}; set the helper token again (settoken) or clear the flags (settokenflags JOB 0), then resume",
                 ErrorContext.LOCAL_FILE if job.helper_token_flags & TokenFlags.LOCAL_FILE else ErrorContext.REMOTE_FILE,
             ), transient=False)
+            stopped.append(job)
+    return stopped
+
+
+def require_tokens_after_restart(jobs: list[Job]) -> None:
+    """No helper token survives a restart."""
+    require_tokens(jobs, "openbitsd restarted and helper tokens live in memory only")
+
+
+def _sealed_name(target: AuthTarget, scheme: AuthScheme) -> str:
+    """A credential's key in Job.sealed_credentials, and how messages name it: "SERVER BASIC"."""
+    return f"{target.name} {scheme.name}"
+
+
+def _label(job_id: str, name: str) -> str:
+    """What a sealed credential is bound to: its job and pair (identity/sealing.py's associated data)."""
+    return f"openbits job {job_id} credentials {name}"
+
+
+def restore_credentials(jobs: Iterable[Job], tokens: TokenStore, keys: KeyRing) -> list[Job]:
+    """At start-up, before anything runs: the credentials stored with the jobs, opened into memory; the jobs to
+    save again. Ones that do not open (another machine's key) are erased, and their job goes to ERROR with
+    BG_E_INVALID_CREDENTIALS naming them."""
+    changed = []
+    for job in (job for job in jobs if job.sealed_credentials):  # a final job has none (Job.cancel, complete)
+        sealer = keys.get()
+        broken = []
+        for name, sealed in list(job.sealed_credentials.items()):
+            target, scheme = name.split(" ")
+            try:
+                username, password = json.loads(sealer.open(sealed, _label(job.id, name)))
+            except SealBroken:
+                broken.append(name)
+                del job.sealed_credentials[name]
+                continue
+            tokens.set_credential(job.id, AuthTarget[target], AuthScheme[scheme], Credential(username, password))
+        if broken:
+            pairs = " and ".join(broken)
+            log.error("job %s: its stored %s credentials do not open with this machine's key", job.id, pairs)
+            job.set_error(BitsError(
+                ErrorCode.BG_E_INVALID_CREDENTIALS,
+                f"the {pairs} credentials stored with this job do not open with this machine's key (the store was "
+                f"moved from another machine, or its key changed); set them again (setcredentials JOB {broken[0]} "
+                "USER --password-stdin), then resume", ErrorContext.GENERAL_QUEUE_MANAGER), transient=False)
+            changed.append(job)
+    return changed
 
 
 class TokenService:
     """The API's helper-token and credential operations over a JobService."""
 
-    def __init__(self, service: JobService, logons: LogonChecker) -> None:
+    def __init__(self, service: JobService, logons: LogonChecker, keys: KeyRing) -> None:
         self.service = service
         self.logons = logons
+        #: the key that seals the credentials stored with a job (identity/sealing.py)
+        self._keys = keys
 
     def _attachable(self, caller_is_admin: bool, helper: Identity) -> None:
         if helper.is_admin(self.service.config.admin_group) and not caller_is_admin:
@@ -63,9 +115,10 @@ class TokenService:
                             f"{helper.name} is an administrator; only an administrator may attach an administrator's "
                             "helper token", ErrorContext.GENERAL_QUEUE_MANAGER)
 
-    async def _attach(self, job: Job, helper: Identity) -> Job:
+    async def _attach(self, job: Job, helper: Identity, set_by: int) -> Job:
+        """`set_by`: the uid whose session sets it; the token goes when they log off (core/logons.py)."""
         job.check_modifiable()
-        self.service.tokens.set_helper(job.id, helper)
+        self.service.tokens.set_helper(job.id, helper, set_by)
         job.touch()
         await self.service.commit(job)
         return job
@@ -74,13 +127,13 @@ class TokenService:
         job = self.service.find(caller, ref)
         helper = await self.logons.logon(caller, username, password)
         self._attachable(self.service.is_admin(caller), helper)
-        return await self._attach(job, helper)
+        return await self._attach(job, helper, caller.uid)
 
     async def set_from_caller(self, caller: Identity, ref: str) -> Job:
         """The caller becomes the helper of a job it may see (an owner or administrator acting as itself)."""
         job = self.service.find(caller, ref)
         self._attachable(self.service.is_admin(caller), caller)
-        return await self._attach(job, caller)
+        return await self._attach(job, caller, caller.uid)
 
     async def set_from_ticket(self, caller: Identity, ref: str, ticket: str) -> Job:
         """The caller, who need not see the job, becomes its helper with the owner's one-time ticket."""
@@ -93,12 +146,12 @@ class TokenService:
                             ErrorContext.GENERAL_QUEUE_MANAGER)
         self._attachable(granted.issuer_is_admin, caller)
         log.info("uid %d became the helper of job %s by ticket", caller.uid, job.id)
-        return await self._attach(job, caller)
+        return await self._attach(job, caller, granted.issuer_uid)
 
     def issue_ticket(self, caller: Identity, ref: str) -> str:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        return self.service.tokens.issue_ticket(job.id, self.service.is_admin(caller))
+        return self.service.tokens.issue_ticket(job.id, self.service.is_admin(caller), caller.uid)
 
     async def clear(self, caller: Identity, ref: str) -> Job:
         """ClearHelperToken: the flags stay."""
@@ -144,6 +197,10 @@ class TokenService:
             raise BitsError(ErrorCode.BG_E_PASSWORD_TOO_LARGE, f"the password is longer than {MAX_PASSWORD} "
                             "characters", ErrorContext.GENERAL_QUEUE_MANAGER)
         self.service.tokens.set_credential(job.id, target, scheme, credential)
+        name = _sealed_name(target, scheme)
+        secret = json.dumps([credential.username, credential.password]).encode()
+        sealer = self._keys.sealer or await asyncio.get_running_loop().run_in_executor(None, self._keys.get)
+        job.sealed_credentials[name] = sealer.seal(secret, _label(job.id, name))
         job.touch()
         await self.service.commit(job)
         return job
@@ -152,8 +209,11 @@ class TokenService:
         job = self.service.find(caller, ref)
         job.check_modifiable()
         self.service.tokens.remove_credential(job.id, target, scheme)
+        removed = job.sealed_credentials.pop(_sealed_name(target, scheme), None)
         job.touch()
         await self.service.commit(job)
+        if removed is not None:  # the save overwrote it (secure_delete); the WAL's copy goes too
+            await self.service.store.checkpoint()
         return job
 
 

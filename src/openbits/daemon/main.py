@@ -38,10 +38,12 @@ from ..core.service import JobService
 from ..core.transfers import Transfers
 from ..core.upload_runner import cancel_upload_session
 from ..events.bus import EventBus
-from ..core.tokens import TokenService, require_tokens_after_restart
+from ..core.logons import LogonMonitor
+from ..core.tokens import TokenService, require_tokens_after_restart, restore_credentials
 from ..identity.logon import LogonChecker
 from ..enums import JobState
 from ..identity import FileBroker
+from ..identity.sealing import KeyRing
 from ..store import SqliteStore
 from ..transport.http import HttpTransport
 from ..transport.router import Transport
@@ -123,16 +125,19 @@ def bind_socket(path: Path, system: bool) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job]) -> None:
+async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job],
+                keys: KeyRing) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     cost = CostMonitor(settings.current)  # the network's cost state (NetworkManager, else [network])
+    logons = LogonMonitor(settings.current, follow=settings.system)  # who is logged on (logind, else [users])
 
     def reload() -> None:
         settings.reload()
         cost.recheck()  # a new [network] section takes effect at once
+        logons.recheck()  # and a new [users] section
 
     loop.add_signal_handler(signal.SIGHUP, reload)
 
@@ -141,22 +146,27 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     bus = EventBus(store, by_id, settings.current)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
                          functools.partial(cancel_upload_session, transport), pools.reads)
+    # the credentials stored with the jobs, before anything runs (a blocking systemd-creds call, once)
+    for job in restore_credentials(jobs, service.tokens, keys):
+        await service.commit(job)  # credentials that did not open: the job's error says so
     trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
                              lambda: settings.config.bandwidth_ignore_limits_when_idle,
                              upload_sensor=LinkSensor(direction=UP) if settings.config.bandwidth_upload_control
                              else None)
-    scheduler = Scheduler(service, changes, transfers, transport, policy.throttle_for, cost)
+    scheduler = Scheduler(service, changes, transfers, transport, policy.throttle_for, cost, logons)
     deliveries = Deliveries(service, bus, changes)
     gc.freeze()  # the loaded jobs live as long as the daemon: keep them out of every future collection
     # Every API request leaves a few hundred young objects and almost no cycles: collecting the young
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.
     gc.set_threshold(10_000, 20, 20)
     gc.enable()
-    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam)), deliveries,
-                   # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
-                   functools.partial(cost.explain, rate=policy.explain), settings.mode)
+    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam), keys), deliveries,
+                   # `openbits info`: the rate each job is allowed, and why (an owner not logged on, blocked by
+                   # cost, the bandwidth policy)
+                   functools.partial(logons.explain, rate=functools.partial(cost.explain, rate=policy.explain)),
+                   settings.mode)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = bind_socket(settings.socket, settings.system)
@@ -211,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     gc.disable()
     jobs = store.load_jobs()
     recover(jobs)
+    keys = KeyRing(settings.state_dir)  # the key of the credentials stored with the jobs (beside the store)
     try:
-        asyncio.run(serve(settings, broker, pools, store, jobs))
+        asyncio.run(serve(settings, broker, pools, store, jobs, keys))
     finally:
         pools.shutdown()
         os.close(lock)

@@ -1,13 +1,16 @@
-"""Secrets of jobs that must never reach disk: helper identities, one-time tickets, per-job credentials.
+"""Secrets of jobs in this process's memory: helper identities, one-time tickets, per-job credentials.
 
-They live in this process's memory only (a daemon restart forgets them, as BITS forgets a helper
-token at log-off); the job record keeps only the helper token *flags*.
+Helper identities and tickets never reach disk (a daemon restart forgets them, as BITS forgets a
+helper token at log-off); the job record keeps only the helper token *flags*. Per-job credentials
+are also kept sealed with the job (core/tokens.py, identity/sealing.py), and come back from there
+after a restart.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..enums import AuthScheme, AuthTarget
@@ -15,8 +18,6 @@ from ..model.identity import Identity
 
 #: How long a ticket from `gettokenticket` may be redeemed.
 TICKET_LIFETIME = 600.0
-
-
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Ticket:
     #: whether the owner who asked for it may attach an administrator as the helper
     issuer_is_admin: bool
     expires: float
+    #: who asked for it: the helper it makes counts as set from their session
+    issuer_uid: int
 
 
 class TokenStore:
@@ -42,17 +45,28 @@ class TokenStore:
 
     def __init__(self) -> None:
         self._helpers: dict[str, Identity] = {}
+        #: the uid whose session set each helper: the token goes when they log off (core/logons.py)
+        self._helper_set_by: dict[str, int] = {}
         self._credentials: dict[str, dict[tuple[AuthTarget, AuthScheme], Credential]] = {}
         self._tickets: dict[str, Ticket] = {}
 
     def helper(self, job_id: str) -> Identity | None:
         return self._helpers.get(job_id)
 
-    def set_helper(self, job_id: str, helper: Identity) -> None:
+    def set_helper(self, job_id: str, helper: Identity, set_by: int) -> None:
         self._helpers[job_id] = helper
+        self._helper_set_by[job_id] = set_by
 
     def clear_helper(self, job_id: str) -> None:
         self._helpers.pop(job_id, None)
+        self._helper_set_by.pop(job_id, None)
+
+    def drop_helpers(self, gone: Callable[[int], bool]) -> list[str]:
+        """Drop the helpers set by a uid for which `gone(uid)` (logged off); the ids of their jobs."""
+        dropped = [job_id for job_id, uid in self._helper_set_by.items() if gone(uid)]
+        for job_id in dropped:
+            self.clear_helper(job_id)
+        return dropped
 
     def credential(self, job_id: str, target: AuthTarget, scheme: AuthScheme) -> Credential | None:
         return self._credentials.get(job_id, {}).get((target, scheme))
@@ -64,11 +78,11 @@ class TokenStore:
         """False when none was set for that pair (BITS's S_FALSE)."""
         return self._credentials.get(job_id, {}).pop((target, scheme), None) is not None
 
-    def issue_ticket(self, job_id: str, issuer_is_admin: bool) -> str:
+    def issue_ticket(self, job_id: str, issuer_is_admin: bool, issuer_uid: int) -> str:
         now = time.monotonic()
         self._tickets = {key: t for key, t in self._tickets.items() if t.expires > now}
         ticket = secrets.token_urlsafe(32)
-        self._tickets[ticket] = Ticket(job_id, issuer_is_admin, now + TICKET_LIFETIME)
+        self._tickets[ticket] = Ticket(job_id, issuer_is_admin, now + TICKET_LIFETIME, issuer_uid)
         return ticket
 
     def redeem_ticket(self, ticket: str, job_id: str) -> Ticket | None:
@@ -81,6 +95,6 @@ class TokenStore:
 
     def forget(self, job_id: str) -> None:
         """A job in a final state keeps no secrets."""
-        self._helpers.pop(job_id, None)
+        self.clear_helper(job_id)
         self._credentials.pop(job_id, None)
         self._tickets = {key: t for key, t in self._tickets.items() if t.job_id != job_id}

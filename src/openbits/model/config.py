@@ -120,6 +120,11 @@ class Config:
     #: [network] metered / roaming: the cost state when NetworkManager cannot tell (core/cost.py)
     network_metered: bool = False
     network_roaming: bool = False
+    #: [users] require_logon: where no systemd-logind is on the system bus, whether a user's jobs wait for a
+    #: logon that cannot be seen (true: only service accounts transfer) or run as if logged on (core/logons.py)
+    users_require_logon: bool = False
+    #: [users] service_group: its members are service accounts, always logged on like uids below UID_MIN
+    users_service_group: str | None = None
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -140,12 +145,14 @@ class Config:
         proxy = raw.pop("proxy", None)
         bandwidth = raw.pop("bandwidth", {})
         network = raw.pop("network", {})
+        users = raw.pop("users", {})
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in raw.items():
-            if key not in known or key.startswith(("bandwidth", "network")):
-                top = sorted(k for k in known if not k.startswith(("bandwidth", "network")))
-                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], [network]")
+            if key not in known or key.startswith(_SECTIONS):
+                top = sorted(k for k in known if not k.startswith(_SECTIONS))
+                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], "
+                                 "[network], [users]")
             expected = type(getattr(cls(), key))
             if key == "admin_group" and isinstance(value, str):
                 values[key] = value
@@ -171,6 +178,7 @@ class Config:
         except (ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"{source}: [bandwidth]: {exc}") from None
         values.update(_network(network, source))
+        values.update(_users(users, source))
         return cls(**values)
 
     def background_limit(self, weekday: int, minute_of_day: int) -> int:
@@ -179,6 +187,26 @@ class Config:
             if window.applies(weekday, minute_of_day):
                 return window.limit
         return self.background_bandwidth
+
+
+#: the prefixes of fields that come from a [section], not from a top-level key
+_SECTIONS = ("bandwidth", "network", "users")
+
+
+def _users(raw: Any, source: str) -> dict[str, Any]:
+    """[users]: require_logon (a boolean) and service_group (a group name)."""
+    if not isinstance(raw, dict) or set(raw) - {"require_logon", "service_group"}:
+        raise ValueError(f"{source}: [users] takes only require_logon = true|false and service_group = \"GROUP\"")
+    values: dict[str, Any] = {}
+    if "require_logon" in raw:
+        if not isinstance(raw["require_logon"], bool):
+            raise ValueError(f"{source}: [users] require_logon = {raw['require_logon']!r}: write true or false")
+        values["users_require_logon"] = raw["require_logon"]
+    if "service_group" in raw:
+        if not isinstance(raw["service_group"], str) or not raw["service_group"]:
+            raise ValueError(f"{source}: [users] service_group = {raw['service_group']!r}: write a group name")
+        values["users_service_group"] = raw["service_group"]
+    return values
 
 
 def _network(raw: Any, source: str) -> dict[str, bool]:

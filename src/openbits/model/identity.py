@@ -84,6 +84,10 @@ class Identity:
             gid = _group_gid("sudo")
             if gid is None:
                 gid = _group_gid("wheel")
-        else:
-            gid = _group_gid(admin_group)
+            return gid is not None and gid in self.groups
+        return self.in_group(admin_group)
+
+    def in_group(self, name: str) -> bool:
+        """A member of the group `name` (primary or supplementary); False when there is no such group."""
+        gid = _group_gid(name)
         return gid is not None and gid in self.groups

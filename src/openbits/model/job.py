@@ -129,6 +129,9 @@ class Job:
     retry_at: float = 0.0
     #: TokenFlags: what the helper token is used for; the token itself is never stored
     helper_token_flags: int = prop(0, doc="TokenFlags of the helper token (its own route)", wire=False)
+    #: SetCredentials' pairs ("SERVER BASIC") to the user name and password sealed by identity/sealing.py,
+    #: whose key is never stored here; a final job keeps none
+    sealed_credentials: dict[str, str] = field(default_factory=dict)
     proxy_usage: ProxyUsage = prop(ProxyUsage.PRECONFIG, doc="GetProxySettings: PRECONFIG (the administrator's or "
                                    "the daemon's environment's proxy), NO_PROXY, OVERRIDE, AUTODETECT (no WPAD on "
                                    "Linux: as PRECONFIG)", settable=True, attribute=False, notifies=False)
@@ -301,12 +304,14 @@ class Job:
     def cancel(self) -> None:
         self._require_not_final()
         self.state = JobState.CANCELLED
+        self.sealed_credentials = {}
         self.touch()
 
     def complete(self) -> list[JobFile]:
         """Move to ACKNOWLEDGED; returns the files whose bytes become the user's."""
         self.check_completable()
         self.state = JobState.ACKNOWLEDGED
+        self.sealed_credentials = {}
         self.touch()
         return [f for f in self.files if f.completed]
 

@@ -20,6 +20,10 @@ class Store(Protocol):
     async def delete_job(self, job_id: str) -> None:
         """Forget a job and its files for good."""
 
+    async def checkpoint(self) -> None:
+        """Leave no older copy of what changes replaced or removed on disk (a removed credential's sealed value):
+        the database holds the newest of everything and its log is emptied."""
+
     # -- events (openbits.events) --
 
     def last_event_seq(self) -> int:

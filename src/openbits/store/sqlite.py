@@ -78,7 +78,9 @@ def _insert_sql(table: str, count: int) -> str:
     return f"{verb} INTO {table} ({columns}) VALUES {', '.join([row] * count)}"
 
 
-_Op = Callable[[sqlite3.Connection], None] | _Rows
+#: an op that asks for a checkpoint after its batch commits (a checkpoint cannot run inside the transaction)
+_CHECKPOINT = "checkpoint"
+_Op = Callable[[sqlite3.Connection], None] | _Rows | str
 
 
 class SqliteStore:
@@ -98,6 +100,9 @@ class SqliteStore:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        # What a change replaces or deletes (a removed credential's sealed value) is overwritten with
+        # zeros in the database file, not left in a free page; the WAL's copy goes at its next checkpoint.
+        conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     def load_jobs(self) -> list[Job]:
@@ -135,6 +140,9 @@ class SqliteStore:
             conn.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
 
         await self._submit(op)
+
+    async def checkpoint(self) -> None:
+        await self._submit(_CHECKPOINT)
 
     # -- events --
 
@@ -209,11 +217,13 @@ class SqliteStore:
             for op, _ in batch:
                 if isinstance(op, _Rows):
                     rows.extend(op)
-                else:
+                elif callable(op):
                     rows.write(conn)  # what came before goes first
                     op(conn)
             rows.write(conn)
             conn.execute("COMMIT")
+            if any(op == _CHECKPOINT for op, _ in batch):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter below
             error = exc
             if conn.in_transaction:
@@ -234,8 +244,8 @@ def _empty_defaults(cls: type) -> dict[str, object]:
     """
     empty: dict[str, object] = {}
     for name, f in cls.__dataclass_fields__.items():  # type: ignore[attr-defined]
-        default = [] if f.default_factory is list else f.default
-        if default is None or (type(default) in (int, float, bool, str, list) and not default):
+        default = f.default_factory() if f.default_factory in (list, dict) else f.default
+        if default is None or (type(default) in (int, float, bool, str, list, dict) and not default):
             empty[name] = default
     return empty
 
