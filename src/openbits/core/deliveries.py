@@ -59,9 +59,12 @@ class Deliveries:
         """Own one delivery task per job with a pending notification; start those left from before a restart."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            for job in list(self._service.jobs.values()):
-                self._observe(job)
-            await asyncio.Future()  # until cancelled
+            try:
+                for job in list(self._service.jobs.values()):
+                    self._observe(job)
+                await asyncio.Future()  # until cancelled
+            finally:
+                self._group = None  # a save still finishing at shutdown starts no delivery in a closed group
 
     def _observe(self, job: Job) -> None:
         """After every durable change: start the job's delivery if it needs one, else let it look again."""
