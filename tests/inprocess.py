@@ -21,6 +21,7 @@ from typing import Any
 
 from openbits.core.changes import JobChanges
 from openbits.core.cost import CostMonitor
+from openbits.core.logons import LogonMonitor
 from openbits.core.service import JobService
 from openbits.core.transfers import Transfers
 from openbits.core.upload_runner import cancel_upload_session
@@ -86,3 +87,7 @@ class Core:
     def cost(self) -> CostMonitor:
         """The cost state from the configuration alone: a bus address where no bus is (as tests/test_cost.py)."""
         return CostMonitor(lambda: self.config, bus_address=f"unix:path={self.state / 'no-bus'}")
+
+    def logons(self) -> LogonMonitor:
+        """Who is logged on from the configuration alone (require_logon is off by default): everyone."""
+        return LogonMonitor(lambda: self.config, bus_address=f"unix:path={self.state / 'no-bus'}")

@@ -28,8 +28,8 @@ from .daemon import DaemonProcess
 from .logindlab import FakeLogind
 from .nmlab import PrivateBus
 from .servers.nginx import NginxServer
-from .test_security import folder, run_as
-from .users import RealUser, RealUsers, require_root
+from .test_security import run_as
+from .users import RealUser, RealUsers, owned_folder, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: real users, a system "
                                                                                  "daemon")]
@@ -100,7 +100,7 @@ def daemon(world: Path, bus: PrivateBus, logind: FakeLogind, service_group: str)
 
 def start_job(user: RealUser, daemon: DaemonProcess, world: Path, code: str = "") -> str:
     """A resumed download of world/src.bin into the user's own folder, made as the user; its id."""
-    dest = folder(world / user.name, user) / f"out-{os.urandom(3).hex()}.bin"
+    dest = owned_folder(world / user.name, user) / f"out-{os.urandom(3).hex()}.bin"
     return run_as(user, daemon, f"""
     job = m.create_job("logon")
     job.add_file({(world / "src.bin").as_uri()!r}, {str(dest)!r})
@@ -263,7 +263,7 @@ def test_a_logoff_puts_a_transferring_job_back_in_the_queue(
     sid = logind.login(alice.uid, alice.name)
     job_id = run_as(alice, daemon, f"""
     job = m.create_job("slow")
-    job.add_file({nginx.url("slow.bin")!r}, {str(folder(world / alice.name, alice) / "slow.bin")!r})
+    job.add_file({nginx.url("slow.bin")!r}, {str(owned_folder(world / alice.name, alice) / "slow.bin")!r})
     job.max_bandwidth = 200_000
     job.resume()
     out(id=job.id)

@@ -59,7 +59,8 @@ class Bench(Scheduler):
     """The real Scheduler whose turns run HeldRunner; `next_turn()` is the job whose turn began next."""
 
     def __init__(self, core: Core) -> None:
-        super().__init__(core.service, core.changes, core.transfers, core.transport, lambda job: None, core.cost())
+        super().__init__(core.service, core.changes, core.transfers, core.transport, lambda job: None, core.cost(),
+                         core.logons())
         self.core = core
         #: job ids, as their turns begin
         self.turns: asyncio.Queue[str] = asyncio.Queue()

@@ -147,8 +147,7 @@ class Scheduler:
             watching = group.create_task(self._watch_network(), name="network watch")
             watching_cost = group.create_task(self._watch_cost(), name="cost watch")
             watching_logons = group.create_task(self._logons.watch(self._logons_changed), name="logon watch")
-            with contextlib.suppress(TimeoutError):  # the first pass knows who is logged on
-                await asyncio.wait_for(self._logons.ready.wait(), LOGONS_KNOWN)
+            await wait_set(self._logons.ready, LOGONS_KNOWN)  # the first pass knows who is logged on
             try:
                 while True:
                     self._wake.clear()  # before the pass: a wake during its awaits (a commit) is not lost
