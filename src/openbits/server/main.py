@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from ..locations import split_host_port
 from .app import make_upload_app
 from .settings import ServerSettings, load_settings
 from .wire import BitsAppRunner
@@ -19,10 +20,11 @@ log = logging.getLogger("openbits.server")
 
 def parse_listen(value: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets: [::1]:8080)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        host, port = split_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return host or "0.0.0.0", port
 
 
 def _parser() -> argparse.ArgumentParser:
