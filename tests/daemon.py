@@ -53,12 +53,14 @@ class DaemonProcess:
     def env(self) -> dict[str, str]:
         return {**os.environ, "OPENBITS_SOCKET": str(self.socket)}
 
-    def start(self) -> DaemonProcess:
+    def start(self, *options: str, environ: dict[str, str] | None = None) -> DaemonProcess:
+        """`options` go after the usual ones; `environ` is added to the daemon's environment."""
         command = [*self.wrap, sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
                    "--socket", str(self.socket), "--state-dir", str(self.state_dir),
-                   "--config", str(self.config_path), "--log-level", "DEBUG"]
+                   "--config", str(self.config_path), "--log-level", "DEBUG", *options]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **(environ or {})})
         log.close()
         deadline = time.monotonic() + 15
         while not answers(self.socket):

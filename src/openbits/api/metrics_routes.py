@@ -7,6 +7,7 @@ An administrator scrapes every series; anyone else only the series of their own 
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -65,6 +66,6 @@ async def serve_tcp(listen: str, metrics: Metrics) -> web.AppRunner | None:
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"openbitsd: [metrics] listen = {listen!r}: cannot listen there: "
-                         f"{exc.strerror or exc}") from None
+                         f"{os.strerror(exc.errno) if exc.errno else exc}") from None
     log.info("metrics on http://%s/metrics", listen)
     return runner
