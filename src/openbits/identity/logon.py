@@ -72,7 +72,7 @@ class LogonChecker:
         if wait > 0:
             self.failed += 1
             log.warning("logon as %r by uid %d refused: %d failed logons in a row", username, caller.uid,
-                        failures.count)
+                        failures.count, extra={"openbits_user": caller.uid, "openbits_error": "ERROR_LOGON_FAILURE"})
             raise BitsError(ErrorCode.ERROR_LOGON_FAILURE,
                             f"too many failed logons in a row; try again in {wait:.0f} s")
         try:
@@ -87,9 +87,10 @@ class LogonChecker:
             if failures.count >= FREE_FAILURES:
                 delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (failures.count - FREE_FAILURES))
                 failures.not_before = time.monotonic() + delay
-            log.warning("logon as %r by uid %d failed (%d in a row)", username, caller.uid, failures.count)
+            log.warning("logon as %r by uid %d failed (%d in a row)", username, caller.uid, failures.count,
+                        extra={"openbits_user": caller.uid, "openbits_error": "ERROR_LOGON_FAILURE"})
             raise BitsError(ErrorCode.ERROR_LOGON_FAILURE,
                             f"logon failure: unknown user name {username!r} or bad password")
         self._failures.pop(caller.uid, None)
-        log.info("logon as %r by uid %d succeeded", username, caller.uid)
+        log.info("logon as %r by uid %d succeeded", username, caller.uid, extra={"openbits_user": caller.uid})
         return Identity.from_uid(uid)
