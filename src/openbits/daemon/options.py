@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
                         "$XDG_RUNTIME_DIR/openbits.sock for --user); ignored when systemd passes the socket")
     parser.add_argument("--state-dir", type=Path, help="directory of the job database (default: /var/lib/openbits, "
                         "or $XDG_STATE_HOME/openbits for --user)")
-    parser.add_argument("--config", help=f"TOML configuration file, reloaded on SIGHUP (default: "
+    parser.add_argument("--config", metavar="FILE", help=f"TOML configuration file, reloaded on SIGHUP (default: "
                         f"{system_config_path()}, or {user_config_path().name} under $XDG_CONFIG_HOME/openbits "
                         "for --user, when it exists)")
     parser.add_argument("--check-config", nargs="?", const="", metavar="FILE",
