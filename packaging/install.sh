@@ -66,6 +66,7 @@ else
 fi
 
 for page in "$mandir"/man*/*; do
+    [ -e "$page" ] || continue
     section=$(basename "$(dirname "$page")")
     put 0644 "$page" "$prefix/share/man/$section/$(basename "$page")"
 done
