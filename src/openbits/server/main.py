@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..locations import split_host_port
 from ..shellcompletion import answer_completion
+from ..version import __version__
 from .app import make_upload_app
 from .settings import ServerSettings, load_settings
 from .wire import BitsAppRunner
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)")
     parser.add_argument("--config", metavar="FILE", help="TOML file of virtual directories and their settings")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"openbits-server {__version__}")
     return parser
 
 
