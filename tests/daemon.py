@@ -38,6 +38,8 @@ class DaemonProcess:
         self.config_path = root / "openbitsd.toml"
         self.log_path = root / "openbitsd.log"
         self.system = system
+        #: False: no --config, so the daemon reads its mode's default configuration file
+        self.config_option = True
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.write_config(config or {})
@@ -57,7 +59,8 @@ class DaemonProcess:
         """`options` go after the usual ones; `environ` is added to the daemon's environment."""
         command = [*self.wrap, sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
                    "--socket", str(self.socket), "--state-dir", str(self.state_dir),
-                   "--config", str(self.config_path), "--log-level", "DEBUG", *options]
+                   *(["--config", str(self.config_path)] if self.config_option else []), "--log-level", "DEBUG",
+                   *options]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(environ or {})})

@@ -100,7 +100,7 @@ def test_make_install_then_uninstall_leaves_nothing(tmp_path: Path) -> None:
     for page in ("man1/openbits.1", "man1/openbits-addfile.1", "man8/openbitsd.8", "man8/openbits-server.8",
                  "man5/openbitsd.toml.5"):
         shown = _run("man", "-l", man / page, env={**os.environ, "MANWIDTH": "100"}).stdout
-        assert "NAME" in shown and "SEE ALSO" in shown or page.startswith("man1/openbits-")
+        assert "NAME" in shown and ("SEE ALSO" in shown or page.startswith("man1/"))
     assert "max_jobs_per_user = 300" in _run("man", "-l", man / "man5/openbitsd.toml.5").stdout
     # the installed units, with ExecStart= where the staged commands are, and their manual pages
     units = tmp_path / "units"

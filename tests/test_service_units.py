@@ -51,12 +51,18 @@ def _install(tree: Path) -> None:
         else:
             shutil.copy(origin, source / part)
     (tree / "opt/no-man").mkdir(exist_ok=True)
-    # The tree reaches no package index: the host fetches every wheel, the tree installs from them.
+    # The tree reaches no package index: the host fetches every wheel, the tree installs from them. The
+    # wheels stay for the next run, which rebuilds only openbits' own when nothing else changed.
     wheels = tree / "opt/openbits-wheels"
-    shutil.rmtree(wheels, ignore_errors=True)
-    for command in (["wheel", "--quiet", "-w", str(wheels), str(REPO)],
-                    ["download", "--quiet", "--only-binary", ":all:", "-d", str(wheels), "setuptools>=68", "wheel"]):
-        fetched = subprocess.run([sys.executable, "-m", "pip", *command], capture_output=True, text=True, timeout=600)
+    for old in wheels.glob("openbits-*.whl"):
+        old.unlink()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    offline = subprocess.run([*pip, "wheel", "--quiet", "--no-index", "--find-links", str(wheels), "-w", str(wheels),
+                              str(REPO)], capture_output=True, text=True, timeout=600)
+    for command in ([] if offline.returncode == 0 else
+                    [["wheel", "--quiet", "-w", str(wheels), str(REPO)],
+                     ["download", "--quiet", "--only-binary", ":all:", "-d", str(wheels), "setuptools>=68", "wheel"]]):
+        fetched = subprocess.run([*pip, *command], capture_output=True, text=True, timeout=600)
         if fetched.returncode != 0:
             pytest.skip(f"cannot fetch the wheels for the Debian tree: {fetched.stderr[-500:]}")
     script = ("set -e; rm -rf /var/lib/openbits; sh /opt/openbits-src/packaging/uninstall.sh '' /usr/local >/dev/null; "

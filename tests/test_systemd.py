@@ -167,7 +167,7 @@ def test_socket_activation(tmp_path: Path) -> None:
         assert "openbitsd" not in daemon.log()  # nothing started yet
         with Manager(socket_path=daemon.socket, autostart=False) as manager:
             status = manager.status()
-            assert status.mode == "user"
+            assert status.mode == "user" and status.socket == str(daemon.socket)
             job = manager.create_job("activated", JobType.DOWNLOAD)
             assert manager.get_job(job.id).name == "activated"
         assert "(socket from systemd)" in daemon.log()
@@ -240,20 +240,13 @@ def test_user_daemon_reads_its_default_config(tmp_path: Path) -> None:
     (tmp_path / "xdg" / "openbits").mkdir(parents=True)
     (tmp_path / "xdg" / "openbits" / "openbitsd.toml").write_text("max_jobs_per_user = 1\n")
     daemon = DaemonProcess(tmp_path / "d")
-    command = [sys.executable, "-m", "openbits.daemon", "--user", "--socket", str(daemon.socket), "--state-dir",
-               str(daemon.state_dir)]
-    process = subprocess.Popen(command, env={**daemon.env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")},
-                               stderr=open(daemon.log_path, "ab"))
+    daemon.config_option = False
+    daemon.start(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     try:
-        deadline = time.monotonic() + 15
-        while not answers(daemon.socket):
-            assert process.poll() is None and time.monotonic() < deadline, daemon.log()
-            time.sleep(0.02)
         with daemon.manager() as manager:
             assert manager.status().config_file == str(tmp_path / "xdg" / "openbits" / "openbitsd.toml")
             manager.create_job("one", JobType.DOWNLOAD)
             with pytest.raises(Exception, match="the limit is 1"):
                 manager.create_job("two", JobType.DOWNLOAD)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(20)
+        daemon.stop()

@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"openbitsd: {' '.join(str(exc).split())}") from None
     # Before the zygote forks: neither it nor any program started later sees systemd's variables.
     inherited = systemd.inherited_socket()
+    if inherited is not None:
+        settings.socket = Path(inherited.getsockname())  # what systemd listens on, whatever --socket said
     notifier = systemd.Notifier()
     os.umask(0o022)
     lock = take_state_lock(settings.state_dir)
