@@ -7,6 +7,7 @@ by systemd's own `systemd-socket-activate`.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import socket
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from openbits import JobType, Manager
+from openbits import JobPriority, JobState, JobType, Manager
+from openbits.daemon.activity import Activity
 from openbits.daemon import systemd
 from openbits.locations import answers
+from openbits.model.job import Job, JobFile
 
 from .daemon import DaemonProcess
 
@@ -250,3 +253,28 @@ def test_user_daemon_reads_its_default_config(tmp_path: Path) -> None:
                 manager.create_job("two", JobType.DOWNLOAD)
     finally:
         daemon.stop()
+
+
+def test_status_line_counts_jobs_transfers_and_rate() -> None:
+    """The STATUS= line from real Job records: the rate is the bytes moved since the last line."""
+    moving, waiting = (Job.new(name, JobType.DOWNLOAD, 0, JobPriority.NORMAL, "") for name in ("moving", "waiting"))
+    moving.files.append(JobFile("http://127.0.0.1/x", "/tmp/x", "/tmp/.x"))
+    moving.state = JobState.TRANSFERRING
+    activity = Activity({job.id: job for job in (moving, waiting)})
+    a = time.monotonic()
+    assert activity.line() == "2 jobs, 1 transferring, 0.0 MB/s"
+    b = time.monotonic()
+    time.sleep(0.1)
+    moving.files[0].bytes_transferred = 10_000_000
+    c = time.monotonic()
+    line = activity.line()
+    d = time.monotonic()
+    count, transferring, rate = re.fullmatch(r"(\d+) jobs, (\d+) transferring, ([\d.]+) MB/s", line).groups()  # type: ignore[union-attr]
+    assert (count, transferring) == ("2", "1")
+    # 10 MB over the time between the two samples, which lies between c - b and d - a
+    assert 10 / (d - a) - 0.05 <= float(rate) <= 10 / (c - b) + 0.05
+    moving.state = JobState.TRANSFERRED  # its last bytes still count once, then it is gone from the line
+    moving.files[0].bytes_transferred = 10_500_000
+    last = activity.line()
+    assert last.startswith("2 jobs, 0 transferring, ") and not last.endswith(" 0.0 MB/s")
+    assert activity.line() == "2 jobs, 0 transferring, 0.0 MB/s"

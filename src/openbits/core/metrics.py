@@ -145,7 +145,8 @@ class Metrics:
     def __init__(self, service: JobService, transitions: Transitions, policy: BandwidthPolicy,
                  sensors: dict[str, LinkSensor | None], logons: LogonChecker, store_path: Path,
                  connections: Callable[[], int]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # auto_describe=False: describing would collect at start, counting 100,000 jobs for nothing
+        self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_JobSeries(service, transitions))
         self.registry.register(_Bandwidth(policy, sensors))
         self.api_requests = Counter("openbits_api_requests", "API requests answered, by route and status.",
