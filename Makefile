@@ -61,9 +61,13 @@ $(BUILD)/venv/.installed: pyproject.toml
 	$(BUILD)/venv/bin/pip install --quiet '.[man]'
 	touch $@
 
-man: $(BUILD)/venv/.installed
+# MAN_PYTHON: an interpreter that already has openbits and the [man] packages (the tests pass their own).
+MAN_PYTHON ?=
+MAN_DEPS   := $(if $(MAN_PYTHON),,$(BUILD)/venv/.installed)
+
+man: $(MAN_DEPS)
 	rm -rf $(BUILD)/man
-	$(BUILD)/venv/bin/python packaging/man.py $(BUILD)/man
+	$(or $(MAN_PYTHON),$(BUILD)/venv/bin/python) packaging/man.py $(BUILD)/man
 
 install: man
 	sh packaging/install.sh "$(DESTDIR)" "$(PREFIX)" "$(SYSCONFDIR)" "$(PYTHON3)" "$(BUILD)/man"

@@ -79,7 +79,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_make_install_then_uninstall_leaves_nothing(tmp_path: Path) -> None:
     stage = tmp_path / "stage"
     stage.mkdir()
-    _run("make", "-C", REPO, "install", f"DESTDIR={stage}", "PREFIX=/usr/local")
+    _run("make", "-C", REPO, "install", f"DESTDIR={stage}", "PREFIX=/usr/local", f"MAN_PYTHON={sys.executable}")
     prefix = stage / "usr/local"
     app = prefix / "lib/openbits/venv"
     for command in COMMANDS:

@@ -42,8 +42,11 @@ class Transitions:
         if job.state in ERROR_STATES and job.error:
             name = str(job.error.get("name", "E_FAIL"))
             self.errors[(name, job.owner_uid)] += 1
-            log.warning("job %s (%r): %s -> %s: %s: %s", job.id, job.name, _name(before), job.state.name, name,
-                        job.error.get("description", ""), extra={**fields, "openbits_error": name})
+            # ERROR waits for its owner: a warning; TRANSIENT_ERROR is retried by itself (or waits for a
+            # policy, such as a metered network): information.
+            level = logging.WARNING if job.state == JobState.ERROR else logging.INFO
+            log.log(level, "job %s (%r): %s -> %s: %s: %s", job.id, job.name, _name(before), job.state.name, name,
+                    job.error.get("description", ""), extra={**fields, "openbits_error": name})
         else:
             log.info("job %s (%r): %s -> %s", job.id, job.name, _name(before), job.state.name, extra=fields)
 
