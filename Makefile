@@ -42,4 +42,36 @@ bench-politeness: $(STAMP)
 	$(PY) bench/politeness.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build dist
+
+# --- Install as a service (root): make install [PREFIX=/usr/local] [DESTDIR=staging dir]
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+LIBDIR     := $(PREFIX)/lib/openbits
+APP        := $(LIBDIR)/venv
+# The list of what install put in place, so uninstall removes exactly that.
+MANIFEST   := $(LIBDIR)/installed-files
+BUILD      := build/install
+UNITS      := $(PREFIX)/lib/systemd
+
+.PHONY: install uninstall man
+
+# Manual pages from the code (argparse-manpage, click-man) in a build virtualenv of their own.
+$(BUILD)/venv/.installed: pyproject.toml
+	$(PYTHON3) -m venv $(BUILD)/venv
+	$(BUILD)/venv/bin/pip install --quiet '.[man]'
+	touch $@
+
+# MAN_PYTHON: an interpreter that already has openbits and the [man] packages (the tests pass their own).
+MAN_PYTHON ?=
+MAN_DEPS   := $(if $(MAN_PYTHON),,$(BUILD)/venv/.installed)
+
+man: $(MAN_DEPS)
+	rm -rf $(BUILD)/man
+	$(or $(MAN_PYTHON),$(BUILD)/venv/bin/python) packaging/man.py $(BUILD)/man
+
+install: man
+	sh packaging/install.sh "$(DESTDIR)" "$(PREFIX)" "$(SYSCONFDIR)" "$(PYTHON3)" "$(BUILD)/man"
+
+uninstall:
+	sh packaging/uninstall.sh "$(DESTDIR)" "$(PREFIX)"

@@ -8,10 +8,5 @@ if [ "$(id -u)" != 0 ]; then
     echo "openbits: $target is missing - run scripts/install-pam.sh as root" >&2
     exit 0
 fi
-cat > "$target" <<'PAM'
-# openbitsd: password check for helper tokens (authenticate + account, no session)
-@include common-auth
-@include common-account
-PAM
-chmod 0644 "$target"
+install -m 0644 "$(dirname "$0")/../packaging/pam.d/openbits" "$target"
 echo "openbits: installed $target"

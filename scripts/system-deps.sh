@@ -5,8 +5,11 @@ set -eu
 # namespaces of its own, as the tests run their own nginx: the packages' system services are not started by the
 # install (see policy-rc.d below), so a developer's machine keeps its network set-up and port 80 as they were.
 # systemd: systemd-creds seals the key of the credentials stored with jobs (identity/sealing.py; the tests give
-# it a host key of their own, tests/test_credentials_at_rest.py).
-packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager systemd"
+# it a host key of their own, tests/test_credentials_at_rest.py); systemd-analyze verify, systemd-socket-activate
+# and systemd-journald for tests/test_systemd.py and tests/test_logs.py; systemd-container and debootstrap boot
+# the real units in tests/test_service_units.py; man-db renders the manual pages make install builds.
+packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager systemd
+systemd-container debootstrap man-db util-linux"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

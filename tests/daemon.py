@@ -41,6 +41,8 @@ class DaemonProcess:
         self.config_path = root / "openbitsd.toml"
         self.log_path = root / "openbitsd.log"
         self.system = system
+        #: False: no --config, so the daemon reads its mode's default configuration file
+        self.config_option = True
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.write_config(config or {})
@@ -56,14 +58,17 @@ class DaemonProcess:
     def env(self) -> dict[str, str]:
         return {**os.environ, "OPENBITS_SOCKET": str(self.socket)}
 
-    def start(self) -> DaemonProcess:
+    def start(self, *options: str, environ: dict[str, str] | None = None) -> DaemonProcess:
+        """`options` go after the usual ones; `environ` is added to the daemon's environment."""
         command = [*self.wrap, sys.executable, "-m", "openbits.daemon", "--system" if self.system else "--user",
                    "--socket", str(self.socket), "--state-dir", str(self.state_dir),
-                   "--config", str(self.config_path)]
+                   *(["--config", str(self.config_path)] if self.config_option else [])]
         if self.log_level is not None:
             command += ["--log-level", self.log_level]
+        command += options
         log = open(self.log_path, "ab")
-        proc = self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        proc = self.proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, **(environ or {})})
         log.close()
 
         def answering() -> bool:

@@ -36,6 +36,17 @@ def user_state_dir() -> Path:
     return (Path(state) if state else Path.home() / ".local" / "state") / "openbits"
 
 
+def system_config_path() -> Path:
+    """The system daemon's configuration file, read when it exists and no --config is given."""
+    return Path("/etc/openbits/openbitsd.toml")
+
+
+def user_config_path() -> Path:
+    """$XDG_CONFIG_HOME/openbits/openbitsd.toml (~/.config by default): a user daemon's configuration file."""
+    config = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(config) if config else Path.home() / ".config") / "openbits" / "openbitsd.toml"
+
+
 def answers(path: Path) -> bool:
     """True when something accepts a connection on the Unix socket at `path`."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -45,3 +56,11 @@ def answers(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """HOST:PORT ([::1]:8080 for IPv6) as (host, port), the host possibly ""; ValueError naming what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (for example \"127.0.0.1:9464\")")
+    return host.strip("[]"), int(port)

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 
 from ..core.deliveries import Deliveries
+from ..core.metrics import Metrics
 from ..core.service import JobService
 from ..core.tokens import TokenService
 from .event_routes import event_routes
 from .job_routes import routes
 from ..schema.views import RateExplainer
-from .request import DELIVERIES, MODE, RATES, SERVICE, TOKENS, errors_middleware
+from .metrics_routes import METRICS, count_requests, metrics_routes
+from .request import ABOUT, DELIVERIES, MODE, RATES, SERVICE, TOKENS, errors_middleware
 from .token_routes import token_routes
 
 
 def make_app(service: JobService, tokens: TokenService, deliveries: Deliveries, rates: RateExplainer,
-             mode: str) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=4 * 1024 * 1024)
+             mode: str, metrics: Metrics, about: Callable[[], dict[str, Any]]) -> web.Application:
+    """`about`: what the daemon tells of itself in /v1/status (socket, configuration, policies in force)."""
+    app = web.Application(middlewares=[count_requests, errors_middleware], client_max_size=4 * 1024 * 1024)
     app[SERVICE], app[TOKENS], app[DELIVERIES], app[RATES], app[MODE] = service, tokens, deliveries, rates, mode
-    for table in (routes, token_routes, event_routes):
+    app[METRICS], app[ABOUT] = metrics, about
+    for table in (routes, token_routes, event_routes, metrics_routes):
         app.add_routes(table)
     return app

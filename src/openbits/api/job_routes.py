@@ -23,7 +23,7 @@ from ..schema.models import (
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
 from ..version import __version__
-from .request import Handler, MODE, RATES, SERVICE, caller, flag, parse, respond, respond_job
+from .request import ABOUT, Handler, MODE, RATES, SERVICE, caller, flag, parse, respond, respond_job
 
 #: longest single /wait request; clients loop for longer waits
 MAX_WAIT = 30.0
@@ -36,7 +36,7 @@ async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     who = caller(request)
     return respond(DaemonStatus(version=__version__, mode=request.app[MODE], pid=os.getpid(), caller_uid=who.uid,
-                                caller_is_admin=service.is_admin(who)))
+                                caller_is_admin=service.is_admin(who), **request.app[ABOUT]()))
 
 
 @routes.post("/v1/jobs")

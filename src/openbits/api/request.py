@@ -11,7 +11,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -36,6 +36,8 @@ DELIVERIES = web.AppKey("deliveries", Deliveries)
 MODE = web.AppKey("mode", str)
 #: the bandwidth policy's explanation of a job's rate, under the cost state (`info`'s allowed rate)
 RATES = web.AppKey("rates", RateExplainer)
+#: the daemon's account of itself for /v1/status: socket, state directory, configuration, policies in force
+ABOUT: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("about")
 
 
 #: The peer uid of each open connection: SO_PEERCRED cannot change while it is open, so it is

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from . import events, jobs, live, proxy, replies, tokens  # noqa: F401  (they register their commands on the group)
 from .app import cli
+from .completion import complete_jobs
+
+complete_jobs(cli)
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ TaskGroup so a clean shutdown waits for all of them.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import asyncio
 import contextlib
@@ -19,19 +18,23 @@ import logging
 import os
 import signal
 import socket
-import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from ..api.app import make_app
+from ..api.metrics_routes import serve_tcp
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
 from ..pools import Pools
-from ..locations import answers, system_socket_path, user_socket_path, user_state_dir
-from ..core.cost import CostMonitor
+from ..locations import answers
+from ..shellcompletion import answer_completion
+from ..core.cost import CostMonitor, describe
 from ..core.changes import JobChanges
 from ..core.deliveries import Deliveries
+from ..core.metrics import Metrics
+from ..core.transitions import Transitions
 from ..model.job import Job
 from ..core.scheduler import Scheduler
 from ..core.service import JobService
@@ -40,7 +43,7 @@ from ..core.upload_runner import cancel_upload_session
 from ..events.bus import EventBus
 from ..core.logons import LogonMonitor
 from ..core.tokens import TokenService, require_tokens_after_restart, restore_credentials
-from ..identity.logon import LogonChecker
+from ..identity.logon import FALLBACK_SERVICE, PAM_SERVICE, LogonChecker
 from ..enums import JobState
 from ..identity import FileBroker
 from ..identity.sealing import KeyRing
@@ -48,49 +51,11 @@ from ..store import SqliteStore
 from ..transport.http import HttpTransport
 from ..transport.router import Transport
 from ..model.config import Config
+from . import logs, systemd
+from .activity import Activity
+from .options import Settings, check_config, parser
 
 log = logging.getLogger("openbitsd")
-
-SYSTEM_STATE_DIR = Path("/var/lib/openbits")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="openbitsd", description="openbits daemon (BITS for Linux)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--system", action="store_true", help="serve every local user (root only)")
-    mode.add_argument("--user", action="store_true", help="serve the calling user only")
-    parser.add_argument("--socket", type=Path, help="Unix socket path")
-    parser.add_argument("--state-dir", type=Path, help="directory of the job database")
-    parser.add_argument("--config", help="TOML configuration file (reloaded on SIGHUP)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_args(argv)
-
-
-class Settings:
-    """The resolved command line plus the live configuration (replaced on SIGHUP)."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.system = args.system or (not args.user and os.geteuid() == 0)
-        if self.system and os.geteuid() != 0:
-            raise SystemExit("openbitsd: --system needs root; run `openbitsd --user` for a per-user daemon")
-        self.mode = "system" if self.system else "user"
-        self.socket = args.socket or (system_socket_path() if self.system else user_socket_path())
-        self.state_dir = args.state_dir or (SYSTEM_STATE_DIR if self.system else user_state_dir())
-        self.config_path: str | None = args.config
-        self.config = Config.load(self.config_path)
-
-    def current(self) -> Config:
-        """The configuration in force now (SIGHUP replaces it)."""
-        return self.config
-
-    def reload(self) -> None:
-        try:
-            self.config = Config.load(self.config_path)
-        except ValueError as exc:
-            log.error("configuration not reloaded, the old one stays: %s", exc)
-        else:
-            log.info("configuration reloaded from %s", self.config_path)
-
 
 def recover(jobs: list[Job]) -> None:
     """After a crash or restart, jobs that were moving bytes go back to the queue."""
@@ -126,7 +91,8 @@ def bind_socket(path: Path, system: bool) -> socket.socket:
 
 
 async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job],
-                keys: KeyRing) -> None:
+                keys: KeyRing, inherited: socket.socket | None, notifier: systemd.Notifier) -> None:
+    """`inherited`: the socket systemd passed (never unlinked here: it is systemd's); else one is bound."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -135,15 +101,18 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     logons = LogonMonitor(settings.current, follow=settings.system)  # who is logged on (logind, else [users])
 
     def reload() -> None:
-        settings.reload()
-        cost.recheck()  # a new [network] section takes effect at once
-        logons.recheck()  # and a new [users] section
+        notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        if settings.reload():
+            cost.recheck()  # a new [network] section takes effect at once
+            logons.recheck()  # and a new [users] section
+        notifier.send("READY=1")
 
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     by_id = {job.id: job for job in jobs}
     changes, transfers, transport = JobChanges(), Transfers(), Transport(HttpTransport(pools=pools))
     bus = EventBus(store, by_id, settings.current)
+    transitions = Transitions(jobs, changes)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
                          functools.partial(cancel_upload_session, transport), pools.reads)
     # the credentials stored with the jobs, before anything runs (a blocking systemd-creds call, once)
@@ -151,10 +120,11 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
         await service.commit(job)  # credentials that did not open: the job's error says so
     trace_path = os.environ.get("OPENBITS_BANDWIDTH_TRACE")  # tests/test_bandwidth_controller.py replays these
     trace = open(trace_path, "a", buffering=1) if trace_path else None
-    policy = BandwidthPolicy(lambda: _background_limit(settings.config), LinkSensor(trace=trace),
+    sensors = {"download": LinkSensor(trace=trace),
+               "upload": LinkSensor(direction=UP) if settings.config.bandwidth_upload_control else None}
+    policy = BandwidthPolicy(lambda: _background_limit(settings.config), sensors["download"],
                              lambda: settings.config.bandwidth_ignore_limits_when_idle,
-                             upload_sensor=LinkSensor(direction=UP) if settings.config.bandwidth_upload_control
-                             else None)
+                             upload_sensor=sensors["upload"])
     scheduler = Scheduler(service, changes, transfers, transport, policy.throttle_for, cost, logons)
     deliveries = Deliveries(service, bus, changes)
     gc.freeze()  # the loaded jobs live as long as the daemon: keep them out of every future collection
@@ -162,31 +132,56 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.
     gc.set_threshold(10_000, 20, 20)
     gc.enable()
-    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam), keys), deliveries,
+    checker = LogonChecker(pool=pools.pam)
+    runner: web.AppRunner | None = None
+    metrics = Metrics(service, transitions, policy, sensors, checker, settings.state_dir / "jobs.db",
+                      lambda: len(runner.server.connections) if runner is not None and runner.server else 0)
+
+    def about() -> dict[str, object]:
+        pam = PAM_SERVICE if os.path.exists(f"/etc/pam.d/{PAM_SERVICE}") else f"{FALLBACK_SERVICE} (/etc/pam.d/" \
+            f"{PAM_SERVICE} is missing)"
+        listen = settings.config.metrics_listen
+        return {"socket": str(settings.socket), "state_dir": str(settings.state_dir), "config_file": settings.config_path,
+                "cost": f"{describe(cost.state)} ({cost.source})", "bandwidth": policy.background_rate()[1],
+                "pam_service": pam, "metrics": "/v1/metrics" + (f", http://{listen}/metrics" if listen else "")}
+
+    app = make_app(service, TokenService(service, checker, keys), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (an owner not logged on, blocked by
                    # cost, the bandwidth policy)
                    functools.partial(logons.explain, rate=functools.partial(cost.explain, rate=policy.explain)),
-                   settings.mode)
+                   settings.mode, metrics, about)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sock = bind_socket(settings.socket, settings.system)
-    await web.SockSite(runner, sock).start()
-    log.info("openbitsd %s mode, %d jobs, listening on %s", settings.mode, len(jobs), settings.socket)
+    scrape = await serve_tcp(settings.config.metrics_listen, metrics)
+    sock = inherited or bind_socket(settings.socket, settings.system)
+    activity = Activity(service.jobs)
     try:
+        await web.SockSite(runner, sock).start()
+        log.info("openbitsd %s mode, %d jobs, listening on %s%s", settings.mode, len(jobs), settings.socket,
+                 " (socket from systemd)" if inherited else "")
+        status = activity.line()
+        notifier.send("READY=1", f"STATUS={status}")
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(transfers.run(), name="transfers"),
                      group.create_task(scheduler.run(), name="scheduler"),
                      group.create_task(_housekeeping(service), name="housekeeping"),
                      group.create_task(bus.run(), name="events"),
-                     group.create_task(deliveries.run(), name="notifications")]
+                     group.create_task(deliveries.run(), name="notifications"),
+                     group.create_task(systemd.watchdog(notifier), name="watchdog"),
+                     group.create_task(systemd.report_status(notifier, activity.line, status), name="status"),
+                     group.create_task(metrics.measure_lag(), name="loop-lag")]
             await stop.wait()
             log.info("shutting down")
+            notifier.send("STOPPING=1")
             for task in tasks:
                 task.cancel()
     finally:
         await runner.cleanup()
-        with contextlib.suppress(FileNotFoundError):
-            settings.socket.unlink()
+        if scrape is not None:
+            await scrape.cleanup()
+        if inherited is None:
+            with contextlib.suppress(FileNotFoundError):
+                settings.socket.unlink()
         await transport.aclose()
         await store.close()
         await broker.aclose()
@@ -204,13 +199,20 @@ async def _housekeeping(service: JobService) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    answer_completion(parser())
+    args = parser().parse_args(argv)
+    if args.check_config is not None:
+        raise SystemExit(check_config(args))
+    logs.configure("openbitsd", args.log_level, args.log_target, args.log_format)
     try:
         settings = Settings(args)
     except ValueError as exc:
-        raise SystemExit(f"openbitsd: {exc}") from None
+        raise SystemExit(f"openbitsd: {' '.join(str(exc).split())}") from None
+    # Before the zygote forks: neither it nor any program started later sees systemd's variables.
+    inherited = systemd.inherited_socket()
+    if inherited is not None:
+        settings.socket = Path(inherited.getsockname())  # what systemd listens on, whatever --socket said
+    notifier = systemd.Notifier()
     os.umask(0o022)
     lock = take_state_lock(settings.state_dir)
     broker = FileBroker.start()  # before any thread or event loop exists
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     recover(jobs)
     keys = KeyRing(settings.state_dir)  # the key of the credentials stored with the jobs (beside the store)
     try:
-        asyncio.run(serve(settings, broker, pools, store, jobs, keys))
+        asyncio.run(serve(settings, broker, pools, store, jobs, keys, inherited, notifier))
     finally:
         pools.shutdown()
         os.close(lock)

@@ -53,6 +53,8 @@ class LogonChecker:
         self._pam_dir = pam_dir
         self._failures: dict[int, _Failures] = {}
         self._warned = False
+        #: logons refused since the daemon started (the metric openbits_logons_failed_total)
+        self.failed = 0
 
     def _service(self) -> str:
         if os.path.exists(os.path.join(self._pam_dir, PAM_SERVICE)):
@@ -68,8 +70,9 @@ class LogonChecker:
         failures = self._failures.setdefault(caller.uid, _Failures())
         wait = failures.not_before - time.monotonic()
         if wait > 0:
+            self.failed += 1
             log.warning("logon as %r by uid %d refused: %d failed logons in a row", username, caller.uid,
-                        failures.count)
+                        failures.count, extra={"openbits_user": caller.uid, "openbits_error": "ERROR_LOGON_FAILURE"})
             raise BitsError(ErrorCode.ERROR_LOGON_FAILURE,
                             f"too many failed logons in a row; try again in {wait:.0f} s")
         try:
@@ -79,13 +82,15 @@ class LogonChecker:
         ok = uid is not None and "\0" not in password and await asyncio.get_running_loop().run_in_executor(
             self._pool, self._check, username, password, self._service())
         if not ok or uid is None:
+            self.failed += 1
             failures.count += 1
             if failures.count >= FREE_FAILURES:
                 delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (failures.count - FREE_FAILURES))
                 failures.not_before = time.monotonic() + delay
-            log.warning("logon as %r by uid %d failed (%d in a row)", username, caller.uid, failures.count)
+            log.warning("logon as %r by uid %d failed (%d in a row)", username, caller.uid, failures.count,
+                        extra={"openbits_user": caller.uid, "openbits_error": "ERROR_LOGON_FAILURE"})
             raise BitsError(ErrorCode.ERROR_LOGON_FAILURE,
                             f"logon failure: unknown user name {username!r} or bad password")
         self._failures.pop(caller.uid, None)
-        log.info("logon as %r by uid %d succeeded", username, caller.uid)
+        log.info("logon as %r by uid %d succeeded", username, caller.uid, extra={"openbits_user": caller.uid})
         return Identity.from_uid(uid)

@@ -12,6 +12,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..locations import split_host_port
+
 
 @dataclass(frozen=True)
 class PreconfiguredProxy:
@@ -125,6 +127,8 @@ class Config:
     users_require_logon: bool = False
     #: [users] service_group: its members are service accounts, always logged on like uids below UID_MIN
     users_service_group: str | None = None
+    #: [metrics] listen: HOST:PORT where Prometheus may scrape over TCP ("" = only /v1/metrics on the socket)
+    metrics_listen: str = ""
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -135,6 +139,8 @@ class Config:
                 raw = tomllib.load(fh)
         except FileNotFoundError:
             raise ValueError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ValueError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
         return cls.from_dict(raw, source=path)
@@ -146,13 +152,14 @@ class Config:
         bandwidth = raw.pop("bandwidth", {})
         network = raw.pop("network", {})
         users = raw.pop("users", {})
+        metrics = raw.pop("metrics", {})
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in raw.items():
-            if key not in known or key.startswith(_SECTIONS):
-                top = sorted(k for k in known if not k.startswith(_SECTIONS))
-                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], "
-                                 "[network], [users]")
+            if key not in known or key.startswith(_SECTIONED):
+                top = sorted(k for k in known if not k.startswith(_SECTIONED) and k != "proxy")
+                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [proxy], "
+                                 "[bandwidth], [network], [users], [metrics]")
             expected = type(getattr(cls(), key))
             if key == "admin_group" and isinstance(value, str):
                 values[key] = value
@@ -165,6 +172,9 @@ class Config:
         if proxy is not None:
             values["proxy"] = PreconfiguredProxy.parse(proxy, source)
         try:
+            if not isinstance(bandwidth, dict) or (unknown := set(bandwidth) - _BANDWIDTH_KEYS):
+                raise ValueError(f"unknown key(s) {', '.join(sorted(unknown)) if isinstance(bandwidth, dict) else ''}; "
+                                 f"known: {', '.join(sorted(_BANDWIDTH_KEYS))}")
             values["background_bandwidth"] = parse_rate(bandwidth.get("limit", 0))
             values["bandwidth_schedule"] = tuple(BandwidthWindow.parse(w) for w in bandwidth.get("schedule", []))
             idle = bandwidth.get("ignore_limits_when_idle", False)
@@ -179,6 +189,7 @@ class Config:
             raise ValueError(f"{source}: [bandwidth]: {exc}") from None
         values.update(_network(network, source))
         values.update(_users(users, source))
+        values.update(_metrics(metrics, source))
         return cls(**values)
 
     def background_limit(self, weekday: int, minute_of_day: int) -> int:
@@ -189,8 +200,25 @@ class Config:
         return self.background_bandwidth
 
 
-#: the prefixes of fields that come from a [section], not from a top-level key
-_SECTIONS = ("bandwidth", "network", "users")
+#: fields set from a [section] of their own, not from a top-level key
+_SECTIONED = ("bandwidth", "network", "users", "metrics")
+_BANDWIDTH_KEYS = {"limit", "schedule", "ignore_limits_when_idle", "upload_control"}
+
+
+def _metrics(raw: Any, source: str) -> dict[str, str]:
+    """[metrics]: listen = "HOST:PORT", the TCP address of the Prometheus exposition (off when absent)."""
+    if not isinstance(raw, dict) or set(raw) - {"listen"}:
+        raise ValueError(f"{source}: [metrics] takes only listen = \"HOST:PORT\"")
+    listen = raw.get("listen", "")
+    if not isinstance(listen, str):
+        raise ValueError(f"{source}: [metrics] listen = {listen!r}: write a string \"HOST:PORT\"")
+    if listen:
+        try:
+            if not split_host_port(listen)[0]:
+                raise ValueError(f"{listen!r} names no host; write \"127.0.0.1:9464\" (all addresses: \"0.0.0.0:9464\")")
+        except ValueError as exc:
+            raise ValueError(f"{source}: [metrics] listen: {exc}") from None
+    return {"metrics_listen": listen}
 
 
 def _users(raw: Any, source: str) -> dict[str, Any]:

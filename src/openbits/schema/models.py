@@ -197,6 +197,13 @@ class DaemonStatus(WireModel):
     pid: int
     caller_uid: int
     caller_is_admin: bool
+    socket: str = ""
+    state_dir: str = ""
+    config_file: str | None = Field(None, description="the configuration in force; None: built-in defaults")
+    cost: str = Field("", description="the network's cost state and where it comes from")
+    bandwidth: str = Field("", description="the background bandwidth policy in force")
+    pam_service: str = Field("", description="the PAM service that checks helper-token passwords")
+    metrics: str = Field("", description="where Prometheus scrapes: /v1/metrics on the socket, and a TCP address")
 
 
 # -- helper tokens and credentials (IBitsTokenOptions, SetCredentials) ---------------------------

@@ -137,6 +137,11 @@ def openapi_document() -> dict[str, Any]:
         paths.setdefault(path, {})[method] = operation
     paths["/v1/events"] = {"get": {**_EVENT_STREAM, "responses": {
         **_EVENT_STREAM["responses"], **{str(code): error for code in (400, 403, 404, 409)}}}}
+    paths["/v1/metrics"] = {"get": {
+        "summary": "Prometheus metrics: every series for administrators, your own jobs' for anyone else",
+        "operationId": "get_v1_metrics",
+        "responses": {"200": {"description": "the text exposition format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "openbits", "version": __version__,

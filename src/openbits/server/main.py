@@ -10,6 +10,9 @@ import sys
 
 from aiohttp import web
 
+from ..locations import split_host_port
+from ..shellcompletion import answer_completion
+from ..version import __version__
 from .app import make_upload_app
 from .settings import ServerSettings, load_settings
 from .wire import BitsAppRunner
@@ -19,18 +22,20 @@ log = logging.getLogger("openbits.server")
 
 def parse_listen(value: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets: [::1]:8080)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        host, port = split_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return host or "0.0.0.0", port
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openbits-server", description="Serve the BITS upload protocol.")
-    parser.add_argument("--root", help='directory served as the virtual directory "/"')
+    parser.add_argument("--root", metavar="DIR", help='directory served as the virtual directory "/"')
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)")
-    parser.add_argument("--config", help="TOML file of virtual directories and their settings")
+    parser.add_argument("--config", metavar="FILE", help="TOML file of virtual directories and their settings")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"openbits-server {__version__}")
     return parser
 
 
@@ -59,6 +64,7 @@ async def serve(settings: ServerSettings, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    answer_completion(_parser())
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (args.config or args.root):
