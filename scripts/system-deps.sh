@@ -4,7 +4,10 @@ set -eu
 # dbus and network-manager: tests/test_cost_networkmanager.py runs its own NetworkManager on a private bus, in
 # namespaces of its own, as the tests run their own nginx: the packages' system services are not started by the
 # install (see policy-rc.d below), so a developer's machine keeps its network set-up and port 80 as they were.
-packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager"
+# swift-* and memcached: tests/swift.py runs an OpenStack Swift all-in-one with its S3 API for openbits-server's
+# object-storage backend (tests/test_upload_farm.py); python3-boto3 is bench/upload.py's plain S3 client.
+packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager
+swift swift-proxy swift-account swift-container swift-object memcached"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -74,10 +74,6 @@ class Session:
         return self.folder / REPLY_FILE
 
     @property
-    def complete(self) -> bool:
-        return self.state.total is not None and self.received >= self.state.total
-
-    @property
     def unsynced(self) -> int:
         return self.received - self.state.received
 
