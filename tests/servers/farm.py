@@ -100,7 +100,7 @@ class Node:
 
 _UPSTREAM = """
     map $http_bits_session_id $bits_session {{ "" $sent_http_bits_session_id; default $http_bits_session_id; }}
-    log_format bits '$upstream_addr $http_bits_packet_type $bits_session $status $request_method';
+    log_format bits '$upstream_addr $http_bits_packet_type $bits_session $status $request_method $msec';
     upstream farm {{
 {servers}
     }}
@@ -150,13 +150,17 @@ class Farm:
         assert self.nginx is not None
         return self.nginx.url(name)
 
-    def served(self, session_id: str) -> list[tuple[str, str, str]]:
-        """(node address, packet type or method, status) of each request of one session, in order."""
+    def served(self, session_id: str | None = None) -> list[tuple[str, str, str, float]]:
+        """(node address, packet type or method, status, time answered) of each request (of one session),
+        in the order nginx answered them."""
         out = []
+        if not self.access_log.exists():
+            return out
         for line in self.access_log.read_text().splitlines():
-            upstream, packet, sid, status, method = line.split(" ")
-            if sid.lower() == session_id.lower():
-                out.append((upstream, packet if packet != "-" else method, status))
+            # "A, B" when A refused the connection and B served the request
+            upstream, packet, sid, status, method, msec = line.rsplit(" ", 5)
+            if session_id is None or sid.lower() == session_id.lower():
+                out.append((upstream.split(", ")[-1], packet if packet != "-" else method, status, float(msec)))
         return out
 
     def restart(self) -> None:

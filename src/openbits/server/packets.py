@@ -89,6 +89,9 @@ async def fragment(packet: Packet) -> web.Response:
             _check_alive(session)
             await _accept_total(session, span, packet.vdir)
             if span.first > session.received:
+                await session.refresh()  # what this node knew may be behind what other nodes received
+                _check_alive(session)
+            if span.first > session.received:
                 raise AckError(416, ErrorCode.http(416), f"the fragment starts at {span.first}, not at {session.received}")
             await session.receive(span, request.content.iter_any())
         if session.complete and packet.vdir.notification_type is not NotificationType.NONE:
@@ -136,6 +139,8 @@ async def cancel_session(packet: Packet) -> web.Response:
 async def reply(packet: Packet) -> web.StreamResponse:
     """GET of the reply URL: the server application's reply, until Close-Session or Cancel-Session."""
     session = await packet.store.get(packet.request.query.get(REPLY_QUERY, ""))
+    if session is not None:
+        await session.refresh()
     if session is None or session.closed or not session.has_reply or session.parts != packet.parts:
         raise web.HTTPNotFound(text="no such reply\n")
     return await session.reply_response(packet.request)

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -40,7 +40,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ErrorCode
-from ..uploadprotocol import ContentRange, is_session_id, new_session_id
+from ..uploadprotocol import BG_E_SESSION_NOT_FOUND, ContentRange, is_session_id, new_session_id
 from .acks import AckError
 from .settings import ObjectStorage, VirtualDirectory
 from .storage import Outcome, Session, Storage
@@ -408,6 +408,7 @@ class S3Session(Session):
     def __init__(self, store: S3Storage, sid: str, info: dict[str, str], state: _State) -> None:
         self._store = store
         self.id = sid
+        self._info = info
         self.parts = tuple(info["remote"].split("/"))
         self.url = info["url"]
         self.outcome = None
@@ -416,6 +417,7 @@ class S3Session(Session):
     def _apply(self, state: _State) -> None:
         self._state = state
         self.total, self.received, self.closed, self.has_reply = state.total, state.received, state.closed, state.reply
+        self._store.remember(self.id, self._info, state)
 
     @property
     def folder(self) -> str:
@@ -455,15 +457,22 @@ class S3Session(Session):
             for first in range(start, end, PIECE_MAX):
                 written.append(await self._piece(reader, first, min(end, first + PIECE_MAX)))
         except Exception:
+            if written:  # what a failure left is still progress
+                await self._settle(written)
             if reader.short:  # however the PUT failed, it failed because the client sent too little
                 raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range") from None
             raise
-        finally:
-            if written:  # what a failure left is still progress
-                state = await self._store.state(self.id)
-                if not state.info:  # cancelled or expired meanwhile: take nothing back in
-                    await self._store.bucket.delete(written)
-                self._apply(state)
+        await self._settle(written)
+        if self.ended:
+            raise AckError(400, BG_E_SESSION_NOT_FOUND, "the upload session has ended")
+
+    async def _settle(self, written: list[str]) -> None:
+        """The session as the store has it after this fragment (one LIST); pieces written into a session
+        cancelled or expired meanwhile are taken back."""
+        state = await self._store.state(self.id)
+        if not state.info and written:
+            await self._store.bucket.delete(written)
+        self._apply(state)
 
     async def _piece(self, reader: _Body, first: int, end: int) -> str:
         key = f"{self.folder}data/{first:016x}-{end:016x}-{self.total:016x}"
@@ -573,8 +582,8 @@ class S3Storage(Storage):
         self.root = self._base + vdir.session_directory.strip("/") + "/"
         #: The lock outlives the longest thing done under it: the application's answer, then an assembly.
         self.lock_ttl = vdir.notification_timeout + 600.0
-        #: session.json never changes: kept per node once read.
-        self._infos: dict[str, dict[str, str]] = {}
+        #: session.json (it never changes) and the last listed state of the sessions this node served lately.
+        self._known: dict[str, tuple[dict[str, str], _State]] = {}
 
     def folder(self, sid: str) -> str:
         return f"{self.root}{sid}/"
@@ -598,32 +607,39 @@ class S3Storage(Storage):
         info = {"id": sid, "remote": remote, "url": url, "protocol": protocol}
         raw = json.dumps(info).encode()
         await self.bucket.put(self.folder(sid) + "session.json", raw, len(raw))
-        self._remember(sid, info)
         return S3Session(self, sid, info, _State(info=True, newest=time.time()))
 
     async def get(self, sid: str) -> Session | None:
+        """From what this node last saw of the session, if it is recent: a lower bound of its progress,
+        which a fragment's own LIST corrects (packets refresh where a stale view would answer wrong)."""
         sid = sid.strip().lower()
         if not is_session_id(sid):
             return None
-        state = await self.state(sid)
-        if not state.info or time.time() - state.newest > self.vdir.session_timeout:
-            return None
-        info = self._infos.get(sid)
-        if info is None:
-            raw = await self.bucket.read(self.folder(sid) + "session.json")
-            if raw is None:
+        known = self._known.get(sid)
+        if known is not None and time.time() - known[1].newest <= self.vdir.session_timeout and not known[1].closed:
+            info, state = known[0], replace(known[1])
+        else:
+            state = await self.state(sid)
+            if not state.info or time.time() - state.newest > self.vdir.session_timeout:
                 return None
-            info = json.loads(raw)
-            self._remember(sid, info)
+            if known is not None:
+                info = known[0]
+            else:
+                raw = await self.bucket.read(self.folder(sid) + "session.json")
+                if raw is None:
+                    return None
+                info = json.loads(raw)
         session = S3Session(self, sid, info, state)
         if state.outcome:
             await session.refresh()
         return session
 
-    def _remember(self, sid: str, info: dict[str, str]) -> None:
-        if len(self._infos) >= 10_000:
-            self._infos.pop(next(iter(self._infos)))
-        self._infos[sid] = info
+    def remember(self, sid: str, info: dict[str, str], state: _State) -> None:
+        """Keep a session's (unchanging) session.json and its last listed state, for this node's next packet."""
+        self._known.pop(sid, None)
+        if len(self._known) >= 10_000:
+            self._known.pop(next(iter(self._known)))
+        self._known[sid] = (info, state)
 
     async def cleanup(self) -> int:
         """Expired sessions (any node's) and orphans go: each under its lock, re-checked once held, so no

@@ -134,7 +134,8 @@ class Storage(ABC):
 
     @abstractmethod
     async def get(self, sid: str) -> Session | None:
-        """The session with this id, or None if unknown, expired or cancelled."""
+        """The session with this id, or None if unknown, expired or cancelled. A shared store may answer
+        from what this process saw last (a lower bound of the progress): `refresh()` where that matters."""
 
     @abstractmethod
     async def cleanup(self) -> int:
