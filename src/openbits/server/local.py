@@ -7,7 +7,9 @@ these behind a load balancer need BITS-Host-Id affinity (or a shared file system
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
@@ -20,6 +22,8 @@ from .acks import AckError
 from .paths import check_destination, commit
 from .settings import VirtualDirectory
 from .storage import Outcome, Session, Storage
+
+log = logging.getLogger(__name__)
 
 #: Bytes gathered from the request before one write: fewer system calls than one per received chunk.
 WRITE_BYTES = 1 << 20
@@ -82,12 +86,30 @@ class LocalSession(Session):
                 raw.write(start, b"".join(pending) if len(pending) > 1 else pending[0])
             if offset != span.last + 1:
                 raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range")
-            if self.complete or raw.unsynced >= self._store.sync_bytes:
+            if self.complete:  # durable before the last Ack
+                await self.settle()
                 await asyncio.to_thread(raw.sync)
+            elif raw.unsynced >= self._store.sync_bytes and raw.syncing is None:
+                raw.syncing = asyncio.ensure_future(asyncio.to_thread(raw.sync))
+                raw.syncing.add_done_callback(self._synced)
         except OSError as exc:
             if pending:  # received ran ahead of the write that failed
                 raw.received = start
             raise self._error(exc) from exc
+
+    def _synced(self, done: asyncio.Future[None]) -> None:
+        """The writeback of the bytes before overlaps the receiving of the next ones (an fsync in line with
+        the fragments made the upload wait for the disk every sync_bytes); a failure here shows again at
+        the next sync, and the recorded offset stays what was synced."""
+        self.raw.syncing = None
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("syncing session %s failed: %s", self.id, done.exception())
+
+    async def settle(self) -> None:
+        """Wait for a sync in flight (before the file is closed, committed or synced again)."""
+        if self.raw.syncing is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.shield(self.raw.syncing)
 
     async def prepare_data(self) -> None:
         return None  # the data file is complete and synced at the last fragment
@@ -125,6 +147,7 @@ class LocalSession(Session):
         self._disk(self.raw.persist)
 
     async def commit(self, allow_overwrites: bool) -> None:
+        await self.settle()
         vdir = self._store.vdir
         assert vdir.directory is not None
         try:
@@ -133,9 +156,11 @@ class LocalSession(Session):
             raise self._error(exc) from exc
 
     async def close(self) -> None:
+        await self.settle()
         self._store.sessions.close(self.raw)
 
     async def discard(self) -> None:
+        await self.settle()
         self._store.sessions.discard(self.raw)
 
     async def reply_response(self, request: web.Request) -> web.StreamResponse:
@@ -181,4 +206,6 @@ class LocalStorage(Storage):
         return await asyncio.to_thread(self.sessions.cleanup)
 
     async def shutdown(self) -> None:
+        for raw in self.sessions.live():
+            await LocalSession(self, raw).settle()
         self.sessions.flush()
