@@ -297,12 +297,12 @@ class _Body:
                 raise EOFError("the fragment body ended early") from None
         return self._left
 
-    async def take(self, length: int) -> AsyncIterator[bytes]:
+    async def take(self, length: int) -> AsyncIterator[memoryview]:
         while length:
             chunk = (await self._next())[:length]
             self._left = self._left[len(chunk):]
             length -= len(chunk)
-            yield bytes(chunk)
+            yield chunk  # aiohttp writes memoryviews: no copy
 
     async def skip(self, length: int) -> None:
         async for _ in self.take(length):
