@@ -188,7 +188,11 @@ class Bucket:
         plan = plan_parts(segments, max(PART_MIN, math.ceil(total / (max_parts - 1))))
         started = await guarded(self.client.create_multipart_upload(Bucket=self.name, Key=key, Metadata=metadata))
         upload = started["UploadId"]
-        gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
+        gate, reads = asyncio.Semaphore(PARTS_IN_FLIGHT), asyncio.Semaphore(4 * PARTS_IN_FLIGHT)
+
+        async def read(source: str, first: int, length: int) -> bytes:
+            async with reads:
+                return await self.range(source, first, length)
 
         async def part(number: int, pieces: list[tuple[str, int, int]]) -> dict[str, Any]:
             async with gate:
@@ -199,7 +203,7 @@ class Bucket:
                         **common, CopySource={"Bucket": self.name, "Key": source},
                         CopySourceRange=f"bytes={first}-{first + length - 1}"))
                     return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
-                data = b"".join([await self.range(*p) for p in pieces])
+                data = b"".join(await asyncio.gather(*(read(*p) for p in pieces)))
                 done = await guarded(self.client.upload_part(**common, Body=data))
                 return {"PartNumber": number, "ETag": done["ETag"]}
 
