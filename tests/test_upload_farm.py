@@ -319,7 +319,7 @@ async def test_expired_session_cleaned_by_a_node_that_never_saw_it(farm: Farm, s
     (tmp_path / "fresh.toml").write_text(config)
     fresh = Node(tmp_path / "fresh.toml", *swift_aio.free_ports(1), tmp_path / "fresh.log").start()
     try:
-        await asyncio.to_thread(wait_for, lambda: not _keys(swift, f"short/BITS-Sessions/{sid}/"), 20)
+        await asyncio.to_thread(wait_for, lambda: not _keys(swift, f"short/BITS-Sessions/{sid}/"), 60)
     finally:
         fresh.stop()
     gone = await a.fragment("/short/old.bin", sid, b"x" * 1000, 1000, 5000)

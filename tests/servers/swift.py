@@ -3,7 +3,8 @@
 One proxy (s3api before tempauth, slo for multipart, copy for UploadPartCopy), one account, container and
 object server, each with one device (a plain directory), rings of one replica, and memcached for tempauth.
 S3 credentials: access key `test:tester`, secret `testing`, region us-east-1, path-style addressing.
-Nothing forks (`workers = 0`), so stop() ends every process it started.
+The storage servers do not fork (`workers = 0`); the main proxy has two workers, which its parent stops
+with it (stop() sends SIGTERM).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ _PROXY = """\
 bind_ip = 127.0.0.1
 bind_port = {port}
 swift_dir = {swift_dir}
-workers = 0
+workers = {workers}
+user = root
 log_level = WARNING
 
 [pipeline:main]
@@ -148,16 +150,19 @@ class SwiftAllInOne:
                 self._spawn([f"/usr/bin/swift-{kind}-server", str(conf), "-v"])
             # The proxy last: one that answers before the account server listens says ServiceUnavailable.
             self._wait([account, container, obj, self.memcached_port], timeout)
-            self._procs.append(self.start_proxy(self.proxy_port, timeout))
+            # Two workers: the proxy is the busiest part, and on a shared machine two processes get two shares.
+            self._procs.append(self.start_proxy(self.proxy_port, timeout, workers=2))
         except BaseException:
             self.stop()
             raise
 
-    def start_proxy(self, port: int, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    def start_proxy(self, port: int, timeout: float = 30.0, workers: int = 0) -> subprocess.Popen[bytes]:
         """A proxy server on `port` in front of the same storage (proxies hold no state): the main one, or
-        a second door a test closes (kill) and opens again to make the store unreachable for some."""
+        a second door a test closes (kill -9: with no workers, nothing else keeps serving) and opens again
+        to make the store unreachable for some."""
         conf = self.work / f"proxy-{port}.conf"
-        conf.write_text(_PROXY.format(port=port, swift_dir=self.work, memcached=self.memcached_port, region=REGION))
+        conf.write_text(_PROXY.format(port=port, swift_dir=self.work, memcached=self.memcached_port, region=REGION,
+                                      workers=workers))
         log = open(self.work / f"proxy-{port}.log", "ab")
         proc = subprocess.Popen(["/usr/bin/swift-proxy-server", str(conf), "-v"], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL)

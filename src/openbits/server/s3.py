@@ -158,17 +158,6 @@ class Bucket:
                 return out
             args["ContinuationToken"] = page["NextContinuationToken"]
 
-    async def folders(self, prefix: str) -> list[str]:
-        """The names one level below `prefix` (S3 common prefixes)."""
-        out: list[str] = []
-        args = {"Bucket": self.name, "Prefix": prefix, "Delimiter": "/"}
-        while True:
-            page = await guarded(self.client.list_objects_v2(**args))
-            out += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            if not page.get("IsTruncated"):
-                return out
-            args["ContinuationToken"] = page["NextContinuationToken"]
-
     async def delete(self, keys: list[str]) -> None:
         """One DELETE per key, some at once: DeleteObjects wants a Content-MD5 that botocore no longer sends."""
         gate = asyncio.Semaphore(16)
@@ -649,9 +638,13 @@ class S3Storage(Storage):
         """Expired sessions (any node's) and orphans go: each under its lock, re-checked once held, so no
         two nodes delete the same session and none deletes one that moved meanwhile."""
         now = time.time()
+        newest: dict[str, float] = {}
+        for obj in await self.bucket.list(self.root):  # one listing of every session, not one per session
+            sid = obj.key[len(self.root):].split("/", 1)[0]
+            newest[sid] = max(newest.get(sid, 0.0), obj.modified)
         removed = 0
-        for sid in await self.bucket.folders(self.root):
-            if not is_session_id(sid) or now - (await self.state(sid)).newest <= self.vdir.session_timeout:
+        for sid, modified in newest.items():
+            if not is_session_id(sid) or now - modified <= self.vdir.session_timeout:
                 continue
             try:
                 async with Lease(self.bucket, self.folder(sid), self.lock_ttl, wait=0):
