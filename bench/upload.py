@@ -1,7 +1,8 @@
-"""Upload benchmark: a 1 GiB upload job through openbitsd vs `curl -T`, and concurrent sessions of openbits-server.
+"""Upload benchmark: a 1 GiB upload job through openbitsd vs `curl -T`, concurrent sessions of openbits-server,
+and openbits-server as a farm on object storage (a Swift all-in-one with its S3 API) beside boto3.
 
-    .venv/bin/python bench/upload.py                  # 1 GiB, sessions 100/1000/4000
-    .venv/bin/python bench/upload.py --size-mib 64 --sessions 100
+    .venv/bin/python bench/upload.py                  # 1 GiB, sessions 100/1000/4000, farm 32 x 64 MiB
+    .venv/bin/python bench/upload.py --size-mib 64 --sessions 100 --farm-files 8 --farm-mib 16
 
 curl cannot speak BITS, so its side is `curl -T FILE` (one PUT) to a plain
 aiohttp PUT endpoint in this file that writes the body and fsyncs it once at
@@ -11,9 +12,21 @@ fsync every 16 MiB, Close-Session commit). Both run on loopback, on this
 machine; each runs 3 times (--runs), interleaved, and the best counts; the ratio is
 openbits time / curl time.
 
+The 1 GiB upload runs against both storage backends: the local directory, and
+object storage (one node on the Swift all-in-one: fragments into the store,
+assembled there at Close-Session).
+
 Sessions: N clients at once each Create-Session, send four 64 KiB fragments
 and Close-Session against one openbits-server process; a round is sustained
 when every session succeeds.
+
+Farm: F files of M MiB uploaded at once by the daemon (FOREGROUND jobs) through
+nginx round-robin to 1 and to 3 openbits-server nodes on the store, against the
+same files put straight into the store by boto3's multipart upload (F threads):
+aggregate MB/s (10^6 bytes) from the first request to the last object in
+place, and each node's peak RSS (VmHWM). Then one upload through the 3 nodes
+with the node receiving a fragment killed with -9: seconds from the kill to
+the next fragment acknowledged (nginx's log).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -38,6 +52,10 @@ from openbits import Manager  # noqa: E402
 from openbits.enums import JobPriority, JobState, JobType  # noqa: E402
 from openbits.uploadprotocol import PROTOCOL_BITS_1_5, Header, format_content_range  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
+from tests.servers.farm import Farm, receiving_node, wait_for, write_config  # noqa: E402
+from tests.servers.swift import ACCESS_KEY, SECRET_KEY, SwiftAllInOne, ensure_installed  # noqa: E402
+
+BUCKET = "bench"
 
 FRAGMENT = 64 * 1024
 
@@ -77,18 +95,29 @@ def put_server(directory: str) -> None:
     asyncio.run(serve())
 
 
-def one_gib(work: Path, size: int, runs: int) -> tuple[list[float], list[float]]:
+def _source(work: Path, size: int) -> Path:
+    source = work / f"source-{size}.bin"
+    if not source.exists():
+        with source.open("wb") as f:
+            for _ in range(max(1, size // (16 << 20))):
+                f.write(os.urandom(min(size, 16 << 20)))
+    return source
+
+
+def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None) -> tuple[list[float], list[float]]:
     """Seconds per run for openbits (daemon -> openbits-server) and for curl -T (-> plain PUT), same file,
-    interleaved; each run starts after a sync, so none pays for the writeback of the one before."""
-    source = work / "source.bin"
-    with source.open("wb") as f:
-        for _ in range(size // (16 << 20)):
-            f.write(os.urandom(16 << 20))
-    (work / "bits").mkdir()
-    (work / "put").mkdir()
-    server, bits_port = _spawn([sys.executable, "-m", "openbits.server", "--root", str(work / "bits"),
+    interleaved; each run starts after a sync, so none pays for the writeback of the one before. With
+    `swift`, openbits-server stores in it (the object-storage backend) instead of a directory."""
+    source = _source(work, size)
+    bits, put_dir = work / f"bits-{swift is not None}", work / f"put-{swift is not None}"
+    bits.mkdir()
+    put_dir.mkdir()
+    where = ["--root", str(bits)]
+    if swift is not None:
+        where = ["--config", str(write_config(work / "one-node", swift.endpoint, BUCKET, "one/", {"/": {}}))]
+    server, bits_port = _spawn([sys.executable, "-m", "openbits.server", *where,
                                 "--listen", "127.0.0.1:0", "--log-level", "WARNING"])
-    put, put_port = _spawn([sys.executable, __file__, "--put-server", str(work / "put")])
+    put, put_port = _spawn([sys.executable, __file__, "--put-server", str(put_dir)])
     daemon = DaemonProcess(work / "daemon").start()
     ours: list[float] = []
     curl: list[float] = []
@@ -110,9 +139,14 @@ def one_gib(work: Path, size: int, runs: int) -> tuple[list[float], list[float]]
                 ours.append(time.monotonic() - started)
                 assert state == JobState.TRANSFERRED, job.error
                 job.complete()
-                for landed in (work / "bits" / name, work / "put" / name):
-                    assert landed.stat().st_size == size
-                    landed.unlink()
+                landed = put_dir / name
+                assert landed.stat().st_size == size
+                landed.unlink()
+                if swift is None:
+                    assert (bits / name).stat().st_size == size
+                    (bits / name).unlink()
+                else:
+                    assert swift.client().head_object(Bucket=BUCKET, Key=f"one/{name}")["ContentLength"] == size
         return ours, curl
     finally:
         daemon.stop()
@@ -163,11 +197,118 @@ async def sessions(work: Path, counts: list[int]) -> list[tuple[int, int, float]
     return rounds
 
 
+def direct(swift: SwiftAllInOne, source: Path, files: int) -> float:
+    """Seconds for boto3's multipart upload_file of `files` copies of `source` at once (one thread each)."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=swift.endpoint, aws_access_key_id=ACCESS_KEY,
+                          aws_secret_access_key=SECRET_KEY, config=Config(
+                              region_name="us-east-1", s3={"addressing_style": "path"}, max_pool_connections=files * 4,
+                              request_checksum_calculation="when_required"))
+    transfer = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
+    started = time.monotonic()
+    with ThreadPoolExecutor(files) as pool:
+        list(pool.map(lambda i: client.upload_file(str(source), BUCKET, f"direct/{i}.bin", Config=transfer),
+                      range(files)))
+    return time.monotonic() - started
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int, nodes: int) -> tuple[float, list[float]]:
+    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, and each node's peak RSS (MiB)."""
+    tag = f"farm{nodes}"
+    config = write_config(work / tag, swift.endpoint, BUCKET, f"{tag}/", {"/": {}})
+    farm = Farm(work / tag, config, count=nodes).start()
+    daemon = DaemonProcess(work / f"{tag}-daemon").start()
+    try:
+        with daemon.manager() as manager:
+            jobs = []
+            for i in range(files):
+                job = manager.create_job(f"farm {i}", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+                job.add_file(farm.url(f"{i}.bin"), source)
+                jobs.append(job)
+            started = time.monotonic()
+            for job in jobs:
+                job.resume()
+            for job in jobs:
+                state = job.wait(1800)
+                assert state == JobState.TRANSFERRED, job.error
+            seconds = time.monotonic() - started
+            for job in jobs:
+                job.complete()
+        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes]
+    finally:
+        daemon.stop()
+        farm.stop()
+
+
+def failover(work: Path, swift: SwiftAllInOne, source: Path, attempts: int = 5) -> float | None:
+    """Seconds from kill -9 of the node receiving a fragment to the next fragment acknowledged. The upload
+    is paced (8 MiB/s) so a fragment is on the wire most of the time; a kill that met no fragment (nginx
+    logged no failed one) is not counted and the node comes back for another try."""
+    config = write_config(work / "failover", swift.endpoint, BUCKET, "failover/", {"/": {}})
+    farm = Farm(work / "failover", config).start()
+    daemon = DaemonProcess(work / "failover-daemon").start()
+    fragments = lambda: [s for s in farm.served() if s[1] == "Fragment"]  # noqa: E731
+    try:
+        with daemon.manager() as manager:
+            job = manager.create_job("failover", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+            job.add_file(farm.url("f.bin"), source)
+            job.set_properties(minimum_retry_delay=0, max_bandwidth=8 << 20)
+            job.resume()
+            measured = None
+            for _ in range(attempts):
+                seen = len(fragments())
+                wait_for(lambda: len(fragments()) >= seen + 1, 120)
+                victim = wait_for(lambda: receiving_node(farm.nodes), 60, 0.005)
+                time.sleep(0.05)  # well inside the fragment
+                victim.kill9()
+                killed = time.time()
+                after = wait_for(lambda: [s for s in fragments()[seen:] if s[3] >= killed - 0.01], 120)
+                victim.start()
+                if after[0][2] != "200":  # the fragment the node died in
+                    acked = wait_for(lambda: [s[3] for s in fragments()[seen:] if s[2] == "200" and s[3] > killed], 120)
+                    measured = acked[0] - killed
+                    break
+            assert job.wait(600) == JobState.TRANSFERRED, job.error
+            job.complete()
+            return measured
+    finally:
+        daemon.stop()
+        farm.stop()
+
+
+def farm_figures(work: Path, swift: SwiftAllInOne, files: int, size: int) -> None:
+    source = _source(work, size)
+    total = files * size / 1e6
+    seconds = direct(swift, source, files)
+    print(f"farm: {files} x {size >> 20} MiB straight into the store (boto3 multipart): {seconds:.1f} s, "
+          f"{total / seconds:.0f} MB/s", flush=True)
+    for nodes in (1, 3):
+        farm_seconds, rss = through_farm(work, swift, source, files, nodes)
+        print(f"farm: {files} x {size >> 20} MiB through {nodes} node(s): {farm_seconds:.1f} s, "
+              f"{total / farm_seconds:.0f} MB/s = {seconds / farm_seconds:.2f}x boto3; peak RSS per node "
+              f"{', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
+    after = failover(work, swift, _source(work, 256 << 20))
+    print("farm: kill -9 of the node receiving a fragment -> next fragment acknowledged after "
+          + (f"{after:.2f} s" if after is not None else "(no kill met a fragment in flight)"), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs of the upload; the best counts")
     parser.add_argument("--sessions", type=int, nargs="+", default=[100, 1000, 4000])
+    parser.add_argument("--farm-files", type=int, default=32, help="concurrent uploads through the farm")
+    parser.add_argument("--farm-mib", type=int, default=64, help="size of each of them")
     parser.add_argument("--put-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.put_server:
@@ -178,15 +319,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="openbits-upload-bench-", dir="/var/tmp") as scratch:
         work = Path(scratch)
         size = args.size_mib << 20
-        ours, curl = one_gib(work, size, args.runs)
-        mib = size / (1 << 20)
-        print(f"upload {mib:.0f} MiB, best of {args.runs}: openbits {min(ours):.2f} s ({mib / min(ours):.0f} MiB/s), "
-              f"curl -T to a plain PUT {min(curl):.2f} s ({mib / min(curl):.0f} MiB/s), "
-              f"time ratio {min(ours) / min(curl):.2f}x (runs: openbits {', '.join(f'{t:.2f}' for t in ours)}; "
-              f"curl {', '.join(f'{t:.2f}' for t in curl)} s)")
-        for count, ok, seconds in asyncio.run(sessions(work, args.sessions)):
-            print(f"concurrent sessions: {ok}/{count} succeeded in {seconds:.1f} s "
-                  f"({'sustained' if ok == count else 'NOT sustained'})")
+        ensure_installed()
+        with SwiftAllInOne() as swift:
+            swift.make_bucket(BUCKET)
+            for backend, store in (("local directory", None), ("object storage", swift)):
+                ours, curl = one_gib(work, size, args.runs, store)
+                mib = size / (1 << 20)
+                print(f"upload {mib:.0f} MiB ({backend}), best of {args.runs}: openbits {min(ours):.2f} s "
+                      f"({mib / min(ours):.0f} MiB/s), curl -T to a plain PUT {min(curl):.2f} s "
+                      f"({mib / min(curl):.0f} MiB/s), time ratio {min(ours) / min(curl):.2f}x (runs: openbits "
+                      f"{', '.join(f'{t:.2f}' for t in ours)}; curl {', '.join(f'{t:.2f}' for t in curl)} s)",
+                      flush=True)
+            for count, ok, seconds in asyncio.run(sessions(work, args.sessions)):
+                print(f"concurrent sessions: {ok}/{count} succeeded in {seconds:.1f} s "
+                      f"({'sustained' if ok == count else 'NOT sustained'})", flush=True)
+            farm_figures(work, swift, args.farm_files, args.farm_mib << 20)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ set -eu
 # it a host key of their own, tests/test_credentials_at_rest.py); systemd-analyze verify, systemd-socket-activate
 # and systemd-journald for tests/test_systemd.py and tests/test_logs.py; systemd-container and debootstrap boot
 # the real units in tests/test_service_units.py; man-db renders the manual pages make install builds.
+# swift-* and memcached: tests/servers/swift.py runs an OpenStack Swift all-in-one with its S3 API for
+# openbits-server's object-storage backend (tests/test_upload_farm.py).
 packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager systemd
-systemd-container debootstrap man-db util-linux"
+systemd-container debootstrap man-db util-linux swift swift-proxy swift-account swift-container swift-object
+memcached"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -37,6 +37,7 @@ http {{
     scgi_temp_path {work}/scgi;
     types {{ }}
     default_type application/octet-stream;
+{http}
     server {{
         listen {host}:{port};
         root {root};
@@ -60,14 +61,15 @@ class NginxServer:
     """nginx in the foreground serving `root_dir`; `stop()` kills it and removes its scratch dir."""
 
     def __init__(self, root_dir: str | os.PathLike[str], *, timeout: float = 5.0, host: str = "127.0.0.1",
-                 port: int | None = None, wrap: Sequence[str] = (), locations: str = "") -> None:
+                 port: int | None = None, wrap: Sequence[str] = (), locations: str = "", http: str = "") -> None:
         """`wrap` prefixes the command (`ip netns exec NS`: the politeness lab serves from its server namespace);
-        `locations` adds nginx `location` blocks to the server (a reverse proxy, say)."""
+        `locations` adds nginx `location` blocks to the server (a reverse proxy, say), `http` directives to
+        the http block (an `upstream` for them, a `log_format`)."""
         self.root = Path(root_dir).resolve()
         self._work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
         self.host, self.port, self._wrap = host, port or _free_port(), list(wrap)
         conf = self._work / "nginx.conf"
-        config = _CONFIG.format(work=self._work, host=host, port=self.port, root=self.root)
+        config = _CONFIG.format(work=self._work, host=host, port=self.port, root=self.root, http=http)
         conf.write_text(config.replace("        root ", locations + "        root ", 1))
         self._proc = subprocess.Popen(
             [*self._wrap, NGINX, "-c", str(conf), "-e", str(self._work / "error.log")],

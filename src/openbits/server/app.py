@@ -21,8 +21,9 @@ from ..errors import ErrorCode
 from ..uploadprotocol import METHOD, Header, PacketType, is_session_id
 from . import packets
 from .acks import AckError
-from .sessions import SessionStore
+from .local import LocalStorage
 from .settings import ServerSettings, VirtualDirectory
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +49,39 @@ def make_upload_app(settings: ServerSettings) -> web.Application:
     return app
 
 
+async def open_storages(settings: ServerSettings, stack: contextlib.AsyncExitStack) -> dict[str, Storage]:
+    """Each virtual directory's store, by prefix; what they hold open is closed with `stack`."""
+    if settings.storage is None:
+        return {v.prefix: LocalStorage(v, settings.sync_bytes) for v in settings.vdirs}
+    from . import s3  # aiobotocore is loaded only by servers that use it
+
+    return await s3.storages(settings.vdirs, settings.storage, stack)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Session stores, the HTTP client for server applications, and the periodic clean-up."""
     settings = app[SETTINGS]
-    stores = {v.prefix: SessionStore(v.sessions_path, v.session_timeout) for v in settings.vdirs}
-    app[STORES] = stores
-    app[HTTP] = aiohttp.ClientSession()
-    cleaner = asyncio.create_task(_clean_periodically(stores, settings.cleanup_interval))
-    try:
-        yield
-    finally:
-        cleaner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleaner
-        await app[HTTP].close()
-        for store in stores.values():
-            store.flush()
+    async with contextlib.AsyncExitStack() as stack:
+        stores = app[STORES] = await open_storages(settings, stack)
+        app[HTTP] = await stack.enter_async_context(aiohttp.ClientSession())
+        cleaner = asyncio.create_task(_clean_periodically(stores, settings.cleanup_interval))
+        try:
+            yield
+        finally:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+            for store in stores.values():
+                await store.shutdown()
 
 
-async def _clean_periodically(stores: dict[str, SessionStore], interval: float) -> None:
+async def _clean_periodically(stores: dict[str, Storage], interval: float) -> None:
     while True:
-        for store in stores.values():
+        for prefix, store in stores.items():
             try:
-                await asyncio.to_thread(store.cleanup)
-            except OSError:
-                log.exception("cleaning the sessions in %s failed", store.root)
+                await store.cleanup()
+            except (OSError, AckError):
+                log.exception("cleaning the sessions of %s failed", prefix)
         await asyncio.sleep(interval)
 
 
@@ -108,4 +117,4 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 def _packet(request: web.Request, vdir: VirtualDirectory, rest: str) -> packets.Packet:
     app = request.config_dict
-    return packets.Packet(request, vdir, app[STORES][vdir.prefix], rest, app[HTTP], app[SETTINGS].sync_bytes)
+    return packets.Packet(request, vdir, app[STORES][vdir.prefix], rest, app[HTTP])

@@ -1,9 +1,10 @@
-"""`openbits-server --root DIR --listen HOST:PORT [--config FILE]`."""
+"""`openbits-server [serve] --root DIR --listen HOST:PORT [--config FILE]`; `openbits-server gc --config FILE`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -13,7 +14,8 @@ from aiohttp import web
 from ..locations import split_host_port
 from ..shellcompletion import answer_completion
 from ..version import __version__
-from .app import make_upload_app
+from .acks import AckError
+from .app import make_upload_app, open_storages
 from .settings import ServerSettings, load_settings
 from .wire import BitsAppRunner
 
@@ -31,6 +33,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openbits-server", description="Serve the BITS upload protocol.")
+    parser.add_argument("command", nargs="?", choices=("serve", "gc"), default="serve",
+                        help="serve (the default), or gc: remove expired sessions and orphans once, then exit")
     parser.add_argument("--root", metavar="DIR", help='directory served as the virtual directory "/"')
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)")
     parser.add_argument("--config", metavar="FILE", help="TOML file of virtual directories and their settings")
@@ -63,6 +67,12 @@ async def serve(settings: ServerSettings, host: str, port: int) -> None:
         await runner.cleanup()
 
 
+async def collect(settings: ServerSettings) -> int:
+    """One clean-up pass over every virtual directory's store (what each node also runs periodically)."""
+    async with contextlib.AsyncExitStack() as stack:
+        return sum([await store.cleanup() for store in (await open_storages(settings, stack)).values()])
+
+
 def main(argv: list[str] | None = None) -> None:
     answer_completion(_parser())
     args = _parser().parse_args(argv)
@@ -73,5 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(args.config, root=args.root) if args.config else ServerSettings.for_root(args.root)
     except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         sys.exit(f"openbits-server: {exc}")
+    if args.command == "gc":
+        try:
+            removed = asyncio.run(collect(settings))
+        except AckError as exc:
+            sys.exit(f"openbits-server gc: {exc}")
+        print(f"openbits-server gc: removed {removed} expired sessions and abandoned multipart uploads")
+        return
     host, port = args.listen
     asyncio.run(serve(settings, host, port))

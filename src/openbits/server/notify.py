@@ -10,8 +10,6 @@ to the client with the context BG_ERROR_CONTEXT_REMOTE_APPLICATION.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from yarl import URL
@@ -19,6 +17,7 @@ from yarl import URL
 from ..errors import ErrorCode
 from ..uploadprotocol import Header
 from .settings import NotificationType, VirtualDirectory
+from .storage import Outcome, Session
 
 
 class ApplicationError(Exception):
@@ -30,14 +29,6 @@ class ApplicationError(Exception):
         self.code = ErrorCode.http(status)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the application answered."""
-
-    static_reply_url: str | None
-    copy_to_destination: bool
-
-
 def notification_target(setting: str, original: URL) -> URL:
     """BITSServerNotificationURL resolved against the upload URL, with the upload's query appended."""
     target = original.join(URL(setting))
@@ -47,31 +38,26 @@ def notification_target(setting: str, original: URL) -> URL:
     return target
 
 
-async def notify_application(
-    http: aiohttp.ClientSession,
-    vdir: VirtualDirectory,
-    original_url: str,
-    data_path: Path,
-    reply_path: Path,
-) -> Outcome:
-    """Post the upload to the application; the reply (if any) ends up in `reply_path`."""
+async def notify_application(http: aiohttp.ClientSession, vdir: VirtualDirectory, session: Session) -> Outcome:
+    """Post the complete upload to the application; its reply (if any) is kept with the session."""
     assert vdir.notification_url is not None
-    target = notification_target(vdir.notification_url, URL(original_url))
-    headers = {Header.ORIGINAL_REQUEST_URL: original_url}
+    target = notification_target(vdir.notification_url, URL(session.url))
+    headers = {Header.ORIGINAL_REQUEST_URL: session.url}
     timeout = aiohttp.ClientTimeout(total=vdir.notification_timeout)
     try:
         if vdir.notification_type is NotificationType.BY_REFERENCE:
-            headers[Header.REQUEST_DATAFILE_NAME] = str(data_path)
-            headers[Header.RESPONSE_DATAFILE_NAME] = str(reply_path)
+            headers[Header.REQUEST_DATAFILE_NAME] = session.data_name
+            headers[Header.RESPONSE_DATAFILE_NAME] = session.reply_name
             async with http.post(target, headers=headers, data=b"", timeout=timeout) as resp:
                 await _check(resp)
                 return _outcome(resp)
-        with data_path.open("rb") as body:
-            async with http.post(target, headers=headers, data=body, timeout=timeout) as resp:
-                await _check(resp)
-                if Header.STATIC_RESPONSE_URL not in resp.headers:
-                    await _save_body(resp, reply_path)
-                return _outcome(resp)
+        assert session.total is not None
+        headers["Content-Length"] = str(session.total)
+        async with http.post(target, headers=headers, data=session.data(), timeout=timeout) as resp:
+            await _check(resp)
+            if Header.STATIC_RESPONSE_URL not in resp.headers:
+                await session.save_reply(resp.content.iter_chunked(1 << 20))
+            return _outcome(resp)
     except asyncio.TimeoutError:
         raise ApplicationError(504, f"the server application at {target} did not answer in time") from None
     except aiohttp.ClientError as exc:
@@ -89,11 +75,3 @@ def _outcome(resp: aiohttp.ClientResponse) -> Outcome:
         static_reply_url=resp.headers.get(Header.STATIC_RESPONSE_URL),
         copy_to_destination=Header.COPY_FILE_TO_DESTINATION in resp.headers,
     )
-
-
-async def _save_body(resp: aiohttp.ClientResponse, reply_path: Path) -> None:
-    tmp = reply_path.with_name(reply_path.name + ".tmp")
-    with tmp.open("wb") as out:
-        async for chunk in resp.content.iter_chunked(1 << 20):
-            out.write(chunk)
-    tmp.replace(reply_path)

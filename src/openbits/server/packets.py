@@ -1,14 +1,13 @@
 """The five request packets of the BITS upload protocol and their Acks.
 
 Ping, Create-Session, Fragment, Close-Session and Cancel-Session as the pages
-of the same names describe them. The packets of one session are ordered by
-its lock; the upload becomes the destination file only at Close-Session.
+of the same names describe them, over whichever store the virtual directory
+has (storage.py). The packets that end a session are ordered by its lock; the
+upload becomes the destination file only at Close-Session.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,9 +27,9 @@ from ..uploadprotocol import (
 )
 from .acks import AckError, ack
 from .notify import ApplicationError, notify_application
-from .paths import check_destination, commit, split_remote_name
-from .sessions import Session, SessionStore
+from .paths import split_remote_name
 from .settings import NotificationType, VirtualDirectory
+from .storage import Session, Storage
 
 #: Query parameter of the reply URL (GET <upload URL>?bits-reply=<session id>).
 REPLY_QUERY = "bits-reply"
@@ -42,21 +41,20 @@ class Packet:
 
     request: web.Request
     vdir: VirtualDirectory
-    store: SessionStore
+    store: Storage
     rest: str
     http: aiohttp.ClientSession
-    sync_bytes: int
 
     @property
     def parts(self) -> tuple[str, ...]:
         return split_remote_name(self.rest, self.vdir.reserved_name)
 
-    def session(self) -> Session:
+    async def session(self) -> Session:
         """The session named by BITS-Session-Id, which must belong to this URL."""
-        session = self.store.get(self.request.headers.get(Header.SESSION_ID, ""))
+        session = await self.store.get(self.request.headers.get(Header.SESSION_ID, ""))
         if session is None:
             raise AckError(400, BG_E_SESSION_NOT_FOUND, "no such upload session (unknown, timed out or cancelled)")
-        if session.state.parts != self.parts:
+        if session.parts != self.parts:
             raise AckError(400, ErrorCode.E_INVALIDARG, "the session belongs to another URL")
         return session
 
@@ -70,81 +68,82 @@ async def create_session(packet: Packet) -> web.Response:
     if protocol is None:
         raise AckError(400, BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH, "none of the client's upload protocols is supported")
     parts, vdir = packet.parts, packet.vdir
-    if vdir.notification_type is NotificationType.NONE:
-        check_destination(vdir.directory, parts, vdir.allow_overwrites)
-    else:
-        check_destination(vdir.directory, parts, allow_overwrites=True)  # the folders must exist
-    session = packet.store.create("/".join(parts), str(packet.request.url), protocol)
+    # With a server application the folders must exist, whatever is there may be replaced.
+    await packet.store.check_destination(parts, vdir.allow_overwrites or vdir.notification_type is not NotificationType.NONE)
+    session = await packet.store.create("/".join(parts), str(packet.request.url), protocol)
     headers = {Header.PROTOCOL: protocol, Header.ACCEPT_ENCODING: IDENTITY_ENCODING}
-    if vdir.host_id:
+    if vdir.host_id and packet.store.affinity:  # a store every node shares needs no affinity
         headers[Header.HOST_ID] = vdir.host_id
         if vdir.host_id_fallback_timeout is not None:
             headers[Header.HOST_ID_FALLBACK_TIMEOUT] = str(vdir.host_id_fallback_timeout)
-    return ack(200, session.state.id, headers)
+    return ack(200, session.id, headers)
 
 
 async def fragment(packet: Packet) -> web.Response:
     request = packet.request
-    session = packet.session()
+    session = await packet.session()
     span = _fragment_range(request)
-    async with session.lock:
-        _check_alive(session)
-        try:
-            _accept_total(session, span, packet.vdir)
+    headers = {}
+    try:
+        async with session.receiving():
+            _check_alive(session)
+            await _accept_total(session, span, packet.vdir)
+            if span.first > session.received:
+                await session.refresh()  # what this node knew may be behind what other nodes received
+                _check_alive(session)
             if span.first > session.received:
                 raise AckError(416, ErrorCode.http(416), f"the fragment starts at {span.first}, not at {session.received}")
-            await _receive(request, session, span)
-            headers = {}
-            if session.complete:
-                await asyncio.to_thread(session.sync)
+            await session.receive(span, request.content.iter_any())
+        if session.complete and packet.vdir.notification_type is not NotificationType.NONE:
+            async with session.lock():
+                await session.refresh()
+                _check_alive(session)
                 await _ensure_notified(packet, session)
-                reply_url = _reply_url(request, session)
-                if reply_url:
-                    headers[Header.REPLY_URL] = reply_url
-            elif session.unsynced >= packet.sync_bytes:
-                await asyncio.to_thread(session.sync)
-        except AckError as err:
-            err.headers[Header.RECEIVED_CONTENT_RANGE] = format_received_range(session.received)
-            raise
-        except OSError as exc:
-            raise _disk_error(exc, session) from exc
+            reply_url = _reply_url(request, session)
+            if reply_url:
+                headers[Header.REPLY_URL] = reply_url
+    except AckError as err:
+        err.headers[Header.RECEIVED_CONTENT_RANGE] = format_received_range(session.received)
+        raise
     headers[Header.RECEIVED_CONTENT_RANGE] = format_received_range(session.received)
-    return ack(200, session.state.id, headers)
+    return ack(200, session.id, headers)
 
 
 async def close_session(packet: Packet) -> web.Response:
-    session = packet.session()
-    async with session.lock:
-        if session.state.closed:
-            return ack(200, session.state.id)  # a retried Close-Session whose Ack was lost
+    session = await packet.session()
+    if session.closed:
+        return ack(200, session.id)  # a retried Close-Session whose Ack was lost
+    async with session.lock():
+        await session.refresh()
+        if session.closed:
+            return ack(200, session.id)
         _check_alive(session)
         if not session.complete:
-            packet.store.discard(session)
+            await session.discard()
             raise AckError(400, ErrorCode.BG_E_INVALID_STATE, "Close-Session before the last fragment: the partial upload is deleted")
         await _ensure_notified(packet, session)
         vdir = packet.vdir
-        if vdir.notification_type is NotificationType.NONE or session.state.copy_to_destination:
-            try:
-                await asyncio.to_thread(commit, vdir.directory, session.state.parts, session.data_path, vdir.allow_overwrites)
-            except OSError as exc:
-                raise _disk_error(exc, session) from exc
-        packet.store.close(session)
-    return ack(200, session.state.id)
+        if vdir.notification_type is NotificationType.NONE or (session.outcome and session.outcome.copy_to_destination):
+            await session.commit(vdir.allow_overwrites)
+        await session.close()
+    return ack(200, session.id)
 
 
 async def cancel_session(packet: Packet) -> web.Response:
-    session = packet.session()
-    async with session.lock:
-        packet.store.discard(session)
-    return ack(200, session.state.id)
+    session = await packet.session()
+    async with session.lock():
+        await session.discard()
+    return ack(200, session.id)
 
 
 async def reply(packet: Packet) -> web.StreamResponse:
     """GET of the reply URL: the server application's reply, until Close-Session or Cancel-Session."""
-    session = packet.store.get(packet.request.query.get(REPLY_QUERY, ""))
-    if session is None or session.state.closed or not session.state.has_reply or session.state.parts != packet.parts:
+    session = await packet.store.get(packet.request.query.get(REPLY_QUERY, ""))
+    if session is not None:
+        await session.refresh()
+    if session is None or session.closed or not session.has_reply or session.parts != packet.parts:
         raise web.HTTPNotFound(text="no such reply\n")
-    return web.FileResponse(session.reply_path, headers={"Content-Type": "application/octet-stream"})
+    return await session.reply_response(packet.request)
 
 
 def _fragment_range(request: web.Request) -> ContentRange:
@@ -163,62 +162,35 @@ def _fragment_range(request: web.Request) -> ContentRange:
 
 
 def _check_alive(session: Session) -> None:
-    """A session cancelled or closed while this packet waited for its lock is gone."""
-    if session.discarded or session.state.closed:
+    """A session cancelled or closed while this packet waited (for its lock, or on another node) is gone."""
+    if session.ended:
         raise AckError(400, BG_E_SESSION_NOT_FOUND, "the upload session has ended")
 
 
-def _accept_total(session: Session, span: ContentRange, vdir: VirtualDirectory) -> None:
-    state = session.state
-    if state.total is None:
+async def _accept_total(session: Session, span: ContentRange, vdir: VirtualDirectory) -> None:
+    if session.total is None:
         if vdir.max_upload_size is not None and span.total > vdir.max_upload_size:
             raise AckError(413, ErrorCode.BG_E_TOO_LARGE, f"the file exceeds the maximum upload size {vdir.max_upload_size}")
-        state.total = span.total
-        session.persist()
-    elif span.total != state.total:
-        raise AckError(400, ErrorCode.E_INVALIDARG, f"total length {span.total} differs from the session's {state.total}")
-
-
-async def _receive(request: web.Request, session: Session, span: ContentRange) -> None:
-    """Write the part of the body beyond what the session already has (overlaps are not rewritten)."""
-    offset = span.first
-    async for chunk in request.content.iter_any():
-        end = offset + len(chunk)
-        if end > session.received:
-            skip = max(0, session.received - offset)
-            session.write(offset + skip, memoryview(chunk)[skip:])
-            session.received = end
-        offset = end
-    if offset != span.last + 1:
-        raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range")
+        await session.set_total(span.total)
+    elif span.total != session.total:
+        raise AckError(400, ErrorCode.E_INVALIDARG, f"total length {span.total} differs from the session's {session.total}")
 
 
 async def _ensure_notified(packet: Packet, session: Session) -> None:
-    """Post a complete upload to the server application once (again after its failure)."""
-    state, vdir = session.state, packet.vdir
-    if vdir.notification_type is NotificationType.NONE or state.notified:
+    """Post a complete upload to the server application once (again after its failure); under the lock."""
+    if packet.vdir.notification_type is NotificationType.NONE or session.outcome is not None:
         return
+    await session.prepare_data()
     try:
-        outcome = await notify_application(packet.http, vdir, state.url, session.data_path, session.reply_path)
+        outcome = await notify_application(packet.http, packet.vdir, session)
     except ApplicationError as exc:
         raise AckError(exc.status, exc.code, str(exc), context=ErrorContext.REMOTE_APPLICATION) from None
-    state.notified = True
-    state.static_reply_url = outcome.static_reply_url
-    state.has_reply = outcome.static_reply_url is None and session.reply_path.exists()
-    state.copy_to_destination = outcome.copy_to_destination
-    session.persist()
+    await session.record_outcome(outcome, outcome.static_reply_url is None and await session.reply_exists())
 
 
 def _reply_url(request: web.Request, session: Session) -> str | None:
-    if session.state.static_reply_url:
-        return session.state.static_reply_url
-    if session.state.has_reply:
-        return str(request.url.with_query({REPLY_QUERY: session.state.id}))
+    if session.outcome and session.outcome.static_reply_url:
+        return session.outcome.static_reply_url
+    if session.has_reply:
+        return str(request.url.with_query({REPLY_QUERY: session.id}))
     return None
-
-
-def _disk_error(exc: OSError, session: Session) -> AckError:
-    headers = {Header.RECEIVED_CONTENT_RANGE: format_received_range(session.received)}
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return AckError(507, ErrorCode.ERROR_DISK_FULL, "the server's disk is full", headers=headers)
-    return AckError(500, ErrorCode.E_FAIL, f"the server could not write the upload: {exc.strerror}", headers=headers)

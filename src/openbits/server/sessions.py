@@ -64,6 +64,8 @@ class Session:
         self._fd: int | None = None
         #: Set when cancelled or timed out, for packets that were waiting for the lock.
         self.discarded = False
+        #: A sync running in a worker thread while fragments go on arriving (see LocalSession.receive).
+        self.syncing: asyncio.Future[None] | None = None
 
     @property
     def data_path(self) -> Path:
@@ -72,10 +74,6 @@ class Session:
     @property
     def reply_path(self) -> Path:
         return self.folder / REPLY_FILE
-
-    @property
-    def complete(self) -> bool:
-        return self.state.total is not None and self.received >= self.state.total
 
     @property
     def unsynced(self) -> int:
@@ -92,12 +90,14 @@ class Session:
             view, offset = view[written:], offset + written
 
     def sync(self) -> None:
-        """Make the written bytes durable, then record them as received (in that order)."""
+        """Make the written bytes durable, then record them as received (in that order). Safe in a worker
+        thread while the event loop writes on: it records only what was written before the fsync began."""
+        written = self.received
         if self._fd is not None:
             os.fsync(self._fd)
         elif self.state.total == 0:
             self.data_path.touch()
-        self.state.received = self.received
+        self.state.received = max(self.state.received, written)
         self.persist()
 
     def persist(self) -> None:
@@ -180,6 +180,10 @@ class SessionStore:
                 (session.folder / name).unlink()
         session.state.closed = True
         session.persist()
+
+    def live(self) -> list[Session]:
+        """The sessions this process holds open."""
+        return list(self._live.values())
 
     def flush(self) -> None:
         """At shutdown: make every session's progress durable and close its file."""

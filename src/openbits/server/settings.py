@@ -15,14 +15,25 @@ A configuration file maps URL prefixes to directories::
     notification_timeout = 300        # seconds the server application may take to answer
     host_id = "node1.example.com"     # BITSHostId
     host_id_fallback_timeout = 86400  # BITSHostIdFallbackTimeout
+
+and, for a farm of stateless nodes, where every vdir keeps its sessions and uploads::
+
+    [storage]
+    backend = "s3"                    # "local" (the default): the vdirs' directories
+    endpoint = "http://127.0.0.1:8080"
+    bucket = "uploads"
+    prefix = "bits/"
+    region = "us-east-1"
+    credentials_file = "/etc/openbits/s3-credentials.toml"   # access_key_id, secret_access_key; mode 0600
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import stat
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +58,8 @@ class VirtualDirectory:
     """One URL prefix served from one directory, with its BITS upload settings."""
 
     prefix: str
-    directory: Path
+    #: The destination folder (local backend; with object storage, uploads go to the bucket).
+    directory: Path | None = None
     max_upload_size: int | None = None
     allow_overwrites: bool = False
     session_directory: str = "BITS-Sessions"
@@ -61,7 +73,8 @@ class VirtualDirectory:
     def __post_init__(self) -> None:
         prefix = "/" + self.prefix.strip("/")
         object.__setattr__(self, "prefix", prefix)
-        object.__setattr__(self, "directory", Path(os.path.realpath(self.directory)))
+        if self.directory is not None:
+            object.__setattr__(self, "directory", Path(os.path.realpath(self.directory)))
         object.__setattr__(self, "notification_type", NotificationType(self.notification_type))
         if self.notification_type is not NotificationType.NONE and not self.notification_url:
             raise ValueError(f"vdir {prefix}: notification_type {int(self.notification_type)} needs notification_url")
@@ -73,6 +86,7 @@ class VirtualDirectory:
     @property
     def sessions_path(self) -> Path:
         """Where session state lives (BITSSessionDirectory, relative to the directory unless absolute)."""
+        assert self.directory is not None
         return self.directory / self.session_directory
 
     @property
@@ -93,13 +107,43 @@ class VirtualDirectory:
 
 
 @dataclass(frozen=True)
+class ObjectStorage:
+    """`[storage] backend = "s3"`: an S3-compatible object store that every node of a farm shares.
+
+    Credentials None: botocore's own search (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws).
+    """
+
+    bucket: str
+    endpoint: str | None = None
+    #: Key prefix of everything this server stores; it belongs to openbits-server (clean-up deletes in it).
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    #: Parts one multipart upload may have (S3: 10000; Swift's s3api: max_upload_part_num, 1000).
+    max_parts: int = 10_000
+    #: Connections to the store this process keeps at most.
+    connections: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("[storage]: 'bucket' is required with backend = \"s3\"")
+        if self.max_parts < 2:
+            raise ValueError("[storage]: max_parts must be at least 2")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("[storage]: give both access_key_id and secret_access_key, or neither")
+
+
+@dataclass(frozen=True)
 class ServerSettings:
-    """All virtual directories of one server and the clean-up schedule."""
+    """All virtual directories of one server, where they store, and the clean-up schedule."""
 
     vdirs: tuple[VirtualDirectory, ...]
     cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
     #: Unsynced bytes per session after which the data file is fsync'ed and the progress recorded.
     sync_bytes: int = 16 << 20
+    #: None: the local-directory backend.
+    storage: ObjectStorage | None = None
 
     def __post_init__(self) -> None:
         prefixes = [v.prefix for v in self.vdirs]
@@ -107,6 +151,10 @@ class ServerSettings:
             raise ValueError("no virtual directory configured")
         if len(set(prefixes)) != len(prefixes):
             raise ValueError(f"duplicate virtual directory prefixes: {prefixes}")
+        if self.storage is None:
+            for vdir in self.vdirs:
+                if vdir.directory is None:
+                    raise ValueError(f"vdir {vdir.prefix}: 'directory' is required with the local storage backend")
         # Longest prefix first, so /a/b wins over /a.
         object.__setattr__(self, "vdirs", tuple(sorted(self.vdirs, key=lambda v: -len(v.prefix))))
 
@@ -130,18 +178,56 @@ _VDIR_KEYS = {f.name for f in fields(VirtualDirectory)} - {"prefix"}
 def load_settings(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> ServerSettings:
     """Read a TOML configuration; `root` (from --root) adds a "/" vdir unless the file defines one."""
     data = tomllib.loads(Path(path).read_text())
+    storage = _storage(dict(data.pop("storage", {})), Path(path))
     vdirs = []
     for prefix, table in dict(data.pop("vdir", {})).items():
         unknown = set(table) - _VDIR_KEYS
         if unknown:
             raise ValueError(f"vdir {prefix}: unknown settings {sorted(unknown)}")
-        if "directory" not in table:
-            raise ValueError(f"vdir {prefix}: 'directory' is required")
-        vdirs.append(VirtualDirectory(prefix=prefix, **{**table, "directory": Path(table["directory"])}))
+        if "directory" in table:
+            table = {**table, "directory": Path(table["directory"])}
+        vdirs.append(VirtualDirectory(prefix=prefix, **table))
     if root is not None and all(v.prefix != "/" for v in vdirs):
         vdirs.append(VirtualDirectory(prefix="/", directory=Path(root)))
     known = {"cleanup_interval", "sync_bytes"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
-    return ServerSettings(vdirs=tuple(vdirs), **data)
+    return ServerSettings(vdirs=tuple(vdirs), storage=storage, **data)
+
+
+_STORAGE_KEYS = {f.name for f in fields(ObjectStorage)} | {"credentials_file"}
+_SECRET_KEYS = ("access_key_id", "secret_access_key")
+
+
+def _storage(table: dict[str, Any], config: Path) -> ObjectStorage | None:
+    """The [storage] table; credentials only from a file nobody else can read, or from the environment."""
+    backend = table.pop("backend", "local")
+    if backend == "local":
+        if table:
+            raise ValueError(f"[storage]: {sorted(table)} apply only to backend = \"s3\"")
+        return None
+    if backend != "s3":
+        raise ValueError(f"[storage]: unknown backend {backend!r} (\"local\" or \"s3\")")
+    unknown = set(table) - _STORAGE_KEYS
+    if unknown:
+        raise ValueError(f"[storage]: unknown settings {sorted(unknown)}")
+    if any(k in table for k in _SECRET_KEYS) and config.stat().st_mode & stat.S_IROTH:
+        raise ValueError(f"[storage]: {config} holds S3 credentials but is world-readable; chmod o-r it, or move "
+                         "them to credentials_file (mode 0600) or to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    credentials = table.pop("credentials_file", None)
+    if credentials is not None:
+        table.update(_credentials(Path(credentials)))
+    return ObjectStorage(**table)
+
+
+def _credentials(path: Path) -> dict[str, str]:
+    """access_key_id and secret_access_key from a TOML file only the server's user can read."""
+    info = path.stat()
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or info.st_uid != os.geteuid():
+        raise ValueError(f"[storage]: credentials_file {path} must belong to the server's user and be readable by it "
+                         f"alone (chown it, chmod 600 it); it is mode {stat.filemode(info.st_mode)}")
+    data = tomllib.loads(path.read_text())
+    if set(data) != set(_SECRET_KEYS):
+        raise ValueError(f"[storage]: credentials_file {path} must hold exactly {list(_SECRET_KEYS)}")
+    return {k: str(data[k]) for k in _SECRET_KEYS}
