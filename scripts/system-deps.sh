@@ -4,7 +4,12 @@ set -eu
 # dbus and network-manager: tests/test_cost_networkmanager.py runs its own NetworkManager on a private bus, in
 # namespaces of its own, as the tests run their own nginx: the packages' system services are not started by the
 # install (see policy-rc.d below), so a developer's machine keeps its network set-up and port 80 as they were.
-packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager"
+# krb5-*, apache2 + libapache2-mod-auth-gssapi: the tests' own KDC and Negotiate server (tests/servers/kerberos.py);
+# libkrb5-dev and gcc: pip builds the gssapi and krb5 packages against them (no wheels for this platform);
+# gss-ntlmssp: Apache's NTLM acceptor; squid: the authenticating proxy (tests/servers/squid.py); samba: the
+# SMB share (tests/servers/samba.py).
+packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager
+krb5-kdc krb5-admin-server krb5-user libkrb5-dev gcc apache2 libapache2-mod-auth-gssapi gss-ntlmssp squid samba smbclient"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
 from ..pools import Pools
 from ..locations import answers, system_socket_path, user_socket_path, user_state_dir
+from ..core.certificates import CertificateService
 from ..core.cost import CostMonitor
 from ..core.changes import JobChanges
 from ..core.deliveries import Deliveries
@@ -46,6 +48,7 @@ from ..store import SqliteStore
 from ..transport.http import HttpTransport
 from ..transport.router import Transport
 from ..model.config import Config
+from ..transport.tls import TlsContexts, TlsSettings
 
 log = logging.getLogger("openbitsd")
 
@@ -137,7 +140,12 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     by_id = {job.id: job for job in jobs}
-    changes, transfers, transport = JobChanges(), Transfers(), Transport(HttpTransport(pools=pools))
+    tls = TlsContexts(settings.config.tls_ca_file)
+    try:
+        tls.context(TlsSettings())  # a bad [tls] ca_file stops the start, not every https transfer
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"openbitsd: [tls] ca_file {settings.config.tls_ca_file}: {exc}") from None
+    changes, transfers, transport = JobChanges(), Transfers(), Transport(HttpTransport(pools=pools, tls=tls))
     bus = EventBus(store, by_id, settings.current)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
                          functools.partial(cancel_upload_session, transport), pools.reads)
@@ -154,7 +162,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.
     gc.set_threshold(10_000, 20, 20)
     gc.enable()
-    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam)), deliveries,
+    app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam)), CertificateService(service), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
                    functools.partial(cost.explain, rate=policy.explain), settings.mode)
     runner = web.AppRunner(app, access_log=None)
@@ -193,10 +201,18 @@ async def _housekeeping(service: JobService) -> None:
         await asyncio.sleep(await service.expire())
 
 
+#: loggers of the protocol libraries (transport/smb.py, identity/gss.py)
+QUIET_LIBRARIES = ("smbprotocol", "spnego", "gssapi", "krb5")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Their debug output dumps every packet - logon messages and file contents - and formatting a hex dump
+    # of each 1 MiB read slowed an SMB download 30-fold: warnings only, whatever --log-level says.
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
     try:
         settings = Settings(args)
     except ValueError as exc:

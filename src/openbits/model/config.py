@@ -120,6 +120,8 @@ class Config:
     #: [network] metered / roaming: the cost state when NetworkManager cannot tell (core/cost.py)
     network_metered: bool = False
     network_roaming: bool = False
+    #: [tls] ca_file: a PEM bundle of CAs (and CRLs) every job trusts besides the system's. Read at start only.
+    tls_ca_file: str | None = None
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -140,12 +142,14 @@ class Config:
         proxy = raw.pop("proxy", None)
         bandwidth = raw.pop("bandwidth", {})
         network = raw.pop("network", {})
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        tls = raw.pop("tls", {})
+        known = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("tls_")}
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in known or key.startswith(("bandwidth", "network")):
                 top = sorted(k for k in known if not k.startswith(("bandwidth", "network")))
-                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], [network]")
+                raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [bandwidth], [network], "
+                                 "[tls]")
             expected = type(getattr(cls(), key))
             if key == "admin_group" and isinstance(value, str):
                 values[key] = value
@@ -171,6 +175,12 @@ class Config:
         except (ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"{source}: [bandwidth]: {exc}") from None
         values.update(_network(network, source))
+        if not isinstance(tls, dict) or set(tls) - {"ca_file"}:
+            raise ValueError(f"{source}: [tls] takes only ca_file = \"/path/to/cas.pem\"")
+        ca_file = tls.get("ca_file")
+        if ca_file is not None and not (isinstance(ca_file, str) and ca_file.startswith("/")):
+            raise ValueError(f"{source}: [tls] ca_file = {ca_file!r}: write an absolute path to a PEM file")
+        values["tls_ca_file"] = ca_file
         return cls(**values)
 
     def background_limit(self, weekday: int, minute_of_day: int) -> int:
