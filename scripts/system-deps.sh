@@ -10,9 +10,14 @@ set -eu
 # the real units in tests/test_service_units.py; man-db renders the manual pages make install builds.
 # swift-* and memcached: tests/servers/swift.py runs an OpenStack Swift all-in-one with its S3 API for
 # openbits-server's object-storage backend (tests/test_upload_farm.py).
+# krb5-*, apache2 + libapache2-mod-auth-gssapi: the tests' own KDC and Negotiate server (tests/servers/kerberos.py);
+# libkrb5-dev and gcc: pip builds the gssapi and krb5 packages against them (no wheels for this platform);
+# gss-ntlmssp: Apache's NTLM acceptor; squid: the authenticating proxy (tests/servers/squid.py); samba: the
+# SMB share (tests/servers/samba.py).
 packages="python3-venv nginx-light aria2 curl iproute2 passwd sudo libpam-modules dbus network-manager systemd
 systemd-container debootstrap man-db util-linux swift swift-proxy swift-account swift-container swift-object
-memcached"
+memcached
+krb5-kdc krb5-admin-server krb5-user libkrb5-dev gcc apache2 libapache2-mod-auth-gssapi gss-ntlmssp squid samba smbclient"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -23,6 +23,10 @@ from .inprocess import Core
 if TYPE_CHECKING:
     from .servers.faulty import FaultyServer
     from .servers.nginx import NginxServer
+    from .servers.kerberos import KerberosRealm, NegotiateServer
+    from .servers.samba import SambaServer
+    from .servers.squid import SquidProxy
+    from .servers.tls import TlsServers
 
 
 
@@ -92,6 +96,96 @@ async def core(tmp_path: Path, file_broker: FileBroker) -> AsyncIterator[Core]:
     """The daemon's service, store, events and transfers in this process (tests/inprocess.py)."""
     async with Core.built(tmp_path / "state", file_broker) as built:
         yield built
+
+
+@pytest.fixture(scope="session")
+def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator["TlsServers"]:
+    """nginx on a private CA: an https server per certificate case, ssl_verify_client, redirects (servers/tls.py)."""
+    from .servers.tls import TlsServers
+
+    if not os.path.exists("/usr/sbin/nginx"):
+        pytest.skip("nginx is not installed (make test installs it)")
+    root = tmp_path_factory.mktemp("tls-www")
+    root.chmod(0o755)
+    servers = TlsServers(root, tmp_path_factory.mktemp("tls"))
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def kerberos() -> Iterator[tuple["KerberosRealm", "NegotiateServer"]]:
+    """An MIT KDC and Apache with mod_auth_gssapi (servers/kerberos.py); KRB5_CONFIG points at the realm while
+    it runs, so daemons started meanwhile see it."""
+    from .servers import kerberos as krb
+
+    why = krb.available()
+    if why is not None:
+        pytest.skip(f"no Kerberos test realm: {why}")
+    realm = krb.KerberosRealm()
+    web = None
+    before = os.environ.get("KRB5_CONFIG")
+    os.environ["KRB5_CONFIG"] = str(realm.krb5_conf)
+    try:
+        web = krb.NegotiateServer(realm)
+        yield realm, web
+    finally:
+        if before is None:
+            os.environ.pop("KRB5_CONFIG", None)
+        else:
+            os.environ["KRB5_CONFIG"] = before
+        if web is not None:
+            web.stop()
+        realm.stop()
+
+
+@pytest.fixture(scope="session")
+def squid_digest() -> Iterator["SquidProxy"]:
+    """Squid wanting Digest from its users (servers/squid.py)."""
+    from .servers import squid
+
+    why = squid.available()
+    if why is not None:
+        pytest.skip(why)
+    proxy = squid.SquidProxy("digest")
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def squid_negotiate(kerberos: tuple["KerberosRealm", "NegotiateServer"]) -> Iterator["SquidProxy"]:
+    """Squid wanting Negotiate (Kerberos, HTTP/localhost of the test realm)."""
+    from .servers import squid
+    from .servers.kerberos import REALM
+
+    why = squid.available()
+    if why is not None:
+        pytest.skip(why)
+    realm = kerberos[0]
+    proxy = squid.SquidProxy("negotiate", keytab=realm.export_keytab("HTTP/localhost"), krb5_conf=realm.krb5_conf,
+                             realm=REALM)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def samba() -> Iterator["SambaServer"]:
+    """smbd with the share `files` (servers/samba.py)."""
+    from .servers import samba as smb
+
+    why = smb.available()
+    if why is not None:
+        pytest.skip(why)
+    server = smb.SambaServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -30,9 +30,11 @@ class Cli:
         self.socket = socket
         self.env = env
 
-    def __call__(self, *args: str, socket: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, socket: Path | None = None, timeout: float = 60,
+                 input: str | None = None) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "openbits.cli", "--socket", str(socket or self.socket), "--no-autostart"]
-        return subprocess.run(command + list(args), capture_output=True, text=True, env=self.env, timeout=timeout)
+        return subprocess.run(command + list(args), capture_output=True, text=True, env=self.env, timeout=timeout,
+                              input=input)
 
     def ok(self, *args: str) -> str:
         result = self(*args)

@@ -154,16 +154,19 @@ def test_proxy_challenge_is_answered_with_the_jobs_proxy_credentials(daemon: Dae
         proxy.stop()
 
 
-def test_digest_proxies_are_refused(manager: Manager, origin: AuthServer, tmp_path: Path) -> None:
-    job = manager.create_job("digest")
+def test_ntlm_only_proxies_are_refused(manager: Manager, origin: AuthServer, tmp_path: Path) -> None:
+    """Digest and Negotiate proxies are answered (tests/test_proxy_auth.py, Squid); NTLM's are not."""
+    job = manager.create_job("ntlm")
     with pytest.raises(BitsError) as refused:
-        job.set_credentials(AuthTarget.PROXY, AuthScheme.DIGEST, "u", "p")
+        job.set_credentials(AuthTarget.PROXY, AuthScheme.NTLM, "u", "p")
     assert refused.value.name == "BG_E_INVALID_AUTH_SCHEME"
-    proxy = ForwardProxy(scheme="Digest")
+    job.cancel()
+    proxy = ForwardProxy(scheme="NTLM")
     try:
-        state, error = fetch(manager, origin.url("/open/dig"), tmp_path / "a", ProxyUsage.OVERRIDE, proxy.url,
-                             creds=("u", "p"))
-        assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407"
+        for url in (origin.url("/open/ntlm"), "https://127.0.0.1:1/ntlm"):  # a request, and a CONNECT
+            state, error = fetch(manager, url, tmp_path / "a", ProxyUsage.OVERRIDE, proxy.url, creds=("u", "p"))
+            assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407"
+            assert "(NTLM)" in error.description and "NTLM-only proxies are not answered" in error.description
     finally:
         proxy.stop()
 

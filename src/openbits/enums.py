@@ -89,6 +89,34 @@ class NotifyFlags(enum.IntFlag):
 
 DEFAULT_NOTIFY_FLAGS = NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR
 
+
+class SecurityFlags(enum.IntFlag):
+    """IBackgroundCopyJobHttpOptions::SetSecurityFlags values (bits2_5.h)."""
+
+    NONE = 0
+    SSL_ENABLE_CRL_CHECK = 0x0001
+    SSL_IGNORE_CERT_CN_INVALID = 0x0002
+    SSL_IGNORE_CERT_DATE_INVALID = 0x0004
+    SSL_IGNORE_UNKNOWN_CA = 0x0008
+    SSL_IGNORE_CERT_WRONG_USAGE = 0x0010
+    # HTTP_REDIRECT_POLICY_ALLOW_SILENT = 0x0000 is the policy when no other is set
+    HTTP_REDIRECT_POLICY_ALLOW_REPORT = 0x0100
+    HTTP_REDIRECT_POLICY_DISALLOW = 0x0200
+    HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP = 0x0800
+
+
+class CertStoreLocation(enum.IntEnum):
+    """BG_CERT_STORE_LOCATION, of which Linux has two: the owner's folder and the machine's (core/certificates.py)."""
+
+    CURRENT_USER = 0
+    LOCAL_MACHINE = 1
+
+
+#: BG_HTTP_REDIRECT_POLICY_MASK: the bits that say the redirect policy (not ALLOW_HTTPS_TO_HTTP)
+REDIRECT_POLICY_MASK = 0x0700
+#: every flag SetSecurityFlags takes; any other bit is E_NOTIMPL
+SECURITY_FLAGS_KNOWN = 0x001F | 0x0100 | 0x0200 | 0x0800
+
 #: BG_SIZE_UNKNOWN: a size the server has not told us (yet).
 SIZE_UNKNOWN = -1
 

@@ -27,8 +27,10 @@ class Pools:
     pam: ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "pam"))
     #: queries of the store that read (event replays)
     store: ThreadPoolExecutor = field(default_factory=lambda: _pool(2, "store"))
+    #: SMB transfers (transport/smb.py): smbprotocol's calls block
+    smb: ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "smb"))
 
     def shutdown(self) -> None:
         """Wait for the work each pool has, then end its threads."""
-        for pool in (self.sync, self.splice, self.reads, self.pam, self.store):
+        for pool in (self.sync, self.splice, self.reads, self.pam, self.store, self.smb):
             pool.shutdown(wait=True, cancel_futures=True)

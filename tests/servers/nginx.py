@@ -51,7 +51,7 @@ def available() -> bool:
     return os.access(NGINX, os.X_OK)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -61,16 +61,19 @@ class NginxServer:
     """nginx in the foreground serving `root_dir`; `stop()` kills it and removes its scratch dir."""
 
     def __init__(self, root_dir: str | os.PathLike[str], *, timeout: float = 5.0, host: str = "127.0.0.1",
-                 port: int | None = None, wrap: Sequence[str] = (), locations: str = "", http: str = "") -> None:
+                 port: int | None = None, wrap: Sequence[str] = (), locations: str = "", http: str = "",
+                 servers: str = "") -> None:
         """`wrap` prefixes the command (`ip netns exec NS`: the politeness lab serves from its server namespace);
         `locations` adds nginx `location` blocks to the server (a reverse proxy, say), `http` directives to
-        the http block (an `upstream` for them, a `log_format`)."""
+        the http block (an `upstream` for them, a `log_format`), `servers` whole `server` blocks beside it (the
+        TLS servers of tests/servers/tls.py)."""
         self.root = Path(root_dir).resolve()
         self._work = Path(tempfile.mkdtemp(prefix="openbits-nginx-"))
-        self.host, self.port, self._wrap = host, port or _free_port(), list(wrap)
+        self.host, self.port, self._wrap = host, port or free_port(), list(wrap)
         conf = self._work / "nginx.conf"
         config = _CONFIG.format(work=self._work, host=host, port=self.port, root=self.root, http=http)
-        conf.write_text(config.replace("        root ", locations + "        root ", 1))
+        config = config.replace("        root ", locations + "        root ", 1)
+        conf.write_text(config[: config.rindex("}")] + servers + "}\n")
         self._proc = subprocess.Popen(
             [*self._wrap, NGINX, "-c", str(conf), "-e", str(self._work / "error.log")],
             stdout=subprocess.DEVNULL,

@@ -3,7 +3,7 @@ BITS upload protocol's BITS_POST) and CONNECT, to 127.0.0.1 only.
 
     proxy = ForwardProxy()                       # no authentication
     proxy = ForwardProxy(accounts={"u": "pw"})   # 407 + Basic challenge until Proxy-Authorization matches
-    proxy = ForwardProxy(scheme="Digest")        # always 407 with a Digest challenge (openbits answers Basic only)
+    proxy = ForwardProxy(scheme="NTLM")          # always 407 with an NTLM challenge (openbits answers none)
     proxy.url  -> "http://127.0.0.1:PORT"
 
 Every request is kept in `requests` as (method, target, Proxy-Authorization or "") so tests can see
@@ -60,8 +60,7 @@ class ForwardProxy:
                         "")
             self.requests.append((method, target, auth))
             if (self.accounts or self.scheme != "Basic") and not self._authorized(auth):
-                challenge = 'Basic realm="test-proxy"' if self.scheme == "Basic" else \
-                    'Digest realm="test-proxy", nonce="abc", qop="auth", algorithm=MD5'
+                challenge = 'Basic realm="test-proxy"' if self.scheme == "Basic" else self.scheme
                 await _answer(writer, f"407 Proxy Authentication Required\r\nProxy-Authenticate: {challenge}")
                 return
             if method == "CONNECT":

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core.certificates import CertificateService
 from ..core.deliveries import Deliveries
 from ..core.metrics import Metrics
 from ..core.service import JobService
@@ -15,16 +16,16 @@ from .event_routes import event_routes
 from .job_routes import routes
 from ..schema.views import RateExplainer
 from .metrics_routes import METRICS, count_requests, metrics_routes
-from .request import ABOUT, DELIVERIES, MODE, RATES, SERVICE, TOKENS, errors_middleware
+from .request import ABOUT, CERTIFICATES, DELIVERIES, MODE, RATES, SERVICE, TOKENS, errors_middleware
 from .token_routes import token_routes
 
 
-def make_app(service: JobService, tokens: TokenService, deliveries: Deliveries, rates: RateExplainer,
-             mode: str, metrics: Metrics, about: Callable[[], dict[str, Any]]) -> web.Application:
+def make_app(service: JobService, tokens: TokenService, certificates: CertificateService, deliveries: Deliveries,
+             rates: RateExplainer, mode: str, metrics: Metrics, about: Callable[[], dict[str, Any]]) -> web.Application:
     """`about`: what the daemon tells of itself in /v1/status (socket, configuration, policies in force)."""
     app = web.Application(middlewares=[count_requests, errors_middleware], client_max_size=4 * 1024 * 1024)
     app[SERVICE], app[TOKENS], app[DELIVERIES], app[RATES], app[MODE] = service, tokens, deliveries, rates, mode
-    app[METRICS], app[ABOUT] = metrics, about
+    app[METRICS], app[ABOUT], app[CERTIFICATES] = metrics, about, certificates
     for table in (routes, token_routes, event_routes, metrics_routes):
         app.add_routes(table)
     return app

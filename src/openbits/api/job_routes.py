@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..core.proxy import check_proxy_settings
+from ..model.job import check_local_path, check_security_flags
 from ..errors import BitsError, ErrorCode
 from ..schema.models import (
     AddFilesRequest,
@@ -69,6 +70,12 @@ async def patch_job(request: web.Request) -> web.Response:
             raise BitsError(ErrorCode.E_INVALIDARG, f"custom header {line!r} must be one 'Name: value' line")
     if sum(len(line) + 2 for line in changes.get("custom_headers", [])) > 16 * 1024:
         raise BitsError(ErrorCode.E_INVALIDARG, "custom headers may total at most 16 KiB (SetCustomHeaders)")
+    if "security_flags" in changes:
+        check_security_flags(changes["security_flags"])
+    if "ca_file" in changes:
+        changes["ca_file"] = changes["ca_file"] or None  # "" = none (a PATCH cannot say null)
+        if changes["ca_file"] is not None:
+            check_local_path(changes["ca_file"])
     if changes.keys() & _PROXY_FIELDS:
         changes.update(_proxy_settings(body))
     job = await request.app[SERVICE].update(caller(request), request.match_info["job"], changes)

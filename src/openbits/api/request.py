@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..core.certificates import CertificateService
 from ..core.deliveries import Deliveries
 from ..core.service import JobService
 from ..core.tokens import TokenService
@@ -32,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICE = web.AppKey("service", JobService)
 TOKENS = web.AppKey("tokens", TokenService)
+CERTIFICATES = web.AppKey("certificates", CertificateService)
 DELIVERIES = web.AppKey("deliveries", Deliveries)
 MODE = web.AppKey("mode", str)
 #: the bandwidth policy's explanation of a job's rate, under the cost state (`info`'s allowed rate)

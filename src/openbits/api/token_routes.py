@@ -1,6 +1,6 @@
-"""/v1 routes of IBitsTokenOptions, SetCredentials/RemoveCredentials and the PAM logon check.
+"""/v1 routes of IBitsTokenOptions, SetCredentials/RemoveCredentials, the client certificate and the PAM logon check.
 
-No answer ever carries a password; the helper's identity is reported as uid and user name only.
+No answer ever carries a password or a passphrase; the helper's identity is reported as uid and user name only.
 """
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..core.certificates import CertificateChoice
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..enums import AuthScheme, AuthTarget
 from ..identity.tokens import TICKET_LIFETIME, Credential
 from ..schema.models import (
+    ClientCertificateRequest,
     CredentialsKey,
     CredentialsRequest,
     HelperTokenRequest,
@@ -22,7 +24,7 @@ from ..schema.models import (
     TokenFlagsBody,
     TokenTicket,
 )
-from .request import TOKENS, caller, parse, respond, respond_job
+from .request import CERTIFICATES, TOKENS, caller, parse, respond, respond_job
 
 token_routes = web.RouteTableDef()
 _JOB = "/v1/jobs/{job:[^/]+}"
@@ -101,6 +103,21 @@ def _auth_pair(request: web.Request) -> tuple[AuthTarget, AuthScheme]:
 async def remove_credentials(request: web.Request) -> web.Response:
     target, scheme = _auth_pair(request)
     job = await request.app[TOKENS].remove_credentials(caller(request), request.match_info["job"], target, scheme)
+    return respond_job(request, job)
+
+
+@token_routes.put(_JOB + "/client-certificate")
+async def set_client_certificate(request: web.Request) -> web.Response:
+    body = await parse(request, ClientCertificateRequest)
+    choice = CertificateChoice(body.path, body.store, body.thumbprint, body.subject)
+    job = await request.app[CERTIFICATES].set_client_certificate(caller(request), request.match_info["job"], choice,
+                                                                 body.passphrase)
+    return respond_job(request, job)
+
+
+@token_routes.delete(_JOB + "/client-certificate")
+async def remove_client_certificate(request: web.Request) -> web.Response:
+    job = await request.app[CERTIFICATES].remove_client_certificate(caller(request), request.match_info["job"])
     return respond_job(request, job)
 
 

@@ -5,6 +5,7 @@ never from the command line (where every local user could read them in /proc).""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -15,23 +16,24 @@ from .app import cli, manager, open_job
 FLAG_NAMES = {"LOCAL_FILE": TokenFlags.LOCAL_FILE, "NETWORK": TokenFlags.NETWORK, "NONE": TokenFlags.NONE}
 
 
-def _password(from_stdin: bool, prompt: str) -> str:
+def password(from_stdin: bool, prompt: str) -> str:
+    """A secret from the first line of stdin, or a hidden prompt: never from the command line."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
     return str(click.prompt(prompt, hide_input=True))
 
 
-def _flags(text: str) -> int:
-    """0x1, 3, LOCAL_FILE, LOCAL_FILE|NETWORK or LOCAL_FILE,NETWORK."""
+def parse_flags(text: str, names: Mapping[str, int]) -> int:
+    """A number (0x1, 3) or names joined by | or , (LOCAL_FILE|NETWORK)."""
     try:
         return int(text, 0)
     except ValueError:
         pass
     value = 0
     for name in text.replace("|", ",").split(","):
-        if name.strip().upper() not in FLAG_NAMES:
-            raise click.BadParameter(f"{name!r}: use a number or LOCAL_FILE, NETWORK", param_hint="FLAGS")
-        value |= FLAG_NAMES[name.strip().upper()]
+        if name.strip().upper() not in names:
+            raise click.BadParameter(f"{name!r}: use a number or {', '.join(names)}", param_hint="FLAGS")
+        value |= names[name.strip().upper()]
     return value
 
 
@@ -51,7 +53,7 @@ def settoken(job: str, username: str | None, password_stdin: bool, ticket: str |
     if ticket is not None:
         helper = manager().redeem_token_ticket(job, ticket)
     elif username is not None:
-        helper = open_job(job).token_options().set_helper_token(username, _password(password_stdin, "Password"))
+        helper = open_job(job).token_options().set_helper_token(username, password(password_stdin, "Password"))
     else:
         helper = open_job(job).token_options().set_helper_token()
     click.echo(f"{helper.uid} {helper.user}")
@@ -76,7 +78,7 @@ def gettokenflags(job: str) -> None:
 @click.argument("flags")
 def settokenflags(job: str, flags: str) -> None:
     """Use the helper token for FLAGS: LOCAL_FILE (0x1), NETWORK (0x2), LOCAL_FILE|NETWORK, or 0 for nothing."""
-    open_job(job).token_options().set_helper_token_flags(_flags(flags))
+    open_job(job).token_options().set_helper_token_flags(parse_flags(flags, FLAG_NAMES))
 
 
 @cli.command()
@@ -106,9 +108,10 @@ SCHEME = click.Choice([s.name for s in AuthScheme], case_sensitive=False)
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
 def setcredentials(job: str, target: str, scheme: str, username: str, password_stdin: bool) -> None:
-    """Answer TARGET's (SERVER) SCHEME (BASIC, DIGEST) challenges as USERNAME; nobody can read them back."""
+    """Answer TARGET's (SERVER or PROXY) SCHEME (BASIC, DIGEST, NEGOTIATE; NTLM for servers) challenges as
+    USERNAME, and log on to SMB shares with NTLM or NEGOTIATE ones; nobody can read them back."""
     open_job(job).set_credentials(AuthTarget[target.upper()], AuthScheme[scheme.upper()], username,
-                                  _password(password_stdin, "Password"))
+                                  password(password_stdin, "Password"))
 
 
 @cli.command()

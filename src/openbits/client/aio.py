@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ..schema.models import (
     AddFilesRequest,
     CreateJobRequest,
+    ClientCertificateRequest,
     CredentialsRequest,
     DaemonStatus,
     EventInfo,
@@ -34,7 +35,7 @@ from ..schema.models import (
     ReplyFileName,
     TokenTicket,
 )
-from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
+from ..enums import AuthScheme, AuthTarget, CertStoreLocation, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ..errors import BitsError, ErrorCode
 from . import discovery
 from .connection import Connection
@@ -163,6 +164,19 @@ class AsyncJob:
 
     async def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
         return await self._call("DELETE", "/credentials", params={"target": target.name, "scheme": scheme.name})
+
+    async def set_client_certificate(self, *, path: LocalPath | None = None, thumbprint: str | None = None,
+                                     subject: str | None = None, store: CertStoreLocation = CertStoreLocation.CURRENT_USER,
+                                     passphrase: str | None = None) -> JobInfo:
+        """SetClientCertificateByID (thumbprint) / ByName (subject) from a store folder, or a PEM / PKCS#12 file by
+        path; the daemon reads it now as the job's network identity and tells what is wrong. The passphrase of an
+        encrypted key lives in the daemon's memory only: set it again after the daemon restarts."""
+        body = _request(ClientCertificateRequest, path=os.path.abspath(path) if path else None, thumbprint=thumbprint,
+                        subject=subject, store=store, passphrase=passphrase)
+        return await self._call("PUT", "/client-certificate", body)
+
+    async def remove_client_certificate(self) -> JobInfo:
+        return await self._call("DELETE", "/client-certificate")
 
     async def proxy_settings(self) -> ProxySettings:
         """GetProxySettings."""

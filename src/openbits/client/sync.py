@@ -14,7 +14,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ..schema.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
-from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage, TokenFlags
+from ..enums import (AuthScheme, AuthTarget, CertStoreLocation, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage,
+                     TokenFlags)
 from ..errors import BitsError
 from ..model.job import JOB_PROPERTIES
 from .aio import AsyncJob, AsyncManager, LocalPath
@@ -167,6 +168,15 @@ class Job:
 
     def remove_credentials(self, target: AuthTarget, scheme: AuthScheme) -> JobInfo:
         return self._loop.run(self._job.remove_credentials(target, scheme))
+
+    def set_client_certificate(self, *, path: LocalPath | None = None, thumbprint: str | None = None,
+                               subject: str | None = None, store: CertStoreLocation = CertStoreLocation.CURRENT_USER,
+                               passphrase: str | None = None) -> JobInfo:
+        return self._loop.run(self._job.set_client_certificate(path=path, thumbprint=thumbprint, subject=subject,
+                                                               store=store, passphrase=passphrase))
+
+    def remove_client_certificate(self) -> JobInfo:
+        return self._loop.run(self._job.remove_client_certificate())
 
     @property
     def reply_file_name(self) -> str | None:

@@ -7,7 +7,7 @@ from ..model.job import Job
 from ..transport.auth import ChallengeAuth
 from .proxy import preconfigured_proxy, proxy_route
 from .service import JobService
-from .tokens import http_auth
+from .tokens import http_auth, smb_credential
 
 
 class JobAccess:
@@ -22,3 +22,6 @@ class JobAccess:
 
     async def open_source(self, path: str) -> int:
         return await self._service.remote_files_of(self._job).open_read(path)
+
+    def smb_credential(self) -> tuple[str, str, str]:
+        return smb_credential(self._service, self._job)

@@ -20,7 +20,9 @@ from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
 from ..model.job import Job, JobFile
+from ..transport.tls import TlsSettings
 from .attempt import run_attempt
+from .certificates import tls_settings
 from .progress import SavedProgress
 from .access import JobAccess
 from .proxy import proxy_route
@@ -56,6 +58,13 @@ class _FileSink(SavedProgress):
 
     def durable(self, offset: int) -> None:
         self._file.durable_offset = offset
+        self._save()
+
+    def redirected(self, url: str) -> None:
+        """REPORT or DISALLOW: the remote name becomes the URL the server redirected to (a JobModification)."""
+        self._file.remote_url = url
+        self._job.touch()
+        self._service.events.modified(self._job)
         self._save()
 
 
@@ -100,6 +109,8 @@ class DownloadRunner:
         #: batch tasks running, and how many files a batch takes
         self._batches = 0
         self._batch_files = BATCH_FILES if throttle is None else THROTTLED_BATCH_FILES
+        #: security flags, CA file and client certificate, read as the network identity when the run starts
+        self._tls = TlsSettings()
 
     async def run(self) -> None:
         await run_attempt(self._service, self._job, self._transfer_files)
@@ -109,6 +120,7 @@ class DownloadRunner:
         job = self._job
         if job.state == JobState.QUEUED:
             job.state = JobState.CONNECTING
+        self._tls = await tls_settings(self._service, job)
         failures: dict[int, BitsError] = {}
         files, index = job.files, 0
         async with asyncio.TaskGroup() as group:
@@ -252,7 +264,7 @@ class DownloadRunner:
         try:
             previous = RemoteValidator.from_dict(f.validator) if f.validator else None
             spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
-                                defer_sync_below=SMALL_FILE)
+                                defer_sync_below=SMALL_FILE, tls=self._tls)
             validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             # The bytes are written: the next file may start while these become durable.

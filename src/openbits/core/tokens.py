@@ -10,9 +10,12 @@ SetHelperToken while impersonating: the daemon takes the identity from SO_PEERCR
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import io
 import json
 import logging
+import secrets
 import netrc
 import os
 import pwd
@@ -20,13 +23,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..enums import ErrorContext, TokenFlags
-from ..errors import BitsError, ErrorCode
+from ..errors import BitsError, ErrorCode, TransferError
 from ..identity import Identity
 from ..identity.logon import LogonChecker
 from ..enums import AuthScheme, AuthTarget
+from ..identity.localfiles import LocalFiles
 from ..identity.sealing import KeyRing, SealBroken
 from ..identity.tokens import Credential, TokenStore
-from ..transport.auth import ChallengeAuth, Lookup
+from ..transport.auth import ChallengeAuth
+from ..transport.credentials import Contexts, Lookup, SecurityContext
 from ..model.job import Job
 from .proxy import ProxyRoute
 from .service import JobService
@@ -39,6 +44,8 @@ MAX_PASSWORD = 65536
 #: A ~/.netrc larger than this is not one
 MAX_NETRC = 1 << 20
 _SCHEMES = {"basic": AuthScheme.BASIC, "digest": AuthScheme.DIGEST}
+#: the schemes whose security context runs in the network identity's broker (identity/gss.py)
+_CONTEXT_SCHEMES = {"negotiate": AuthScheme.NEGOTIATE, "ntlm": AuthScheme.NTLM}
 
 
 def require_tokens(jobs: Iterable[Job], why: str) -> list[Job]:
@@ -183,13 +190,14 @@ class TokenService:
                               credential: Credential) -> Job:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        if target == AuthTarget.PROXY and scheme != AuthScheme.BASIC:
-            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, f"scheme {scheme.name} for a proxy: openbits answers "
-                            "a proxy's BASIC challenges only (aiohttp's Digest answers servers, not proxies)",
+        if target == AuthTarget.PROXY and scheme == AuthScheme.NTLM:
+            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, "scheme NTLM for a proxy: openbits answers a proxy's "
+                            "BASIC, DIGEST and NEGOTIATE challenges (NTLM's legs need one connection, which a "
+                            "refused CONNECT does not keep)", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if scheme == AuthScheme.PASSPORT:
+            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, "scheme PASSPORT: Microsoft's Passport service has no "
+                            "Linux client; openbits answers BASIC, DIGEST, NTLM and NEGOTIATE challenges",
                             ErrorContext.GENERAL_QUEUE_MANAGER)
-        if scheme not in _SCHEMES.values():
-            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, f"scheme {scheme.name}: openbits answers BASIC and "
-                            "DIGEST challenges", ErrorContext.GENERAL_QUEUE_MANAGER)
         if len(credential.username) > MAX_USERNAME:
             raise BitsError(ErrorCode.BG_E_USERNAME_TOO_LARGE, f"the user name is longer than {MAX_USERNAME} "
                             "characters", ErrorContext.GENERAL_QUEUE_MANAGER)
@@ -219,9 +227,63 @@ class TokenService:
 
 def http_auth(service: JobService, job: Job, url: str, proxy: ProxyRoute | None = None) -> ChallengeAuth:
     """Answers url's origin's challenges, and its proxy's: the job's own credentials (SERVER or PROXY target),
-    else the network identity's ~/.netrc entry for that host (the helper's with NETWORK, else the owner's)."""
+    else the network identity's ~/.netrc entry for that host (the helper's with NETWORK, else the owner's);
+    Negotiate with the job's NEGOTIATE credentials, else that identity's Kerberos tickets; NTLM with the
+    job's NTLM credentials only."""
     proxy_lookup = None if proxy is None else _proxy_lookup(service, job, proxy)
-    return ChallengeAuth(url, _lookup(service, job, urlsplit(url).hostname or ""), proxy_lookup)
+    return ChallengeAuth(url, _lookup(service, job, urlsplit(url).hostname or ""), proxy_lookup,
+                         _contexts(service, job))
+
+
+def smb_credential(service: JobService, job: Job) -> tuple[str, str, str]:
+    """The job's SERVER credentials for an SMB share: (user, password, "ntlm" or "negotiate")."""
+    for scheme, protocol in ((AuthScheme.NTLM, "ntlm"), (AuthScheme.NEGOTIATE, "negotiate")):
+        found = service.tokens.credential(job.id, AuthTarget.SERVER, scheme)
+        if found is not None:
+            return found.username, found.password, protocol
+    raise TransferError(ErrorCode.ERROR_LOGON_FAILURE, "an SMB share needs the job's credentials: setcredentials JOB "
+                        "SERVER NTLM DOMAIN\\USER (or NEGOTIATE); openbits does not yet log on to shares with the "
+                        "network identity's Kerberos ticket", ErrorContext.REMOTE_FILE, transient=False)
+
+
+class BrokerContext:
+    """A Negotiate or NTLM client context living in a file broker (identity/gss.py), as the broker's identity."""
+
+    def __init__(self, files: LocalFiles, protocol: str, host: str, credential: Credential | None) -> None:
+        self._files, self._protocol, self._host, self._credential = files, protocol, host, credential
+        self._id: str | None = None
+        self.complete = False
+        self.continued = False
+
+    async def step(self, token: bytes | None, final: bool = False) -> bytes | None:
+        if self._id is None:
+            self._id = secrets.token_hex(8)
+            cred = self._credential
+            out, protocol = await self._files.negotiate_start(self._id, self._protocol, "HTTP", self._host,
+                                                              None if cred is None else cred.username,
+                                                              None if cred is None else cred.password)
+            self.continued = protocol == "ntlm"  # NTLM's negotiate message: its challenge comes on this connection
+        else:
+            out, self.complete = await self._files.negotiate_step(self._id, base64.b64encode(token or b"").decode(),
+                                                                  final)
+            self.continued = False
+        return None if out is None else base64.b64decode(out)
+
+    async def close(self) -> None:
+        if self._id is not None:
+            with contextlib.suppress(BitsError):
+                await self._files.negotiate_end(self._id)
+
+
+def _contexts(service: JobService, job: Job) -> Contexts:
+    async def make(scheme: str, host: str, target: AuthTarget) -> SecurityContext | None:
+        credential = service.tokens.credential(job.id, target, _CONTEXT_SCHEMES[scheme])
+        if credential is None and scheme == "ntlm":
+            return None  # NTLM needs a password: Linux keeps no NTLM hash of the logged-on user
+        who = service.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE)
+        return BrokerContext(service.broker.files_for(who), scheme, host, credential)
+
+    return make
 
 
 def _proxy_lookup(service: JobService, job: Job, proxy: ProxyRoute) -> Lookup:

@@ -87,6 +87,9 @@ class _ReplySink(SavedProgress):
     def durable(self, offset: int) -> None:
         self._save()
 
+    def redirected(self, url: str) -> None:
+        """Never called: the redirect policy does not apply to upload jobs (their spec has no flags)."""
+
 
 class UploadRunner:
     """An attempt (core/attempt.py) whose bytes move with the BITS upload protocol."""

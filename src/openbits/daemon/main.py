@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..bandwidth.sensing import UP
 from ..pools import Pools
 from ..locations import answers
 from ..shellcompletion import answer_completion
+from ..core.certificates import CertificateService
 from ..core.cost import CostMonitor, describe
 from ..core.changes import JobChanges
 from ..core.deliveries import Deliveries
@@ -54,6 +56,7 @@ from ..model.config import Config
 from . import logs, systemd
 from .activity import Activity
 from .options import Settings, check_config, parser
+from ..transport.tls import TlsContexts, TlsSettings
 
 log = logging.getLogger("openbitsd")
 
@@ -110,7 +113,12 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     by_id = {job.id: job for job in jobs}
-    changes, transfers, transport = JobChanges(), Transfers(), Transport(HttpTransport(pools=pools))
+    tls = TlsContexts(settings.config.tls_ca_file)
+    try:
+        tls.context(TlsSettings())  # a bad [tls] ca_file stops the start, not every https transfer
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"openbitsd: [tls] ca_file {settings.config.tls_ca_file}: {exc}") from None
+    changes, transfers, transport = JobChanges(), Transfers(), Transport(HttpTransport(pools=pools, tls=tls))
     bus = EventBus(store, by_id, settings.current)
     transitions = Transitions(jobs, changes)
     service = JobService(store, broker, settings.current, by_id, bus, changes, transfers,
@@ -145,7 +153,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                 "cost": f"{describe(cost.state)} ({cost.source})", "bandwidth": policy.background_rate()[1],
                 "pam_service": pam, "metrics": "/v1/metrics" + (f", http://{listen}/metrics" if listen else "")}
 
-    app = make_app(service, TokenService(service, checker, keys), deliveries,
+    app = make_app(service, TokenService(service, checker, keys), CertificateService(service), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (an owner not logged on, blocked by
                    # cost, the bandwidth policy)
                    functools.partial(logons.explain, rate=functools.partial(cost.explain, rate=policy.explain)),
@@ -198,12 +206,20 @@ async def _housekeeping(service: JobService) -> None:
         await asyncio.sleep(await service.expire())
 
 
+#: loggers of the protocol libraries (transport/smb.py, identity/gss.py)
+QUIET_LIBRARIES = ("smbprotocol", "spnego", "gssapi", "krb5")
+
+
 def main(argv: list[str] | None = None) -> None:
     answer_completion(parser())
     args = parser().parse_args(argv)
     if args.check_config is not None:
         raise SystemExit(check_config(args))
     logs.configure("openbitsd", args.log_level, args.log_target, args.log_format)
+    # Their debug output dumps every packet - logon messages and file contents - and formatting a hex dump
+    # of each 1 MiB read slowed an SMB download 30-fold: warnings only, whatever --log-level says.
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
     try:
         settings = Settings(args)
     except ValueError as exc:

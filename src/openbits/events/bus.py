@@ -149,6 +149,8 @@ class EventBus:
         self._held: dict[str, float] = {}
         #: jobs whose pending notification is to be sent again with the next commit
         self._again: set[str] = set()
+        #: jobs changed where no property compared here shows it (a file's remote name)
+        self._modified: set[str] = set()
         self._subscribers: set[Subscription] = set()
         self._wake = asyncio.Event()
 
@@ -181,7 +183,7 @@ class EventBus:
         elif job.id in self._again and job.notify_pending:
             events.append(self._event(job, NOTIFICATIONS[job.state], totals, redelivery=True))
             job.notify_pending = events[-1].seq
-        elif before.properties != now.properties or before.progress != now.progress:
+        elif before.properties != now.properties or before.progress != now.progress or job.id in self._modified:
             due = self._last_modification.get(job.id, 0.0) + job.minimum_notification_interval_ms / 1000
             if time.monotonic() >= due:
                 events.append(self._modification(job, totals))
@@ -189,11 +191,16 @@ class EventBus:
                 self._held[job.id] = due
                 self._wake.set()
         self._again.discard(job.id)
+        self._modified.discard(job.id)
         return events
 
     def again(self, job: Job) -> None:
         """Send the job's pending notification once more, as a new event, with its next commit."""
         self._again.add(job.id)
+
+    def modified(self, job: Job) -> None:
+        """The job's next commit makes a JobModification even if no compared property changed."""
+        self._modified.add(job.id)
 
     def _modification(self, job: Job, totals: _Totals | None = None) -> Event:
         self._last_modification[job.id] = time.monotonic()
@@ -228,6 +235,7 @@ class EventBus:
 
     def forget(self, job_id: str) -> None:
         """The job is gone from the daemon (past its retention); its stored events stay until theirs."""
+        self._modified.discard(job_id)
         for table in (self._seen, self._totals, self._last_modification, self._held):
             table.pop(job_id, None)
 

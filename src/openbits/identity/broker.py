@@ -56,6 +56,7 @@ _BROKER_CODES = frozenset(
         ErrorCode.ERROR_PATH_NOT_FOUND,
         ErrorCode.ERROR_FILE_EXISTS,
         ErrorCode.ERROR_DISK_FULL,
+        ErrorCode.ERROR_LOGON_FAILURE,
     }
 )
 
@@ -261,6 +262,29 @@ class _BrokerFiles:
         if not (isinstance(result, list) and len(result) == 4 and all(type(v) is int for v in result)):
             raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed stat")
         return FileStat(*result)
+
+    async def list_folder(self, path: str) -> list[str]:
+        names = await self._call("list_folder", [path])
+        if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+            raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed list")
+        return names
+
+    async def negotiate_start(self, context_id: str, protocol: str, service: str, host: str,
+                              username: str | None, password: str | None) -> tuple[str | None, str | None]:
+        reply = await self._call("negotiate_start", [context_id, protocol, service, host, username, password])
+        if not (isinstance(reply, list) and len(reply) == 2 and all(v is None or isinstance(v, str) for v in reply)):
+            raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed token")
+        return reply[0], reply[1]
+
+    async def negotiate_step(self, context_id: str, token: str, final: bool) -> tuple[str | None, bool]:
+        reply = await self._call("negotiate_step", [context_id, token, final])
+        if not (isinstance(reply, list) and len(reply) == 2 and (reply[0] is None or isinstance(reply[0], str))
+                and isinstance(reply[1], bool)):
+            raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed token")
+        return reply[0], reply[1]
+
+    async def negotiate_end(self, context_id: str) -> None:
+        await self._call("negotiate_end", [context_id])
 
     def close(self) -> None:
         if self._conn is not None:

@@ -18,7 +18,8 @@ import traceback
 from typing import Any
 
 from ..errors import BitsError, ErrorCode
-from .fdpass import BATCH, FD_OPS, FRAME_MAX, OPS, Reassembly, close_all, frames, recv_with_fds
+from .fdpass import BATCH, FD_OPS, FRAME_MAX, JSON_OPS, OPS, Reassembly, close_all, frames, recv_with_fds
+from .gss import SecurityContexts
 from .localfiles import DiskFiles, local_error
 
 ZYGOTE_MESSAGE_MAX = 1 << 16
@@ -115,10 +116,12 @@ def _broker_main(sock: socket.socket, request: dict[str, Any], zygote_pid: int) 
         if _libc.prctl(option, value, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
     os.umask(0o077)
-    _serve(sock, DiskFiles(request["name"]))
+    # libkrb5 finds the user's own ticket cache (the default of its uid), never the daemon's
+    os.environ.pop("KRB5CCNAME", None)
+    _serve(sock, DiskFiles(request["name"]), SecurityContexts(request["name"]))
 
 
-def _serve(sock: socket.socket, files: DiskFiles) -> None:
+def _serve(sock: socket.socket, files: DiskFiles, contexts: SecurityContexts) -> None:
     """The broker's whole life: answer batches of requests until the daemon closes its end."""
     reassembly = Reassembly()
     while True:
@@ -130,7 +133,7 @@ def _serve(sock: socket.socket, files: DiskFiles) -> None:
         for start in range(0, len(requests or ()), BATCH):
             replies, out_fds = [], []
             for request_id, op, args in requests[start : start + BATCH]:
-                reply, fds = _handle(files, op, args)
+                reply, fds = _handle(contexts if str(op).startswith("negotiate_") else files, op, args)
                 if len(out_fds) + len(fds) > BATCH:  # one message carries at most BATCH descriptors
                     _send_replies(sock, replies, out_fds)
                     replies, out_fds = [], []
@@ -147,7 +150,7 @@ def _send_replies(sock: socket.socket, replies: list[list[Any]], fds: list[int])
     close_all(fds)
 
 
-def _handle(files: DiskFiles, op: str, args: list[Any]) -> tuple[dict[str, Any], list[int]]:
+def _handle(files: DiskFiles | SecurityContexts, op: str, args: list[Any]) -> tuple[dict[str, Any], list[int]]:
     """Run one operation: (JSON reply, descriptors to pass)."""
     try:
         if op not in OPS:
@@ -168,4 +171,6 @@ def _handle(files: DiskFiles, op: str, args: list[Any]) -> tuple[dict[str, Any],
         return {"ok": [None if err is None else [err.code, err.description] for err in result]}, []
     if op == "stat" and result is not None:
         return {"ok": [result.size, result.mtime_ns, result.uid, result.mode]}, []
+    if op in JSON_OPS:
+        return {"ok": result}, []
     return {"ok": None}, []

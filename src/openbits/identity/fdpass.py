@@ -22,7 +22,10 @@ MESSAGE_MAX = 64 * 1024 * 1024
 #: Requests answered per message, and descriptors per message (SCM_MAX_FD is 253).
 BATCH = 250
 #: What the broker may be asked: a request for anything else is refused.
-OPS = frozenset({"check_destination", "open_temp", "open_temps", "commit", "remove", "open_read", "stat"})
+OPS = frozenset({"check_destination", "open_temp", "open_temps", "commit", "remove", "open_read", "stat",
+                 "list_folder", "negotiate_start", "negotiate_step", "negotiate_end"})
+#: operations answered with their JSON result as it is
+JSON_OPS = frozenset({"list_folder", "negotiate_start", "negotiate_step"})
 FD_OPS = frozenset({"open_temp", "open_read"})
 
 

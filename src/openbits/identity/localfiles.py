@@ -7,6 +7,7 @@ the credentials of the process it runs in, which is always a broker holding exac
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat as st
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from ..model.identity import Identity
 #: Mode of a completed file: readable by all, like a file the user saved with the usual umask.
 FINAL_MODE = 0o644
 TEMP_MODE = 0o600
+#: names list_folder returns at most
+MAX_FOLDER_NAMES = 1000
 
 _OPEN = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a planted FIFO cannot hang the broker
 
@@ -47,6 +50,12 @@ class LocalFiles(Protocol):
     async def remove(self, paths: Sequence[str]) -> None: ...
     async def open_read(self, path: str) -> int: ...
     async def stat(self, path: str) -> FileStat | None: ...
+    async def list_folder(self, path: str) -> list[str]: ...
+    # the broker's other work as its identity: Negotiate/NTLM client contexts (identity/gss.py)
+    async def negotiate_start(self, context_id: str, protocol: str, service: str, host: str,
+                              username: str | None, password: str | None) -> tuple[str | None, str | None]: ...
+    async def negotiate_step(self, context_id: str, token: str, final: bool) -> tuple[str | None, bool]: ...
+    async def negotiate_end(self, context_id: str) -> None: ...
 
 
 def local_error(code: int, description: str) -> BitsError:
@@ -169,6 +178,17 @@ class DiskFiles:
         except OSError as exc:
             raise self._error(exc, "inspect", path) from None
         return FileStat(size=info.st_size, mtime_ns=info.st_mtime_ns, uid=info.st_uid, mode=info.st_mode)
+
+    def list_folder(self, path: str) -> list[str]:
+        """The names in a folder (a certificate store), sorted; a missing folder is empty."""
+        path = self._checked(path)
+        try:
+            with os.scandir(path) as entries:
+                return sorted(entry.name for entry in itertools.islice(entries, MAX_FOLDER_NAMES))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise self._error(exc, "list", path, folder=True) from None
 
     def _rename(self, temp: str, final: str) -> None:
         if os.path.dirname(temp) != os.path.dirname(final):

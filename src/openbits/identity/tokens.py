@@ -1,4 +1,5 @@
-"""Secrets of jobs in this process's memory: helper identities, one-time tickets, per-job credentials.
+"""Secrets of jobs in this process's memory: helper identities, one-time tickets, per-job credentials,
+client certificate passphrases.
 
 Helper identities and tickets never reach disk (a daemon restart forgets them, as BITS forgets a
 helper token at log-off); the job record keeps only the helper token *flags*. Per-job credentials
@@ -49,6 +50,7 @@ class TokenStore:
         self._helper_set_by: dict[str, int] = {}
         self._credentials: dict[str, dict[tuple[AuthTarget, AuthScheme], Credential]] = {}
         self._tickets: dict[str, Ticket] = {}
+        self._passphrases: dict[str, str] = {}
 
     def helper(self, job_id: str) -> Identity | None:
         return self._helpers.get(job_id)
@@ -78,6 +80,16 @@ class TokenStore:
         """False when none was set for that pair (BITS's S_FALSE)."""
         return self._credentials.get(job_id, {}).pop((target, scheme), None) is not None
 
+    def passphrase(self, job_id: str) -> str | None:
+        """The passphrase of the job's client certificate key, if it has one."""
+        return self._passphrases.get(job_id)
+
+    def set_passphrase(self, job_id: str, passphrase: str | None) -> None:
+        if passphrase is None:
+            self._passphrases.pop(job_id, None)
+        else:
+            self._passphrases[job_id] = passphrase
+
     def issue_ticket(self, job_id: str, issuer_is_admin: bool, issuer_uid: int) -> str:
         now = time.monotonic()
         self._tickets = {key: t for key, t in self._tickets.items() if t.expires > now}
@@ -97,4 +109,5 @@ class TokenStore:
         """A job in a final state keeps no secrets."""
         self.clear_helper(job_id)
         self._credentials.pop(job_id, None)
+        self._passphrases.pop(job_id, None)
         self._tickets = {key: t for key, t in self._tickets.items() if t.job_id != job_id}

@@ -129,6 +129,8 @@ class Config:
     users_service_group: str | None = None
     #: [metrics] listen: HOST:PORT where Prometheus may scrape over TCP ("" = only /v1/metrics on the socket)
     metrics_listen: str = ""
+    #: [tls] ca_file: a PEM bundle of CAs (and CRLs) every job trusts besides the system's. Read at start only.
+    tls_ca_file: str | None = None
 
     @classmethod
     def load(cls, path: str | None) -> Config:
@@ -153,13 +155,14 @@ class Config:
         network = raw.pop("network", {})
         users = raw.pop("users", {})
         metrics = raw.pop("metrics", {})
+        tls = raw.pop("tls", {})
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in known or key.startswith(_SECTIONED):
                 top = sorted(k for k in known if not k.startswith(_SECTIONED) and k != "proxy")
                 raise ValueError(f"{source}: unknown key {key!r}; known keys: {', '.join(top)}, [proxy], "
-                                 "[bandwidth], [network], [users], [metrics]")
+                                 "[bandwidth], [network], [users], [metrics], [tls]")
             expected = type(getattr(cls(), key))
             if key == "admin_group" and isinstance(value, str):
                 values[key] = value
@@ -190,6 +193,12 @@ class Config:
         values.update(_network(network, source))
         values.update(_users(users, source))
         values.update(_metrics(metrics, source))
+        if not isinstance(tls, dict) or set(tls) - {"ca_file"}:
+            raise ValueError(f"{source}: [tls] takes only ca_file = \"/path/to/cas.pem\"")
+        ca_file = tls.get("ca_file")
+        if ca_file is not None and not (isinstance(ca_file, str) and ca_file.startswith("/")):
+            raise ValueError(f"{source}: [tls] ca_file = {ca_file!r}: write an absolute path to a PEM file")
+        values["tls_ca_file"] = ca_file
         return cls(**values)
 
     def background_limit(self, weekday: int, minute_of_day: int) -> int:
@@ -201,7 +210,7 @@ class Config:
 
 
 #: fields set from a [section] of their own, not from a top-level key
-_SECTIONED = ("bandwidth", "network", "users", "metrics")
+_SECTIONED = ("bandwidth", "network", "users", "metrics", "tls")
 _BANDWIDTH_KEYS = {"limit", "schedule", "ignore_limits_when_idle", "upload_control"}
 
 

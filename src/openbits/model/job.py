@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType,
-                     ProxyUsage)
+from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, REDIRECT_POLICY_MASK, SECURITY_FLAGS_KNOWN, SIZE_UNKNOWN,
+                     ErrorContext, JobPriority, JobState, JobType, ProxyUsage, SecurityFlags)
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
 
-SUPPORTED_SCHEMES = ("http", "https", "file")
+SUPPORTED_SCHEMES = ("http", "https", "file", "smb")
 
 #: How long BITS waits before retrying a transient error (SetMinimumRetryDelay default).
 DEFAULT_MINIMUM_RETRY_DELAY = 600
@@ -139,6 +139,18 @@ class Job:
                                   "space-separated", settable=True, attribute=False, notifies=False)
     proxy_bypass_list: str | None = prop(None, doc="OVERRIDE: hosts, addresses, '*.suffix' or <local> that go "
                                          "direct", settable=True, attribute=False, notifies=False)
+    security_flags: int = prop(0, doc="SetSecurityFlags: SSL_ENABLE_CRL_CHECK 0x1, SSL_IGNORE_CERT_CN_INVALID 0x2, "
+                               "SSL_IGNORE_CERT_DATE_INVALID 0x4, SSL_IGNORE_UNKNOWN_CA 0x8, SSL_IGNORE_CERT_WRONG_USAGE "
+                               "0x10, HTTP_REDIRECT_POLICY_ALLOW_SILENT 0x0 | ALLOW_REPORT 0x100 | DISALLOW 0x200, "
+                               "HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP 0x800", label="Security flags",
+                               settable=True, limits={"ge": 0, "le": 0xFFFFFFFF})
+    ca_file: str | None = prop(None, doc="a PEM file of CAs (and CRLs) this job trusts besides the system's and the "
+                               "administrator's, read as the job's network identity; \"\" = none", label="CA file",
+                               unset="-", settable=True, limits={"max_length": 4096})
+    client_certificate: dict[str, str] | None = prop(
+        None, doc="SetClientCertificateBy*: by (path, thumbprint or subject), path or store (CURRENT_USER: "
+        "~/.config/openbits/certs/, LOCAL_MACHINE: /etc/openbits/certs/), and the certificate's SHA-1 thumbprint "
+        "and subject; never its key (its own route, core/certificates.py)")
     # -- notifications (openbits.events) --
     notify_flags: int = prop(int(DEFAULT_NOTIFY_FLAGS), doc="NotifyFlags: JOB_TRANSFERRED 0x1, JOB_ERROR 0x2, "
                              "DISABLE 0x4, JOB_MODIFICATION 0x8, FILE_TRANSFERRED 0x10, FILE_RANGES_TRANSFERRED 0x20",
@@ -351,17 +363,37 @@ class Job:
 
 
 def check_remote_url(url: str) -> None:
+    if url.startswith("\\\\"):  # \\server\share\path, as BITS takes SMB names
+        if url[2:].count("\\") < 2:
+            raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} needs \\\\server\\share\\path",
+                            ErrorContext.REMOTE_FILE)
+        return
     parts = urlsplit(url)
     if parts.scheme.lower() not in SUPPORTED_SCHEMES:
         raise BitsError(
             ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE,
-            f"remote name {url!r} uses scheme {parts.scheme or '(none)'!r}; openbits transfers http, https and file",
+            f"remote name {url!r} uses scheme {parts.scheme or '(none)'!r}; openbits transfers http, https, file and "
+            "smb (or \\\\server\\share\\path)",
             ErrorContext.REMOTE_FILE,
         )
     if parts.scheme.lower() != "file" and not parts.hostname:
         raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} has no host", ErrorContext.REMOTE_FILE)
     if parts.scheme.lower() == "file" and not parts.path.startswith("/"):
         raise BitsError(ErrorCode.E_INVALIDARG, f"file URL {url!r} needs an absolute path", ErrorContext.REMOTE_FILE)
+
+
+def check_security_flags(flags: int) -> None:
+    """SetSecurityFlags answers E_NOTIMPL for a flag BITS does not define and for a redirect policy not one of its three."""
+    policy = flags & REDIRECT_POLICY_MASK
+    if flags & ~SECURITY_FLAGS_KNOWN or policy not in (0, SecurityFlags.HTTP_REDIRECT_POLICY_ALLOW_REPORT,
+                                                       SecurityFlags.HTTP_REDIRECT_POLICY_DISALLOW):
+        raise BitsError(
+            ErrorCode.E_NOTIMPL,
+            f"security flags 0x{flags:x}: the flags are ENABLE_CRL_CHECK 0x1, IGNORE_CERT_CN_INVALID 0x2, "
+            "IGNORE_CERT_DATE_INVALID 0x4, IGNORE_UNKNOWN_CA 0x8, IGNORE_CERT_WRONG_USAGE 0x10, one redirect policy "
+            "(ALLOW_SILENT 0x0, ALLOW_REPORT 0x100, DISALLOW 0x200) and ALLOW_HTTPS_TO_HTTP 0x800",
+            ErrorContext.GENERAL_QUEUE_MANAGER,
+        )
 
 
 def check_local_path(path: str) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
 
 from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
-from ..enums import AuthScheme, AuthTarget
+from ..enums import AuthScheme, AuthTarget, CertStoreLocation
 from ..model.job import JOB_PROPERTIES
 from ..model.properties import Described
 
@@ -209,6 +209,17 @@ class DaemonStatus(WireModel):
 # -- helper tokens and credentials (IBitsTokenOptions, SetCredentials) ---------------------------
 
 Secret = Annotated[str, Field(max_length=65536, json_schema_extra={"writeOnly": True})]
+CertStoreName = _by_name(CertStoreLocation)
+
+
+class ClientCertificateRequest(WireModel):
+    """SetClientCertificateByID (thumbprint) / ByName (subject) from a store, or a PEM / PKCS#12 file by path."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    store: CertStoreName = CertStoreLocation.CURRENT_USER
+    thumbprint: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    subject: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    passphrase: Secret | None = None
 
 
 class HelperTokenRequest(WireModel):

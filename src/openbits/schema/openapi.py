@@ -13,6 +13,7 @@ from .models import (
     AckResult,
     AddFilesRequest,
     CreateJobRequest,
+    ClientCertificateRequest,
     CredentialsRequest,
     DaemonStatus,
     ErrorBody,
@@ -68,6 +69,10 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
      [_JOB, *({"name": name, "in": "query", "required": True, "schema": {"type": "string", "enum": values}}
               for name, values in (("target", ["SERVER", "PROXY"]),
                                    ("scheme", ["BASIC", "DIGEST", "NTLM", "NEGOTIATE", "PASSPORT"])))]),
+    ("put", "/v1/jobs/{job}/client-certificate", "SetClientCertificateByID (thumbprint) / ByName (subject), or by "
+     "path; the key is read as the job's network identity and kept in memory", ClientCertificateRequest, JobInfo, 200,
+     [_JOB]),
+    ("delete", "/v1/jobs/{job}/client-certificate", "RemoveClientCertificate", None, JobInfo, 200, [_JOB]),
     ("post", "/v1/logon", "LogonUser: check a password with PAM (rate-limited per caller)", LogonRequest, LogonResult,
      200, []),
     # notifications (openbits.events); the event stream itself is _EVENT_STREAM below

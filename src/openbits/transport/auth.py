@@ -1,35 +1,62 @@
-"""Answering a server's 401 challenge (Basic or Digest) for one origin, and for that origin only,
-and a proxy's 407 challenge (Basic only).
+"""Answering a server's 401 challenge (Basic, Digest, Negotiate or NTLM) for one origin, and for that
+origin only, and a proxy's 407 challenge (Basic, Digest or Negotiate: transport/proxyauth.py).
 
 Credentials are looked up only when the server asks (so a netrc is read only when needed) and are
 never sent to another origin, e.g. the target of a redirect to another host, unless the client trusts
 that origin with them (an upload's BITS-Host-Id server, which the authenticated server named).
 Each origin answers its own challenge, as a Digest nonce belongs to one server.
 Digest is aiohttp's own DigestAuthMiddleware, which answers servers (WWW-Authenticate) and not
-proxies, so a proxy that wants Digest is not answered and the file fails with HTTP 407.
+proxies; proxyauth.py answers those.
+Negotiate and NTLM run their security context where the job's network identity lives (`Contexts`, the
+file broker): the request is sent again with each token until the server answers; a token the server sends
+with its final answer (Kerberos's mutual authentication) must check out, or the response is not used.
+Once an origin took Negotiate, later requests carry a fresh token at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import base64
 
 import aiohttp
 from aiohttp import hdrs
+from multidict import CIMultiDict
 from yarl import URL
 
-#: (scheme in lower case, e.g. "basic") -> (user name, password), or None when there are none
-Lookup = Callable[[str], Awaitable[tuple[str, str] | None]]
+from ..enums import AuthTarget, ErrorContext
+from ..errors import BitsError, ErrorCode, TransferError
+from . import proxyauth
+from .credentials import Contexts, Lookup, SecurityContext
+from .proxyauth import ProxyAnswer
+
+
+
+#: the schemes a connection-bound security context answers
+CONTEXT_SCHEMES = ("negotiate", "ntlm")
+#: every scheme a server challenge may be answered with
+ANSWERED = ("basic", "digest", *CONTEXT_SCHEMES)
+_NAMES = {"negotiate": "Negotiate", "ntlm": "NTLM"}
+#: legs of one Negotiate/NTLM exchange at most (NTLM takes two)
+_LEGS = 4
 
 
 def challenge_scheme(response: aiohttp.ClientResponse) -> str:
-    """The first scheme a 401 offers, in lower case ("" when there is none)."""
-    return response.headers.get(hdrs.WWW_AUTHENTICATE, "").strip().split(" ", 1)[0].lower()
+    """The scheme to answer a 401 with, in lower case: Negotiate or NTLM when offered, else the first one."""
+    offered = [value.strip().split(" ", 1)[0].lower() for value in response.headers.getall(hdrs.WWW_AUTHENTICATE, ())]
+    return next((scheme for scheme in CONTEXT_SCHEMES if scheme in offered), offered[0] if offered else "")
 
 
-def _proxy_scheme(headers: Mapping[str, str] | None) -> str:
-    """The first scheme a 407 offers, in lower case."""
-    return (headers or {}).get(hdrs.PROXY_AUTHENTICATE, "").strip().split(" ", 1)[0].lower()
+def _server_token(response: aiohttp.ClientResponse, scheme: str) -> bytes | None:
+    for value in response.headers.getall(hdrs.WWW_AUTHENTICATE, ()):
+        name, _, token = value.strip().partition(" ")
+        if name.lower() == scheme and token.strip():
+            try:
+                return base64.b64decode(token.strip(), validate=True)
+            except ValueError:
+                return None
+    return None
 
 
 @dataclass
@@ -38,17 +65,21 @@ class _Answer:
 
     basic: aiohttp.BasicAuth | None = None
     digest: aiohttp.DigestAuthMiddleware | None = None
+    #: "negotiate" or "ntlm" once the origin accepted one
+    context_scheme: str | None = None
 
 
 class ChallengeAuth:
     """An aiohttp client middleware: server authentication for one origin (and the origins `trust` adds),
     proxy authentication for its proxy."""
 
-    def __init__(self, url: str, lookup: Lookup, proxy_lookup: Lookup | None = None) -> None:
+    def __init__(self, url: str, lookup: Lookup, proxy_lookup: Lookup | None = None,
+                 contexts: Contexts | None = None) -> None:
         self._answers = {URL(url).origin(): _Answer()}
         self._lookup = lookup
+        self._contexts = contexts
         self._proxy_lookup = proxy_lookup
-        self._proxy_basic: aiohttp.BasicAuth | None = None
+        self._proxy: ProxyAnswer | None = None
 
     def trust(self, url: URL) -> None:
         """The same credentials also answer url's origin."""
@@ -58,27 +89,37 @@ class ChallengeAuth:
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
         if request.proxy is None or self._proxy_lookup is None:
             return await self._server(request, handler)
-        if self._proxy_basic is None:
+        if self._proxy is None:
             try:
                 response = await self._server(request, handler)
             except aiohttp.ClientHttpProxyError as exc:  # https: the proxy refused the CONNECT tunnel
-                if exc.status != 407 or not await self._answer_proxy(exc.headers):
+                if exc.status != 407:
                     raise
+                self._proxy = await self._answer_proxy(exc.headers, request)
             else:  # http: the proxy answered the request itself
-                if response.status != 407 or not await self._answer_proxy(response.headers):
+                if response.status != 407:
                     return response
                 response.release()
-        # The connector puts it on the CONNECT request (https) or on the request itself (http).
-        request.proxy_auth = self._proxy_basic
+                self._proxy = await self._answer_proxy(response.headers, request)
+        value = await self._proxy.value(request)
+        if request.is_ssl():  # on the CONNECT (aiohttp sends proxy_headers there and keys the tunnel by them)
+            request.proxy_headers = CIMultiDict({hdrs.PROXY_AUTHORIZATION: value})
+        else:
+            request.headers[hdrs.PROXY_AUTHORIZATION] = value
         return await self._server(request, handler)
 
-    async def _answer_proxy(self, headers: Mapping[str, str] | None) -> bool:
-        """Whether the 407 can be answered: Basic, with credentials found."""
-        assert self._proxy_lookup is not None
-        if _proxy_scheme(headers) != "basic" or (found := await self._proxy_lookup("basic")) is None:
-            return False
-        self._proxy_basic = aiohttp.BasicAuth(*found)
-        return True
+    async def _answer_proxy(self, headers: Mapping[str, str] | None, request: aiohttp.ClientRequest) -> ProxyAnswer:
+        """The answer to the proxy's 407, or the job's error: what it asked for and what openbits answers."""
+        assert self._proxy_lookup is not None and request.proxy is not None
+        found = await proxyauth.choose(headers, self._proxy_lookup, self._contexts, request.proxy.raw_host or "")
+        if found is None:
+            asked = ", ".join(s.capitalize() if s != "ntlm" else "NTLM" for s in proxyauth.offered(headers)) or "nothing"
+            raise TransferError(ErrorCode.http(407), f"The proxy {request.proxy.origin()} wants authentication "
+                                f"({asked}) that the job cannot give: openbits answers a proxy's Basic and Digest "
+                                "with the job's PROXY credentials (or a ~/.netrc entry) and Negotiate with them or "
+                                "the network identity's Kerberos ticket; NTLM-only proxies are not answered",
+                                ErrorContext.REMOTE_FILE, 407, transient=False)
+        return found
 
     async def _server(self, request: aiohttp.ClientRequest,
                       handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
@@ -91,10 +132,14 @@ class ChallengeAuth:
         if answer.basic is not None:
             request.headers[hdrs.AUTHORIZATION] = answer.basic.encode()
             return await handler(request)
+        if answer.context_scheme is not None:
+            return await self._with_context(request, handler, answer, answer.context_scheme, None)
         response = await handler(request)
         scheme = challenge_scheme(response)
-        if response.status != 401 or scheme not in ("basic", "digest"):
+        if response.status != 401 or scheme not in ANSWERED:
             return response
+        if scheme in CONTEXT_SCHEMES:
+            return await self._with_context(request, handler, answer, scheme, response)
         found = await self._lookup(scheme)
         if found is None:
             return response
@@ -106,3 +151,60 @@ class ChallengeAuth:
             return await handler(request)
         answer.digest = aiohttp.DigestAuthMiddleware(user, password)
         return await answer.digest(request, handler)
+
+    async def _with_context(self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType,
+                            answer: _Answer, scheme: str,
+                            challenged: aiohttp.ClientResponse | None) -> aiohttp.ClientResponse:
+        """Send the request with each token of a new security context until the server answers."""
+        host = request.url.raw_host or ""
+        context = None if self._contexts is None else await self._contexts(scheme, host, AuthTarget.SERVER)
+        if context is None:
+            if challenged is not None:
+                return challenged  # no credentials for it: the 401 stands
+            answer.context_scheme = None
+            return await self._server(request, handler)
+        shown = request.url.with_query(None)
+        try:
+            token = await _stepped(context, None, scheme, shown, final=False)
+            for _ in range(_LEGS):
+                if challenged is not None:
+                    challenged.release()
+                request.headers[hdrs.AUTHORIZATION] = f"{_NAMES[scheme]} {base64.b64encode(token or b'').decode()}"
+                # A connection a context authenticated (NTLM; Negotiate where the server binds it) must not go
+                # back to the session's pool, where another job could use it as this one: the server closes it.
+                request.headers[hdrs.CONNECTION] = "keep-alive" if context.continued else "close"
+                response = await handler(request)
+                server_token = _server_token(response, scheme)
+                if response.status == 401 and server_token is not None and not context.complete:
+                    token, challenged = await _stepped(context, server_token, scheme, shown, final=False), response
+                    continue
+                if response.status != 401 and server_token is not None and not context.complete:
+                    try:
+                        await _stepped(context, server_token, scheme, shown, final=True)
+                    except TransferError:
+                        response.release()
+                        raise
+                if response.status != 401:
+                    answer.context_scheme = scheme
+                    return response
+                response.release()
+                raise TransferError(ErrorCode.http(401), f"The server for {shown} refused the job's {_NAMES[scheme]} "
+                                    "logon: check the credentials (setcredentials) or the Kerberos ticket (klist)",
+                                    ErrorContext.REMOTE_FILE, 401, transient=False)
+            return response
+        finally:
+            await context.close()
+
+
+async def _stepped(context: SecurityContext, token: bytes | None, scheme: str, shown: URL, *,
+                   final: bool) -> bytes | None:
+    """One step; a failure is the job's error: the 401 it leads to, with the reason, or (`final`) a server
+    that did not prove who it is."""
+    try:
+        return await context.step(token, final)
+    except BitsError as exc:
+        mutual = final
+        raise TransferError(
+            ErrorCode.ERROR_INTERNET_SECURE_FAILURE if mutual else ErrorCode.http(401),
+            f"The server for {shown} wants {_NAMES[scheme]}: "
+            f"{exc.description}.", ErrorContext.REMOTE_FILE, None if mutual else 401, transient=False) from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..enums import SIZE_UNKNOWN
+from .tls import TlsSettings
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class DownloadSpec:
     #: The job's HTTP proxy ("http://host:port", no credentials), or None to connect directly.
     #: A fast path that cannot speak to proxies must leave requests with a proxy to aiohttp.
     proxy: str | None = None
+    #: SetSecurityFlags (certificate checks and the redirect policy), the job's CA file and client certificate
+    tls: TlsSettings = TlsSettings()
 
 
 class DownloadSink(Protocol):
@@ -85,6 +88,9 @@ class DownloadSink(Protocol):
 
     def durable(self, offset: int) -> None:
         """Bytes [0, offset) are fsync'ed in the temporary file: the core may record this offset."""
+
+    def redirected(self, url: str) -> None:
+        """The redirect policy (REPORT, DISALLOW) makes `url` the file's remote name."""
 
 
 class Throttle(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+from collections.abc import Awaitable, Callable
 
 from ..enums import ErrorContext
 from ..pools import Pools
@@ -57,18 +58,14 @@ async def copy_local(
         sink.started(current, start)
         if start < offset:
             writer.restart()
-        progress = ProgressReporter(sink)
-        while writer.offset < current.size:
+
+        async def read(offset: int) -> bytes:
             try:
-                chunk = await loop.run_in_executor(pools.reads, os.pread, src_fd, READ_SIZE, writer.offset)
+                return await loop.run_in_executor(pools.reads, os.pread, src_fd, READ_SIZE, offset)
             except OSError as exc:
                 raise _source_error(f"Reading {label} failed: {exc.strerror or exc}.", transient=False) from exc
-            if not chunk:
-                break
-            writer.write(chunk)
-            if throttle is not None:
-                await throttle.consume(len(chunk))
-            progress.update(writer.offset)
+
+        await pump(read, writer, current.size, sink, throttle)
         if _fstat(src_fd, label) != current or writer.offset != current.size:
             raise _source_error(f"{label} changed while it was copied; the job copies it again.", transient=True)
         sink.received(writer.offset)
@@ -76,6 +73,20 @@ async def copy_local(
         return current
     finally:
         await writer.close()
+
+
+async def pump(read: Callable[[int], Awaitable[bytes]], writer: DurableWriter, size: int, sink: DownloadSink,
+               throttle: Throttle | None) -> None:
+    """The copy loop of file:// and SMB: `read(offset)` until `size` bytes are written or the source ends."""
+    progress = ProgressReporter(sink)
+    while writer.offset < size:
+        chunk = await read(writer.offset)
+        if not chunk:
+            break
+        writer.write(chunk)
+        if throttle is not None:
+            await throttle.consume(len(chunk))
+        progress.update(writer.offset)
 
 
 def _fstat(fd: int, label: str) -> RemoteValidator:

@@ -23,14 +23,15 @@ from typing import NoReturn
 import aiohttp
 from yarl import URL
 
-from ..enums import SIZE_UNKNOWN, ErrorContext
+from ..enums import REDIRECT_POLICY_MASK, SIZE_UNKNOWN, ErrorContext, SecurityFlags
 from ..errors import ErrorCode, TransferError
 from ..pools import Pools
 from . import fastget
 from .httphead import ConnectFailed, FastGetError, Unsupported, plain_request
-from .auth import ChallengeAuth, challenge_scheme
+from .auth import ANSWERED, ChallengeAuth, challenge_scheme
 from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle, status_phrase, watching
 from .durable import DurableWriter
+from .tls import TlsContexts, certificate_error
 
 MAX_REDIRECTS = 10
 #: aiohttp buffers up to twice this per connection before it stops reading the socket.
@@ -42,7 +43,11 @@ THROTTLED_READ = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _TRANSIENT_STATUS = frozenset({408, 429})
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_REDIRECTS = frozenset({300, 301, 302, 303, 307, 308})
+#: BG_HTTP_REDIRECT_POLICY_DISALLOW: HRESULT_FROM_WIN32(HTTP_STATUS_*) of the redirect the server sent
+_DISALLOWED = {300: ErrorCode.HTTP_STATUS_AMBIGUOUS, 301: ErrorCode.HTTP_STATUS_MOVED,
+               302: ErrorCode.HTTP_STATUS_REDIRECT, 303: ErrorCode.HTTP_STATUS_REDIRECT_METHOD,
+               307: ErrorCode.HTTP_STATUS_REDIRECT_KEEP_VERB, 308: ErrorCode.HTTP_STATUS_PERMANENT_REDIRECT}
 
 
 def display_url(url: URL) -> str:
@@ -62,11 +67,14 @@ class HttpTransport:
         connect_timeout: float = 30.0,
         fast_path: bool = True,
         pools: Pools | None = None,
+        tls: TlsContexts | None = None,
     ) -> None:
         """`fast_path`: plain http GETs go through `fastget` (aiohttp takes them all when False). `pools`: the
-        daemon's (without: the transport's own, shut down by aclose)."""
+        daemon's (without: the transport's own, shut down by aclose). `tls`: the SSL contexts per job settings
+        (the administrator's CA file in them)."""
         self.pools = pools or Pools()
         self._own_pools = pools is None
+        self.tls = tls or TlsContexts()
         self._connector_limit = connector_limit
         self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
@@ -173,13 +181,8 @@ class HttpTransport:
                 headers["Range"] = f"bytes={spec.offset}-"
                 if old.if_range is not None:
                     headers["If-Range"] = old.if_range
-            async with self._fast_get(url, headers, throttle, auth, shown) if fast else self.session().get(
-                url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
-                proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
-                # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
-                # or the server sees our buffers fill, not our rate.
-                read_bufsize=None if throttle is None else THROTTLED_READ,
-            ) as resp:
+            async with (self._fast_get(url, headers, throttle, auth, spec, sink, shown) if fast
+                        else self._get(url, headers, throttle, auth, spec, sink, shown)) as (resp, final):
                 if resp.status not in (200, 206, 416):
                     _raise_for_status(resp, shown)
                 accepted = _accept(resp, spec.offset if resume else 0, old if resume else None)
@@ -197,6 +200,8 @@ class HttpTransport:
                     resume = False  # restart from zero, once
                     continue
                 validator, start = accepted
+                if final != url and spec.tls.flags & REDIRECT_POLICY_MASK == SecurityFlags.HTTP_REDIRECT_POLICY_ALLOW_REPORT:
+                    sink.redirected(str(final))  # BG_HTTP_REDIRECT_POLICY_ALLOW_REPORT: the remote name is the final URL
                 sink.started(validator, start)
                 if start < writer.offset:
                     writer.restart()
@@ -205,32 +210,81 @@ class HttpTransport:
                 return await _receive(resp, validator, writer, sink, throttle, shown)
 
     @contextlib.asynccontextmanager
+    async def _get(self, url: URL, headers: dict[str, str], throttle: Throttle | None, auth: ChallengeAuth | None,
+                   spec: DownloadSpec, sink: DownloadSink, shown: str
+                   ) -> AsyncIterator[tuple[aiohttp.ClientResponse, URL]]:
+        """The response at the end of the redirects the job's policy lets us follow, and its URL."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self.session().get(
+                url, headers=headers, allow_redirects=False, middlewares=None if auth is None else (auth,),
+                proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
+                ssl=self.tls.context(spec.tls),
+                # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
+                # or the server sees our buffers fill, not our rate.
+                read_bufsize=None if throttle is None else THROTTLED_READ,
+            )
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or location is None:
+                break
+            response.release()
+            url = _redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
+        else:
+            raise _redirect_failed(shown, "TooManyRedirects")
+        try:
+            yield response, url
+        finally:
+            response.release()
+
+    @contextlib.asynccontextmanager
     async def _fast_get(self, url: URL, headers: dict[str, str], throttle: Throttle | None,
-                        auth: ChallengeAuth | None, shown: str) -> AsyncIterator[fastget.Response]:
-        """A fast-path response; redirects to plain http are followed as aiohttp does, anything else the
-        fast path does not do (a challenge `auth` could answer, a redirect to https) is Unsupported."""
+                        auth: ChallengeAuth | None, spec: DownloadSpec, sink: DownloadSink, shown: str
+                        ) -> AsyncIterator[tuple[fastget.Response, URL]]:
+        """A fast-path response and its URL; redirects to plain http are followed as `_get` does, anything
+        else the fast path does not do (a challenge `auth` could answer, a redirect to https) is Unsupported."""
         assert self._fast is not None
         read_ahead = fastget.READ_AHEAD if throttle is None else THROTTLED_READ
-        for _ in range(MAX_REDIRECTS):
+        for _ in range(MAX_REDIRECTS + 1):
             response = await self._fast.get(url, headers, read_ahead)
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or location is None:
                 break
             response.release()
-            try:
-                url = url.join(URL(location))
-            except ValueError as exc:
-                raise Unsupported(f"a redirect to {location!r}") from exc
+            url = _redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
             if not plain_request(url, headers):
                 raise Unsupported("a redirect away from plain http")
         else:
             raise _redirect_failed(shown, "TooManyRedirects")
         try:
-            if response.status == 401 and auth is not None and challenge_scheme(response) in ("basic", "digest"):
+            if response.status == 401 and auth is not None and challenge_scheme(response) in ANSWERED:
                 raise Unsupported("an authentication challenge")
-            yield response
+            yield response, url
         finally:
             response.release()
+
+
+def _redirect_target(url: URL, status: int, location: str, flags: int, sink: DownloadSink, shown: str) -> URL:
+    """Where a redirect leads, if the job's security flags let it be followed (SetSecurityFlags)."""
+    try:
+        target = url.join(URL(location))
+    except ValueError:
+        raise _redirect_failed(shown, f"a redirect to {location!r}") from None
+    if target.scheme not in ("http", "https"):
+        raise _redirect_failed(shown, f"a redirect to {display_url(target)}")
+    if flags & REDIRECT_POLICY_MASK == SecurityFlags.HTTP_REDIRECT_POLICY_DISALLOW:
+        sink.redirected(str(target))  # BITS updates the remote name with the redirected URL
+        raise TransferError(
+            _DISALLOWED.get(status, ErrorCode.HTTP_STATUS_REDIRECT),
+            f"The server redirected {shown} to {display_url(target)} (HTTP {status}) and the job's redirect "
+            "policy is DISALLOW (security flag 0x200); allow redirects with setsecurityflags, or use that URL.",
+            ErrorContext.REMOTE_FILE, status, transient=False)
+    if url.scheme == "https" and target.scheme == "http" and not (
+            flags & SecurityFlags.HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP):
+        raise TransferError(
+            ErrorCode.ERROR_HTTP_REDIRECT_FAILED,
+            f"The server redirected {shown} from https to {display_url(target)}, which is not encrypted; a job "
+            "follows such a redirect only with the security flag HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP (0x800).",
+            ErrorContext.REMOTE_FILE, status, transient=False)
+    return target
 
 
 def _parse_url(raw: str) -> URL:
@@ -428,12 +482,10 @@ def _network_error(exc: BaseException, shown: str, read_timeout: float) -> Trans
             ErrorCode.ERROR_INTERNET_INVALID_URL, f"{shown} is not a valid URL: {exc}.", transient=False
         )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return TransferError(
-            ErrorCode.ERROR_INTERNET_SECURE_FAILURE,
-            f"The certificate of the server for {shown} is not valid: {exc.certificate_error}.",
-            transport,
-            transient=False,
-        )
+        error = exc.certificate_error
+        code, why = certificate_error(getattr(error, "verify_code", 0), getattr(error, "verify_message", str(error)))
+        return TransferError(code, f"The server's certificate for {shown} is not accepted: {why}.", transport,
+                             transient=False)
     cause = exc.cause if isinstance(exc, ConnectFailed) else None
     if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
         code, what = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED, "the server's name does not resolve"

@@ -2,7 +2,8 @@
 
 The runner asks for a file's download (or a batch of small files, or an upload client); the
 transport layer picks how: http(s) through HttpTransport (aiohttp, or the lean fast path for plain
-http), file:// through copy_local from a source the job's file broker opened. What depends on the
+http), file:// through copy_local from a source the job's file broker opened, SMB shares through
+copy_smb. What depends on the
 job - its proxy, its credentials, its identities - comes in as a RemoteAccess the core binds.
 """
 
@@ -21,6 +22,7 @@ from .auth import ChallengeAuth
 from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
 from .file import copy_local
 from .http import HttpTransport
+from .smb import copy_smb, is_smb
 from .upload import HostWatch, UploadClient
 
 
@@ -32,6 +34,9 @@ class RemoteAccess(Protocol):
 
     def open_source(self, path: str) -> Awaitable[int]:
         """A file:// source, opened read-only by the job's network identity."""
+
+    def smb_credential(self) -> tuple[str, str, str]:
+        """(user, password, "ntlm" or "negotiate") for an SMB share; raises a TransferError without one."""
 
 
 class Transport:
@@ -52,6 +57,9 @@ class Transport:
                                         pools=self.pools)
             finally:
                 os.close(source)
+        if is_smb(spec.url):
+            return await copy_smb(spec.url, fd, spec.offset, sink, throttle, validator=spec.validator,
+                                  credential=access.smb_credential(), pool=self.pools.smb, sync_pool=self.pools.sync)
         proxy, auth = access.http(spec.url)
         return await self._http.download(replace(spec, proxy=proxy), fd, sink, throttle, auth)
 
