@@ -55,6 +55,22 @@ def state_text(state: JobState) -> str:
     return f"[{style}]{state.name}[/]" if style else state.name
 
 
+#: Units a duration is shown in, largest first.
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read them: "14 days", "1 hour 30 minutes", "45 seconds" (two units at most)."""
+    left, parts = round(seconds), []
+    for name, size in _UNITS:
+        count, left = divmod(left, size)
+        if count and len(parts) < 2:
+            parts.append(f"{count} {name}{'s' if count != 1 else ''}")
+        elif parts:
+            break
+    return " ".join(parts) or "0 seconds"
+
+
 def _time(stamp: float | None) -> str:
     return "-" if stamp is None else datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
 
@@ -94,7 +110,7 @@ def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
 _SHOWN: dict[str, Callable[[Any], str]] = {
     "text": str,
     "name": lambda value: value.name,
-    "seconds": lambda value: f"{value} s",
+    "seconds": lambda value: duration(value),
     "rate": lambda value: f"{decimal(value)}/s",
     "time": lambda value: _time(value),
     "yes_no": lambda value: "yes" if value else "no",

@@ -46,6 +46,7 @@ from ..store import SqliteStore
 from ..transport.http import HttpTransport
 from ..transport.router import Transport
 from ..model.config import Config
+from ..version import __version__
 
 log = logging.getLogger("openbitsd")
 
@@ -54,6 +55,7 @@ SYSTEM_STATE_DIR = Path("/var/lib/openbits")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="openbitsd", description="openbits daemon (BITS for Linux)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--system", action="store_true", help="serve every local user (root only)")
     mode.add_argument("--user", action="store_true", help="serve the calling user only")

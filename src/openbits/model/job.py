@@ -221,7 +221,7 @@ class Job:
         """SetReplyFileName: upload-reply jobs only, and only before the reply starts arriving."""
         self._require_not_final()
         if self.type != JobType.UPLOAD_REPLY:
-            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; only UPLOAD_REPLY jobs "
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is {self.type.phrase}; only UPLOAD_REPLY jobs "
                             "have a reply file", ErrorContext.GENERAL_QUEUE_MANAGER)
         if self.reply_bytes_total != SIZE_UNKNOWN:
             raise BitsError(ErrorCode.BG_E_INVALID_STATE, "the reply is already being transferred; its file name "

@@ -1,14 +1,18 @@
-"""`openbits-server --root DIR --listen HOST:PORT [--config FILE]`."""
+"""`openbits-server --root DIR [--create-root] --listen HOST:PORT [--config FILE]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
+
+from ..version import __version__
 
 from .app import make_upload_app
 from .settings import ServerSettings, load_settings
@@ -27,7 +31,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openbits-server", description="Serve the BITS upload protocol.")
-    parser.add_argument("--root", help='directory served as the virtual directory "/"')
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--root", help='directory served as the virtual directory "/" (it must exist)')
+    parser.add_argument("--create-root", action="store_true", help="create --root DIR if it does not exist")
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT (default 127.0.0.1:8080)")
     parser.add_argument("--config", help="TOML file of virtual directories and their settings")
     parser.add_argument("--log-level", default="INFO")
@@ -45,7 +51,13 @@ async def serve(settings: ServerSettings, host: str, port: int) -> None:
     runner = BitsAppRunner(make_upload_app(settings), shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        sys.exit(f"openbits-server: cannot listen on {host}:{port}: {reason}; "
+                 "choose another --listen HOST:PORT (port 0 picks a free one) or stop what uses it")
     for address in runner.addresses:
         print(f"openbits-server listening on {address[0]}:{address[1]}", flush=True)
     stop = asyncio.Event()
@@ -58,11 +70,27 @@ async def serve(settings: ServerSettings, host: str, port: int) -> None:
         await runner.cleanup()
 
 
+def _check_root(root: Path, create: bool) -> None:
+    """A typo in --root must not become a new empty directory that silently takes the uploads."""
+    if root.is_dir():
+        return
+    if root.exists():
+        sys.exit(f"openbits-server: --root {root} is not a directory")
+    if not create:
+        sys.exit(f"openbits-server: --root {root} does not exist; check the path, or add --create-root to create it")
+    try:
+        root.mkdir(parents=True, mode=0o750)
+    except OSError as exc:
+        sys.exit(f"openbits-server: cannot create --root {root}: {exc.strerror or exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (args.config or args.root):
         sys.exit("openbits-server: give --root DIR or --config FILE")
+    if args.root:
+        _check_root(Path(args.root), args.create_root)
     try:
         settings = load_settings(args.config, root=args.root) if args.config else ServerSettings.for_root(args.root)
     except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
