@@ -20,7 +20,7 @@ from ..events.bus import Subscription
 from ..model.event import Event
 from ..events.notify import check_cmdline
 from ..store import Store
-from ..schema.models import AckResult, EventAck, NotifyCmdLine, StreamReady
+from ..schema.models import STREAM_SHUTDOWN, AckResult, EventAck, NotifyCmdLine, StreamReady
 from .request import DELIVERIES, SERVICE, caller, flag, parse, respond, respond_job
 
 log = logging.getLogger("openbits.api")
@@ -31,6 +31,10 @@ event_routes = web.RouteTableDef()
 _LIVENESS = 1.0
 #: Seconds between keep-alive comments on an idle stream.
 _KEEPALIVE = 15.0
+
+
+#: How a stream's last message is named after the reason it ends for; any other ending is "dropped".
+_ENDINGS = ("superseded", STREAM_SHUTDOWN)
 
 
 def _number(request: web.Request, name: str, kind: type[int] | type[float], header: str | None = None
@@ -131,7 +135,7 @@ async def _follow(request: web.Request, response: web.StreamResponse, sub: Subsc
             last = max(e.seq for e in batch if e is not None)
             quiet_since = loop.time()
     if sub.ended is not None:
-        name = "superseded" if sub.ended.startswith("superseded") else "dropped"
+        name = next((kind for kind in _ENDINGS if sub.ended.startswith(kind)), "dropped")
         await response.write(f"event: {name}\ndata: {sub.ended}\n\n".encode())
 
 

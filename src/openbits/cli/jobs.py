@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
 
 from ..schema.models import JobInfo, JobList
+from ..client import DaemonUnavailableError
 from ..client.types import error_of
 from ..model.config import parse_rate
 from ..enums import JobPriority, JobState, JobType, TransferPolicy, cost_flags_name
@@ -104,7 +106,30 @@ def _action(name: str, method: str, doc: str) -> None:
 
 _action("resume", "resume", "Queue the job for transfer (new jobs start suspended).")
 _action("suspend", "suspend", "Pause the job; resume continues where it stopped.")
-_action("cancel", "cancel", "Delete the job and its temporary files.")
+#: How long `cancel --when-back` waits for a daemon that is away.
+WHEN_BACK_LIMIT = 7 * 86400.0
+#: Seconds between its looks at the socket.
+_WHEN_BACK_POLL = 1.0
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--when-back", is_flag=True,
+              help="If the daemon is away, wait for it (up to 7 days) and cancel then; `transfer` leaves one "
+                   "of these behind when Ctrl-C comes while the daemon is away.")
+def cancel(job: str, when_back: bool) -> None:
+    """Delete the job and its temporary files."""
+    deadline = time.monotonic() + WHEN_BACK_LIMIT
+    while True:
+        try:
+            open_job(job).cancel()
+            return
+        except DaemonUnavailableError:
+            if not when_back or time.monotonic() > deadline:
+                raise
+        time.sleep(_WHEN_BACK_POLL)
+
+
 _action("complete", "complete", "Move the transferred files to their names and end the job.")
 _action("takeownership", "take_ownership", "Make the caller the job's owner (administrators).")
 

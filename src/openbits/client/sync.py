@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -308,6 +308,9 @@ class Manager:
         return self._loop.run(self._manager.logon(username, password))
 
     def events(self, since: int | None = None, job: str | None = None, all_users: bool = False,
-               follow_live: bool = True, idle: float | None = None) -> Iterator[EventInfo | None]:
-        """See AsyncManager.events."""
-        return self._loop.iterate(self._manager.events(since, job, all_users, follow_live, idle))
+               follow_live: bool = True, idle: float | None = None, *,
+               on_lost: Callable[[str], None] | None = None,
+               on_back: Callable[[], None] | None = None) -> Iterator[EventInfo | None]:
+        """See AsyncManager.events; on_lost and on_back run on the client's loop thread."""
+        return self._loop.iterate(self._manager.events(since, job, all_users, follow_live, idle,
+                                                       on_lost=on_lost, on_back=on_back))

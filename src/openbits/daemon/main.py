@@ -24,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..schema.models import STREAM_SHUTDOWN
 from ..api.app import make_app
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
@@ -51,6 +52,8 @@ from ..version import __version__
 log = logging.getLogger("openbitsd")
 
 SYSTEM_STATE_DIR = Path("/var/lib/openbits")
+#: Seconds a stop waits for requests in flight (a `wait` holds one up to 30 s) before it cuts them off.
+SHUTDOWN_GRACE = 2.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -159,7 +162,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam)), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
                    functools.partial(cost.explain, rate=policy.explain), settings.mode)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     sock = bind_socket(settings.socket, settings.system)
     await web.SockSite(runner, sock).start()
@@ -173,6 +176,8 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                      group.create_task(deliveries.run(), name="notifications")]
             await stop.wait()
             log.info("shutting down")
+            # open event streams end at once, whatever their clients do; other requests get SHUTDOWN_GRACE
+            bus.end_streams(f"{STREAM_SHUTDOWN}: openbitsd is stopping")
             for task in tasks:
                 task.cancel()
     finally:

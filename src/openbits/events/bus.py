@@ -252,6 +252,11 @@ class EventBus:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
+    def end_streams(self, reason: str) -> None:
+        """The daemon stops: every open stream ends now with `reason` (its clients reconnect when it is back)."""
+        for sub in self._subscribers:
+            sub.end(reason)
+
     async def replay(self, sub: Subscription, after: int) -> AsyncIterator[Event]:
         """Stored events after `after` that `sub` may see, oldest first, in pages."""
         while True:

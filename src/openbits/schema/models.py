@@ -113,6 +113,7 @@ class _JobInfoComputed(WireModel):
     files_total: int
     files_transferred: int
     error: ErrorInfo | None
+    retry_time: float | None = Field(None, description="TRANSIENT_ERROR: Unix time of the next attempt")
     allowed_rate: int = Field(0, description="bytes/s the job may use now (0 = unlimited): the idle-bandwidth "
                               "controller's rate under the policy's and the job's caps, shared by background jobs")
     rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, "
@@ -279,6 +280,10 @@ class EventInfo(WireModel):
     file_index: int | None = Field(description="file_transferred: which file of the job")
     file: FileInfo | None
     error: ErrorInfo | None
+
+
+#: The name of a stream's last message when the daemon stops (its data says so); clients reconnect later.
+STREAM_SHUTDOWN = "shutdown"
 
 
 class StreamReady(WireModel):

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ..model.job import JOB_PROPERTIES, Job, JobFile
+from ..enums import JobState
 from ..errors import BitsError
 from ..model.identity import Identity
 from .models import ErrorInfo, FileInfo, JobInfo
@@ -45,6 +46,7 @@ def job_info(job: Job, explain_rate: RateExplainer) -> JobInfo:
         files_total=len(job.files),
         files_transferred=job.files_transferred,
         error=ErrorInfo.model_validate(job.error) if job.error else None,
+        retry_time=job.retry_at if job.state == JobState.TRANSIENT_ERROR and job.retry_at else None,
         allowed_rate=allowed_rate,
         rate_reason=rate_reason,
         files=[file_info(f) for f in job.files],
