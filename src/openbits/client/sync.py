@@ -51,12 +51,20 @@ class _LoopThread:
                     return
         finally:
             if self._loop.is_running():  # not after Manager.close()
-                self.run(source.aclose())  # type: ignore[attr-defined]
+                self.run(_aclose(source))
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+async def _aclose(source: AsyncIterator[T]) -> None:
+    """Close an async generator whose step a Ctrl-C cancelled: the cancellation unwinds on the loop first
+    (closing it before that fails with "asynchronous generator is already running")."""
+    while getattr(source, "ag_running", False):
+        await asyncio.sleep(0)
+    await source.aclose()  # type: ignore[attr-defined]
 
 
 class _Setting:
