@@ -256,3 +256,27 @@ def test_sigterm_ends_streams_and_ctrl_c_while_away_cancels_later(daemon: Daemon
     assert _until(cli, job, {"CANCELLED"}) == "CANCELLED"
     monitor.send_signal(signal.SIGINT)
     monitor.communicate(timeout=30)
+
+
+# -- 1. a destination that is no regular file is never replaced ---------------------------------------
+
+
+def test_destination_that_is_no_regular_file(cli: Cli, served: tuple[str, bytes], tmp_path: Path) -> None:
+    url, _ = served
+    fifo, sock, folder = tmp_path / "fifo", tmp_path / "sock", tmp_path / "folder"
+    os.mkfifo(fifo)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
+    folder.mkdir()
+    cases = [(fifo, "FIFO"), (sock, "socket"), (folder, "folder")]
+    if os.geteuid() == 0:  # others may not create files in /dev at all, which is refused before this
+        cases.append((Path("/dev/null"), "character device"))
+    try:
+        for path, kind in cases:
+            result = cli("transfer", url, str(path))
+            one_line_error(result, 1, f"openbits: E_INVALIDARG: {path} is an existing {kind}, which openbits "
+                                      "never replaces; name a regular file (to discard a download, save it and "
+                                      "delete it)")
+        assert Path("/dev/null").is_char_device() and fifo.is_fifo() and folder.is_dir()
+    finally:
+        listener.close()
