@@ -280,3 +280,29 @@ def test_destination_that_is_no_regular_file(cli: Cli, served: tuple[str, bytes]
         assert Path("/dev/null").is_char_device() and fifo.is_fifo() and folder.is_dir()
     finally:
         listener.close()
+
+
+# -- 5. remote names are checked whole at AddFile ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://[::1", "is not a valid URL (Invalid IPv6 URL); an IPv6 address goes in brackets: http://[::1]:8080/x"),
+    ("http://127.0.0.1:99999/x", "has the port '99999'; a port is a number from 1 to 65535"),
+    ("http://::1/x", "has no host (an IPv6 address goes in brackets: http://[::1]/x)"),
+    ("http://exa mple.org/x", "has ' ' at position 11; percent-encode it (a space is %20; other characters as "
+                              "UTF-8 bytes, as BITS asks)"),
+    ("http://[fe80::zz]/x", "is not a valid URL ('fe80::zz' does not appear to be an IPv4 or IPv6 address); an "
+                            "IPv6 address goes in brackets: http://[::1]:8080/x"),
+    ("ftp://127.0.0.1/x", None),
+])
+def test_malformed_remote_names(cli: Cli, tmp_path: Path, url: str, why: str | None) -> None:
+    job = cli.ok("create", f"urls-{uuid.uuid4().hex[:6]}").strip()
+    listing = tmp_path / "files.txt"
+    listing.write_text("".join(f"http://127.0.0.1:9/{n} {tmp_path / n}\n" for n in "abcde") + f"'{url}' {tmp_path}/f\n")
+    for result in (cli("addfile", job, url, str(tmp_path / "f")), cli("addfileset", job, str(listing))):
+        shown = (f"E_INVALIDARG: remote name {url!r} {why}" if why else
+                 f"BG_E_PROTOCOL_NOT_AVAILABLE: remote name {url!r} uses scheme 'ftp'; openbits transfers http, "
+                 "https and file")
+        assert (result.returncode, result.stderr) == (1, f"openbits: {shown}\n")
+    assert cli.ok("getfilestotal", job) == "0\n"  # AddFileSet: all or none
+    cli.ok("cancel", job)

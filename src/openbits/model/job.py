@@ -20,8 +20,8 @@ from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, Err
                      ProxyUsage)
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
+from .remote import check_remote_url
 
-SUPPORTED_SCHEMES = ("http", "https", "file")
 
 #: How long BITS waits before retrying a transient error (SetMinimumRetryDelay default).
 DEFAULT_MINIMUM_RETRY_DELAY = 600
@@ -343,20 +343,6 @@ class Job:
                 ).to_dict()
             self.state = JobState.ERROR
         self.touch()
-
-
-def check_remote_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SUPPORTED_SCHEMES:
-        raise BitsError(
-            ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE,
-            f"remote name {url!r} uses scheme {parts.scheme or '(none)'!r}; openbits transfers http, https and file",
-            ErrorContext.REMOTE_FILE,
-        )
-    if parts.scheme.lower() != "file" and not parts.hostname:
-        raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} has no host", ErrorContext.REMOTE_FILE)
-    if parts.scheme.lower() == "file" and not parts.path.startswith("/"):
-        raise BitsError(ErrorCode.E_INVALIDARG, f"file URL {url!r} needs an absolute path", ErrorContext.REMOTE_FILE)
 
 
 def check_local_path(path: str) -> None:
