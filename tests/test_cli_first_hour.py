@@ -306,3 +306,19 @@ def test_malformed_remote_names(cli: Cli, tmp_path: Path, url: str, why: str | N
         assert (result.returncode, result.stderr) == (1, f"openbits: {shown}\n")
     assert cli.ok("getfilestotal", job) == "0\n"  # AddFileSet: all or none
     cli.ok("cancel", job)
+
+
+# -- 2. progress as the bytes arrive, not only as they become durable ----------------------------------
+
+
+def test_progress_events_between_durable_offsets(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
+    """2 MiB at ~800 kB/s: far less than a durable step, so every progress event between the start and the end
+    comes from bytes that arrived (the bus sends one at most every 0.5 s, or the job's notification interval)."""
+    url = faulty.url(f"/slow-{uuid.uuid4().hex[:6]}?size=2m&trickle=5")
+    done = cli("transfer", "--json", url, str(tmp_path / "slow.bin"))
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)["id"]
+    events = [json.loads(line) for line in cli.ok("events", "--job", job, "--no-follow").splitlines()]
+    total = 2 * 1024 * 1024
+    between = [e for e in events if e["kind"] == "job_modification" and 0 < e["bytes_transferred"] < total]
+    assert between and all(e["state"] == "TRANSFERRING" and e["bytes_total"] == total for e in between), events

@@ -26,6 +26,11 @@ class SavedProgress:
         if offset > before:
             self._job.last_progress_time = time.time()
 
+    def arrived(self) -> None:
+        """The file's progress moved in memory, not durable yet: the event bus tells the job's streams
+        (rate-limited) rather than waiting for the next saved offset."""
+        self._service.events.progressed(self._job, self._index)
+
     def _save(self) -> None:
         """Queue a save of the job with this file."""
         if self._saving is None or self._saving.done():

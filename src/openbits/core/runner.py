@@ -56,6 +56,7 @@ class _FileSink(SavedProgress):
     def received(self, offset: int) -> None:
         self.moved(offset, self._file.bytes_transferred)
         self._file.bytes_transferred = offset
+        self.arrived()
 
     def durable(self, offset: int) -> None:
         self._file.durable_offset = offset
