@@ -322,3 +322,25 @@ def test_progress_events_between_durable_offsets(cli: Cli, faulty: FaultyServer,
     total = 2 * 1024 * 1024
     between = [e for e in events if e["kind"] == "job_modification" and 0 < e["bytes_transferred"] < total]
     assert between and all(e["state"] == "TRANSFERRING" and e["bytes_total"] == total for e in between), events
+
+
+# -- 11. the daemon's own rate and the time left, per job and per file -------------------------------------
+
+
+def test_rate_and_time_left(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
+    job = cli.ok("create", f"rate-{uuid.uuid4().hex[:6]}").strip()
+    cli.ok("addfile", job, faulty.url(f"/rate-{uuid.uuid4().hex[:6]}?size=8m&trickle=5"), str(tmp_path / "r"))
+    cli.ok("setpriority", job, "FOREGROUND")
+    cli.ok("resume", job)
+    deadline = time.monotonic() + 30
+    while not (info := json.loads(cli.ok("info", job, "--json")))["transfer_rate"]:
+        assert time.monotonic() < deadline and info["state"] in ("QUEUED", "CONNECTING", "TRANSFERRING"), info
+        time.sleep(0.2)
+    assert info["state"] == "TRANSFERRING" and info["files"][0]["transfer_rate"] > 0, info
+    shown = cli.ok("info", job)
+    assert re.search(r"Rate\s+[\d.]+ [kM]B/s\s", shown) and re.search(r"Time left\s+\d+ (second|minute)", shown), shown
+    listed = cli.ok("list").splitlines()
+    assert listed[0].split()[-2:] == ["RATE", "LEFT"], listed
+    row = next(line for line in listed if job in line)
+    assert re.search(r"[\d.]+ [kM]B/s\s+\d+ (second|minute)", row), row
+    cli.ok("cancel", job)

@@ -155,7 +155,7 @@ def _follow(job: Job, watch: _Watch, show_bar: bool, deadline: float | None) -> 
             if event is None:
                 continue
             note = f" [yellow]{watch.transient()}[/]" if event.state == JobState.TRANSIENT_ERROR else ""
-            bar.update(task, total=_total(event), completed=event.bytes_transferred,
+            bar.update(task, total=_total(event), completed=event.bytes_transferred, rate=event.transfer_rate,
                        description=f"{event.job_name} {event.files_transferred}/{event.files_total}{note}")
             was_active = was_active or event.state.is_active
             if was_active and not event.state.is_active:

@@ -11,6 +11,7 @@ import asyncio
 import time
 
 from ..model.job import Job
+from ..model.rate import RateMeter
 from .service import JobService
 
 
@@ -27,8 +28,13 @@ class SavedProgress:
             self._job.last_progress_time = time.time()
 
     def arrived(self) -> None:
-        """The file's progress moved in memory, not durable yet: the event bus tells the job's streams
-        (rate-limited) rather than waiting for the next saved offset."""
+        """The file's progress moved in memory, not durable yet: its rate is sampled, and the event bus tells
+        the job's streams (rate-limited) rather than waiting for the next saved offset."""
+        f, now = self._file, time.monotonic()
+        if f.meter is None:
+            f.meter = RateMeter(f.bytes_transferred, now)
+        else:
+            f.meter.sample(f.bytes_transferred, now)
         self._service.events.progressed(self._job, self._index)
 
     def _save(self) -> None:

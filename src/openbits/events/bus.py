@@ -226,6 +226,7 @@ class EventBus:
             state=job.state, notify=wanted(job.notify_flags, kind), redelivery=redelivery,
             bytes_total=totals.progress[0], bytes_transferred=totals.bytes_transferred, files_total=len(job.files),
             files_transferred=totals.files_transferred, file_index=file_index, file=file_info(f) if f else None,
+            transfer_rate=job.rate_now(),
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
         ))
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())

@@ -20,6 +20,7 @@ from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, Err
                      ProxyUsage)
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
+from .rate import RateMeter
 from .remote import check_remote_url
 
 
@@ -66,6 +67,12 @@ class JobFile:
     session_host_fallback: int | None = None
     #: Unix time of the first failed connection to session_host since it was last reached
     session_host_unreachable_since: float | None = None
+    #: how fast the bytes arrive now; live only, never stored (see _FILE_FIELDS)
+    meter: RateMeter | None = field(default=None, metadata={"live": True})
+
+    def rate_now(self) -> int:
+        """Bytes per second arriving now (0 when complete or nothing arrives)."""
+        return 0 if self.meter is None or self.completed else self.meter.rate(time.monotonic())
 
     def forget_session(self) -> None:
         """The upload session is gone (the server lost it): the file goes again, in a new one."""
@@ -171,6 +178,12 @@ class Job:
     @property
     def files_transferred(self) -> int:
         return sum(1 for f in self.files if f.completed)
+
+    def rate_now(self) -> int:
+        """Bytes per second arriving now, all files together (the daemon's own measure)."""
+        if self.state != JobState.TRANSFERRING:
+            return 0
+        return sum(f.rate_now() for f in self.files if f.meter is not None)
 
     @property
     def current_file(self) -> JobFile | None:
@@ -360,7 +373,7 @@ def check_local_path(path: str) -> None:
 
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"files"}
-_FILE_FIELDS = frozenset(JobFile.__dataclass_fields__)
+_FILE_FIELDS = frozenset(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
 #: fields stored as numbers and kept as their enumeration in memory
 _ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
     name: hint for name, hint in typing.get_type_hints(Job).items() if isinstance(hint, type) and issubclass(hint, enum.IntEnum)}

@@ -98,6 +98,7 @@ class FileInfo(WireModel):
     bytes_total: int = Field(description="-1 while unknown (BG_SIZE_UNKNOWN)")
     bytes_transferred: int
     completed: bool
+    transfer_rate: int = Field(0, description="bytes/s arriving now, as the daemon measures it (0: none)")
 
 
 class _JobInfoComputed(WireModel):
@@ -114,6 +115,7 @@ class _JobInfoComputed(WireModel):
     files_transferred: int
     error: ErrorInfo | None
     retry_time: float | None = Field(None, description="TRANSIENT_ERROR: Unix time of the next attempt")
+    transfer_rate: int = Field(0, description="TRANSFERRING: bytes/s arriving now, all files together")
     allowed_rate: int = Field(0, description="bytes/s the job may use now (0 = unlimited): the idle-bandwidth "
                               "controller's rate under the policy's and the job's caps, shared by background jobs")
     rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, "
@@ -278,6 +280,7 @@ class EventInfo(WireModel):
     files_total: int
     files_transferred: int
     file_index: int | None = Field(description="file_transferred: which file of the job")
+    transfer_rate: int = Field(0, description="TRANSFERRING: bytes/s arriving now, as the daemon measures it")
     file: FileInfo | None
     error: ErrorInfo | None
 
