@@ -26,7 +26,7 @@ from openbits.errors import ErrorCode
 
 from .cli import Cli, one_line_error
 from .daemon import DaemonProcess
-from .servers.faulty import FaultyServer
+from .servers.faulty import FaultyServer, content
 from .servers.nginx import NginxServer
 
 #: The summary line of a transfer whose stdout is no terminal.
@@ -344,3 +344,22 @@ def test_rate_and_time_left(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> N
     row = next(line for line in listed if job in line)
     assert re.search(r"[\d.]+ [kM]B/s\s+\d+ (second|minute)", row), row
     cli.ok("cancel", job)
+
+
+# -- 9, 10. the server's name for the file; -v from the daemon's own requests --------------------------
+
+
+def test_content_disposition_and_verbose(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
+    path = f"/cd-{uuid.uuid4().hex[:6]}"
+    query = "?size=10k&disposition=../../etc/report%202026.csv"
+    result = cli("transfer", "-v", faulty.url(path + query), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    url = faulty.url(path + query)
+    assert result.stderr.splitlines() == [f"openbits: > GET {url}", "openbits: < HTTP/1.1 200 OK"], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report 2026.csv"]  # its last component, here
+    match = SUMMARY.match(result.stdout.strip())
+    assert match and match["name"] == str(tmp_path / "report 2026.csv"), result.stdout
+    assert (tmp_path / "report 2026.csv").read_bytes() == content(path + query)
+    again = cli("transfer", faulty.url(path + query), cwd=tmp_path)  # the name is taken: the URL's name stays
+    assert again.returncode == 0 and again.stderr == (f"openbits: kept {tmp_path / path[1:]}: the server's name for "
+                                                      "it, report 2026.csv, is taken\n"), again.stderr

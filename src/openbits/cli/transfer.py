@@ -8,6 +8,7 @@ at that moment: then a background `openbits cancel --when-back` cancels it once 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import posixpath
 import re
@@ -26,7 +27,7 @@ from ..client import DaemonUnavailableError, Job
 from ..client.types import error_of
 from ..enums import SIZE_UNKNOWN, JobPriority, JobState, JobType
 from ..errors import BitsError, ErrorCode
-from ..schema.models import EventInfo, JobInfo
+from ..schema.models import EventInfo, ExchangeInfo, JobInfo
 from .app import EXIT_JOB_ERROR, EXIT_TIMEOUT, cli, fail, manager
 from .jobs import PRIORITY, job_type_options
 from .live import daemon_back, say
@@ -54,8 +55,9 @@ def remote_file_name(url: str) -> str:
     return name
 
 
-def pair_up(words: tuple[str, ...], job_type: JobType, output: str | None) -> list[tuple[str, str]]:
-    """URL [PATH] ... into (URL, PATH) pairs: a URL without a PATH is saved under its file name here.
+def pair_up(words: tuple[str, ...], job_type: JobType, output: str | None) -> tuple[list[tuple[str, str]], set[int]]:
+    """URL [PATH] ... into (URL, PATH) pairs, and the indexes of those whose PATH came from the URL: a URL
+    without a PATH is saved under its file name here.
 
     Uploads need both, URL first (as AddFile); a word that is no URL where a URL belongs is named, and so
     is the one that looks like the URL, since swapping the two is the common mistake.
@@ -63,8 +65,9 @@ def pair_up(words: tuple[str, ...], job_type: JobType, output: str | None) -> li
     if output is not None:
         if len(words) != 1 or not looks_like_url(words[0]):
             raise click.UsageError("-o/--output names the file of one URL: openbits transfer -o PATH URL")
-        return [(words[0], output)]
+        return [(words[0], output)], set()
     pairs: list[tuple[str, str]] = []
+    derived: set[int] = set()
     index = 0
     while index < len(words):
         url = words[index]
@@ -80,9 +83,40 @@ def pair_up(words: tuple[str, ...], job_type: JobType, output: str | None) -> li
         elif job_type != JobType.DOWNLOAD:
             raise click.UsageError(f"give the local file to upload after {url!r}: openbits transfer --upload URL PATH")
         else:
+            derived.add(len(pairs))
             pairs.append((url, remote_file_name(url)))
             index += 1
-    return pairs
+    return pairs, derived
+
+
+def plain_name(name: str | None) -> str | None:
+    """A server's Content-Disposition name as a file name here: its last component only, or None."""
+    if name is None:
+        return None
+    name = posixpath.basename(name.replace("\\", "/")).strip()
+    return None if name in ("", ".", "..") or "\0" in name else name
+
+
+def take_server_names(info: JobInfo, derived: set[int], names: dict[int, str]) -> list[str]:
+    """Rename each file saved under its URL's name to the name its server's Content-Disposition gave (curl -OJ),
+    in the same directory and never over an existing file; return every file's final path."""
+    final = [f.local_path for f in info.files]
+    for index in sorted(derived & names.keys()):
+        wanted = plain_name(names[index])
+        if wanted is None or wanted == os.path.basename(final[index]):
+            continue
+        target = os.path.join(os.path.dirname(final[index]), wanted)
+        try:
+            os.link(final[index], target)  # fails if the name is taken: nothing is replaced
+            os.unlink(final[index])
+        except FileExistsError:
+            say(f"kept {final[index]}: the server's name for it, {wanted}, is taken")
+            continue
+        except OSError as error:
+            say(f"kept {final[index]}: cannot rename it to {wanted} ({error.strerror})")
+            continue
+        final[index] = target
+    return final
 
 
 @contextlib.contextmanager
@@ -102,9 +136,19 @@ def _sigterm_interrupts() -> Iterator[None]:
 class _Watch:
     """What `transfer` tells the user while it follows the job: stderr lines and the bar's description."""
 
-    def __init__(self, job: Job, quiet: bool, fail_fast: bool) -> None:
-        self.job, self.quiet, self.fail_fast = job, quiet, fail_fast
+    def __init__(self, job: Job, quiet: bool, fail_fast: bool, verbose: bool) -> None:
+        self.job, self.quiet, self.fail_fast, self.verbose = job, quiet, fail_fast, verbose
         self._shown_error: tuple[int, float | None] | None = None
+        #: the file names the servers' Content-Disposition gave, by file index
+        self.names: dict[int, str] = {}
+
+    def exchange(self, info: ExchangeInfo) -> None:
+        """-v shows each request and answer as the daemon made them (curl's > and <)."""
+        if self.verbose:
+            self.say(f"> {info.request}")
+            self.say(f"< {info.response}")
+        if info.file_name is not None:
+            self.names[info.file_index] = info.file_name
 
     def say(self, line: str) -> None:
         if not self.quiet:
@@ -139,7 +183,19 @@ class _Watch:
         return f"retrying{note}"
 
 
-def _follow(job: Job, watch: _Watch, show_bar: bool, deadline: float | None) -> JobInfo:
+def _open_stream(job: Job, watch: _Watch) -> tuple[Iterator[EventInfo | None], EventInfo]:
+    """The job's event stream, open before the job is resumed so no HTTP exchange is missed; and its first
+    event (the job's history is replayed from seq 0, so one comes at once)."""
+    events = manager().events(0, job.id, idle=_TICK, on_lost=watch.lost, on_back=watch.back,
+                              on_exchange=watch.exchange)
+    for event in events:
+        if event is not None:
+            return events, event
+    raise DaemonUnavailableError("the event stream ended before it began")
+
+
+def _follow(job: Job, watch: _Watch, events: Iterator[EventInfo | None], first: EventInfo, show_bar: bool,
+            deadline: float | None) -> JobInfo:
     """Follow the job's events until it leaves the active states; return the last snapshot.
 
     The job was resumed before: its history (replayed from seq 0) starts SUSPENDED, so only a stop after it
@@ -148,8 +204,7 @@ def _follow(job: Job, watch: _Watch, show_bar: bool, deadline: float | None) -> 
     with transfer_progress(show_bar and not watch.quiet) as bar:
         task = bar.add_task(job.last_info.name, total=None)
         was_active = False
-        events = manager().events(0, job.id, idle=_TICK, on_lost=watch.lost, on_back=watch.back)
-        for event in events:
+        for event in itertools.chain([first], events):
             if deadline is not None and time.monotonic() >= deadline:
                 raise _OutOfTime
             if event is None:
@@ -172,9 +227,9 @@ class _OutOfTime(Exception):
     """--max-time ran out."""
 
 
-def summary(info: JobInfo) -> str:
+def summary(info: JobInfo, paths: list[str]) -> str:
     """One line for logs and scripts: what was saved, how many bytes, how long, how fast (the daemon's times)."""
-    names = info.files[0].local_path if len(info.files) == 1 else f"{len(info.files)} files"
+    names = paths[0] if len(paths) == 1 else f"{len(paths)} files"
     seconds = max((info.transfer_completion_time or time.time()) - info.creation_time, 0.001)
     rate = decimal(int(info.bytes_transferred / seconds))
     return f"{names}: {decimal(info.bytes_transferred)} in {seconds:.1f} s ({rate}/s)"
@@ -197,6 +252,8 @@ def cancel_when_back(job: Job) -> None:
 @click.option("--priority", type=PRIORITY, default=JobPriority.FOREGROUND.name, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the final job as JSON instead of a progress bar.")
 @click.option("-q", "--quiet", is_flag=True, help="No bar, no summary, no notes: only errors.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show each HTTP request and the status line answering it, as the daemon makes them.")
 @click.option("--fail-fast", is_flag=True, help="End at the first transient error (cancelling the job), with it.")
 @click.option("--retry-delay", type=click.IntRange(0), metavar="SECONDS",
               help="Seconds between retries after a transient error (the job's minimum retry delay).")
@@ -205,30 +262,32 @@ def cancel_when_back(job: Job) -> None:
 @click.option("--max-time", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Give up after this long in all (the job is cancelled; exit 7).")
 def transfer(job_type: str, words: tuple[str, ...], output: str | None, name: str, priority: str,
-             as_json: bool, quiet: bool, fail_fast: bool, retry_delay: int | None, retry_timeout: int | None,
-             max_time: float | None) -> None:
+             as_json: bool, quiet: bool, verbose: bool, fail_fast: bool, retry_delay: int | None,
+             retry_timeout: int | None, max_time: float | None) -> None:
     """Transfer files now, like Start-BitsTransfer: create, add, resume, wait, complete.
 
     A URL without a PATH is saved under the file name its path ends in, in the current directory
-    (index.html when it names none). While the job waits to retry after a transient error the reason
+    (index.html when it names none), or under the name the server's Content-Disposition gives (never a
+    path elsewhere, never over an existing file). While the job waits to retry after a transient error the reason
     and the next try are shown. On success a summary line is printed when stdout is no terminal.
 
     Exit codes: 0 transferred; 4 ERROR (the job is left for inspection, its GUID printed); 7 --max-time
     or --retry-timeout ran out; 130 Ctrl-C or SIGTERM, which cancel the job as Start-BitsTransfer's
     synchronous mode does.
     """
-    files = pair_up(words, JobType[job_type], output)
+    files, derived = pair_up(words, JobType[job_type], output)
     started = time.monotonic()
     job = manager().create_job(name, JobType[job_type], priority=JobPriority[priority.upper()])
-    watch = _Watch(job, quiet, fail_fast)
+    watch = _Watch(job, quiet, fail_fast, verbose)
     try:
         with _sigterm_interrupts():
             job.add_files(files)
             changes = {"minimum_retry_delay": retry_delay, "no_progress_timeout": retry_timeout}
             if any(value is not None for value in changes.values()):
                 job.set_properties(**{key: value for key, value in changes.items() if value is not None})
+            events, first = _open_stream(job, watch)
             job.resume()
-            info = _follow(job, watch, not as_json, None if max_time is None else started + max_time)
+            info = _follow(job, watch, events, first, not as_json, None if max_time is None else started + max_time)
     except KeyboardInterrupt:
         try:
             job.cancel()
@@ -246,6 +305,7 @@ def transfer(job_type: str, words: tuple[str, ...], output: str | None, name: st
         raise
     if info.state == JobState.TRANSFERRED:
         info = job.complete()
+    paths = take_server_names(info, derived, watch.names) if info.state == JobState.ACKNOWLEDGED else []
     if as_json:
         print_json(info)
     if info.state == JobState.ERROR:
@@ -256,4 +316,4 @@ def transfer(job_type: str, words: tuple[str, ...], output: str | None, name: st
     if info.state != JobState.ACKNOWLEDGED:
         fail(f"job {job.id} ended {info.state.name}, not transferred")
     if not (as_json or quiet or sys.stdout.isatty()):
-        click.echo(summary(info))
+        click.echo(summary(info, paths))

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..schema.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
+from ..schema.models import DaemonStatus, EventInfo, ExchangeInfo, HelperTokenUser, JobInfo, LogonResult
 from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage, TokenFlags
 from ..errors import BitsError
 from ..model.job import JOB_PROPERTIES
@@ -318,7 +318,8 @@ class Manager:
     def events(self, since: int | None = None, job: str | None = None, all_users: bool = False,
                follow_live: bool = True, idle: float | None = None, *,
                on_lost: Callable[[str], None] | None = None,
-               on_back: Callable[[], None] | None = None) -> Iterator[EventInfo | None]:
-        """See AsyncManager.events; on_lost and on_back run on the client's loop thread."""
+               on_back: Callable[[], None] | None = None,
+               on_exchange: Callable[[ExchangeInfo], None] | None = None) -> Iterator[EventInfo | None]:
+        """See AsyncManager.events; the on_ callbacks run on the client's loop thread."""
         return self._loop.iterate(self._manager.events(since, job, all_users, follow_live, idle,
-                                                       on_lost=on_lost, on_back=on_back))
+                                                       on_lost=on_lost, on_back=on_back, on_exchange=on_exchange))

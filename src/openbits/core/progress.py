@@ -8,11 +8,23 @@ and the runner awaits `flush()` before it leaves the file.
 from __future__ import annotations
 
 import asyncio
+import email.message
 import time
+from collections.abc import Mapping
 
 from ..model.job import Job
 from ..model.rate import RateMeter
 from .service import JobService
+
+
+def disposition_name(header: str | None) -> str | None:
+    """The file name a Content-Disposition header gives (filename*= in UTF-8 included), as the server wrote
+    it: whoever uses it must still make it a plain name (cli/transfer.py does)."""
+    if not header:
+        return None
+    message = email.message.Message()
+    message["Content-Disposition"] = header
+    return message.get_filename()
 
 
 class SavedProgress:
@@ -36,6 +48,11 @@ class SavedProgress:
         else:
             f.meter.sample(f.bytes_transferred, now)
         self._service.events.progressed(self._job, self._index)
+
+    def exchanged(self, request: str, response: str, headers: Mapping[str, str]) -> None:
+        """An HTTP request of this file and its answer: to the streams that asked for them (`transfer -v`)."""
+        self._service.events.exchanged(self._job, self._index, request, response,
+                                       disposition_name(headers.get("Content-Disposition")))
 
     def _save(self) -> None:
         """Queue a save of the job with this file."""

@@ -29,13 +29,13 @@ from typing import NamedTuple
 
 import orjson
 
-from ..schema.models import ErrorInfo, EventInfo
+from ..schema.models import ErrorInfo, EventInfo, ExchangeInfo
 from ..schema.views import built, file_info, file_values
 from ..model.job import JOB_PROPERTIES, Job
 from ..model.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
 from ..store import Store
-from ..model.event import NOTIFICATIONS, Event, EventKind, wanted
+from ..model.event import NOTIFICATIONS, Event, EventKind, Exchange, wanted
 
 #: Events a live subscriber may have queued before it counts as too slow and is dropped.
 SUBSCRIBER_BACKLOG = 20_000
@@ -120,11 +120,13 @@ class Subscription:
     owner_uid: int | None  # None: every user's (an administrator with all_users)
     job_id: str | None
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_BACKLOG))
+    queue: asyncio.Queue[Event | Exchange | None] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_BACKLOG))
+    #: the stream asked for the HTTP exchanges of the jobs it sees (exchanges=true)
+    exchanges: bool = False
     #: why the stream must end (too slow, superseded); the writer says it and closes
     ended: str | None = None
 
-    def sees(self, event: Event) -> bool:
+    def sees(self, event: Event | Exchange) -> bool:
         return ((self.owner_uid is None or event.owner_uid == self.owner_uid)
                 and (self.job_id is None or event.job_id == self.job_id))
 
@@ -262,8 +264,23 @@ class EventBus:
                     except asyncio.QueueFull:
                         sub.end("too slow: reconnect with the last seq to catch up")
 
-    def subscribe(self, owner_uid: int | None, job_id: str | None) -> Subscription:
-        sub = Subscription(owner_uid, job_id)
+    def exchanged(self, job: Job, index: int, request: str, response: str, file_name: str | None) -> None:
+        """An HTTP request of the job and its answer, to the live streams that asked for them (not stored)."""
+        listening = [sub for sub in self._subscribers if sub.exchanges and sub.ended is None]
+        if not listening:
+            return
+        info = ExchangeInfo(time=time.time(), job_id=job.id, file_index=index, request=request, response=response,
+                            file_name=file_name)
+        exchange = Exchange(job.id, job.owner_uid, info.model_dump_json())
+        for sub in listening:
+            if sub.sees(exchange):
+                try:
+                    sub.queue.put_nowait(exchange)
+                except asyncio.QueueFull:
+                    sub.end("too slow: reconnect with the last seq to catch up")
+
+    def subscribe(self, owner_uid: int | None, job_id: str | None, exchanges: bool = False) -> Subscription:
+        sub = Subscription(owner_uid, job_id, exchanges=exchanges)
         self._subscribers.add(sub)
         return sub
 

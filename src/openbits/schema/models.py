@@ -285,6 +285,21 @@ class EventInfo(WireModel):
     error: ErrorInfo | None
 
 
+#: The name of a stream message that carries an ExchangeInfo (only with exchanges=true; never stored).
+STREAM_EXCHANGE = "exchange"
+
+
+class ExchangeInfo(WireModel):
+    """One HTTP request of a job's transfer and the status line answering it (`openbits transfer -v`)."""
+
+    time: float = Field(description="Unix time")
+    job_id: str
+    file_index: int
+    request: str = Field(description="the request line, e.g. 'GET http://host/a.iso (Range: bytes=100-)'")
+    response: str = Field(description="the status line, e.g. 'HTTP/1.1 206 Partial Content'")
+    file_name: str | None = Field(None, description="the file name the answer's Content-Disposition gives")
+
+
 #: The name of a stream's last message when the daemon stops (its data says so); clients reconnect later.
 STREAM_SHUTDOWN = "shutdown"
 

@@ -86,6 +86,10 @@ class DownloadSink(Protocol):
     def durable(self, offset: int) -> None:
         """Bytes [0, offset) are fsync'ed in the temporary file: the core may record this offset."""
 
+    def exchanged(self, request: str, response: str, headers: Mapping[str, str]) -> None:
+        """One HTTP request line and the status line answering it (`openbits transfer -v`), with the answer's
+        headers (a Content-Disposition names the file)."""
+
 
 class Throttle(Protocol):
     """Bandwidth seam: wait until `nbytes` may pass. None means unlimited."""

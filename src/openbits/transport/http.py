@@ -15,7 +15,7 @@ import email.utils
 import functools
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import NoReturn
@@ -180,6 +180,7 @@ class HttpTransport:
                 # or the server sees our buffers fill, not our rate.
                 read_bufsize=None if throttle is None else THROTTLED_READ,
             ) as resp:
+                _tell_exchanges(sink, url, headers, resp)
                 if resp.status not in (200, 206, 416):
                     _raise_for_status(resp, shown)
                 accepted = _accept(resp, spec.offset if resume else 0, old if resume else None)
@@ -231,6 +232,19 @@ class HttpTransport:
             yield response
         finally:
             response.release()
+
+
+def _tell_exchanges(sink: DownloadSink, url: URL, headers: Mapping[str, str],
+                    resp: aiohttp.ClientResponse | fastget.Response) -> None:
+    """The request line (with its Range) and the answer's status line, redirects first, to the sink."""
+    answers = [*getattr(resp, "history", ()), resp]
+    for answer in answers:
+        target = getattr(answer, "url", url)
+        asked = f"GET {display_url(target)}" + (f" (Range: {headers['Range']})" if "Range" in headers else "")
+        version = getattr(answer, "version", None)
+        protocol = f"HTTP/{version.major}.{version.minor}" if version is not None else "HTTP/1.1"
+        sink.exchanged(asked, f"{protocol} {answer.status} {answer.reason or status_phrase(answer.status)}",
+                       answer.headers)
 
 
 def _parse_url(raw: str) -> URL:
