@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
@@ -97,7 +97,8 @@ def plain_name(name: str | None) -> str | None:
     return None if name in ("", ".", "..") or "\0" in name else name
 
 
-def take_server_names(info: JobInfo, derived: set[int], names: dict[int, str]) -> list[str]:
+def take_server_names(info: JobInfo, derived: set[int], names: dict[int, str], say: Callable[[str], None]
+                      ) -> list[str]:
     """Rename each file saved under its URL's name to the name its server's Content-Disposition gave (curl -OJ),
     in the same directory and never over an existing file; return every file's final path."""
     final = [f.local_path for f in info.files]
@@ -305,7 +306,7 @@ def transfer(job_type: str, words: tuple[str, ...], output: str | None, name: st
         raise
     if info.state == JobState.TRANSFERRED:
         info = job.complete()
-    paths = take_server_names(info, derived, watch.names) if info.state == JobState.ACKNOWLEDGED else []
+    paths = take_server_names(info, derived, watch.names, watch.say) if info.state == JobState.ACKNOWLEDGED else []
     if as_json:
         print_json(info)
     if info.state == JobState.ERROR:
