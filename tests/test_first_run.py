@@ -23,6 +23,15 @@ from .test_cli_first_hour import SUMMARY
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _until_connected(pid: int) -> None:
+    """Until the process holds a socket (its connection to the daemon): a Ctrl-C before that lands while
+    Python is still importing, where the interpreter itself prints a traceback."""
+    deadline = time.monotonic() + 60
+    while not any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd")):
+        assert time.monotonic() < deadline, "monitor never connected"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_first_run_from_a_fresh_virtualenv(tmp_path: Path, nginx: NginxServer) -> None:
     venv, home, work = tmp_path / "venv", tmp_path / "home", tmp_path / "work"
@@ -55,6 +64,7 @@ def test_first_run_from_a_fresh_virtualenv(tmp_path: Path, nginx: NginxServer) -
 
         monitor = subprocess.Popen(["openbits", "monitor"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
+        _until_connected(monitor.pid)
         time.sleep(1)
         monitor.send_signal(signal.SIGINT)
         shown, errors = monitor.communicate(timeout=30)
