@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import shutil
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -186,6 +189,29 @@ def samba() -> Iterator["SambaServer"]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A URL whose server accepts connections and never answers, so a transfer stays in progress."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/never.bin"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
 
 
 @pytest.hookimpl(tryfirst=True)

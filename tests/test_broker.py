@@ -529,3 +529,15 @@ async def test_a_stopped_broker_stalls_only_until_the_timeout(alice: RealUser, a
         wait_until(lambda: gone(stopped), 3, "the stopped broker to exit", interval=0.01)  # it sees EOF and exits
     finally:
         await started.aclose()
+
+
+def test_complete_never_replaces_what_is_no_regular_file(tmp_path: Path) -> None:
+    """A FIFO (or device, socket, folder) that took the destination's name after AddFile survives Complete."""
+    files = DiskFiles("root")
+    temp, final = tmp_path / ".f.obt", tmp_path / "f"
+    os.close(files.open_temp(str(temp), True))
+    os.mkfifo(final)
+    [error] = files.commit([(str(temp), str(final))])
+    assert error is not None and error.code == ErrorCode.E_INVALIDARG
+    assert error.description.startswith(f"{final} is an existing FIFO, which openbits never replaces")
+    assert stat.S_ISFIFO(os.lstat(final).st_mode) and temp.exists()

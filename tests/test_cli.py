@@ -2,56 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from openbits.schema.models import JobInfo, JobList
 
+from .cli import Cli, one_line_error
 from .daemon import DaemonProcess
 from .servers.nginx import NginxServer
 from .waiting import wait_until
 
 
-class Cli:
-    """Runs `python -m openbits.cli` against one daemon socket, never starting one of its own."""
-
-    def __init__(self, socket: Path, env: dict[str, str]) -> None:
-        self.socket = socket
-        self.env = env
-
-    def __call__(self, *args: str, socket: Path | None = None, timeout: float = 60,
-                 input: str | None = None) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "openbits.cli", "--socket", str(socket or self.socket), "--no-autostart"]
-        return subprocess.run(command + list(args), capture_output=True, text=True, env=self.env, timeout=timeout,
-                              input=input)
-
-    def ok(self, *args: str) -> str:
-        result = self(*args)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-
 @pytest.fixture
 def cli(daemon: DaemonProcess) -> Cli:
     return Cli(daemon.socket, daemon.env)
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int, prefix: str) -> None:
-    """The failure is one line naming the reason, and no traceback."""
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(prefix), result.stderr
 
 
 def test_transfer_json(cli: Cli, nginx: NginxServer, tmp_path: Path) -> None:
@@ -68,7 +39,7 @@ def test_transfer_json(cli: Cli, nginx: NginxServer, tmp_path: Path) -> None:
 
 def test_transfer_error_leaves_the_job(cli: Cli, nginx: NginxServer, tmp_path: Path) -> None:
     result = cli("transfer", nginx.url("missing.bin"), str(tmp_path / "missing.bin"))
-    one_line_error(result, 1, "openbits: BG_E_HTTP_ERROR_404")
+    one_line_error(result, 4, "openbits: BG_E_HTTP_ERROR_404")
     guid = result.stderr.split("(job ")[1].split(" ")[0]
     assert cli.ok("getstate", guid).strip() == "ERROR"
     assert cli.ok("geterror", guid).startswith("BG_E_HTTP_ERROR_404")
@@ -114,7 +85,8 @@ def test_setters_and_getters(cli: Cli) -> None:
     assert cli.ok("getbytestransferred", guid).strip() == "0"
     assert cli.ok("geterror", guid) == ""
     assert cli.ok("getowner", guid).strip()
-    assert cli.ok("wait", guid, "--timeout", "5").strip() == "SUSPENDED"
+    waited = cli("wait", guid, "--timeout", "5")
+    assert (waited.returncode, waited.stdout) == (6, "SUSPENDED\n")
     cli.ok("cancel", guid)
 
 
@@ -145,36 +117,13 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
     guid = cli.ok("create", f"usage-{uuid.uuid4().hex[:8]}").strip()
     assert cli("setpriority", guid, "URGENT").returncode == 2
     assert cli("setminretrydelay", guid, "-1").returncode == 2
-    assert cli("transfer", "http://127.0.0.1:9/only-a-url").returncode == 2
+    assert cli("transfer", "not-a-url", "http://127.0.0.1:9/a").returncode == 2
     assert cli("setcustomheaders", guid).returncode == 2
     cli.ok("cancel", guid)
 
 
 def test_unreachable_daemon_exits_3(cli: Cli, tmp_path: Path) -> None:
     one_line_error(cli("list", socket=tmp_path / "nobody.sock"), 3, "openbits: no openbits daemon answers on ")
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A URL whose server accepts connections and never answers, so a transfer stays in progress."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                held.append(listener.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/never.bin"
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    listener.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

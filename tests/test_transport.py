@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ class Sink:
         self.starts: list[tuple[RemoteValidator, int]] = []
         self.progress: list[int] = []
         self.durables: list[int] = []
+        self.exchanges: list[tuple[str, str]] = []
 
     @property
     def durable_offset(self) -> int:
@@ -38,6 +39,9 @@ class Sink:
 
     def received(self, offset: int) -> None:
         self.progress.append(offset)
+
+    def exchanged(self, request: str, response: str, headers: Mapping[str, str]) -> None:
+        self.exchanges.append((request, response))
 
     def durable(self, offset: int) -> None:
         assert offset <= os.fstat(self.fd).st_size

@@ -555,7 +555,7 @@ async def test_mounted_as_subapp(root: Path) -> None:
 @contextlib.asynccontextmanager
 async def _cli_server(root: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """openbits-server as a command on a free port: (process, port); killed afterwards if still running."""
-    command = [sys.executable, "-m", "openbits.server", "--root", str(root), "--listen", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "openbits.server", "--root", str(root), "--create-root", "--listen", "127.0.0.1:0"]
     proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None

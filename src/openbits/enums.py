@@ -9,7 +9,26 @@ from __future__ import annotations
 import enum
 
 
-class JobState(enum.IntEnum):
+class BitsEnum(enum.IntEnum):
+    """An IntEnum that prints as `JobState.TRANSFERRED` (Python 3.11 prints IntEnum as its number) and still
+    compares, sorts and formats (`{:d}`, `{:x}`) as the integer it is."""
+
+    __str__ = enum.Enum.__str__
+
+    def __format__(self, spec: str) -> str:
+        return str(self) if not spec else int.__format__(int(self), spec)
+
+
+class BitsFlag(enum.IntFlag):
+    """An IntFlag that prints as `NotifyFlags.JOB_TRANSFERRED|JOB_ERROR` and stays an int otherwise."""
+
+    __str__ = enum.Flag.__str__
+
+    def __format__(self, spec: str) -> str:
+        return str(self) if not spec else int.__format__(int(self), spec)
+
+
+class JobState(BitsEnum):
     QUEUED = 0
     CONNECTING = 1
     TRANSFERRING = 2
@@ -31,20 +50,25 @@ class JobState(enum.IntEnum):
         return self in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR)
 
 
-class JobPriority(enum.IntEnum):
+class JobPriority(BitsEnum):
     FOREGROUND = 0
     HIGH = 1
     NORMAL = 2
     LOW = 3
 
 
-class JobType(enum.IntEnum):
+class JobType(BitsEnum):
     DOWNLOAD = 0
     UPLOAD = 1
     UPLOAD_REPLY = 2
 
+    @property
+    def phrase(self) -> str:
+        """"a DOWNLOAD job", "an UPLOAD job": for messages."""
+        return f"{'a' if self == JobType.DOWNLOAD else 'an'} {self.name} job"
 
-class ProxyUsage(enum.IntEnum):
+
+class ProxyUsage(BitsEnum):
     """BG_JOB_PROXY_USAGE: which proxy a job's HTTP requests go through (SetProxySettings)."""
 
     #: the administrator's or the daemon's environment's proxy (openbits.core.proxy says which)
@@ -56,7 +80,7 @@ class ProxyUsage(enum.IntEnum):
     AUTODETECT = 3
 
 
-class ErrorContext(enum.IntEnum):
+class ErrorContext(BitsEnum):
     NONE = 0
     UNKNOWN = 1
     GENERAL_QUEUE_MANAGER = 2
@@ -67,7 +91,7 @@ class ErrorContext(enum.IntEnum):
     REMOTE_APPLICATION = 7
 
 
-class TokenFlags(enum.IntFlag):
+class TokenFlags(BitsFlag):
     """IBitsTokenOptions::SetHelperTokenFlags values."""
 
     NONE = 0
@@ -75,7 +99,7 @@ class TokenFlags(enum.IntFlag):
     NETWORK = 0x2
 
 
-class NotifyFlags(enum.IntFlag):
+class NotifyFlags(BitsFlag):
     """BG_NOTIFY_* values for IBackgroundCopyJob::SetNotifyFlags."""
 
     NONE = 0
@@ -123,7 +147,7 @@ SIZE_UNKNOWN = -1
 # -- cost (issue 6): BITS_COST_STATE and BITS_JOB_TRANSFER_POLICY (bits5_0.h) --
 
 
-class CostState(enum.IntFlag):
+class CostState(BitsFlag):
     """BITS_COST_STATE: what the network costs now (one state), and the bits a transfer policy combines."""
 
     UNRESTRICTED = 0x1
@@ -138,7 +162,7 @@ class CostState(enum.IntFlag):
     IGNORE_CONGESTION = 0x80000000  # BITS_COST_OPTION_IGNORE_CONGESTION
 
 
-class TransferPolicy(enum.IntEnum):
+class TransferPolicy(BitsEnum):
     """BITS_JOB_TRANSFER_POLICY: the named values of BITS_JOB_PROPERTY_ID_COST_FLAGS (any OR of CostState is valid)."""
 
     ALWAYS = 0x800000FF
@@ -164,14 +188,14 @@ def cost_flags_name(flags: int) -> str:
     except ValueError:
         return f"0x{flags:08x}"
 
-class AuthTarget(enum.IntEnum):
+class AuthTarget(BitsEnum):
     """BG_AUTH_TARGET."""
 
     SERVER = 1
     PROXY = 2
 
 
-class AuthScheme(enum.IntEnum):
+class AuthScheme(BitsEnum):
     """BG_AUTH_SCHEME; openbits answers BASIC and DIGEST challenges."""
 
     BASIC = 1

@@ -7,13 +7,12 @@ caller sees the same name, number and description wherever it stands.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
-from .enums import ErrorContext
+from .enums import BitsEnum, ErrorContext
 
 
-class ErrorCode(enum.IntEnum):
+class ErrorCode(BitsEnum):
     """HRESULT values, named as in the BITS documentation (without the BG_E_ prefix for BITS codes)."""
 
     S_OK = 0

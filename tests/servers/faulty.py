@@ -25,6 +25,7 @@ the size and the faults. URL grammar (all parameters optional):
       &bad_range=always        ... and answer whole-file requests the same way
       &redirect=N              302 to this URL with redirect=N-1 (0 serves the file)
       &redirect=loop           302 to this very URL, forever
+      &disposition=NAME        Content-Disposition: attachment; filename="NAME"
 
 Without faults it is a correct HTTP/1.1 file server: Range (single ranges),
 If-Range against the strong ETag or the Last-Modified date, 416 past the end.
@@ -194,6 +195,8 @@ class _App:
             headers["ETag"] = version.etag
         if version.last_modified:
             headers["Last-Modified"] = version.last_modified
+        if "disposition" in query:
+            headers["Content-Disposition"] = f'attachment; filename="{query["disposition"]}"'
         first, last, status = 0, size - 1, 200
         try:
             wanted = self._wanted_range(request, query, version, size)

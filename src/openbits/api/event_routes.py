@@ -17,10 +17,10 @@ from aiohttp import web
 from ..model.job import Job
 from ..errors import BitsError, ErrorCode
 from ..events.bus import Subscription
-from ..model.event import Event
+from ..model.event import Event, Exchange
 from ..events.notify import check_cmdline
 from ..store import Store
-from ..schema.models import AckResult, EventAck, NotifyCmdLine, StreamReady
+from ..schema.models import STREAM_EXCHANGE, STREAM_SHUTDOWN, AckResult, EventAck, NotifyCmdLine, StreamReady
 from .request import DELIVERIES, SERVICE, caller, flag, parse, respond, respond_job
 
 log = logging.getLogger("openbits.api")
@@ -31,6 +31,10 @@ event_routes = web.RouteTableDef()
 _LIVENESS = 1.0
 #: Seconds between keep-alive comments on an idle stream.
 _KEEPALIVE = 15.0
+
+
+#: How a stream's last message is named after the reason it ends for; any other ending is "dropped".
+_ENDINGS = ("superseded", STREAM_SHUTDOWN)
 
 
 def _number(request: web.Request, name: str, kind: type[int] | type[float], header: str | None = None
@@ -51,14 +55,21 @@ def _sse(event: Event) -> bytes:
     return f"id: {event.seq}\nevent: {event.kind.value}\ndata: {event.doc}\n\n".encode()
 
 
+def _exchange_sse(exchange: Exchange) -> bytes:
+    """An HTTP exchange of a job (exchanges=true): no id, since it is never stored or replayed."""
+    return f"event: {STREAM_EXCHANGE}\ndata: {exchange.doc}\n\n".encode()
+
+
 @event_routes.get("/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
-    """The caller's events (a job's with job=, every user's with all_users=true for an administrator)."""
+    """The caller's events (a job's with job=, every user's with all_users=true for an administrator);
+    exchanges=true adds each HTTP request line and its answer's status line (`exchange` messages, live only)."""
     service, deliveries = request.app[SERVICE], request.app[DELIVERIES]
     who = caller(request)
     since = _number(request, "since", int, header="Last-Event-ID")
     timeout = _number(request, "timeout", float)
     all_users, callbacks = flag(request, "all_users"), flag(request, "callbacks")
+    exchanges = flag(request, "exchanges")
     if all_users and not service.is_admin(who):
         raise BitsError(ErrorCode.E_ACCESSDENIED, "only an administrator may follow all users' events")
     job = service.find(who, request.query["job"]) if "job" in request.query else None
@@ -67,7 +78,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             raise BitsError(ErrorCode.E_INVALIDARG, "callbacks=true registers a job's notify interface: give job=")
         job.check_modifiable()  # SetNotifyInterface: BG_E_INVALID_STATE once the job is final
     bus = service.events
-    sub = bus.subscribe(None if all_users or job else who.uid, job.id if job else None)
+    sub = bus.subscribe(None if all_users or job else who.uid, job.id if job else None, exchanges)
     try:
         if callbacks:
             assert job is not None
@@ -126,13 +137,14 @@ async def _follow(request: web.Request, response: web.StreamResponse, sub: Subsc
         batch = [first]
         while batch[-1] is not None and not sub.queue.empty():
             batch.append(sub.queue.get_nowait())
-        chunk = b"".join(_sse(e) for e in batch if e is not None and e.seq > last)
+        chunk = b"".join(_sse(e) if isinstance(e, Event) else _exchange_sse(e) for e in batch
+                         if isinstance(e, Exchange) or (e is not None and e.seq > last))
         if chunk:
             await response.write(chunk)
-            last = max(e.seq for e in batch if e is not None)
+            last = max([last, *(e.seq for e in batch if isinstance(e, Event))])
             quiet_since = loop.time()
     if sub.ended is not None:
-        name = "superseded" if sub.ended.startswith("superseded") else "dropped"
+        name = next((kind for kind in _ENDINGS if sub.ended.startswith(kind)), "dropped")
         await response.write(f"event: {name}\ndata: {sub.ended}\n\n".encode())
 
 

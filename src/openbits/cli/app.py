@@ -1,7 +1,8 @@
 """The `openbits` command group: global options, the shared Manager, and how failures become exit codes.
 
 Exit codes: 0 success, 1 a BITS refusal (one line `openbits: NAME: description`
-on stderr), 2 a usage error, 3 no daemon could be reached or started.
+on stderr), 2 a usage error, 3 no daemon could be reached or started; `wait` and
+`transfer` add the codes of the state a job ended in (EXIT_* below).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from ..version import __version__
 
 EXIT_BITS_ERROR = 1
 EXIT_UNREACHABLE = 3
+#: `wait`, `transfer`: the job is in ERROR (its error is shown; the job is left for inspection)
+EXIT_JOB_ERROR = 4
+#: `wait`: the job was cancelled
+EXIT_CANCELLED = 5
+#: `wait`: the job is SUSPENDED (nothing moves until someone resumes it)
+EXIT_SUSPENDED = 6
+#: `wait --timeout`, `transfer --max-time` / `--retry-timeout`: the time ran out before the job ended
+EXIT_TIMEOUT = 7
 
 
 @dataclass
@@ -44,9 +53,14 @@ class _Cli(click.Group):
             fail(f"{error.name}: {error.description}")
         except DaemonUnavailableError as error:
             fail(str(error), EXIT_UNREACHABLE)
+        except OSError as error:  # a local file or directory the command needs (a home it cannot write, ...)
+            where = f" ({error.filename})" if error.filename else ""
+            fail(f"{error.strerror or error}{where}: check that path's permissions, or set XDG_STATE_HOME / "
+                 "XDG_RUNTIME_DIR to directories you can write", EXIT_UNREACHABLE)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="openbits", message="%(prog)s %(version)s")
 @click.option(
     "--socket",
     "socket_path",

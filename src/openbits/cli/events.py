@@ -8,6 +8,7 @@ import click
 
 from ..enums import NotifyFlags
 from .app import cli, manager, open_job
+from .live import daemon_back, daemon_lost
 
 
 class _Flags(click.ParamType):
@@ -83,7 +84,8 @@ def getnotifycmdline(job: str) -> None:
 def events(since: int | None, job: str | None, all_users: bool, follow: bool) -> None:
     """Print events as JSON lines; `seq` orders them and survives daemon restarts (use it for --since)."""
     try:
-        for event in manager().events(since if since is not None or follow else 0, job, all_users, follow):
+        for event in manager().events(since if since is not None or follow else 0, job, all_users, follow,
+                                      on_lost=daemon_lost, on_back=daemon_back):
             if event is not None:
                 click.echo(event.model_dump_json())
     except KeyboardInterrupt:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
 
 from ..schema.models import JobInfo, JobList
+from ..client import DaemonUnavailableError
 from ..client.types import error_of
-from ..enums import JobPriority, JobType, TransferPolicy, cost_flags_name
-from .app import cli, manager, open_job
+from ..model.config import parse_rate
+from ..enums import JobPriority, JobState, JobType, TransferPolicy, cost_flags_name
+from .app import EXIT_CANCELLED, EXIT_JOB_ERROR, EXIT_SUSPENDED, EXIT_TIMEOUT, cli, manager, open_job
 from .render import console, error_line, job_panel, job_table, print_json
 
 PRIORITY = click.Choice([p.name for p in JobPriority], case_sensitive=False)
@@ -33,13 +36,24 @@ class _CostFlags(click.ParamType):
             self.fail(f"{text!r}: give one of {', '.join(TransferPolicy.__members__)} or a number like 0x80000067")
 
 
+class _Rate(click.ParamType):
+    """A rate as the configuration writes it (model.config.parse_rate): 1048576, 20M, 800kbit/s."""
+
+    name = "RATE"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_rate(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 def job_type_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """bitsadmin's /Download, /Upload and /Upload-Reply, as one option."""
     for flag, kind in (("--upload-reply", JobType.UPLOAD_REPLY), ("--upload", JobType.UPLOAD)):
-        command = click.option(flag, "job_type", flag_value=kind.name, help=f"Create an {kind.name} job.")(command)
-    return click.option(
-        "--download", "job_type", flag_value=JobType.DOWNLOAD.name, default=True, help="Create a DOWNLOAD job (default)."
-    )(command)
+        command = click.option(flag, "job_type", flag_value=kind.name, help=f"Create {kind.phrase}.")(command)
+    return click.option("--download", "job_type", flag_value=JobType.DOWNLOAD.name, default=True,
+                        help=f"Create {JobType.DOWNLOAD.phrase} (the default).")(command)
 
 
 @cli.command()
@@ -92,7 +106,30 @@ def _action(name: str, method: str, doc: str) -> None:
 
 _action("resume", "resume", "Queue the job for transfer (new jobs start suspended).")
 _action("suspend", "suspend", "Pause the job; resume continues where it stopped.")
-_action("cancel", "cancel", "Delete the job and its temporary files.")
+#: How long `cancel --when-back` waits for a daemon that is away.
+WHEN_BACK_LIMIT = 7 * 86400.0
+#: Seconds between its looks at the socket.
+_WHEN_BACK_POLL = 1.0
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--when-back", is_flag=True,
+              help="If the daemon is away, wait for it (up to 7 days) and cancel then; `transfer` leaves one "
+                   "of these behind when Ctrl-C comes while the daemon is away.")
+def cancel(job: str, when_back: bool) -> None:
+    """Delete the job and its temporary files."""
+    deadline = time.monotonic() + WHEN_BACK_LIMIT
+    while True:
+        try:
+            open_job(job).cancel()
+            return
+        except DaemonUnavailableError:
+            if not when_back or time.monotonic() > deadline:
+                raise
+        time.sleep(_WHEN_BACK_POLL)
+
+
 _action("complete", "complete", "Move the transferred files to their names and end the job.")
 _action("takeownership", "take_ownership", "Make the caller the job's owner (administrators).")
 
@@ -112,8 +149,9 @@ _setter(
     "Set how long the job may make no progress before it fails.",
 )
 _setter("setmaxdownloadtime", "max_download_time", SECONDS, "SECONDS", "Set the download time limit (0: none).")
-_setter("setmaxbandwidth", "max_bandwidth", click.IntRange(min=0), "BYTES_PER_SECOND",
-        "Cap this job's bandwidth in bytes/s (0: no cap of its own).")
+_setter("setmaxbandwidth", "max_bandwidth", _Rate(), "RATE",
+        "Cap this job's bandwidth: bytes/s, or with units as in the configuration (20M, 800kbit/s, 2MiB/s; "
+        "0: no cap of its own).")
 _setter("setcostflags", "cost_flags", _CostFlags(), "POLICY",
         "Set the network cost states the job transfers in: ALWAYS, NOT_ROAMING (default), NO_SURCHARGE, "
         "STANDARD, UNRESTRICTED, or BITS_COST_STATE bits as a number.")
@@ -196,12 +234,32 @@ def list_jobs(all_users: bool, as_json: bool) -> None:
         console().print(job_table(jobs, show_owner=all_users))
 
 
+#: `wait`'s exit code for the state the wait ended in; an active state means the timeout ran out.
+WAIT_EXIT = {
+    JobState.TRANSFERRED: 0,
+    JobState.ACKNOWLEDGED: 0,
+    JobState.ERROR: EXIT_JOB_ERROR,
+    JobState.CANCELLED: EXIT_CANCELLED,
+    JobState.SUSPENDED: EXIT_SUSPENDED,
+}
+
+
 @cli.command()
 @click.argument("job")
 @click.option("--timeout", type=click.FloatRange(0), help="Give up after this many seconds (default: never).")
 def wait(job: str, timeout: float | None) -> None:
-    """Wait until the job is TRANSFERRED, ERROR, SUSPENDED, ACKNOWLEDGED or CANCELLED; print that state."""
-    click.echo(open_job(job).wait(timeout).name)
+    """Wait until the job is TRANSFERRED, ERROR, SUSPENDED, ACKNOWLEDGED or CANCELLED; print that state.
+
+    Exit code: 0 TRANSFERRED (or ACKNOWLEDGED), 4 ERROR (the error on stderr), 5 CANCELLED, 6 SUSPENDED,
+    7 the timeout ran out first (the state it is in is printed), so `openbits wait JOB && openbits complete JOB`
+    completes only a transferred job.
+    """
+    info = open_job(job).wait_info(timeout)
+    click.echo(info.state.name)
+    error = error_of(info)
+    if info.state == JobState.ERROR and error is not None:
+        click.echo(f"openbits: {error_line(error)}", err=True)
+    raise click.exceptions.Exit(WAIT_EXIT.get(info.state, EXIT_TIMEOUT))
 
 
 @cli.command()

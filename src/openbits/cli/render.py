@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from rich.console import Console, Group
 from rich.filesize import decimal
 from rich.panel import Panel
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
 from rich.table import Table
 
 from ..model.job import JOB_PROPERTIES
@@ -55,6 +56,22 @@ def state_text(state: JobState) -> str:
     return f"[{style}]{state.name}[/]" if style else state.name
 
 
+#: Units a duration is shown in, largest first.
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read them: "14 days", "1 hour 30 minutes", "45 seconds" (two units at most)."""
+    left, parts = round(seconds), []
+    for name, size in _UNITS:
+        count, left = divmod(left, size)
+        if count and len(parts) < 2:
+            parts.append(f"{count} {name}{'s' if count != 1 else ''}")
+        elif parts:
+            break
+    return " ".join(parts) or "0 seconds"
+
+
 def _time(stamp: float | None) -> str:
     return "-" if stamp is None else datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
 
@@ -62,6 +79,17 @@ def _time(stamp: float | None) -> str:
 def error_line(error: BitsError) -> str:
     """One line naming the error, its number and where it happened (GetError's code and context)."""
     return f"{error.name} (0x{error.code:08X}) in {error.context.name}: {error.description}"
+
+
+def rate_text(rate: int) -> str:
+    return f"{decimal(rate)}/s" if rate else "-"
+
+
+def time_left(total: int, done: int, rate: int) -> str:
+    """From the daemon's rate; "-" while the size or the rate is unknown."""
+    if total == SIZE_UNKNOWN or not rate or total < done:
+        return "-"
+    return duration(max(1, (total - done) / rate)) if total > done else "0 seconds"
 
 
 def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
@@ -74,6 +102,8 @@ def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
     table.add_column("PRIORITY")
     table.add_column("FILES", justify="right")
     table.add_column("BYTES", justify="right")
+    table.add_column("RATE", justify="right")
+    table.add_column("LEFT", justify="right")
     if show_owner:
         table.add_column("OWNER")
     for job in jobs:
@@ -85,6 +115,8 @@ def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
             job.priority.name,
             f"{job.files_transferred} / {job.files_total}",
             f"{size(job.bytes_transferred)} / {size(job.bytes_total)}",
+            rate_text(job.transfer_rate),
+            time_left(job.bytes_total, job.bytes_transferred, job.transfer_rate),
         ]
         table.add_row(*row, *([job.owner] if show_owner else []))
     return table
@@ -94,7 +126,7 @@ def job_table(jobs: list[JobInfo], show_owner: bool = False) -> Table:
 _SHOWN: dict[str, Callable[[Any], str]] = {
     "text": str,
     "name": lambda value: value.name,
-    "seconds": lambda value: f"{value} s",
+    "seconds": lambda value: duration(value),
     "rate": lambda value: f"{decimal(value)}/s",
     "time": lambda value: _time(value),
     "yes_no": lambda value: "yes" if value else "no",
@@ -121,6 +153,8 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("Owner", f"{job.owner} (uid {job.owner_uid})"),
         ("Files", f"{job.files_transferred} / {job.files_total}"),
         ("Bytes", f"{size(job.bytes_transferred)} / {size(job.bytes_total)}"),
+        ("Rate", rate_text(job.transfer_rate)),
+        ("Time left", time_left(job.bytes_total, job.bytes_transferred, job.transfer_rate)),
         ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate
                           else "nothing" if job.rate_reason.startswith((BLOCKED_BY_COST, NOT_LOGGED_ON))
                           else "unlimited")
@@ -133,23 +167,43 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
     files = Table(title="Files", title_justify="left", box=None, pad_edge=False)
     files.add_column("BYTES", justify="right", no_wrap=True)
     files.add_column("DONE")
+    files.add_column("RATE", justify="right")
+    files.add_column("LEFT", justify="right")
     files.add_column("REMOTE")
     files.add_column("LOCAL")
     for file in job.files:
         transferred = f"{size(file.bytes_transferred)} / {size(file.bytes_total)}"
-        files.add_row(transferred, "yes" if file.completed else "no", file.remote_url, file.local_path)
+        files.add_row(transferred, "yes" if file.completed else "no", rate_text(file.transfer_rate),
+                      time_left(file.bytes_total, file.bytes_transferred, file.transfer_rate), file.remote_url,
+                      file.local_path)
     return Panel(Group(props, files) if job.files else props, title=job.name, title_align="left", expand=False)
 
 
+class _DaemonRate(ProgressColumn):
+    """The daemon's own rate of the job (the event's transfer_rate), not one guessed from redraws."""
+
+    def render(self, task: Task) -> Text:
+        return Text(rate_text(task.fields.get("rate", 0)), style="progress.data.speed")
+
+
+class _DaemonTimeLeft(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        total = SIZE_UNKNOWN if task.total is None else int(task.total)
+        return Text(time_left(total, int(task.completed), task.fields.get("rate", 0)), style="progress.remaining")
+
+
 def transfer_progress(show: bool) -> Progress:
-    """The progress bar of `openbits transfer`, on stderr so stdout stays for results; only on a terminal."""
+    """The progress bar of `openbits transfer`, on stderr so stdout stays for results; only on a terminal.
+
+    With a size unknown it shows the bytes so far (and a pulsing bar), not 0/0.
+    """
     out = console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+        _DaemonRate(),
+        _DaemonTimeLeft(),
         console=out,
         disable=not (show and out.is_terminal),
     )

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from ..schema.models import (
     CredentialsRequest,
     DaemonStatus,
     EventInfo,
+    ExchangeInfo,
     HelperTokenUser,
     JobInfo,
     JobList,
@@ -340,11 +341,17 @@ class AsyncManager:
         return await (await self.connection()).request("POST", "/v1/logon", LogonResult, body=body)
 
     async def events(self, since: int | None = None, job: str | None = None, all_users: bool = False,
-                     follow_live: bool = True, idle: float | None = None) -> AsyncIterator[EventInfo | None]:
+                     follow_live: bool = True, idle: float | None = None, *,
+                     on_lost: Callable[[str], None] | None = None,
+                     on_back: Callable[[], None] | None = None,
+                     on_exchange: Callable[[ExchangeInfo], None] | None = None) -> AsyncIterator[EventInfo | None]:
         """Your events (one job's with job=, everybody's with all_users for an administrator) after `since`
         (None: from now on), reconnecting across daemon restarts. follow_live=False: the stored ones, then stop.
-        With idle, None comes whenever that many seconds pass without an event."""
+        With idle, None comes whenever that many seconds pass without an event. on_lost(reason) is called
+        when the daemon goes away, on_back() when it answers again, on_exchange(info) with each HTTP request
+        of the transfers and its answer."""
         events = follow(await self.connection(), since=since, job=job, all_users=all_users,
-                        keep_following=follow_live)
+                        keep_following=follow_live, on_lost=on_lost, on_back=on_back,
+                        on_exchange=on_exchange)
         async for event in (events if idle is None else with_idle(events, idle)):
             yield event

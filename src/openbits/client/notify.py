@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..schema.models import AckResult, EventAck, EventInfo, StreamReady
+from ..schema.models import STREAM_EXCHANGE, STREAM_SHUTDOWN, AckResult, EventAck, EventInfo, ExchangeInfo, StreamReady
 from ..errors import BitsError, ErrorCode
 from .connection import Connection
 from .discovery import DaemonUnavailableError
@@ -58,34 +58,58 @@ async def _messages(connection: Connection, params: dict[str, str]) -> AsyncIter
 
 async def follow(connection: Connection, *, since: int | None = None, job: str | None = None, all_users: bool = False,
                  callbacks: bool = False, keep_following: bool = True,
-                 on_ready: Callable[[StreamReady], None] | None = None) -> AsyncIterator[EventInfo]:
+                 on_ready: Callable[[StreamReady], None] | None = None,
+                 on_lost: Callable[[str], None] | None = None,
+                 on_back: Callable[[], None] | None = None,
+                 on_exchange: Callable[[ExchangeInfo], None] | None = None) -> AsyncIterator[EventInfo]:
     """Events after `since` (None: from now on), reconnecting with the last seq seen until the caller stops.
 
     keep_following=False: the stored events only, then stop. A refusal (no such job, a final job with
     callbacks) raises BitsError; so does a stream the daemon ends because another interface took over.
+    on_lost(reason) is called once when the daemon goes away (it stops, or the connection breaks), and
+    on_back() when a stream is open again after that. on_exchange(info) gets each HTTP request of the
+    jobs' transfers and its answer (live only: none are replayed).
     """
     last = since
+    lost = False
+
+    def went_away(reason: str) -> None:
+        nonlocal lost
+        if not lost and on_lost is not None:
+            on_lost(reason)
+        lost = True
+
     while True:
         params = {key: value for key, value in (("job", job), ("since", None if last is None else str(last)),
                                                 ("all_users", "true" if all_users else None),
                                                 ("callbacks", "true" if callbacks else None),
+                                                ("exchanges", "true" if on_exchange else None),
                                                 ("timeout", None if keep_following else "0")) if value is not None}
         try:
             async for name, data in _messages(connection, params):
                 if name == "ready":
                     ready = StreamReady.model_validate_json(data)
                     last = ready.head if last is None else last
+                    if lost and on_back is not None:
+                        on_back()
+                    lost = False
                     if on_ready is not None:
                         on_ready(ready)
                 elif name == "superseded":
                     raise Superseded(data)
+                elif name == STREAM_EXCHANGE:
+                    if on_exchange is not None:
+                        on_exchange(ExchangeInfo.model_validate_json(data))
+                elif name == STREAM_SHUTDOWN:
+                    went_away(data.removeprefix(f"{STREAM_SHUTDOWN}: "))
                 elif name != "dropped":  # dropped: too slow; reconnect and catch up from the store
                     event = EventInfo.model_validate_json(data)
                     last = max(last or 0, event.seq)
                     yield event
-        except DaemonUnavailableError:
+        except DaemonUnavailableError as error:
             if not keep_following:
                 raise
+            went_away(str(error))
             await asyncio.sleep(RECONNECT_DELAY)
             continue
         if not keep_following:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..schema.models import DaemonStatus, EventInfo, HelperTokenUser, JobInfo, LogonResult
+from ..schema.models import DaemonStatus, EventInfo, ExchangeInfo, HelperTokenUser, JobInfo, LogonResult
 from ..enums import (AuthScheme, AuthTarget, CertStoreLocation, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage,
                      TokenFlags)
 from ..errors import BitsError
@@ -52,12 +52,20 @@ class _LoopThread:
                     return
         finally:
             if self._loop.is_running():  # not after Manager.close()
-                self.run(source.aclose())  # type: ignore[attr-defined]
+                self.run(_aclose(source))
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+async def _aclose(source: AsyncIterator[T]) -> None:
+    """Close an async generator whose step a Ctrl-C cancelled: the cancellation unwinds on the loop first
+    (closing it before that fails with "asynchronous generator is already running")."""
+    while getattr(source, "ag_running", False):
+        await asyncio.sleep(0)
+    await source.aclose()  # type: ignore[attr-defined]
 
 
 class _Setting:
@@ -318,6 +326,10 @@ class Manager:
         return self._loop.run(self._manager.logon(username, password))
 
     def events(self, since: int | None = None, job: str | None = None, all_users: bool = False,
-               follow_live: bool = True, idle: float | None = None) -> Iterator[EventInfo | None]:
-        """See AsyncManager.events."""
-        return self._loop.iterate(self._manager.events(since, job, all_users, follow_live, idle))
+               follow_live: bool = True, idle: float | None = None, *,
+               on_lost: Callable[[str], None] | None = None,
+               on_back: Callable[[], None] | None = None,
+               on_exchange: Callable[[ExchangeInfo], None] | None = None) -> Iterator[EventInfo | None]:
+        """See AsyncManager.events; the on_ callbacks run on the client's loop thread."""
+        return self._loop.iterate(self._manager.events(since, job, all_users, follow_live, idle,
+                                                       on_lost=on_lost, on_back=on_back, on_exchange=on_exchange))

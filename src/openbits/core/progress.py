@@ -8,10 +8,23 @@ and the runner awaits `flush()` before it leaves the file.
 from __future__ import annotations
 
 import asyncio
+import email.message
 import time
+from collections.abc import Mapping
 
 from ..model.job import Job
+from ..model.rate import RateMeter
 from .service import JobService
+
+
+def disposition_name(header: str | None) -> str | None:
+    """The file name a Content-Disposition header gives (filename*= in UTF-8 included), as the server wrote
+    it: whoever uses it must still make it a plain name (cli/transfer.py does)."""
+    if not header:
+        return None
+    message = email.message.Message()
+    message["Content-Disposition"] = header
+    return message.get_filename()
 
 
 class SavedProgress:
@@ -25,6 +38,21 @@ class SavedProgress:
         """Bytes moved past `before`: the no-progress clock starts again."""
         if offset > before:
             self._job.last_progress_time = time.time()
+
+    def arrived(self) -> None:
+        """The file's progress moved in memory, not durable yet: its rate is sampled, and the event bus tells
+        the job's streams (rate-limited) rather than waiting for the next saved offset."""
+        f, now = self._file, time.monotonic()
+        if f.meter is None:
+            f.meter = RateMeter(f.bytes_transferred, now)
+        else:
+            f.meter.sample(f.bytes_transferred, now)
+        self._service.events.progressed(self._job, self._index)
+
+    def exchanged(self, request: str, response: str, headers: Mapping[str, str]) -> None:
+        """An HTTP request of this file and its answer: to the streams that asked for them (`transfer -v`)."""
+        self._service.events.exchanged(self._job, self._index, request, response,
+                                       disposition_name(headers.get("Content-Disposition")))
 
     def _save(self) -> None:
         """Queue a save of the job with this file."""

@@ -8,14 +8,15 @@ file is cut back to that offset before the range request continues it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 
 from yarl import URL
 
-from ..enums import JobState
-from ..errors import BitsError
+from ..enums import ErrorContext, JobState
+from ..errors import BitsError, ErrorCode
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
@@ -27,6 +28,8 @@ from .progress import SavedProgress
 from .access import JobAccess
 from .proxy import proxy_route
 from .service import JobService
+
+log = logging.getLogger("openbits.runner")
 
 
 class _FileSink(SavedProgress):
@@ -55,6 +58,7 @@ class _FileSink(SavedProgress):
     def received(self, offset: int) -> None:
         self.moved(offset, self._file.bytes_transferred)
         self._file.bytes_transferred = offset
+        self.arrived()
 
     def durable(self, offset: int) -> None:
         self._file.durable_offset = offset
@@ -232,6 +236,9 @@ class DownloadRunner:
         except BitsError as exc:
             failures[index] = exc
             self._out_of_flight((index,))
+        except Exception as exc:  # a bug: it costs this file, and the files beside it still finish
+            failures[index] = _internal_error(f, exc)
+            self._out_of_flight((index,))
 
     def _out_of_flight(self, indexes: Iterable[int]) -> None:
         """These files no longer hold the window (written, or failed): the next files may start."""
@@ -321,3 +328,9 @@ class DownloadRunner:
                 os.close(fd)
         f.restart()
         return await files.open_temp(f.temp_path, create=True)
+
+
+def _internal_error(f: JobFile, exc: Exception) -> BitsError:
+    log.exception("internal error transferring %s", f.remote_url)
+    return BitsError(ErrorCode.E_FAIL, f"internal error in openbitsd transferring {f.remote_url} ({exc!r}); the "
+                     "daemon log has the details - please report it", ErrorContext.REMOTE_FILE)

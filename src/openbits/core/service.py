@@ -232,7 +232,7 @@ class JobService:
         """GetReplyData: the reply in memory, TRANSFERRED (from the temporary file) or after Complete."""
         job = self.find(caller, ref)
         if job.type != JobType.UPLOAD_REPLY:
-            raise BitsError(ErrorCode.E_NOTIMPL, f"job {job.id} is an {job.type.name} job; only UPLOAD_REPLY jobs "
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {job.id} is {job.type.phrase}; only UPLOAD_REPLY jobs "
                             "have reply data", ErrorContext.GENERAL_QUEUE_MANAGER)
         if job.state not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
             raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {job.id} is {job.state.name}; the reply is there "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..schema.models import STREAM_SHUTDOWN
 from ..api.app import make_app
 from ..api.metrics_routes import serve_tcp
 from ..bandwidth import BandwidthPolicy, LinkSensor
@@ -59,6 +60,9 @@ from .options import Settings, check_config, parser
 from ..transport.tls import TlsContexts, TlsSettings
 
 log = logging.getLogger("openbitsd")
+
+#: Seconds a stop waits for requests in flight (a `wait` holds one up to 30 s) before it cuts them off.
+SHUTDOWN_GRACE = 2.0
 
 def recover(jobs: list[Job]) -> None:
     """After a crash or restart, jobs that were moving bytes go back to the queue."""
@@ -158,7 +162,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                    # cost, the bandwidth policy)
                    functools.partial(logons.explain, rate=functools.partial(cost.explain, rate=policy.explain)),
                    settings.mode, metrics, about)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     scrape = await serve_tcp(settings.config.metrics_listen, metrics)
     sock = inherited or bind_socket(settings.socket, settings.system)
@@ -181,6 +185,8 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
             await stop.wait()
             log.info("shutting down")
             notifier.send("STOPPING=1")
+            # open event streams end at once, whatever their clients do; other requests get SHUTDOWN_GRACE
+            bus.end_streams(f"{STREAM_SHUTDOWN}: openbitsd is stopping")
             for task in tasks:
                 task.cancel()
     finally:

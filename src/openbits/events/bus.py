@@ -29,17 +29,20 @@ from typing import NamedTuple
 
 import orjson
 
-from ..schema.models import ErrorInfo, EventInfo
+from ..schema.models import ErrorInfo, EventInfo, ExchangeInfo
 from ..schema.views import built, file_info, file_values
 from ..model.job import JOB_PROPERTIES, Job
 from ..model.config import Config
 from ..enums import SIZE_UNKNOWN, JobState
 from ..store import Store
 from ..waiting import wait_set
-from ..model.event import NOTIFICATIONS, Event, EventKind, wanted
+from ..model.event import NOTIFICATIONS, Event, EventKind, Exchange, wanted
 
 #: Events a live subscriber may have queued before it counts as too slow and is dropped.
 SUBSCRIBER_BACKLOG = 20_000
+#: Seconds at least between progress events of bytes that arrived between commits (a link of 200 kB/s
+#: commits a durable offset every few seconds; without these the stream showed only the start and the end).
+RECEIVED_INTERVAL = 0.5
 #: Seconds between prunes of events past the retention.
 PRUNE_EVERY = 60.0
 
@@ -117,11 +120,13 @@ class Subscription:
     owner_uid: int | None  # None: every user's (an administrator with all_users)
     job_id: str | None
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_BACKLOG))
+    queue: asyncio.Queue[Event | Exchange | None] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_BACKLOG))
+    #: the stream asked for the HTTP exchanges of the jobs it sees (exchanges=true)
+    exchanges: bool = False
     #: why the stream must end (too slow, superseded); the writer says it and closes
     ended: str | None = None
 
-    def sees(self, event: Event) -> bool:
+    def sees(self, event: Event | Exchange) -> bool:
         return ((self.owner_uid is None or event.owner_uid == self.owner_uid)
                 and (self.job_id is None or event.job_id == self.job_id))
 
@@ -194,6 +199,20 @@ class EventBus:
         self._modified.discard(job.id)
         return events
 
+    def progressed(self, job: Job, index: int) -> None:
+        """Bytes of file `index` arrived that are not durable yet (no commit): a progress event goes out no
+        sooner than the job's notification interval and RECEIVED_INTERVAL after the last one, from run().
+
+        BITS's BytesTransferred counts what arrived; the durable offset stays what resume uses.
+        """
+        totals = self._totals.get(job.id)
+        if totals is None or job.id in self._held:
+            return
+        totals.update(job, (index,))
+        interval = max(job.minimum_notification_interval_ms / 1000, RECEIVED_INTERVAL)
+        self._held[job.id] = self._last_modification.get(job.id, 0.0) + interval
+        self._wake.set()
+
     def again(self, job: Job) -> None:
         """Send the job's pending notification once more, as a new event, with its next commit."""
         self._again.add(job.id)
@@ -216,6 +235,7 @@ class EventBus:
             state=job.state, notify=wanted(job.notify_flags, kind), redelivery=redelivery,
             bytes_total=totals.progress[0], bytes_transferred=totals.bytes_transferred, files_total=len(job.files),
             files_transferred=totals.files_transferred, file_index=file_index, file=file_info(f) if f else None,
+            transfer_rate=job.rate_now(),
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
         ))
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())
@@ -252,13 +272,33 @@ class EventBus:
                     except asyncio.QueueFull:
                         sub.end("too slow: reconnect with the last seq to catch up")
 
-    def subscribe(self, owner_uid: int | None, job_id: str | None) -> Subscription:
-        sub = Subscription(owner_uid, job_id)
+    def exchanged(self, job: Job, index: int, request: str, response: str, file_name: str | None) -> None:
+        """An HTTP request of the job and its answer, to the live streams that asked for them (not stored)."""
+        listening = [sub for sub in self._subscribers if sub.exchanges and sub.ended is None]
+        if not listening:
+            return
+        info = ExchangeInfo(time=time.time(), job_id=job.id, file_index=index, request=request, response=response,
+                            file_name=file_name)
+        exchange = Exchange(job.id, job.owner_uid, info.model_dump_json())
+        for sub in listening:
+            if sub.sees(exchange):
+                try:
+                    sub.queue.put_nowait(exchange)
+                except asyncio.QueueFull:
+                    sub.end("too slow: reconnect with the last seq to catch up")
+
+    def subscribe(self, owner_uid: int | None, job_id: str | None, exchanges: bool = False) -> Subscription:
+        sub = Subscription(owner_uid, job_id, exchanges=exchanges)
         self._subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+
+    def end_streams(self, reason: str) -> None:
+        """The daemon stops: every open stream ends now with `reason` (its clients reconnect when it is back)."""
+        for sub in self._subscribers:
+            sub.end(reason)
 
     async def replay(self, sub: Subscription, after: int) -> AsyncIterator[Event]:
         """Stored events after `after` that `sub` may see, oldest first, in pages."""

@@ -62,6 +62,23 @@ def local_error(code: int, description: str) -> BitsError:
     return BitsError(code, description, ErrorContext.LOCAL_FILE)
 
 
+#: What an existing destination is, for the refusal, by its S_IS* test.
+_NOT_A_FILE = ((st.S_ISDIR, "folder"), (st.S_ISCHR, "character device"), (st.S_ISBLK, "block device"),
+               (st.S_ISFIFO, "FIFO"), (st.S_ISSOCK, "socket"))
+
+
+def _replaceable(path: str, mode: int) -> None:
+    """Only a regular file (or a symbolic link, which Complete replaces, never follows) may be replaced.
+
+    Complete renames over the destination, so `/dev/null` given as one would become a regular file, also
+    for root: openbits refuses it rather than treating it as "discard the bytes".
+    """
+    for test, kind in _NOT_A_FILE:
+        if test(mode):
+            raise local_error(ErrorCode.E_INVALIDARG, f"{path} is an existing {kind}, which openbits never "
+                              "replaces; name a regular file (to discard a download, save it and delete it)")
+
+
 class DiskFiles:
     """The operations themselves, run inside a broker: the kernel checks every path as its user."""
 
@@ -88,8 +105,7 @@ class DiskFiles:
             return
         except OSError as exc:
             raise self._error(exc, "inspect", path) from None
-        if st.S_ISDIR(existing.st_mode):
-            raise local_error(ErrorCode.E_INVALIDARG, f"{path} is an existing folder; name a file instead")
+        _replaceable(path, existing.st_mode)
         sticky = parent_st.st_mode & st.S_ISVTX
         if sticky and os.getuid() not in (existing.st_uid, parent_st.st_uid):
             raise local_error(
@@ -201,6 +217,12 @@ class DiskFiles:
                 os.close(fd)
         except OSError as exc:
             raise self._error(exc, "complete", temp) from None
+        try:
+            _replaceable(final, os.lstat(final).st_mode)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._error(exc, "inspect", final) from None
         try:
             os.rename(temp, final)
         except OSError as exc:

@@ -41,3 +41,13 @@ class Event:
     owner_uid: int
     kind: EventKind
     doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One HTTP request and the status line answering it, for streams that asked (`transfer -v`): live only,
+    never stored and without a seq; `doc` is its wire form (schema.models.ExchangeInfo) as JSON."""
+
+    job_id: str
+    owner_uid: int
+    doc: str

@@ -20,8 +20,9 @@ from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, REDIRECT_POLICY_M
                      ErrorContext, JobPriority, JobState, JobType, ProxyUsage, SecurityFlags)
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
+from .rate import RateMeter
+from .remote import check_remote_url
 
-SUPPORTED_SCHEMES = ("http", "https", "file", "smb")
 
 #: How long BITS waits before retrying a transient error (SetMinimumRetryDelay default).
 DEFAULT_MINIMUM_RETRY_DELAY = 600
@@ -66,6 +67,12 @@ class JobFile:
     session_host_fallback: int | None = None
     #: Unix time of the first failed connection to session_host since it was last reached
     session_host_unreachable_since: float | None = None
+    #: how fast the bytes arrive now; live only, never stored (see _FILE_FIELDS)
+    meter: RateMeter | None = field(default=None, metadata={"live": True})
+
+    def rate_now(self) -> int:
+        """Bytes per second arriving now (0 when complete or nothing arrives)."""
+        return 0 if self.meter is None or self.completed else self.meter.rate(time.monotonic())
 
     def forget_session(self) -> None:
         """The upload session is gone (the server lost it): the file goes again, in a new one."""
@@ -187,6 +194,12 @@ class Job:
     def files_transferred(self) -> int:
         return sum(1 for f in self.files if f.completed)
 
+    def rate_now(self) -> int:
+        """Bytes per second arriving now, all files together (the daemon's own measure)."""
+        if self.state != JobState.TRANSFERRING:
+            return 0
+        return sum(f.rate_now() for f in self.files if f.meter is not None)
+
     @property
     def current_file(self) -> JobFile | None:
         """Files of a job go in order: the first one not yet complete."""
@@ -236,7 +249,7 @@ class Job:
         """SetReplyFileName: upload-reply jobs only, and only before the reply starts arriving."""
         self._require_not_final()
         if self.type != JobType.UPLOAD_REPLY:
-            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; only UPLOAD_REPLY jobs "
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is {self.type.phrase}; only UPLOAD_REPLY jobs "
                             "have a reply file", ErrorContext.GENERAL_QUEUE_MANAGER)
         if self.reply_bytes_total != SIZE_UNKNOWN:
             raise BitsError(ErrorCode.BG_E_INVALID_STATE, "the reply is already being transferred; its file name "
@@ -362,26 +375,6 @@ class Job:
         self.touch()
 
 
-def check_remote_url(url: str) -> None:
-    if url.startswith("\\\\"):  # \\server\share\path, as BITS takes SMB names
-        if url[2:].count("\\") < 2:
-            raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} needs \\\\server\\share\\path",
-                            ErrorContext.REMOTE_FILE)
-        return
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SUPPORTED_SCHEMES:
-        raise BitsError(
-            ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE,
-            f"remote name {url!r} uses scheme {parts.scheme or '(none)'!r}; openbits transfers http, https, file and "
-            "smb (or \\\\server\\share\\path)",
-            ErrorContext.REMOTE_FILE,
-        )
-    if parts.scheme.lower() != "file" and not parts.hostname:
-        raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} has no host", ErrorContext.REMOTE_FILE)
-    if parts.scheme.lower() == "file" and not parts.path.startswith("/"):
-        raise BitsError(ErrorCode.E_INVALIDARG, f"file URL {url!r} needs an absolute path", ErrorContext.REMOTE_FILE)
-
-
 def check_security_flags(flags: int) -> None:
     """SetSecurityFlags answers E_NOTIMPL for a flag BITS does not define and for a redirect policy not one of its three."""
     policy = flags & REDIRECT_POLICY_MASK
@@ -411,7 +404,7 @@ def check_local_path(path: str) -> None:
 
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"files"}
-_FILE_FIELDS = frozenset(JobFile.__dataclass_fields__)
+_FILE_FIELDS = frozenset(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
 #: fields stored as numbers and kept as their enumeration in memory
 _ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
     name: hint for name, hint in typing.get_type_hints(Job).items() if isinstance(hint, type) and issubclass(hint, enum.IntEnum)}

@@ -98,6 +98,7 @@ class FileInfo(WireModel):
     bytes_total: int = Field(description="-1 while unknown (BG_SIZE_UNKNOWN)")
     bytes_transferred: int
     completed: bool
+    transfer_rate: int = Field(0, description="bytes/s arriving now, as the daemon measures it (0: none)")
 
 
 class _JobInfoComputed(WireModel):
@@ -113,6 +114,8 @@ class _JobInfoComputed(WireModel):
     files_total: int
     files_transferred: int
     error: ErrorInfo | None
+    retry_time: float | None = Field(None, description="TRANSIENT_ERROR: Unix time of the next attempt")
+    transfer_rate: int = Field(0, description="TRANSFERRING: bytes/s arriving now, all files together")
     allowed_rate: int = Field(0, description="bytes/s the job may use now (0 = unlimited): the idle-bandwidth "
                               "controller's rate under the policy's and the job's caps, shared by background jobs")
     rate_reason: str = Field("", description="why: idle link, yielding to other traffic, capped by policy, "
@@ -295,8 +298,28 @@ class EventInfo(WireModel):
     files_total: int
     files_transferred: int
     file_index: int | None = Field(description="file_transferred: which file of the job")
+    transfer_rate: int = Field(0, description="TRANSFERRING: bytes/s arriving now, as the daemon measures it")
     file: FileInfo | None
     error: ErrorInfo | None
+
+
+#: The name of a stream message that carries an ExchangeInfo (only with exchanges=true; never stored).
+STREAM_EXCHANGE = "exchange"
+
+
+class ExchangeInfo(WireModel):
+    """One HTTP request of a job's transfer and the status line answering it (`openbits transfer -v`)."""
+
+    time: float = Field(description="Unix time")
+    job_id: str
+    file_index: int
+    request: str = Field(description="the request line, e.g. 'GET http://host/a.iso (Range: bytes=100-)'")
+    response: str = Field(description="the status line, e.g. 'HTTP/1.1 206 Partial Content'")
+    file_name: str | None = Field(None, description="the file name the answer's Content-Disposition gives")
+
+
+#: The name of a stream's last message when the daemon stops (its data says so); clients reconnect later.
+STREAM_SHUTDOWN = "shutdown"
 
 
 class StreamReady(WireModel):

@@ -98,6 +98,9 @@ _EVENT_STREAM: dict[str, Any] = {
         {"name": "callbacks", "in": "query", "required": False, "description": "register this stream as the job's "
          "notify interface (SetNotifyInterface); answer job_transferred/job_error with POST /v1/events/{seq}/ack",
          "schema": {"type": "string", "enum": ["true", "false"]}},
+        {"name": "exchanges", "in": "query", "required": False, "description": "also `exchange` messages (an "
+         "ExchangeInfo each, live only, no id): every HTTP request line of the jobs' transfers and its answer's "
+         "status line", "schema": {"type": "string", "enum": ["true", "false"]}},
         {"name": "timeout", "in": "query", "required": False, "description": "seconds to follow (0: replay only; "
          "default: until the client leaves)", "schema": {"type": "number", "minimum": 0}},
     ],

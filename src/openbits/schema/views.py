@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ..model.job import JOB_PROPERTIES, Job, JobFile
+from ..enums import JobState
 from ..errors import BitsError
 from ..model.identity import Identity
 from .models import ErrorInfo, FileInfo, JobInfo
@@ -45,6 +46,8 @@ def job_info(job: Job, explain_rate: RateExplainer) -> JobInfo:
         files_total=len(job.files),
         files_transferred=job.files_transferred,
         error=ErrorInfo.model_validate(job.error) if job.error else None,
+        transfer_rate=job.rate_now(),
+        retry_time=job.retry_at if job.state == JobState.TRANSIENT_ERROR and job.retry_at else None,
         allowed_rate=allowed_rate,
         rate_reason=rate_reason,
         files=[file_info(f) for f in job.files],
@@ -62,7 +65,8 @@ def file_info(f: JobFile) -> FileInfo:
 def file_values(f: JobFile) -> dict[str, Any]:
     """FileInfo's fields of `f`, as JSON takes them (events serialise many files' without a model)."""
     return {"remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
-            "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed}
+            "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
+            "transfer_rate": f.rate_now()}
 
 
 def built(cls: type[M], values: dict[str, Any]) -> M:

@@ -92,6 +92,10 @@ class DownloadSink(Protocol):
     def redirected(self, url: str) -> None:
         """The redirect policy (REPORT, DISALLOW) makes `url` the file's remote name."""
 
+    def exchanged(self, request: str, response: str, headers: Mapping[str, str]) -> None:
+        """One HTTP request line and the status line answering it (`openbits transfer -v`), with the answer's
+        headers (a Content-Disposition names the file)."""
+
 
 class Throttle(Protocol):
     """Bandwidth seam: wait until `nbytes` may pass. None means unlimited."""

@@ -15,7 +15,7 @@ import email.utils
 import functools
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import NoReturn
@@ -183,6 +183,7 @@ class HttpTransport:
                     headers["If-Range"] = old.if_range
             async with (self._fast_get(url, headers, throttle, auth, spec, sink, shown) if fast
                         else self._get(url, headers, throttle, auth, spec, sink, shown)) as (resp, final):
+                _tell_exchanges(sink, final, headers, resp)
                 if resp.status not in (200, 206, 416):
                     _raise_for_status(resp, shown)
                 accepted = _accept(resp, spec.offset if resume else 0, old if resume else None)
@@ -285,6 +286,20 @@ def _redirect_target(url: URL, status: int, location: str, flags: int, sink: Dow
             "follows such a redirect only with the security flag HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP (0x800).",
             ErrorContext.REMOTE_FILE, status, transient=False)
     return target
+
+
+def _tell_exchanges(sink: DownloadSink, url: URL, headers: Mapping[str, str],
+                    resp: aiohttp.ClientResponse | fastget.Response) -> None:
+    """The request line (with its Range) and the answer's status line to the sink (the redirects this
+    transport follows itself are their own requests)."""
+    answers = [*getattr(resp, "history", ()), resp]
+    for answer in answers:
+        target = getattr(answer, "url", url)
+        asked = f"GET {display_url(target)}" + (f" (Range: {headers['Range']})" if "Range" in headers else "")
+        version = getattr(answer, "version", None)
+        protocol = f"HTTP/{version.major}.{version.minor}" if version is not None else "HTTP/1.1"
+        sink.exchanged(asked, f"{protocol} {answer.status} {answer.reason or status_phrase(answer.status)}",
+                       answer.headers)
 
 
 def _parse_url(raw: str) -> URL:
