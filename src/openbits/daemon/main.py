@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..api.app import make_app
+from ..api.connections import ConnectionLimits, listen, raise_descriptor_limit
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
 from ..pools import Pools
@@ -123,7 +124,8 @@ def bind_socket(path: Path, system: bool) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job]) -> None:
+async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job],
+                limits: ConnectionLimits) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -160,7 +162,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = bind_socket(settings.socket, settings.system)
-    await web.SockSite(runner, sock).start()
+    server = await listen(runner, sock, limits, settings.current)
     log.info("openbitsd %s mode, %d jobs, listening on %s", settings.mode, len(jobs), settings.socket)
     try:
         async with asyncio.TaskGroup() as group:
@@ -174,6 +176,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
             for task in tasks:
                 task.cancel()
     finally:
+        server.close()
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             settings.socket.unlink()
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"openbitsd: {exc}") from None
     os.umask(0o022)
+    limits = ConnectionLimits(settings.current, raise_descriptor_limit())
     lock = take_state_lock(settings.state_dir)
     broker = FileBroker.start()  # before any thread or event loop exists
     pools = Pools()  # its threads start with the first work, after the fork
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = store.load_jobs()
     recover(jobs)
     try:
-        asyncio.run(serve(settings, broker, pools, store, jobs))
+        asyncio.run(serve(settings, broker, pools, store, jobs, limits))
     finally:
         pools.shutdown()
         os.close(lock)

@@ -1,0 +1,303 @@
+"""Many users, one hostile (issue 16): no local user can starve, fool or outlast the others.
+
+A shared system daemon, real users (tests/users.py) whose clients really run as them (runuser), so
+every identity the daemon sees is SO_PEERCRED's. Each attack is bounded in count and time and stays
+on the daemon's Unix socket. SECURITY.md names the defence each test shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .daemon import DaemonProcess
+from .users import RealUser, RealUsers, require_root
+
+pytestmark = pytest.mark.root
+
+PYTHON = Path(sys.prefix) / "bin" / "python"
+CLI = Path(sys.prefix) / "bin" / "openbits"
+#: the test daemon's caps: small, so that every attack stays short
+PER_USER = 64
+REQUEST_TIMEOUT = 3
+
+PRELUDE = """
+import json, os, socket, sys, time
+SOCK = os.environ["OPENBITS_SOCKET"]
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(SOCK)
+    return s
+def refused(s, wait=1.0):
+    '''What the daemon sent on s within wait seconds ("EOF" for a close), or "" while it stays silent.'''
+    s.settimeout(wait)
+    try:
+        return s.recv(4096).decode(errors="replace") or "EOF"
+    except socket.timeout:
+        return ""
+    except OSError as e:
+        return repr(e)
+def follow():
+    '''A connection held open the legitimate way: an event stream.'''
+    s = connect()
+    s.sendall(b"GET /v1/events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    return s
+def served(sockets):
+    '''How many of the streams answered 200, and how many were refused for the per-user cap.'''
+    answers = [refused(s, 2) for s in sockets]
+    return {"served": sum(a.startswith("HTTP/1.1 200") for a in answers),
+            "refused": sum("max_connections_per_user" in a for a in answers)}
+"""
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[dict[str, RealUser]]:
+    require_root()
+    with RealUsers() as made:
+        yield {role: made.create(role) for role in ("alice", "bob", "mallory")}
+
+
+@pytest.fixture(scope="module")
+def world(users: dict[str, RealUser]) -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="obt_hostile_", dir="/var/tmp"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base)
+
+
+@pytest.fixture(scope="module")
+def daemon(world: Path) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(world / "daemon", {"max_connections_per_user": PER_USER,
+                                                "request_timeout": REQUEST_TIMEOUT}, system=True).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _script(daemon: DaemonProcess, code: str) -> Path:
+    script = daemon.root.parent / f"script_{secrets.token_hex(4)}.py"
+    script.write_text(PRELUDE + textwrap.dedent(code))
+    script.chmod(0o644)
+    return script
+
+
+def _env(user: RealUser, daemon: DaemonProcess) -> dict[str, str]:
+    return {"OPENBITS_SOCKET": str(daemon.socket), "PATH": "/usr/bin:/bin", "HOME": str(user.home)}
+
+
+def start_as(user: RealUser, daemon: DaemonProcess, code: str) -> subprocess.Popen[str]:
+    """PRELUDE + code as user, in the background: its stdout lines are JSON."""
+    return subprocess.Popen(["/usr/sbin/runuser", "-u", user.name, "--", str(PYTHON), str(_script(daemon, code))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(user, daemon))
+
+
+def run_as(user: RealUser, daemon: DaemonProcess, code: str, timeout: float = 60) -> dict[str, Any]:
+    """PRELUDE + code as user; its last stdout line, as JSON."""
+    proc = start_as(user, daemon, code)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def cli_as(user: RealUser, daemon: DaemonProcess, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/usr/sbin/runuser", "-u", user.name, "--", str(CLI), "--socket", str(daemon.socket),
+                           "--no-autostart", *args], capture_output=True, text=True, timeout=timeout,
+                          env=_env(user, daemon))
+
+
+def rss(daemon: DaemonProcess) -> int:
+    """The daemon's resident memory, bytes."""
+    assert daemon.proc is not None
+    for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+# -- 1. connections --------------------------------------------------------------------------
+
+
+def test_connections_are_capped_per_user_and_root_is_exempt(users, daemon) -> None:
+    mallory = start_as(users["mallory"], daemon, f"""
+    held = [follow() for _ in range({PER_USER + 40})]
+    out(**served(held))
+    sys.stdin.readline()  # hold them while the others work
+    """)
+    try:
+        assert mallory.stdout is not None and mallory.stdin is not None
+        counts = json.loads(mallory.stdout.readline())
+        assert counts == {"served": PER_USER, "refused": 40}
+        # Another user is served meanwhile, as often as it likes (its own cap is its own).
+        listed = cli_as(users["alice"], daemon, "list")
+        assert listed.returncode == 0, listed.stderr
+        mine = run_as(users["alice"], daemon, f"""
+        out(**served([follow() for _ in range({PER_USER})]))
+        """)
+        assert mine == {"served": PER_USER, "refused": 0}
+        # Root is exempt from the per-user cap.
+        held = []
+        for _ in range(PER_USER + 20):
+            held.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            held[-1].connect(str(daemon.socket))
+        time.sleep(0.3)
+        for sock in held:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+            sock.close()
+        mallory.stdin.write("\n")
+        mallory.stdin.flush()
+        mallory.wait(30)
+    finally:
+        mallory.kill()
+    # The closed connections were counted out: mallory has her whole cap again.
+    again = run_as(users["mallory"], daemon, f"""
+    out(**served([follow() for _ in range({PER_USER})]))
+    """)
+    assert again == {"served": PER_USER, "refused": 0}
+    assert "connection refused: uid" in daemon.log()
+
+
+def test_descriptor_limit_is_raised_to_the_hard_limit(daemon) -> None:
+    assert daemon.proc is not None
+    limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard
+
+
+def test_default_cap_fits_a_hundred_transfers_following_events() -> None:
+    from openbits.model.config import Config
+
+    assert Config().max_connections_per_user >= 2 * 100 + 100
+
+
+def test_accept_errors_are_one_line_per_interval(tmp_path: Path) -> None:
+    """asyncio's accept loop out of descriptors (EMFILE): one line per interval, no traceback."""
+    path = tmp_path / "s.sock"
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import asyncio, logging, resource, socket, sys
+        from openbits.api.connections import quiet_accept_errors
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+        async def main():
+            quiet_accept_errors(asyncio.get_running_loop())
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind({str(path)!r}); sock.listen(512)
+            await asyncio.get_running_loop().create_server(asyncio.Protocol, sock=sock)
+            print("ready", flush=True)
+            await asyncio.sleep(4)
+        asyncio.run(main())
+        """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    clients = []
+    for _ in range(200):
+        clients.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        try:
+            clients[-1].connect(str(path))
+        except ConnectionRefusedError:
+            time.sleep(0.05)  # the backlog is full while the server cannot accept
+    _, stderr = server.communicate(timeout=30)
+    for client in clients:
+        client.close()
+    assert "out of system resource" in stderr and "Traceback" not in stderr
+    assert len(stderr.splitlines()) <= 2, stderr
+
+
+# -- 2. slow and large requests ----------------------------------------------------------------
+
+
+def test_slowloris_headers_and_slow_bodies_are_cut_off(users, daemon) -> None:
+    answer = run_as(users["mallory"], daemon, """
+    def trickle(head, step=1.0, limit=15):
+        s = connect()
+        s.sendall(head)
+        start = time.monotonic()
+        for _ in range(limit):
+            time.sleep(step)
+            try:
+                s.sendall(b"X")
+            except OSError as e:
+                return time.monotonic() - start, repr(e)
+            got = refused(s, 0.01)
+            if got:
+                return time.monotonic() - start, got
+        return time.monotonic() - start, ""
+    header = trickle(b"GET /v1/jobs HTTP/1.1\\r\\nHost: x\\r\\n")
+    body = trickle(b"POST /v1/jobs HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+                   b"Content-Length: 1000\\r\\n\\r\\n")
+    idle = connect()
+    out(header=header, body=body, idle=refused(idle, 15))
+    """)
+    seconds, got = answer["header"]
+    assert got and seconds < 15  # closed, not held for the 15 bytes
+    seconds, got = answer["body"]
+    assert "did not arrive within" in got and seconds < 15
+    assert answer["idle"]  # a connection that never asks is closed too
+
+
+def test_bodies_have_per_route_limits(users, daemon, world) -> None:
+    mine = world / "alice"
+    mine.mkdir()
+    os.chown(mine, users["alice"].uid, users["alice"].identity.gid)
+    answer = run_as(users["alice"], daemon, f"""
+    from openbits import Manager, BitsError
+    m = Manager(SOCK, autostart=False)
+    s = connect()
+    s.sendall(b"POST /v1/jobs HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+              b"Content-Length: 1048576\\r\\n\\r\\n")
+    big = refused(s, 5)
+    job = m.create_job("limits")
+    long = "x" * 1900
+    job.add_files([(f"http://127.0.0.1:9/{{long}}/{{i}}", {str(world)!r} + f"/alice/{{i}}") for i in range(200)])
+    out(big=big, files=len(job.files))
+    job.cancel()
+    """)
+    assert "at most 131072 bytes" in answer["big"]
+    assert answer["files"] == 200
+
+
+def test_incomplete_bodies_do_not_keep_memory(users, daemon) -> None:
+    before = rss(daemon)
+    attack = start_as(users["mallory"], daemon, f"""
+    held = []
+    for _ in range({PER_USER}):
+        s = connect()
+        s.sendall(b"POST /v1/jobs/x/files HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+                  b"Content-Length: 4194304\\r\\n\\r\\n" + b"[" * (4194304 - 1))
+        held.append(s)
+    out(sent=len(held))
+    sys.stdin.readline()
+    """)
+    try:
+        assert attack.stdout is not None and attack.stdin is not None
+        assert json.loads(attack.stdout.readline()) == {"sent": PER_USER}
+        during = rss(daemon)
+        attack.stdin.write("\n")
+        attack.stdin.flush()
+        attack.wait(30)
+    finally:
+        attack.kill()
+    time.sleep(1)
+    after = rss(daemon)
+    # 64 bodies of 4 MiB would be 256 MiB; the budget per user admits 16 MiB at once.
+    assert during - before < 64 << 20, (before, during)
+    assert after - before < 32 << 20, (before, after)
