@@ -17,7 +17,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,24 @@ def refused(s, wait=1.0):
         return ""
     except OSError as e:
         return repr(e)
+def post(path, body, method="POST"):
+    '''One request on its own connection: (status, body text).'''
+    s = connect()
+    data = json.dumps(body).encode()
+    s.sendall(f"{method} {path} HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+              f"Content-Length: {len(data)}\\r\\nConnection: close\\r\\n\\r\\n".encode() + data)
+    s.settimeout(120)
+    reply = b""
+    while chunk := s.recv(65536):
+        reply += chunk
+    s.close()
+    head, _, text = reply.decode(errors="replace").partition("\\r\\n\\r\\n")
+    return int(head.split()[1]), text
+def logons(user, passwords):
+    '''Every password tried at once, each on its own connection: the answers' descriptions.'''
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(passwords)) as pool:
+        return list(pool.map(lambda p: post("/v1/logon", {"username": user, "password": p})[1], passwords))
 def follow():
     '''A connection held open the legitimate way: an event stream.'''
     s = connect()
@@ -66,10 +84,21 @@ def served(sockets):
 
 
 @pytest.fixture(scope="module")
-def users() -> Iterator[dict[str, RealUser]]:
+def made() -> Iterator[RealUsers]:
+    """Users live until the module ends: a uid used again would inherit the daemon's counts."""
     require_root()
-    with RealUsers() as made:
-        yield {role: made.create(role) for role in ("alice", "bob", "mallory")}
+    with RealUsers() as users:
+        yield users
+
+
+@pytest.fixture(scope="module")
+def users(made: RealUsers) -> dict[str, RealUser]:
+    return {role: made.create(role) for role in ("alice", "bob", "mallory")}
+
+
+@pytest.fixture
+def make_user(made: RealUsers) -> Callable[[str], RealUser]:
+    return made.create
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +330,55 @@ def test_incomplete_bodies_do_not_keep_memory(users, daemon) -> None:
     # 64 bodies of 4 MiB would be 256 MiB; the budget per user admits 16 MiB at once.
     assert during - before < 64 << 20, (before, during)
     assert after - before < 32 << 20, (before, after)
+
+
+# -- 3 and 6. logons ---------------------------------------------------------------------------
+
+
+def _pam_calls(daemon: DaemonProcess, caller: RealUser) -> list[str]:
+    """The daemon's PAM start/end lines for caller, in order."""
+    return [line.rsplit(" ", 1)[-1] for line in daemon.log().splitlines()
+            if f"PAM check for uid {caller.uid} " in line]
+
+
+def test_concurrent_guesses_are_counted_before_pam_one_at_a_time(daemon, make_user) -> None:
+    guesser, target = make_user("guesser"), make_user("target")
+    answers = run_as(guesser, daemon, f"""
+    out(answers=logons({target.name!r}, ["wrong-%d" % i for i in range(30)]))
+    """)["answers"]
+    assert sum("too many failed logons" in a for a in answers) >= 27
+    calls = _pam_calls(daemon, guesser)
+    assert calls == ["started", "ended"] * 3  # 3 reached PAM, one after the other; 27 never did
+
+
+def test_a_success_does_not_reset_failures_and_targets_count_too(daemon, make_user) -> None:
+    guesser, other, target = make_user("guesser"), make_user("other"), make_user("target")
+    answer = run_as(guesser, daemon, f"""
+    guess = lambda: post("/v1/logon", {{"username": {target.name!r}, "password": "wrong"}})
+    guess(), guess()
+    own = post("/v1/logon", {{"username": {guesser.name!r}, "password": {guesser.password!r}}})
+    guess()
+    again = guess()
+    out(own=own[0], again=again[1])
+    """)
+    assert answer["own"] == 200
+    assert "too many failed logons" in answer["again"]  # her own success did not wipe the count
+    # Another caller guessing at the same account waits too: failures count per target account.
+    other_try = run_as(other, daemon, f"""
+    out(text=post("/v1/logon", {{"username": {target.name!r}, "password": "wrong"}})[1])
+    """)
+    assert "too many failed logons" in other_try["text"]
+
+
+def test_every_route_that_checks_a_password_shares_the_limit(daemon, make_user) -> None:
+    guesser, target = make_user("guesser"), make_user("target")
+    answer = run_as(guesser, daemon, f"""
+    from openbits import Manager
+    job = Manager(SOCK, autostart=False).create_job("shared-limit")
+    texts = [post("/v1/logon", {{"username": {target.name!r}, "password": "wrong-%d" % i}})[1] for i in range(3)]
+    status, text = post(f"/v1/jobs/{{job.id}}/helper-token",
+                        {{"username": {target.name!r}, "password": {target.password!r}}}, method="PUT")
+    out(status=status, text=text)
+    """)
+    assert answer["status"] == 401 or answer["status"] >= 400
+    assert "too many failed logons" in answer["text"]
