@@ -382,3 +382,23 @@ def test_every_route_that_checks_a_password_shares_the_limit(daemon, make_user) 
     """)
     assert answer["status"] == 401 or answer["status"] >= 400
     assert "too many failed logons" in answer["text"]
+
+
+# -- 5. tickets --------------------------------------------------------------------------------
+
+
+def test_tickets_expire_in_a_minute_and_are_capped_per_user(users, daemon) -> None:
+    answer = run_as(users["mallory"], daemon, """
+    from openbits import Manager
+    job = Manager(SOCK, autostart=False).create_job("tickets")
+    answers = [post(f"/v1/jobs/{job.id}/token-ticket", {}) for _ in range(20)]
+    issued = [json.loads(text) for status, text in answers if status == 201]
+    refused = [text for status, text in answers if status != 201]
+    redeemed = post(f"/v1/jobs/{job.id}/helper-token", {"ticket": issued[0]["ticket"]}, method="PUT")
+    after = post(f"/v1/jobs/{job.id}/token-ticket", {})
+    out(issued=len(issued), lifetimes=sorted({t["expires_in"] for t in issued}), refused=refused[:1],
+        redeemed=redeemed[0], after=after[0])
+    """)
+    assert answer["issued"] == 16 and answer["lifetimes"] == [60.0]
+    assert "16 unredeemed tickets" in answer["refused"][0]
+    assert answer["redeemed"] == 200 and answer["after"] == 201  # a redeemed ticket no longer counts

@@ -153,7 +153,7 @@ class AsyncJob:
         return AsyncTokenOptions(self._connection, self.id, await self.token_ticket())
 
     async def token_ticket(self) -> str:
-        """A one-time ticket (10 minutes) that lets a process running as another user become the helper."""
+        """A one-time ticket (a minute) that lets a process running as another user become the helper."""
         return (await self._connection.request("POST", self._path + "/token-ticket", TokenTicket)).ticket
 
     async def set_credentials(self, target: AuthTarget, scheme: AuthScheme, username: str, password: str) -> JobInfo:
