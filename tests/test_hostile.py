@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ CLI = Path(sys.prefix) / "bin" / "openbits"
 #: the test daemon's caps: small, so that every attack stays short
 PER_USER = 64
 REQUEST_TIMEOUT = 3
+RETAINED = 20
 
 PRELUDE = """
 import json, os, socket, sys, time
@@ -112,7 +114,8 @@ def world(users: dict[str, RealUser]) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def daemon(world: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(world / "daemon", {"max_connections_per_user": PER_USER,
-                                                "request_timeout": REQUEST_TIMEOUT}, system=True).start()
+                                                "request_timeout": REQUEST_TIMEOUT,
+                                                "max_retained_jobs_per_user": RETAINED}, system=True).start()
     try:
         yield process
     finally:
@@ -330,6 +333,38 @@ def test_incomplete_bodies_do_not_keep_memory(users, daemon) -> None:
     # 64 bodies of 4 MiB would be 256 MiB; the budget per user admits 16 MiB at once.
     assert during - before < 64 << 20, (before, during)
     assert after - before < 32 << 20, (before, after)
+
+
+# -- 4. churn ----------------------------------------------------------------------------------
+
+
+def test_churned_final_jobs_stay_within_the_owners_budget(users, daemon, world, make_user) -> None:
+    churner = make_user("churner")
+    mine = world / "churn"
+    mine.mkdir()
+    os.chown(mine, churner.uid, churner.identity.gid)
+    answer = run_as(churner, daemon, f"""
+    from openbits import Manager, BitsError
+    m = Manager(SOCK, autostart=False)
+    ids = []
+    for n in range({2 * RETAINED}):
+        job = m.create_job(f"churn-{{n}}")
+        job.add_files([(f"http://127.0.0.1:9/{{i}}", {str(mine)!r} + f"/{{n}}-{{i}}") for i in range(50)])
+        job.cancel()
+        ids.append(job.id)
+    def found(ref):
+        try:
+            m.get_job(ref).info()
+            return True
+        except BitsError:
+            return False
+    out(found=[found(i) for i in ids], live=len(m.jobs()))
+    """, timeout=120)
+    assert answer["live"] == 0
+    assert answer["found"] == [False] * RETAINED + [True] * RETAINED  # the oldest went first
+    with sqlite3.connect(f"file:{daemon.state_dir / 'jobs.db'}?mode=ro", uri=True) as db:
+        stored = db.execute("SELECT COUNT(DISTINCT job_id) FROM events WHERE owner_uid = ?", (churner.uid,)).fetchone()
+    assert stored[0] == RETAINED  # the forgotten jobs' events went with them
 
 
 # -- 3 and 6. logons ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 
 from ..model.config import Config
+from .retention import RetainedJobs
 from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
@@ -46,8 +47,14 @@ class JobService:
         #: per-user limit in O(1) (counting by a scan of 46,806 jobs made creation 4x slower)
         self._live_owner: dict[str, int] = {}
         self._live_count: dict[int, int] = {}
-        for job in self.jobs.values():
-            self._count_live(job)
+        #: final jobs kept per owner, within a budget; the ones over it are forgotten at the next commit
+        self._retained = RetainedJobs(config_source)
+        self._evicted: list[str] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.modification_time):
+            if job.state.is_final:
+                self._evicted += self._retained.add(job)
+            else:
+                self._count_live(job)
         self._locks: dict[str, asyncio.Lock] = {}
         self._change = asyncio.Event()
         #: every change becomes events, saved with it (openbits.events)
@@ -292,6 +299,10 @@ class JobService:
         await self.store.save_job(job, files, events)
         self.events.publish(events)
         self.announce(job)
+        while self._evicted:
+            old = self.jobs.get(self._evicted.pop())
+            if old is not None and old.state.is_final:
+                await self._forget(old, with_events=True)
 
     def _count_live(self, job: Job) -> None:
         """Keep the per-owner live count in step with the job's state and owner."""
@@ -305,6 +316,8 @@ class JobService:
         if owner is not None:
             self._live_owner[job.id] = owner
             self._live_count[owner] = self._live_count.get(owner, 0) + 1
+        else:
+            self._evicted += self._retained.add(job)
 
     def announce(self, job: Job) -> None:
         """Wake listeners and every `wait` (each re-checks its own job)."""
@@ -321,15 +334,20 @@ class JobService:
         for job in list(self.jobs.values()):
             if job.state.is_final:
                 if now - job.modification_time > config.final_job_retention:
-                    del self.jobs[job.id]
-                    self._locks.pop(job.id, None)
-                    self.events.forget(job.id)
-                    await self.store.delete_job(job.id)
+                    await self._forget(job)
             elif now - job.modification_time > config.job_inactivity_timeout:
                 job.cancel()
                 await self.commit(job)
                 await self._discard(job)
         return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))
+
+    async def _forget(self, job: Job, with_events: bool = False) -> None:
+        """A final job past its retention, or over its owner's budget (then its events go too)."""
+        del self.jobs[job.id]
+        self._locks.pop(job.id, None)
+        self._retained.remove(job)
+        self.events.forget(job.id)
+        await self.store.delete_job(job.id, with_events=with_events)
 
 
 async def _check_upload_source(files: LocalFiles, path: str) -> None:

@@ -104,6 +104,10 @@ class Config:
     job_inactivity_timeout: int = 90 * 24 * 3600
     #: seconds a job in a final state stays queryable before it is forgotten
     final_job_retention: int = 24 * 3600
+    #: final jobs kept per user (within final_job_retention); over it, or over the bytes below, the
+    #: user's oldest final jobs are forgotten first, with their events
+    max_retained_jobs_per_user: int = 300
+    max_retained_bytes_per_user: int = 64 << 20
     #: seconds events stay in the store for clients that reconnect with their last seq (openbits.events)
     event_retention: int = 7 * 24 * 3600
     #: events kept at most, however young
