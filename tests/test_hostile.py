@@ -437,3 +437,32 @@ def test_tickets_expire_in_a_minute_and_are_capped_per_user(users, daemon) -> No
     assert answer["issued"] == 16 and answer["lifetimes"] == [60.0]
     assert "16 unredeemed tickets" in answer["refused"][0]
     assert answer["redeemed"] == 200 and answer["after"] == 201  # a redeemed ticket no longer counts
+
+
+# -- 16, 17. robustness --------------------------------------------------------------------------
+
+
+def test_events_since_beyond_2_63_is_refused_before_the_stream(users, daemon) -> None:
+    answer = run_as(users["alice"], daemon, """
+    s = connect()
+    s.sendall(b"GET /v1/events?since=18446744073709551616 HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+    out(reply=refused(s, 10))
+    """)
+    assert answer["reply"].startswith("HTTP/1.1 400") and "below 2^63" in answer["reply"]
+
+
+def test_malformed_and_aborted_requests_are_one_warning_line(users, daemon) -> None:
+    marker = len(daemon.log())
+    run_as(users["mallory"], daemon, """
+    for raw in (b"GET /v1/jobs HTTP/1.1\\r\\nBad Header\\r\\n\\r\\n", b"GET /v1/jobs HTTP/9.9\\r\\n\\r\\n"):
+        s = connect(); s.sendall(raw); refused(s, 5); s.close()
+    s = connect()
+    s.sendall(b"POST /v1/jobs HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nContent-Length: 100\\r\\n\\r\\n{")
+    time.sleep(0.2); s.close()
+    time.sleep(0.5)
+    out(ok=1)
+    """)
+    time.sleep(0.5)
+    log = daemon.log()[marker:]
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert f"WARNING a request of uid {users['mallory'].uid} failed: BadHttpMessage" in log, log

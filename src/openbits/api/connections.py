@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ..identity import peer_credentials
@@ -130,6 +131,14 @@ class _Connection(RequestHandler):
         self._awaiting_headers = True  # the next request's first byte starts its own deadline
         return result
 
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """A client's malformed or aborted request is its mistake: one WARNING line, no traceback."""
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+            _client_mistake(f"a request of uid {self.peer_uid} failed: {type(exc).__name__}: {exc}")
+            return
+        super().log_exception(*args, **kwargs)
+
     def _arm(self) -> None:
         self._header_timer = self._loop.call_later(self._deadline(), self._too_slow)
 
@@ -146,6 +155,7 @@ class _Connection(RequestHandler):
 
 
 _slow = RateLimitedLog(log)
+_client_mistake = RateLimitedLog(log)
 
 
 async def listen(runner: web.AppRunner, sock: socket.socket, limits: ConnectionLimits,
