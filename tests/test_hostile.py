@@ -466,3 +466,25 @@ def test_malformed_and_aborted_requests_are_one_warning_line(users, daemon) -> N
     log = daemon.log()[marker:]
     assert "Traceback" not in log and " ERROR " not in log, log
     assert f"WARNING a request of uid {users['mallory'].uid} failed: BadHttpMessage" in log, log
+
+
+# -- the load test (make bench runs the full one: bench/hostile.py) ---------------------------------
+
+
+@pytest.mark.slow
+def test_ten_users_are_served_while_one_attacks(made, world) -> None:
+    """100 clients of ten users for 10 s, alone and under attack: no error for them; p99s and peak RSS printed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_hostile", Path(__file__).parent.parent / "bench" / "hostile.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    load_world = world / "load"
+    load_world.mkdir()
+    load_world.chmod(0o755)
+    result = bench.both(made, load_world, clients=100, seconds=10, idle=2000)
+    print(bench.report(result))
+    assert result["alone"]["errors"] == 0, result["alone"]["first_error"]
+    assert result["attacked"]["errors"] == 0, result["attacked"]["first_error"]
+    assert result["alone"]["ops"] > 0 and result["attacked"]["ops"] > 0
