@@ -488,3 +488,127 @@ def test_ten_users_are_served_while_one_attacks(made, world) -> None:
     assert result["alone"]["errors"] == 0, result["alone"]["first_error"]
     assert result["attacked"]["errors"] == 0, result["attacked"]["first_error"]
     assert result["alone"]["ops"] > 0 and result["attacked"]["ops"] > 0
+
+
+# -- 7. socket squatting -------------------------------------------------------------------------
+
+LISTENER = """
+import json, socket, sys, time
+path = sys.argv[1]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+import os; os.chmod(path, 0o777)
+server.listen(16)
+server.settimeout(0.2)
+print("ready", flush=True)
+got = b""
+stop = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < stop:
+    try:
+        conn, _ = server.accept()
+    except socket.timeout:
+        continue
+    conn.settimeout(0.5)
+    try:
+        got += conn.recv(65536)
+    except OSError:
+        pass
+print(json.dumps({"received": len(got)}), flush=True)
+"""
+
+
+def _squatter(user: RealUser, daemon: DaemonProcess, path: Path, seconds: float) -> subprocess.Popen[str]:
+    script = _script(daemon, "")
+    script.write_text(LISTENER)
+    proc = subprocess.Popen(["/usr/sbin/runuser", "-u", user.name, "--", str(PYTHON), str(script), str(path),
+                             str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise AssertionError(proc.stderr.read())
+    return proc
+
+
+def _openbitsd_as(user: RealUser, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/usr/sbin/runuser", "-u", user.name, "--", str(PYTHON), "-m", "openbits.daemon",
+                           "--user", *args], capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(user.home)})
+
+
+def test_daemon_refuses_a_socket_folder_others_may_write(users, world) -> None:
+    alice, mallory = users["alice"], users["mallory"]
+    for owner, needle in ((alice, "writable by others"), (mallory, "is owned by uid")):
+        folder = world / f"run-{owner.name}"
+        folder.mkdir()
+        os.chown(folder, owner.uid, owner.identity.gid)
+        folder.chmod(0o777)
+        result = _openbitsd_as(alice, "--socket", str(folder / "openbits.sock"),
+                               "--state-dir", str(alice.home / "state"))
+        assert result.returncode != 0 and needle in result.stderr, result.stderr
+        assert not (folder / "openbits.sock").exists()
+
+
+def test_client_refuses_a_squatted_runtime_dir_and_a_foreign_daemon(users, daemon, world) -> None:
+    from openbits.locations import answers, system_socket_path
+
+    alice, mallory = users["alice"], users["mallory"]
+    if answers(system_socket_path()):
+        pytest.skip(f"a system daemon answers on {system_socket_path()}: the client would use it")
+    squatted = Path(f"/tmp/openbits-{alice.uid}")
+    shutil.rmtree(squatted, ignore_errors=True)
+    squatted.mkdir()
+    os.chown(squatted, mallory.uid, mallory.identity.gid)
+    squatted.chmod(0o777)
+    try:
+        listener = _squatter(mallory, daemon, squatted / "openbits.sock", 4)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(alice.home)}
+        result = subprocess.run(["/usr/sbin/runuser", "-u", alice.name, "--", str(CLI), "list"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 3 and f"{squatted} is owned by uid {mallory.uid}" in result.stderr
+        assert json.loads(listener.communicate(timeout=30)[0].splitlines()[-1]) == {"received": 0}
+    finally:
+        shutil.rmtree(squatted, ignore_errors=True)
+    # A socket named explicitly whose daemon is neither root nor alice never receives a request.
+    hers = world / "mallory-run"
+    hers.mkdir()
+    os.chown(hers, mallory.uid, mallory.identity.gid)
+    fake = hers / "fake.sock"
+    listener = _squatter(mallory, daemon, fake, 4)
+    answer = run_as(alice, daemon, f"""
+    os.environ["OPENBITS_SOCKET"] = {str(fake)!r}
+    from openbits import Manager, BitsError
+    try:
+        Manager(autostart=False).create_job("secret")
+        out(error="")
+    except Exception as exc:
+        out(error=str(exc))
+    """)
+    assert f"runs as uid {mallory.uid}, neither root nor you" in answer["error"]
+    assert json.loads(listener.communicate(timeout=30)[0].splitlines()[-1]) == {"received": 0}
+
+
+# -- 8. auto-start -------------------------------------------------------------------------------
+
+
+def test_no_auto_start_on_an_explicit_socket(users, world) -> None:
+    alice = users["alice"]
+    target = world / "nobody.sock"
+    result = subprocess.run(["/usr/sbin/runuser", "-u", alice.name, "--", str(CLI), "list"], capture_output=True,
+                            text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "HOME": str(alice.home),
+                                                        "OPENBITS_SOCKET": str(target)})
+    assert result.returncode == 3 and "none is started on demand" in result.stderr
+    assert not target.exists()
+
+
+def test_a_daemon_started_on_demand_exits_when_idle(users) -> None:
+    alice = users["alice"]
+    run = alice.home / "run"
+    run.mkdir(mode=0o700, exist_ok=True)
+    os.chown(run, alice.uid, alice.identity.gid)
+    result = _openbitsd_as(alice, "--socket", str(run / "openbits.sock"), "--state-dir", str(alice.home / "st"),
+                           "--exit-when-idle", "1", timeout=60)
+    assert result.returncode == 0 and "no connection and no live job for 1 s: exiting" in result.stderr
+
+
+def test_status_says_which_daemon_answered(users, daemon) -> None:
+    answer = json.loads(cli_as(users["alice"], daemon, "status", "--json").stdout)
+    assert (answer["mode"], answer["uid"], answer["on_demand"]) == ("system", 0, False)

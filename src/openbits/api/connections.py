@@ -13,6 +13,7 @@ import collections
 import logging
 import resource
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ class ConnectionLimits:
         self.total = total
         self._open: collections.Counter[int] = collections.Counter()
         self._count = 0
+        self._idle_since: float | None = time.monotonic()
         self._refused = RateLimitedLog(log)
 
     def admit(self, uid: int) -> str | None:
@@ -64,18 +66,22 @@ class ConnectionLimits:
         else:
             self._open[uid] += 1
             self._count += 1
+            self._idle_since = None
             return None
         self._refused("connection refused: %s", reason)
         return reason
 
     def release(self, uid: int) -> None:
         self._count -= 1
+        if not self._count:
+            self._idle_since = time.monotonic()
         self._open[uid] -= 1
         if not self._open[uid]:
             del self._open[uid]
 
-    def held_by(self, uid: int) -> int:
-        return self._open[uid]
+    def idle_for(self) -> float:
+        """Seconds since the last connection closed (0 while one is open)."""
+        return 0.0 if self._idle_since is None else time.monotonic() - self._idle_since
 
 
 class _Connection(RequestHandler):

@@ -23,7 +23,7 @@ from ..schema.models import (
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
 from ..version import __version__
-from .request import Handler, MODE, RATES, SERVICE, caller, flag, parse, respond, respond_job
+from .request import Handler, MODE, ON_DEMAND, RATES, SERVICE, caller, flag, parse, respond, respond_job
 
 #: longest single /wait request; clients loop for longer waits
 MAX_WAIT = 30.0
@@ -35,7 +35,8 @@ routes = web.RouteTableDef()
 async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     who = caller(request)
-    return respond(DaemonStatus(version=__version__, mode=request.app[MODE], pid=os.getpid(), caller_uid=who.uid,
+    return respond(DaemonStatus(version=__version__, mode=request.app[MODE], pid=os.getpid(), uid=os.geteuid(),
+                                on_demand=request.app[ON_DEMAND], caller_uid=who.uid,
                                 caller_is_admin=service.is_admin(who)))
 
 

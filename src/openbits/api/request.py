@@ -35,6 +35,8 @@ SERVICE = web.AppKey("service", JobService)
 TOKENS = web.AppKey("tokens", TokenService)
 DELIVERIES = web.AppKey("deliveries", Deliveries)
 MODE = web.AppKey("mode", str)
+#: whether this daemon was started on demand by a client (and exits when idle)
+ON_DEMAND = web.AppKey("on_demand", bool)
 #: the bandwidth policy's explanation of a job's rate, under the cost state (`info`'s allowed rate)
 RATES = web.AppKey("rates", RateExplainer)
 

@@ -56,7 +56,3 @@ class RetainedJobs:
             if not kept:
                 del self._jobs[job.owner_uid]
                 del self._bytes[job.owner_uid]
-
-    def held_by(self, uid: int) -> tuple[int, int]:
-        """(jobs, bytes) the owner's final jobs hold."""
-        return len(self._jobs.get(uid, ())), self._bytes[uid]

@@ -304,6 +304,10 @@ class JobService:
             if old is not None and old.state.is_final:
                 await self._forget(old, with_events=True)
 
+    def live_jobs(self) -> int:
+        """Jobs not in a final state, of every owner."""
+        return sum(self._live_count.values())
+
     def _count_live(self, job: Job) -> None:
         """Keep the per-owner live count in step with the job's state and owner."""
         counted = self._live_owner.get(job.id)

@@ -29,7 +29,7 @@ from ..api.connections import ConnectionLimits, listen, raise_descriptor_limit
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
 from ..pools import Pools
-from ..locations import answers, system_socket_path, user_socket_path, user_state_dir
+from ..locations import answers, system_socket_path, unsafe_dir, user_socket_path, user_state_dir
 from ..core.cost import CostMonitor
 from ..core.changes import JobChanges
 from ..core.deliveries import Deliveries
@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket", type=Path, help="Unix socket path")
     parser.add_argument("--state-dir", type=Path, help="directory of the job database")
     parser.add_argument("--config", help="TOML configuration file (reloaded on SIGHUP)")
+    parser.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                        help="exit after this long with no connection and no live job (a daemon started on demand)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -76,6 +78,7 @@ class Settings:
         self.socket = args.socket or (system_socket_path() if self.system else user_socket_path())
         self.state_dir = args.state_dir or (SYSTEM_STATE_DIR if self.system else user_state_dir())
         self.config_path: str | None = args.config
+        self.exit_when_idle: float | None = args.exit_when_idle
         self.config = Config.load(self.config_path)
 
     def current(self) -> Config:
@@ -113,6 +116,8 @@ def take_state_lock(state_dir: Path) -> int:
 def bind_socket(path: Path, system: bool) -> socket.socket:
     if answers(path):
         raise SystemExit(f"openbitsd: a daemon already answers on {path}")
+    if (unsafe := unsafe_dir(path.parent, os.geteuid())) is not None:
+        raise SystemExit(f"openbitsd: not listening there: {unsafe}")
     path.parent.mkdir(parents=True, mode=0o755 if system else 0o700, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -158,7 +163,8 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     gc.enable()
     app = make_app(service, TokenService(service, LogonChecker(pool=pools.pam)), deliveries,
                    # `openbits info`: the rate each job is allowed, and why (blocked by cost first)
-                   functools.partial(cost.explain, rate=policy.explain), settings.mode)
+                   functools.partial(cost.explain, rate=policy.explain), settings.mode,
+                   on_demand=settings.exit_when_idle is not None)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = bind_socket(settings.socket, settings.system)
@@ -171,6 +177,9 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                      group.create_task(_housekeeping(service), name="housekeeping"),
                      group.create_task(bus.run(), name="events"),
                      group.create_task(deliveries.run(), name="notifications")]
+            if settings.exit_when_idle is not None:
+                tasks.append(group.create_task(_exit_when_idle(settings.exit_when_idle, limits, service, stop),
+                                               name="idle-exit"))
             await stop.wait()
             log.info("shutting down")
             for task in tasks:
@@ -188,6 +197,16 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
 def _background_limit(config: Config) -> int:
     now = datetime.datetime.now()
     return config.background_limit(now.weekday(), now.hour * 60 + now.minute)
+
+
+async def _exit_when_idle(seconds: float, limits: ConnectionLimits, service: JobService, stop: asyncio.Event) -> None:
+    """A daemon started on demand ends once nobody has used it for `seconds` and it has no live job."""
+    while True:
+        await asyncio.sleep(min(seconds, 5.0))
+        if limits.idle_for() >= seconds and not service.live_jobs():
+            log.info("no connection and no live job for %g s: exiting (started on demand)", seconds)
+            stop.set()
+            return
 
 
 async def _housekeeping(service: JobService) -> None:

@@ -195,6 +195,8 @@ class DaemonStatus(WireModel):
     version: str
     mode: str = Field(description="system or user")
     pid: int
+    uid: int = Field(description="the uid the daemon runs as (0: root)")
+    on_demand: bool = Field(description="started by a client when none answered; exits when idle")
     caller_uid: int
     caller_is_admin: bool
 
