@@ -612,3 +612,36 @@ def test_a_daemon_started_on_demand_exits_when_idle(users) -> None:
 def test_status_says_which_daemon_answered(users, daemon) -> None:
     answer = json.loads(cli_as(users["alice"], daemon, "status", "--json").stdout)
     assert (answer["mode"], answer["uid"], answer["on_demand"]) == ("system", 0, False)
+
+
+# -- 9. modes --------------------------------------------------------------------------------------
+
+
+def test_new_files_follow_the_clients_umask_and_replaced_files_keep_their_mode(users, daemon, world) -> None:
+    alice = users["alice"]
+    mine = world / "alice-modes"
+    mine.mkdir()
+    os.chown(mine, alice.uid, alice.identity.gid)
+    source = mine / "source"
+    source.write_text("payload\n")
+    os.chown(source, alice.uid, alice.identity.gid)
+    kept = mine / "kept"
+    kept.write_text("old\n")
+    os.chown(kept, alice.uid, alice.identity.gid)
+    kept.chmod(0o600)
+    answer = run_as(alice, daemon, f"""
+    from openbits import Manager
+    m = Manager(SOCK, autostart=False)
+    def fetch(dest, umask):
+        os.umask(umask)
+        job = m.create_job("modes")
+        job.add_file("file://{source}", dest)
+        job.resume()
+        state = job.wait(30)
+        job.complete()
+        return state.name
+    out(new=fetch({str(mine / "new")!r}, 0o077), kept=fetch({str(kept)!r}, 0o022))
+    """)
+    assert answer == {"new": "TRANSFERRED", "kept": "TRANSFERRED"}
+    assert (mine / "new").stat().st_mode & 0o777 == 0o600  # 0666 & ~077
+    assert kept.read_text() == "payload\n" and kept.stat().st_mode & 0o777 == 0o600  # not widened to 0644

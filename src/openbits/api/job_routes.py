@@ -20,6 +20,7 @@ from ..schema.models import (
     ReplyData,
     ReplyFileName,
 )
+from ..model.job import NEW_FILE_MODE
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
 from ..version import __version__
@@ -80,7 +81,8 @@ async def patch_job(request: web.Request) -> web.Response:
 async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
-    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs)
+    mode = NEW_FILE_MODE if body.umask is None else 0o666 & ~body.umask
+    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, mode)
     return respond_job(request, job)
 
 

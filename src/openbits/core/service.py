@@ -22,7 +22,7 @@ from ..identity import FileBroker, Identity, LocalFiles
 from ..identity.tokens import TokenStore
 from ..events.bus import EventBus
 from ..store import Store
-from ..model.job import Job, check_local_path
+from ..model.job import NEW_FILE_MODE, Job, check_local_path
 from .changes import JobChanges
 from .transfers import Transfers
 
@@ -161,7 +161,8 @@ class JobService:
         await self.commit(job)
         return job
 
-    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]]) -> Job:
+    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]],
+                        mode: int = NEW_FILE_MODE) -> Job:
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
@@ -170,7 +171,7 @@ class JobService:
             else:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
-            job.add_files(pairs, self.config.max_files_per_job)
+            job.add_files(pairs, self.config.max_files_per_job, mode)
             await self.commit(job, range(first, len(job.files)))
             return job
 
@@ -216,7 +217,7 @@ class JobService:
                 await self.commit(job)
                 raise BitsError(failed[0].code, f"{len(failed)} file(s) could not be put in place: "
                                 f"{failed[0].description}", ErrorContext.LOCAL_FILE)
-            committed = {temp for temp, _ in renames}
+            committed = {temp for temp, _, _ in renames}
             await files.remove([path for path in job.temp_paths() if path not in committed])
             job.complete()
             await self.commit(job)

@@ -38,7 +38,7 @@ from ..errors import BitsError, ErrorCode
 from ..model.identity import Identity
 from .brokerchild import ZYGOTE_MESSAGE_MAX, run_child, zygote_main
 from .fdpass import BATCH, FRAME_MAX, ProtocolError, Reassembly, close_all, frames, recv_with_fds
-from .localfiles import FileStat, LocalFiles, local_error
+from .localfiles import FileStat, LocalFiles, Rename, local_error
 
 _DESCRIPTION_MAX = 2000
 _SPAWN_TIMEOUT = 10.0
@@ -241,8 +241,8 @@ class _BrokerFiles:
             results += [next(given) if item is None else _broker_error(item) for item in items]
         return results
 
-    async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
-        pairs = [[temp, final] for temp, final in renames]
+    async def commit(self, renames: Sequence[tuple[str, str] | tuple[str, str, int]]) -> list[BitsError | None]:
+        pairs = [list(Rename(*rename)) for rename in renames]
         results = await self._call("commit", [pairs], retry=False)
         if not isinstance(results, list) or len(results) != len(pairs):
             raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed reply")

@@ -11,15 +11,23 @@ import os
 import stat as st
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
 from ..model.identity import Identity
 
-#: Mode of a completed file: readable by all, like a file the user saved with the usual umask.
+#: Mode of a completed new file when the job says none: readable by all, as with the usual umask 022.
 FINAL_MODE = 0o644
 TEMP_MODE = 0o600
+
+
+class Rename(NamedTuple):
+    """One file Complete puts in place: a file replaced keeps its permission bits, a new one gets `mode`."""
+
+    temp: str
+    final: str
+    mode: int = FINAL_MODE
 
 _OPEN = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a planted FIFO cannot hang the broker
 
@@ -43,7 +51,7 @@ class LocalFiles(Protocol):
     async def check_destination(self, local_path: str) -> None: ...
     async def open_temp(self, temp_path: str, *, create: bool) -> int: ...
     async def open_temps(self, temp_paths: Sequence[str]) -> list[int | BitsError]: ...
-    async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]: ...
+    async def commit(self, renames: Sequence[tuple[str, str] | tuple[str, str, int]]) -> list[BitsError | None]: ...
     async def remove(self, paths: Sequence[str]) -> None: ...
     async def open_read(self, path: str) -> int: ...
     async def stat(self, path: str) -> FileStat | None: ...
@@ -112,13 +120,13 @@ class DiskFiles:
                 results.append(exc)
         return results
 
-    def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
+    def commit(self, renames: Sequence[Sequence[str | int]]) -> list[BitsError | None]:
         """Rename each temp over its final name, then fsync each touched folder once."""
         results: list[BitsError | None] = []
         touched: dict[str, list[int]] = {}
-        for temp, final in renames:
+        for temp, final, mode in (Rename(*rename) for rename in renames):  # type: ignore[arg-type]
             try:
-                self._rename(self._checked(temp), self._checked(final))
+                self._rename(self._checked(temp), self._checked(final), mode)
             except BitsError as exc:
                 results.append(exc)
                 continue
@@ -170,13 +178,20 @@ class DiskFiles:
             raise self._error(exc, "inspect", path) from None
         return FileStat(size=info.st_size, mtime_ns=info.st_mtime_ns, uid=info.st_uid, mode=info.st_mode)
 
-    def _rename(self, temp: str, final: str) -> None:
+    def _rename(self, temp: str, final: str, mode: int) -> None:
         if os.path.dirname(temp) != os.path.dirname(final):
             raise local_error(ErrorCode.E_INVALIDARG, f"{temp} and {final} are not in the same folder")
         try:
+            replaced = os.lstat(final)
+        except OSError:
+            replaced = None
+        # A file replaced keeps its permission bits (never set-id ones); a new one never gets more than 0666.
+        mode = st.S_IMODE(replaced.st_mode) & 0o777 if replaced is not None and st.S_ISREG(replaced.st_mode) \
+            else mode & 0o666
+        try:
             fd = self._regular(os.open(temp, os.O_RDONLY | _OPEN), temp)
             try:
-                os.fchmod(fd, FINAL_MODE)
+                os.fchmod(fd, mode)
             finally:
                 os.close(fd)
         except OSError as exc:

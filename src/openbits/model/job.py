@@ -33,6 +33,10 @@ DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
 _SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
 
 
+#: A new file's mode when the client sent no umask: 0666 & ~022
+NEW_FILE_MODE = 0o644
+
+
 def temp_path_for(local_path: str, file_id: str) -> str:
     """Hidden temporary name beside the destination, unique per file of a job."""
     directory, name = os.path.split(local_path)
@@ -66,6 +70,9 @@ class JobFile:
     session_host_fallback: int | None = None
     #: Unix time of the first failed connection to session_host since it was last reached
     session_host_unreachable_since: float | None = None
+    #: mode of the file Complete creates where none existed: 0666 & ~ the umask the client sent at
+    #: AddFile (a file it replaces keeps its own mode)
+    mode: int = NEW_FILE_MODE
 
     def forget_session(self) -> None:
         """The upload session is gone (the server lost it): the file goes again, in a new one."""
@@ -210,12 +217,14 @@ class Job:
         reply = self.reply_temp_path
         return paths + ([reply] if reply else [])
 
-    def completion_renames(self) -> list[tuple[str, str]]:
-        """What Complete puts in place: finished downloads, or the reply of a transferred upload-reply job."""
+    def completion_renames(self) -> list[tuple[str, str, int]]:
+        """What Complete puts in place (temporary name, final name, a new file's mode): finished downloads,
+        or the reply of a transferred upload-reply job (with the mode of its uploaded file's AddFile)."""
         if self.type == JobType.DOWNLOAD:
-            return [(f.temp_path, f.local_path) for f in self.files if f.completed]
+            return [(f.temp_path, f.local_path, f.mode) for f in self.files if f.completed]
         temp, path = self.reply_temp_path, self.reply_path
-        return [(temp, path)] if temp and path and self.state == JobState.TRANSFERRED else []
+        mode = self.files[0].mode if self.files else NEW_FILE_MODE
+        return [(temp, path, mode)] if temp and path and self.state == JobState.TRANSFERRED else []
 
     def check_reply_file_name(self) -> None:
         """SetReplyFileName: upload-reply jobs only, and only before the reply starts arriving."""
@@ -244,7 +253,7 @@ class Job:
         """Properties may change in every state but the final ones."""
         self._require_not_final()
 
-    def add_files(self, pairs: list[tuple[str, str]], max_files: int) -> list[JobFile]:
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int, mode: int = NEW_FILE_MODE) -> list[JobFile]:
         self._require_not_final()
         if self.type != JobType.DOWNLOAD and len(self.files) + len(pairs) > 1:
             raise BitsError(
@@ -267,7 +276,7 @@ class Job:
                                 "http:// or https:// servers that speak the BITS upload protocol",
                                 ErrorContext.REMOTE_FILE)
         added = [
-            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"))
+            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), mode=mode)
             for i, (url, path) in enumerate(pairs)
         ]
         self.files.extend(added)

@@ -176,6 +176,8 @@ class AddFilesRequest(WireModel):
     """AddFile and AddFileSet in one call."""
 
     files: Annotated[list[AddFile], Field(min_length=1)]
+    umask: Annotated[int, Field(ge=0, le=0o777)] | None = Field(
+        None, description="the client's umask: a file Complete creates gets 0666 & ~umask (none: 022)")
 
 
 class ReplyFileName(WireModel):
