@@ -645,3 +645,34 @@ def test_new_files_follow_the_clients_umask_and_replaced_files_keep_their_mode(u
     assert answer == {"new": "TRANSFERRED", "kept": "TRANSFERRED"}
     assert (mine / "new").stat().st_mode & 0o777 == 0o600  # 0666 & ~077
     assert kept.read_text() == "payload\n" and kept.stat().st_mode & 0o777 == 0o600  # not widened to 0644
+
+
+# -- 10. the state directory ---------------------------------------------------------------------
+
+
+def test_state_dir_is_made_private_or_refused(users, world) -> None:
+    root = world / "statedir"
+    state = root / "state"
+    state.mkdir(parents=True)
+    state.chmod(0o755)
+    (state / "jobs.db").touch(mode=0o644)
+    (state / "jobs.db").chmod(0o644)
+    daemon = DaemonProcess(root, system=True)
+    daemon.state_dir = state
+    daemon.start()
+    try:
+        assert state.stat().st_mode & 0o777 == 0o700
+        assert {p.name: p.stat().st_mode & 0o777 for p in state.iterdir() if p.is_file()} == {
+            name: 0o600 for name in {p.name for p in state.iterdir() if p.is_file()}}
+    finally:
+        daemon.stop()
+    alice, mallory = users["alice"], users["mallory"]
+    theirs = world / "mallory-state"
+    theirs.mkdir()
+    os.chown(theirs, mallory.uid, mallory.identity.gid)
+    theirs.chmod(0o777)
+    run = alice.home / "run10"
+    run.mkdir(mode=0o700)
+    os.chown(run, alice.uid, alice.identity.gid)
+    result = _openbitsd_as(alice, "--socket", str(run / "s.sock"), "--state-dir", str(theirs))
+    assert result.returncode != 0 and f"is owned by uid {mallory.uid}, not by this daemon's" in result.stderr

@@ -37,7 +37,7 @@ def start_user_daemon() -> Path:
     state_dir = user_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = state_dir / "openbitsd.log"
-    with open(log_path, "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..api.app import make_app
+from .statedir import own_state_dir
 from ..api.connections import ConnectionLimits, listen, raise_descriptor_limit
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
@@ -104,7 +105,7 @@ def recover(jobs: list[Job]) -> None:
 
 def take_state_lock(state_dir: Path) -> int:
     """One daemon per state directory: a second one would corrupt the job files."""
-    state_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    own_state_dir(state_dir)
     fd = os.open(state_dir / "openbitsd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
