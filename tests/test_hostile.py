@@ -676,3 +676,40 @@ def test_state_dir_is_made_private_or_refused(users, world) -> None:
     os.chown(run, alice.uid, alice.identity.gid)
     result = _openbitsd_as(alice, "--socket", str(run / "s.sock"), "--state-dir", str(theirs))
     assert result.returncode != 0 and f"is owned by uid {mallory.uid}, not by this daemon's" in result.stderr
+
+
+# -- 11. credentials in URLs -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[Any]:
+    from .servers.auth import AuthServer
+
+    server = AuthServer()
+    yield server
+    server.stop()
+
+
+def test_user_and_password_in_a_url_become_credentials_and_leave_the_url(users, daemon, world, web) -> None:
+    alice = users["alice"]
+    password = "pw-" + secrets.token_hex(8)
+    web.accounts["urluser"] = password
+    mine = world / "alice-url"
+    mine.mkdir()
+    os.chown(mine, alice.uid, alice.identity.gid)
+    url = web.url("/basic/urluser/u").replace("http://", f"http://urluser:{password}@")
+    answer = run_as(alice, daemon, f"""
+    from openbits import Manager
+    m = Manager(SOCK, autostart=False)
+    job = m.create_job("url-credentials")
+    job.add_file({url!r}, {str(mine / "u")!r})
+    job.resume()
+    state = job.wait(30)
+    info = job.info()
+    job.complete()
+    out(state=state.name, url=info.files[0].remote_url, shown=repr(info.model_dump()))
+    """)
+    assert answer["state"] == "TRANSFERRED"
+    assert answer["url"] == web.url("/basic/urluser/u") and password not in answer["shown"]
+    stored = b"".join(p.read_bytes() for p in daemon.state_dir.iterdir() if p.is_file())
+    assert password.encode() not in stored and password not in daemon.log()

@@ -16,10 +16,10 @@ from concurrent.futures import Executor
 
 from ..model.config import Config
 from .retention import RetainedJobs
-from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
+from ..enums import AuthScheme, AuthTarget, ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
-from ..identity.tokens import TokenStore
+from ..identity.tokens import Credential, TokenStore, split_userinfo
 from ..events.bus import EventBus
 from ..store import Store
 from ..model.job import NEW_FILE_MODE, Job, check_local_path
@@ -171,9 +171,18 @@ class JobService:
             else:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
-            job.add_files(pairs, self.config.max_files_per_job, mode)
+            split = [(split_userinfo(url), path) for url, path in pairs]
+            job.add_files([(clean, path) for (clean, _), path in split], self.config.max_files_per_job, mode)
+            for (_, credential), _ in split:
+                self._url_credential(job, credential)
             await self.commit(job, range(first, len(job.files)))
             return job
+
+    def _url_credential(self, job: Job, credential: Credential | None) -> None:
+        """user:password@ of a remote name: the job's SERVER credentials for both schemes (the name lost it)."""
+        if credential is not None:
+            for scheme in (AuthScheme.BASIC, AuthScheme.DIGEST):
+                self.tokens.set_credential(job.id, AuthTarget.SERVER, scheme, credential)
 
     async def resume(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:

@@ -10,6 +10,7 @@ import collections
 import secrets
 import time
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..enums import AuthScheme, AuthTarget, ErrorContext
 from ..errors import BitsError, ErrorCode
@@ -27,6 +28,17 @@ class Credential:
 
     username: str
     password: str = field(repr=False)
+
+
+def split_userinfo(url: str) -> tuple[str, Credential | None]:
+    """`http://user:password@host/x` -> (`http://host/x`, the credential): the user information of a URL
+    becomes the job's server credentials (memory only) and never reaches the store, `info` or a log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), Credential(unquote(user), unquote(password))
 
 
 @dataclass(frozen=True)
