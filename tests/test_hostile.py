@@ -713,3 +713,59 @@ def test_user_and_password_in_a_url_become_credentials_and_leave_the_url(users, 
     assert answer["url"] == web.url("/basic/urluser/u") and password not in answer["shown"]
     stored = b"".join(p.read_bytes() for p in daemon.state_dir.iterdir() if p.is_file())
     assert password.encode() not in stored and password not in daemon.log()
+
+
+# -- 12. TakeOwnership -------------------------------------------------------------------------------
+
+
+def test_after_takeownership_no_planted_symlink_is_followed_and_the_old_stream_stops(users, daemon, world) -> None:
+    from openbits import Manager
+
+    alice = users["alice"]
+    base = world / "alice12"
+    base.mkdir()
+    os.chown(base, alice.uid, alice.identity.gid)
+    inner = base / "d"
+    inner.mkdir()
+    os.chown(inner, alice.uid, alice.identity.gid)
+    source = world / "source12"
+    source.write_text("root's new content\n")
+    target = Path(tempfile.mkdtemp(prefix="obt_takeover_", dir="/root"))
+    job_id = run_as(alice, daemon, f"""
+    from openbits import Manager
+    job = Manager(SOCK, autostart=False).create_job("takeover")
+    job.add_file("file://{source}", {str(inner / "planted.conf")!r})
+    out(id=job.id)
+    """)["id"]
+    stream = start_as(alice, daemon, f"""
+    s = connect()
+    s.sendall(b"GET /v1/events?job={job_id} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    s.settimeout(6)
+    print("ready", flush=True)
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except socket.timeout:
+        pass
+    out(seen=got.decode(errors="replace"))
+    """)
+    try:
+        assert stream.stdout is not None and stream.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        with Manager(daemon.socket, autostart=False) as root:
+            job = root.get_job(job_id)
+            job.take_ownership()
+            shutil.rmtree(inner)
+            os.symlink(target, inner)  # alice swaps her folder for a link into /root
+            job.set_properties(description="after-the-takeover")
+            job.resume()
+            state = job.wait(30)
+            error = job.error
+        seen = json.loads(stream.communicate(timeout=30)[0].splitlines()[-1])["seen"]
+        assert state.name == "ERROR" and error is not None and error.name == "E_ACCESSDENIED"
+        assert not list(target.iterdir())
+        assert "after-the-takeover" not in seen
+    finally:
+        stream.kill()
+        shutil.rmtree(target, ignore_errors=True)

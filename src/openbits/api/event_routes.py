@@ -69,7 +69,9 @@ async def events(request: web.Request) -> web.StreamResponse:
             raise BitsError(ErrorCode.E_INVALIDARG, "callbacks=true registers a job's notify interface: give job=")
         job.check_modifiable()  # SetNotifyInterface: BG_E_INVALID_STATE once the job is final
     bus = service.events
-    sub = bus.subscribe(None if all_users or job else who.uid, job.id if job else None)
+    # A job's stream is still filtered by owner for a non-administrator: when an administrator takes the job
+    # over, the old owner's stream stops receiving its events.
+    sub = bus.subscribe(None if all_users or (job and service.is_admin(who)) else who.uid, job.id if job else None)
     try:
         if callbacks:
             assert job is not None

@@ -75,11 +75,13 @@ class JobService:
 
     def files_of(self, job: Job) -> LocalFiles:
         """The file broker for the job's local files: the helper's with TokenFlags.LOCAL_FILE, else the owner's."""
-        return self.broker.files_for(self.acting_identity(job, TokenFlags.LOCAL_FILE, ErrorContext.LOCAL_FILE))
+        return self.broker.files_for(self.acting_identity(job, TokenFlags.LOCAL_FILE, ErrorContext.LOCAL_FILE),
+                                     job.owner_changed)
 
     def remote_files_of(self, job: Job) -> LocalFiles:
         """The file broker that opens file:// remote names: the helper's with TokenFlags.NETWORK, else the owner's."""
-        return self.broker.files_for(self.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE))
+        return self.broker.files_for(self.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE),
+                                     job.owner_changed)
 
     def acting_identity(self, job: Job, use: TokenFlags, context: ErrorContext) -> Identity:
         """Who does `use` (LOCAL_FILE or NETWORK) work for the job; BG_E_TOKEN_REQUIRED if the helper is gone."""
@@ -211,7 +213,7 @@ class JobService:
         try:
             files = self.files_of(job)
         except BitsError:  # the helper token is gone: the owner removes what the owner can
-            files = self.broker.files_for(Identity.from_uid(job.owner_uid))
+            files = self.broker.files_for(Identity.from_uid(job.owner_uid), job.owner_changed)
         await files.remove(job.temp_paths())
 
     async def complete(self, caller: Identity, ref: str) -> Job:
@@ -273,6 +275,7 @@ class JobService:
                             ErrorContext.GENERAL_QUEUE_MANAGER)
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
+            job.owner_changed = job.owner_changed or job.owner_uid != caller.uid
             job.owner_uid = caller.uid
             job.notify_cmdline = None  # BITS: TakeOwnership removes command line notification
             job.touch()

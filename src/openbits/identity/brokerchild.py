@@ -115,7 +115,7 @@ def _broker_main(sock: socket.socket, request: dict[str, Any], zygote_pid: int) 
         if _libc.prctl(option, value, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
     os.umask(0o077)
-    _serve(sock, DiskFiles(request["name"]))
+    _serve(sock, DiskFiles(request["name"], strict=request.get("strict") is True))
 
 
 def _serve(sock: socket.socket, files: DiskFiles) -> None:

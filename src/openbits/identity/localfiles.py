@@ -6,10 +6,11 @@ the credentials of the process it runs in, which is always a broker holding exac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as st
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -64,29 +65,58 @@ def local_error(code: int, description: str) -> BitsError:
 class DiskFiles:
     """The operations themselves, run inside a broker: the kernel checks every path as its user."""
 
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str, strict: bool = False) -> None:
         self._user = user
+        #: a job whose owner changed (TakeOwnership): no symlink in any component of its paths is followed,
+        #: so the old owner cannot point the new owner's writes elsewhere by swapping a folder for a link
+        self._strict = strict
+
+    @contextlib.contextmanager
+    def _at(self, path: str) -> Iterator[tuple[int | None, str]]:
+        """(dir_fd, name) to reach path with: (None, path) normally; when strict, the folder's descriptor
+        reached one component at a time with O_NOFOLLOW, and the last name."""
+        if not self._strict:
+            yield None, path
+            return
+        folder, name = os.path.split(path)
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in folder.strip("/").split("/") if folder != "/" else ():
+                try:
+                    step = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                        raise local_error(ErrorCode.E_ACCESSDENIED, f"{path}: {part} is a symbolic link or not a "
+                                          "folder; after TakeOwnership openbits follows no symbolic link") from None
+                    raise self._error(exc, "use the folder", folder, folder=True) from None
+                os.close(fd)
+                fd = step
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def check_destination(self, local_path: str) -> None:
         """Refuse at add_file time what would fail at Complete, with a reason the user can act on."""
         path = self._checked(local_path)
         parent = os.path.dirname(path)
-        try:
-            parent_st = os.stat(parent)
-        except OSError as exc:
-            raise self._error(exc, "use the folder", parent, folder=True) from None
-        if not st.S_ISDIR(parent_st.st_mode):
-            raise local_error(ErrorCode.ERROR_PATH_NOT_FOUND, f"{parent} is not a folder, so {path} cannot be created")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise local_error(
-                ErrorCode.E_ACCESSDENIED, f"user {self._user} may not create files in {parent} (needed for {path})"
-            )
-        try:
-            existing = os.lstat(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise self._error(exc, "inspect", path) from None
+        with self._at(path) as (folder, name):
+            try:
+                parent_st = os.stat(parent) if folder is None else os.fstat(folder)
+            except OSError as exc:
+                raise self._error(exc, "use the folder", parent, folder=True) from None
+            if not st.S_ISDIR(parent_st.st_mode):
+                raise local_error(ErrorCode.ERROR_PATH_NOT_FOUND,
+                                  f"{parent} is not a folder, so {path} cannot be created")
+            if not os.access(parent if folder is None else ".", os.W_OK | os.X_OK, dir_fd=folder):
+                raise local_error(
+                    ErrorCode.E_ACCESSDENIED, f"user {self._user} may not create files in {parent} (needed for {path})"
+                )
+            try:
+                existing = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise self._error(exc, "inspect", path) from None
         if st.S_ISDIR(existing.st_mode):
             raise local_error(ErrorCode.E_INVALIDARG, f"{path} is an existing folder; name a file instead")
         sticky = parent_st.st_mode & st.S_ISVTX
@@ -99,16 +129,18 @@ class DiskFiles:
     def open_temp(self, temp_path: str, create: bool) -> int:
         """create: a fresh 0600 file (a stale one of that name is removed first); else reopen it to resume."""
         path = self._checked(temp_path)
-        try:
-            if not create:
-                return self._regular(os.open(path, os.O_RDWR | _OPEN), path)
+        with self._at(path) as (folder, name):
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            return self._regular(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN, TEMP_MODE), path)
-        except OSError as exc:
-            raise self._error(exc, "create" if create else "reopen", path) from None
+                if not create:
+                    return self._regular(os.open(name, os.O_RDWR | _OPEN, dir_fd=folder), path)
+                try:
+                    os.unlink(name, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
+                return self._regular(os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN, TEMP_MODE,
+                                             dir_fd=folder), path)
+            except OSError as exc:
+                raise self._error(exc, "create" if create else "reopen", path) from None
 
     def open_temps(self, temp_paths: list[str]) -> list[int | BitsError]:
         """open_temp(create=True) of each path, for a batch of small files: a descriptor or the error each."""
@@ -134,11 +166,15 @@ class DiskFiles:
             touched.setdefault(os.path.dirname(final), []).append(len(results) - 1)
         for folder, indexes in touched.items():
             try:
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                with self._at(os.path.join(folder, ".")) as (parent, name):
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            except BitsError as exc:
+                for index in indexes:
+                    results[index] = exc
             except OSError as exc:
                 error = self._error(exc, "flush the folder", folder, folder=True)
                 for index in indexes:
@@ -150,7 +186,8 @@ class DiskFiles:
         first: BitsError | None = None
         for path in paths:
             try:
-                os.unlink(self._checked(path))
+                with self._at(self._checked(path)) as (folder, name):
+                    os.unlink(name, dir_fd=folder)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -162,16 +199,18 @@ class DiskFiles:
 
     def open_read(self, path: str) -> int:
         path = self._checked(path)
-        try:
-            return self._regular(os.open(path, os.O_RDONLY | _OPEN), path)
-        except OSError as exc:
-            raise self._error(exc, "read", path) from None
+        with self._at(path) as (folder, name):
+            try:
+                return self._regular(os.open(name, os.O_RDONLY | _OPEN, dir_fd=folder), path)
+            except OSError as exc:
+                raise self._error(exc, "read", path) from None
 
     def stat(self, path: str) -> FileStat | None:
         """lstat: the name itself, as open_temp/open_read (which never follow a final symlink) see it."""
         path = self._checked(path)
         try:
-            info = os.lstat(path)
+            with self._at(path) as (folder, name):
+                info = os.stat(name, dir_fd=folder, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -181,25 +220,27 @@ class DiskFiles:
     def _rename(self, temp: str, final: str, mode: int) -> None:
         if os.path.dirname(temp) != os.path.dirname(final):
             raise local_error(ErrorCode.E_INVALIDARG, f"{temp} and {final} are not in the same folder")
-        try:
-            replaced = os.lstat(final)
-        except OSError:
-            replaced = None
-        # A file replaced keeps its permission bits (never set-id ones); a new one never gets more than 0666.
-        mode = st.S_IMODE(replaced.st_mode) & 0o777 if replaced is not None and st.S_ISREG(replaced.st_mode) \
-            else mode & 0o666
-        try:
-            fd = self._regular(os.open(temp, os.O_RDONLY | _OPEN), temp)
+        with self._at(final) as (folder, final_name):
+            temp_name = temp if folder is None else os.path.basename(temp)
             try:
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise self._error(exc, "complete", temp) from None
-        try:
-            os.rename(temp, final)
-        except OSError as exc:
-            raise self._error(exc, "rename to", final) from None
+                replaced: os.stat_result | None = os.stat(final_name, dir_fd=folder, follow_symlinks=False)
+            except OSError:
+                replaced = None
+            # A file replaced keeps its permission bits (never set-id ones); a new one never gets more than 0666.
+            mode = st.S_IMODE(replaced.st_mode) & 0o777 if replaced is not None and st.S_ISREG(replaced.st_mode) \
+                else mode & 0o666
+            try:
+                fd = self._regular(os.open(temp_name, os.O_RDONLY | _OPEN, dir_fd=folder), temp)
+                try:
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise self._error(exc, "complete", temp) from None
+            try:
+                os.rename(temp_name, final_name, src_dir_fd=folder, dst_dir_fd=folder)
+            except OSError as exc:
+                raise self._error(exc, "rename to", final) from None
 
     def _regular(self, fd: int, path: str) -> int:
         """Keep fd only if it is a regular file; make it blocking again for the daemon."""

@@ -158,6 +158,9 @@ class Job:
     reply_file_name: str | None = None
     reply_bytes_total: int = prop(SIZE_UNKNOWN, doc="GetReplyProgress: -1 until the reply begins", notifies=False)
     reply_bytes_transferred: int = prop(0, doc="GetReplyProgress", notifies=False)
+    #: TakeOwnership gave the job a new owner: its paths are resolved without following any symlink,
+    #: which the old owner could have planted (identity/localfiles.DiskFiles strict)
+    owner_changed: bool = False
 
     @classmethod
     def new(cls, name: str, job_type: JobType, owner_uid: int, priority: JobPriority, description: str) -> Job:
