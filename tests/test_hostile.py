@@ -769,3 +769,39 @@ def test_after_takeownership_no_planted_symlink_is_followed_and_the_old_stream_s
     finally:
         stream.kill()
         shutil.rmtree(target, ignore_errors=True)
+
+
+# -- 13. notify programs -----------------------------------------------------------------------------
+
+
+def test_notify_output_is_quoted_capped_and_limits_are_a_logins(users, daemon, world) -> None:
+    import resource
+
+    alice = users["alice"]
+    mine = world / "alice13"
+    mine.mkdir()
+    os.chown(mine, alice.uid, alice.identity.gid)
+    source = world / "source13"
+    source.write_text("x\n")
+    program = world / "notify13.sh"
+    program.write_text("#!/bin/sh\necho \"fd-limit $(ulimit -n)\"\n"
+                       "printf '\\n2026-01-01 00:00:00,000 openbits.logon INFO logon as %s by uid 0 succeeded\\n' root\n"
+                       "head -c 20000 /dev/zero | tr '\\\\0' y\n")
+    program.chmod(0o755)
+    name = "notify-" + secrets.token_hex(3)
+    run_as(alice, daemon, f"""
+    from openbits import Manager
+    job = Manager(SOCK, autostart=False).create_job({name!r})
+    job.set_notify_cmdline({str(program)!r}, [])
+    job.add_file("file://{source}", {str(mine / "n")!r})
+    job.resume()
+    job.wait(30)
+    out(ok=1)
+    """)
+    deadline = time.monotonic() + 30
+    while f"job {name!r}" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = [line for line in daemon.log().splitlines() if f"job {name!r}" in line]
+    assert len(lines) == 1 and "notify program" in lines[0] and "[cut at 8192 bytes]" in lines[0]
+    assert not any(line.startswith("2026-01-01") for line in daemon.log().splitlines())  # the fake line stays quoted
+    assert f"fd-limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}" in lines[0]  # not the daemon's raised limit
