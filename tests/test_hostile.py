@@ -207,12 +207,19 @@ def test_connections_are_capped_per_user_and_root_is_exempt(users, daemon) -> No
     assert "connection refused: uid" in daemon.log()
 
 
-def test_descriptor_limit_is_raised_to_the_hard_limit(daemon) -> None:
-    assert daemon.proc is not None
-    limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
-    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
-    soft, hard = line.split()[3:5]
-    assert soft == hard
+def test_descriptor_limit_is_raised_to_the_hard_limit(world) -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    daemon = DaemonProcess(world / "daemon-nofile", system=True,
+                           wrap=["/usr/bin/prlimit", f"--nofile=1024:{hard}", "--"]).start()
+    try:
+        assert daemon.proc is not None
+        limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)]
+    finally:
+        daemon.stop()
 
 
 def test_default_cap_fits_a_hundred_transfers_following_events() -> None:
@@ -774,9 +781,20 @@ def test_after_takeownership_no_planted_symlink_is_followed_and_the_old_stream_s
 # -- 13. notify programs -----------------------------------------------------------------------------
 
 
-def test_notify_output_is_quoted_capped_and_limits_are_a_logins(users, daemon, world) -> None:
+def test_notify_output_is_quoted_capped_and_limits_are_a_logins(users, world) -> None:
+    """The daemon starts with a soft limit of 1,024 descriptors and raises its own: the program gets 1,024."""
     import resource
 
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    daemon = DaemonProcess(world / "daemon13", system=True,
+                           wrap=["/usr/bin/prlimit", f"--nofile=1024:{hard}", "--"]).start()
+    try:
+        _notify_attack(users, daemon, world)
+    finally:
+        daemon.stop()
+
+
+def _notify_attack(users: dict[str, RealUser], daemon: DaemonProcess, world: Path) -> None:
     alice = users["alice"]
     mine = world / "alice13"
     mine.mkdir()
@@ -804,4 +822,4 @@ def test_notify_output_is_quoted_capped_and_limits_are_a_logins(users, daemon, w
     lines = [line for line in daemon.log().splitlines() if f"job {name!r}" in line]
     assert len(lines) == 1 and "notify program" in lines[0] and "[cut at 8192 bytes]" in lines[0]
     assert not any(line.startswith("2026-01-01") for line in daemon.log().splitlines())  # the fake line stays quoted
-    assert f"fd-limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}" in lines[0]  # not the daemon's raised limit
+    assert "fd-limit 1024" in lines[0]  # not the daemon's raised limit
