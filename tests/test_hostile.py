@@ -823,3 +823,36 @@ def _notify_attack(users: dict[str, RealUser], daemon: DaemonProcess, world: Pat
     assert len(lines) == 1 and "notify program" in lines[0] and "[cut at 8192 bytes]" in lines[0]
     assert not any(line.startswith("2026-01-01") for line in daemon.log().splitlines())  # the fake line stays quoted
     assert "fd-limit 1024" in lines[0]  # not the daemon's raised limit
+
+
+# -- 14. cancel as the writer --------------------------------------------------------------------------
+
+
+def test_cancel_of_a_local_file_job_cleans_up_as_the_helper(users, daemon, world, faulty) -> None:
+    import uuid
+
+    alice, bob = users["alice"], users["bob"]
+    drop = world / "bob14"
+    drop.mkdir()
+    os.chown(drop, bob.uid, bob.identity.gid)
+    drop.chmod(0o700)
+    url = faulty.url(f"{uuid.uuid4().hex}/c.bin?size=64k&stall=5&stall_at=1000")
+    answer = run_as(alice, daemon, f"""
+    from openbits import Manager, TokenFlags, BitsError
+    job = Manager(SOCK, autostart=False).create_job("cancel14")
+    opts = job.token_options()
+    opts.set_helper_token(username={bob.name!r}, password={bob.password!r})
+    opts.set_helper_token_flags(TokenFlags.LOCAL_FILE)
+    job.add_file({url!r}, {str(drop / "c.bin")!r})
+    job.resume()
+    deadline = time.monotonic() + 20
+    while job.info().bytes_transferred == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        job.cancel()
+        out(error="", state=job.state.name)
+    except BitsError as e:
+        out(error=e.name, state=job.state.name)
+    """)
+    assert answer == {"error": "", "state": "CANCELLED"}
+    assert not list(drop.iterdir())

@@ -201,20 +201,24 @@ class JobService:
 
     async def cancel(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
+            writer = self._writer(job)
             job.cancel()
             await self.commit(job)
-            await self._discard(job)
+            await self._discard(job, writer)
             return job
 
-    async def _discard(self, job: Job) -> None:
-        """Cancel's file work: stop the transfer, tell the server, then remove every temporary file."""
+    def _writer(self, job: Job) -> LocalFiles:
+        """Whoever wrote the job's temporary files, asked before the job ends (its end forgets the helper token)."""
+        try:
+            return self.files_of(job)
+        except BitsError:  # the helper token is already gone: the owner removes what the owner can
+            return self.broker.files_for(Identity.from_uid(job.owner_uid), job.owner_changed)
+
+    async def _discard(self, job: Job, writer: LocalFiles) -> None:
+        """Cancel's file work: stop the transfer, tell the server, then remove every temporary file as its writer."""
         await self._transfers.stop(job.id)
         await self._cancel_remote(self, job)
-        try:
-            files = self.files_of(job)
-        except BitsError:  # the helper token is gone: the owner removes what the owner can
-            files = self.broker.files_for(Identity.from_uid(job.owner_uid), job.owner_changed)
-        await files.remove(job.temp_paths())
+        await writer.remove(job.temp_paths())
 
     async def complete(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
@@ -353,9 +357,10 @@ class JobService:
                 if now - job.modification_time > config.final_job_retention:
                     await self._forget(job)
             elif now - job.modification_time > config.job_inactivity_timeout:
+                writer = self._writer(job)
                 job.cancel()
                 await self.commit(job)
-                await self._discard(job)
+                await self._discard(job, writer)
         return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))
 
     async def _forget(self, job: Job, with_events: bool = False) -> None:
