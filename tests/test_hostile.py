@@ -856,3 +856,27 @@ def test_cancel_of_a_local_file_job_cleans_up_as_the_helper(users, daemon, world
     """)
     assert answer == {"error": "", "state": "CANCELLED"}
     assert not list(drop.iterdir())
+
+
+# -- 15. long names ----------------------------------------------------------------------------------
+
+
+def test_temporary_names_fit_name_max_whatever_the_final_name(users, daemon, world) -> None:
+    alice = users["alice"]
+    mine = world / "alice15"
+    mine.mkdir()
+    os.chown(mine, alice.uid, alice.identity.gid)
+    source = world / "source15"
+    source.write_text("long\n")
+    final = mine / ("é" * 127)  # 254 bytes: fits, but its temporary name would not without a cut
+    answer = run_as(alice, daemon, f"""
+    from openbits import Manager
+    job = Manager(SOCK, autostart=False).create_job("long")
+    job.add_file("file://{source}", {str(final)!r})
+    job.resume()
+    state = job.wait(30)
+    job.complete()
+    out(state=state.name, after=job.state.name)
+    """)
+    assert answer == {"state": "TRANSFERRED", "after": "ACKNOWLEDGED"}
+    assert final.read_text() == "long\n" and [p.name for p in mine.iterdir()] == [final.name]

@@ -37,10 +37,18 @@ _SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
 NEW_FILE_MODE = 0o644
 
 
+#: The longest file name Linux file systems take (bytes)
+NAME_MAX = 255
+
+
 def temp_path_for(local_path: str, file_id: str) -> str:
-    """Hidden temporary name beside the destination, unique per file of a job."""
+    """Hidden temporary name beside the destination, unique per file of a job, within NAME_MAX bytes
+    whatever the final name's length (the final name is cut, at a character boundary, to make room)."""
     directory, name = os.path.split(local_path)
-    return os.path.join(directory, f".{name}.{file_id}.bits-part")
+    suffix = f".{file_id}.bits-part"
+    room = NAME_MAX - 1 - len(suffix.encode())
+    stem = os.fsencode(name)[:room].decode("utf-8", "ignore") if len(os.fsencode(name)) > room else name
+    return os.path.join(directory, f".{stem}{suffix}")
 
 
 @dataclass(slots=True)
