@@ -127,6 +127,8 @@ class LogonChecker:
         finally:
             log.debug("PAM check for uid %d ended", caller.uid)
         if not ok or uid is None:
+            for record in records:
+                record.last = time.monotonic()  # the delay runs from the answer, not from the question
             log.warning("logon as %r by uid %d failed (%d in a row)", username, caller.uid, records[0].count)
             raise BitsError(ErrorCode.ERROR_LOGON_FAILURE,
                             f"logon failure: unknown user name {username!r} or bad password")
