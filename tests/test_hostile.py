@@ -154,6 +154,15 @@ def cli_as(user: RealUser, daemon: DaemonProcess, *args: str, timeout: float = 3
                           env=_env(user, daemon))
 
 
+def owned(path: Path, user: RealUser, mode: int | None = None) -> Path:
+    """A new folder of user's (and mode)."""
+    path.mkdir()
+    os.chown(path, user.uid, user.identity.gid)
+    if mode is not None:
+        path.chmod(mode)
+    return path
+
+
 def rss(daemon: DaemonProcess) -> int:
     """The daemon's resident memory, bytes."""
     assert daemon.proc is not None
@@ -294,9 +303,7 @@ def test_slowloris_headers_and_slow_bodies_are_cut_off(users, daemon) -> None:
 
 
 def test_bodies_have_per_route_limits(users, daemon, world) -> None:
-    mine = world / "alice"
-    mine.mkdir()
-    os.chown(mine, users["alice"].uid, users["alice"].identity.gid)
+    mine = owned(world / "alice", users["alice"])
     answer = run_as(users["alice"], daemon, f"""
     from openbits import Manager, BitsError
     m = Manager(SOCK, autostart=False)
@@ -347,9 +354,7 @@ def test_incomplete_bodies_do_not_keep_memory(users, daemon) -> None:
 
 def test_churned_final_jobs_stay_within_the_owners_budget(users, daemon, world, make_user) -> None:
     churner = make_user("churner")
-    mine = world / "churn"
-    mine.mkdir()
-    os.chown(mine, churner.uid, churner.identity.gid)
+    mine = owned(world / "churn", churner)
     answer = run_as(churner, daemon, f"""
     from openbits import Manager, BitsError
     m = Manager(SOCK, autostart=False)
@@ -544,10 +549,7 @@ def _openbitsd_as(user: RealUser, *args: str, timeout: float = 30) -> subprocess
 def test_daemon_refuses_a_socket_folder_others_may_write(users, world) -> None:
     alice, mallory = users["alice"], users["mallory"]
     for owner, needle in ((alice, "writable by others"), (mallory, "is owned by uid")):
-        folder = world / f"run-{owner.name}"
-        folder.mkdir()
-        os.chown(folder, owner.uid, owner.identity.gid)
-        folder.chmod(0o777)
+        folder = owned(world / f"run-{owner.name}", owner, 0o777)
         result = _openbitsd_as(alice, "--socket", str(folder / "openbits.sock"),
                                "--state-dir", str(alice.home / "state"))
         assert result.returncode != 0 and needle in result.stderr, result.stderr
@@ -562,9 +564,7 @@ def test_client_refuses_a_squatted_runtime_dir_and_a_foreign_daemon(users, daemo
         pytest.skip(f"a system daemon answers on {system_socket_path()}: the client would use it")
     squatted = Path(f"/tmp/openbits-{alice.uid}")
     shutil.rmtree(squatted, ignore_errors=True)
-    squatted.mkdir()
-    os.chown(squatted, mallory.uid, mallory.identity.gid)
-    squatted.chmod(0o777)
+    owned(squatted, mallory, 0o777)
     try:
         listener = _squatter(mallory, daemon, squatted / "openbits.sock", 4)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(alice.home)}
@@ -575,9 +575,7 @@ def test_client_refuses_a_squatted_runtime_dir_and_a_foreign_daemon(users, daemo
     finally:
         shutil.rmtree(squatted, ignore_errors=True)
     # A socket named explicitly whose daemon is neither root nor alice never receives a request.
-    hers = world / "mallory-run"
-    hers.mkdir()
-    os.chown(hers, mallory.uid, mallory.identity.gid)
+    hers = owned(world / "mallory-run", mallory)
     fake = hers / "fake.sock"
     listener = _squatter(mallory, daemon, fake, 4)
     answer = run_as(alice, daemon, f"""
@@ -608,9 +606,7 @@ def test_no_auto_start_on_an_explicit_socket(users, world) -> None:
 
 def test_a_daemon_started_on_demand_exits_when_idle(users) -> None:
     alice = users["alice"]
-    run = alice.home / "run"
-    run.mkdir(mode=0o700, exist_ok=True)
-    os.chown(run, alice.uid, alice.identity.gid)
+    run = owned(alice.home / "run", alice, 0o700)
     result = _openbitsd_as(alice, "--socket", str(run / "openbits.sock"), "--state-dir", str(alice.home / "st"),
                            "--exit-when-idle", "1", timeout=60)
     assert result.returncode == 0 and "no connection and no live job for 1 s: exiting" in result.stderr
@@ -626,9 +622,7 @@ def test_status_says_which_daemon_answered(users, daemon) -> None:
 
 def test_new_files_follow_the_clients_umask_and_replaced_files_keep_their_mode(users, daemon, world) -> None:
     alice = users["alice"]
-    mine = world / "alice-modes"
-    mine.mkdir()
-    os.chown(mine, alice.uid, alice.identity.gid)
+    mine = owned(world / "alice-modes", alice)
     source = mine / "source"
     source.write_text("payload\n")
     os.chown(source, alice.uid, alice.identity.gid)
@@ -674,13 +668,8 @@ def test_state_dir_is_made_private_or_refused(users, world) -> None:
     finally:
         daemon.stop()
     alice, mallory = users["alice"], users["mallory"]
-    theirs = world / "mallory-state"
-    theirs.mkdir()
-    os.chown(theirs, mallory.uid, mallory.identity.gid)
-    theirs.chmod(0o777)
-    run = alice.home / "run10"
-    run.mkdir(mode=0o700)
-    os.chown(run, alice.uid, alice.identity.gid)
+    theirs = owned(world / "mallory-state", mallory, 0o777)
+    run = owned(alice.home / "run10", alice, 0o700)
     result = _openbitsd_as(alice, "--socket", str(run / "s.sock"), "--state-dir", str(theirs))
     assert result.returncode != 0 and f"is owned by uid {mallory.uid}, not by this daemon's" in result.stderr
 
@@ -701,9 +690,7 @@ def test_user_and_password_in_a_url_become_credentials_and_leave_the_url(users, 
     alice = users["alice"]
     password = "pw-" + secrets.token_hex(8)
     web.accounts["urluser"] = password
-    mine = world / "alice-url"
-    mine.mkdir()
-    os.chown(mine, alice.uid, alice.identity.gid)
+    mine = owned(world / "alice-url", alice)
     url = web.url("/basic/urluser/u").replace("http://", f"http://urluser:{password}@")
     answer = run_as(alice, daemon, f"""
     from openbits import Manager
@@ -729,12 +716,8 @@ def test_after_takeownership_no_planted_symlink_is_followed_and_the_old_stream_s
     from openbits import Manager
 
     alice = users["alice"]
-    base = world / "alice12"
-    base.mkdir()
-    os.chown(base, alice.uid, alice.identity.gid)
-    inner = base / "d"
-    inner.mkdir()
-    os.chown(inner, alice.uid, alice.identity.gid)
+    base = owned(world / "alice12", alice)
+    inner = owned(base / "d", alice)
     source = world / "source12"
     source.write_text("root's new content\n")
     target = Path(tempfile.mkdtemp(prefix="obt_takeover_", dir="/root"))
@@ -796,9 +779,7 @@ def test_notify_output_is_quoted_capped_and_limits_are_a_logins(users, world) ->
 
 def _notify_attack(users: dict[str, RealUser], daemon: DaemonProcess, world: Path) -> None:
     alice = users["alice"]
-    mine = world / "alice13"
-    mine.mkdir()
-    os.chown(mine, alice.uid, alice.identity.gid)
+    mine = owned(world / "alice13", alice)
     source = world / "source13"
     source.write_text("x\n")
     program = world / "notify13.sh"
@@ -832,10 +813,7 @@ def test_cancel_of_a_local_file_job_cleans_up_as_the_helper(users, daemon, world
     import uuid
 
     alice, bob = users["alice"], users["bob"]
-    drop = world / "bob14"
-    drop.mkdir()
-    os.chown(drop, bob.uid, bob.identity.gid)
-    drop.chmod(0o700)
+    drop = owned(world / "bob14", bob, 0o700)
     url = faulty.url(f"{uuid.uuid4().hex}/c.bin?size=64k&stall=5&stall_at=1000")
     answer = run_as(alice, daemon, f"""
     from openbits import Manager, TokenFlags, BitsError
@@ -863,9 +841,7 @@ def test_cancel_of_a_local_file_job_cleans_up_as_the_helper(users, daemon, world
 
 def test_temporary_names_fit_name_max_whatever_the_final_name(users, daemon, world) -> None:
     alice = users["alice"]
-    mine = world / "alice15"
-    mine.mkdir()
-    os.chown(mine, alice.uid, alice.identity.gid)
+    mine = owned(world / "alice15", alice)
     source = world / "source15"
     source.write_text("long\n")
     final = mine / ("é" * 127)  # 254 bytes: fits, but its temporary name would not without a cut
