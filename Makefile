@@ -32,10 +32,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m 'not servers and not slow' $(PYTEST_ARGS)
 
-# Downloads, small files, API rate, 100k queued jobs (bench/RESULTS.md); then uploads and upload sessions.
+# Downloads, small files, API rate, 100k queued jobs (bench/RESULTS.md); then uploads and upload sessions;
+# then ten users' clients with and without one hostile user (issue 16; root).
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/upload.py
+	$(PY) bench/hostile.py
 
 # Issue 6: foreground kept, ping delay and background solo share on a shaped link, beside aria2c (root).
 bench-politeness: $(STAMP)

@@ -188,12 +188,12 @@ def test_autostart_starts_a_user_daemon(tmp_path: Path, monkeypatch: pytest.Monk
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("OPENBITS_SOCKET", str(runtime / "auto.sock"))
+    monkeypatch.delenv("OPENBITS_SOCKET", raising=False)
     with Manager() as manager:
         status = manager.status()
         try:
-            assert manager.socket_path == runtime / "auto.sock"
-            assert status.mode == "user"
+            assert manager.socket_path == runtime / "openbits.sock"
+            assert status.mode == "user" and status.on_demand and status.uid == os.geteuid()
             assert manager.create_job(unique("auto")).state is JobState.SUSPENDED
         finally:
             _reap(status.pid)

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "openbits"
 #: Floor of every top-level module or package, lowest first; README "How the code is organised".
 FLOORS: dict[str, float] = {
     "enums": 0, "errors": 0.5, "uploadprotocol": 0, "version": 0, "locations": 0, "pools": 0, "waiting": 0,
-    "shellcompletion": 0,
+    "shellcompletion": 0, "peer": 0, "ratelog": 0,
     "model": 1,
     "schema": 2,
     "store": 3, "bandwidth": 3, "identity": 3, "transport": 3,

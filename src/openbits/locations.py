@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 #: Environment variable naming the one socket to use; overrides the search.
@@ -45,6 +46,27 @@ def user_config_path() -> Path:
     """$XDG_CONFIG_HOME/openbits/openbitsd.toml (~/.config by default): a user daemon's configuration file."""
     config = os.environ.get("XDG_CONFIG_HOME")
     return (Path(config) if config else Path.home() / ".config") / "openbits" / "openbitsd.toml"
+
+
+def unsafe_dir(path: Path, uid: int) -> str | None:
+    """Why a socket's folder cannot be trusted by uid (owned by another, writable by others), or None.
+
+    Like ssh-agent's and gpg-agent's checks: whoever may write the folder may swap the socket for
+    their own and receive what the next client sends. A folder that does not exist yet is safe
+    (the daemon makes it 0700).
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a folder; remove it"
+    if info.st_uid != uid:
+        return f"{path} is owned by uid {info.st_uid}, not by uid {uid}; remove it (or set XDG_RUNTIME_DIR)"
+    if info.st_mode & 0o022:
+        return (f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}), so its socket could be "
+                f"swapped; run chmod 700 {path}")
+    return None
 
 
 def answers(path: Path) -> bool:

@@ -16,16 +16,17 @@ from .event_routes import event_routes
 from .job_routes import routes
 from ..schema.views import RateExplainer
 from .metrics_routes import METRICS, count_requests, metrics_routes
-from .request import ABOUT, CERTIFICATES, DELIVERIES, MODE, RATES, SERVICE, TOKENS, errors_middleware
+from .request import ABOUT, CERTIFICATES, DELIVERIES, MODE, ON_DEMAND, RATES, SERVICE, TOKENS, errors_middleware
 from .token_routes import token_routes
 
 
 def make_app(service: JobService, tokens: TokenService, certificates: CertificateService, deliveries: Deliveries,
-             rates: RateExplainer, mode: str, metrics: Metrics, about: Callable[[], dict[str, Any]]) -> web.Application:
+             rates: RateExplainer, mode: str, metrics: Metrics, about: Callable[[], dict[str, Any]],
+             on_demand: bool = False) -> web.Application:
     """`about`: what the daemon tells of itself in /v1/status (socket, configuration, policies in force)."""
     app = web.Application(middlewares=[count_requests, errors_middleware], client_max_size=4 * 1024 * 1024)
     app[SERVICE], app[TOKENS], app[DELIVERIES], app[RATES], app[MODE] = service, tokens, deliveries, rates, mode
-    app[METRICS], app[ABOUT], app[CERTIFICATES] = metrics, about, certificates
+    app[METRICS], app[ABOUT], app[CERTIFICATES], app[ON_DEMAND] = metrics, about, certificates, on_demand
     for table in (routes, token_routes, event_routes, metrics_routes):
         app.add_routes(table)
     return app

@@ -29,6 +29,8 @@ event_routes = web.RouteTableDef()
 
 #: Seconds between looks at whether the client is still there (an unreachable callback is found this fast).
 _LIVENESS = 1.0
+#: Sequence numbers are SQLite integers: a larger `since` is refused before the stream starts.
+_MAX_SEQ = 2**63
 #: Seconds between keep-alive comments on an idle stream.
 _KEEPALIVE = 15.0
 
@@ -46,8 +48,8 @@ def _number(request: web.Request, name: str, kind: type[int] | type[float], head
         value = kind(raw)
     except ValueError:
         raise BitsError(ErrorCode.E_INVALIDARG, f"{name} must be a number, not {raw!r}") from None
-    if not 0 <= value < float("inf"):
-        raise BitsError(ErrorCode.E_INVALIDARG, f"{name} must be >= 0")
+    if not 0 <= value < (_MAX_SEQ if kind is int else float("inf")):
+        raise BitsError(ErrorCode.E_INVALIDARG, f"{name} must be >= 0 and below 2^63")
     return value
 
 
@@ -78,7 +80,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             raise BitsError(ErrorCode.E_INVALIDARG, "callbacks=true registers a job's notify interface: give job=")
         job.check_modifiable()  # SetNotifyInterface: BG_E_INVALID_STATE once the job is final
     bus = service.events
-    sub = bus.subscribe(None if all_users or job else who.uid, job.id if job else None, exchanges)
+    # A job's stream is still filtered by owner for a non-administrator: when an administrator takes the job
+    # over, the old owner's stream stops receiving its events.
+    sub = bus.subscribe(None if all_users or (job and service.is_admin(who)) else who.uid, job.id if job else None,
+                        exchanges)
     try:
         if callbacks:
             assert job is not None

@@ -21,10 +21,11 @@ from ..schema.models import (
     ReplyData,
     ReplyFileName,
 )
+from ..model.job import NEW_FILE_MODE
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
 from ..version import __version__
-from .request import ABOUT, Handler, MODE, RATES, SERVICE, caller, flag, parse, respond, respond_job
+from .request import ABOUT, Handler, MODE, ON_DEMAND, RATES, SERVICE, caller, flag, parse, respond, respond_job
 
 #: longest single /wait request; clients loop for longer waits
 MAX_WAIT = 30.0
@@ -36,7 +37,8 @@ routes = web.RouteTableDef()
 async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     who = caller(request)
-    return respond(DaemonStatus(version=__version__, mode=request.app[MODE], pid=os.getpid(), caller_uid=who.uid,
+    return respond(DaemonStatus(version=__version__, mode=request.app[MODE], pid=os.getpid(), uid=os.geteuid(),
+                                on_demand=request.app[ON_DEMAND], caller_uid=who.uid,
                                 caller_is_admin=service.is_admin(who), **request.app[ABOUT]()))
 
 
@@ -86,7 +88,8 @@ async def patch_job(request: web.Request) -> web.Response:
 async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
-    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs)
+    mode = NEW_FILE_MODE if body.umask is None else 0o666 & ~body.umask
+    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, mode)
     return respond_job(request, job)
 
 

@@ -8,8 +8,8 @@ answered 500.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,9 +21,10 @@ from ..core.deliveries import Deliveries
 from ..core.service import JobService
 from ..core.tokens import TokenService
 from ..errors import BitsError, ErrorCode
-from ..identity import Identity, peer_credentials
+from ..identity import Identity
 from ..model.job import Job
-from ..schema.models import ErrorBody
+from ..schema.models import (AddFilesRequest, CredentialsRequest, ErrorBody, HelperTokenRequest, LogonRequest,
+                             NotifyCmdLine)
 from ..schema.views import RateExplainer, job_info
 
 log = logging.getLogger("openbits.api")
@@ -36,25 +37,19 @@ TOKENS = web.AppKey("tokens", TokenService)
 CERTIFICATES = web.AppKey("certificates", CertificateService)
 DELIVERIES = web.AppKey("deliveries", Deliveries)
 MODE = web.AppKey("mode", str)
+#: whether this daemon was started on demand by a client (and exits when idle)
+ON_DEMAND = web.AppKey("on_demand", bool)
 #: the bandwidth policy's explanation of a job's rate, under the cost state (`info`'s allowed rate)
 RATES = web.AppKey("rates", RateExplainer)
 #: the daemon's account of itself for /v1/status: socket, state directory, configuration, policies in force
 ABOUT: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("about")
 
 
-#: The peer uid of each open connection: SO_PEERCRED cannot change while it is open, so it is
-#: asked once rather than once per request (a system call each).
-_peer_uids: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = weakref.WeakKeyDictionary()
-
-
 def caller(request: web.Request) -> Identity:
-    transport = request.transport
-    uid = _peer_uids.get(transport) if transport is not None else None
+    """The peer uid its connection was admitted with (api/connections.py reads SO_PEERCRED once)."""
+    uid: int | None = getattr(request.protocol, "peer_uid", None)
     if uid is None:
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            raise BitsError(ErrorCode.E_ACCESSDENIED, "the caller's identity is unknown (not a Unix socket)")
-        uid = _peer_uids[transport] = peer_credentials(sock).uid
+        raise BitsError(ErrorCode.E_ACCESSDENIED, "the caller's identity is unknown (not a Unix socket)")
     return Identity.from_uid(uid)
 
 
@@ -76,10 +71,58 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                                          f"{request.method} {request.path}: {exc.reason}; see /v1/openapi.json"))
 
 
+#: Bytes a request body may have, by the model it must parse as; any other body: DEFAULT_BODY_LIMIT.
+#: Sized to what the route accepts, JSON escapes included: 200 files of a 2,200-character URL and a
+#: 4,096-character path; a 64 KiB secret; 1,000 notify parameters of 4,000 characters.
+BODY_LIMITS: dict[type[BaseModel], int] = {AddFilesRequest: 4 << 20, NotifyCmdLine: 8 << 20,
+                                            CredentialsRequest: 512 << 10, HelperTokenRequest: 512 << 10,
+                                            LogonRequest: 512 << 10}
+#: Enough for job properties with 16 KiB of custom headers, escaped
+DEFAULT_BODY_LIMIT = 128 << 10
+#: Body bytes one uid may have in flight at once, over all its connections (root too)
+BODY_BUDGET = 16 << 20
+_in_flight: collections.Counter[int] = collections.Counter()
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, within `limit` bytes, the caller's budget and the request deadline; a 400 otherwise."""
+    uid = caller(request).uid
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BitsError(ErrorCode.E_INVALIDARG, f"{request.method} {request.path} takes a body of at most "
+                        f"{limit} bytes, not {length}")
+    claim = limit if length is None else length
+    if _in_flight[uid] + claim > BODY_BUDGET:
+        request.protocol.close()
+        raise BitsError(ErrorCode.E_INVALIDARG, f"uid {uid} is already sending {_in_flight[uid]} bytes of request "
+                        "bodies; wait for those answers first")
+    _in_flight[uid] += claim
+    deadline = request.app[SERVICE].config.request_timeout
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(deadline):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    request.protocol.close()
+                    raise BitsError(ErrorCode.E_INVALIDARG, f"{request.method} {request.path} takes a body of at "
+                                    f"most {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        request.protocol.close()  # the answer goes out, then the connection closes
+        raise BitsError(ErrorCode.E_INVALIDARG, f"the request body did not arrive within {deadline:.0f} s "
+                        "(request_timeout)") from None
+    finally:
+        _in_flight[uid] -= claim
+        if not _in_flight[uid]:
+            del _in_flight[uid]
+    return b"".join(chunks)
+
+
 async def parse(request: web.Request, model: type[M]) -> M:
     """The request body as `model`, or a 400 that names each wrong field."""
+    raw = await read_body(request, BODY_LIMITS.get(model, DEFAULT_BODY_LIMIT))
     try:
-        raw = await request.read()
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         problems = "; ".join(

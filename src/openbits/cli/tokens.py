@@ -93,7 +93,7 @@ def gettokenuser(job: str) -> None:
 @cli.command()
 @click.argument("job")
 def gettokenticket(job: str) -> None:
-    """Print a one-time ticket (10 minutes): `openbits settoken JOB-GUID --ticket T`, run as the helper, redeems it."""
+    """Print a one-time ticket (a minute): `openbits settoken JOB-GUID --ticket T`, run as the helper, redeems it."""
     click.echo(open_job(job).token_ticket())
 
 

@@ -7,6 +7,7 @@ event-loop thread for callers without an event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import os
 import time
@@ -68,6 +69,16 @@ def _request(model: type[M], **fields: Any) -> M:
         raise BitsError(ErrorCode.E_INVALIDARG, problems) from exc
 
 
+def current_umask() -> int:
+    """This process's umask, sent at AddFile: the daemon gives a file it creates 0666 & ~umask, as we would."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: the classic read-by-setting (not thread-safe, hence the fallback only)
+    os.umask(mask)
+    return mask
+
+
 class AsyncJob:
     """A handle on one job. Every getter asks the daemon afresh, as BITS's Get* methods do."""
 
@@ -125,7 +136,8 @@ class AsyncJob:
     async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""
         request = _request(
-            AddFilesRequest, files=[{"remote_url": url, "local_path": os.path.abspath(path)} for url, path in files]
+            AddFilesRequest, files=[{"remote_url": url, "local_path": os.path.abspath(path)} for url, path in files],
+            umask=current_umask(),
         )
         return await self._call("POST", "/files", request)
 
@@ -155,7 +167,7 @@ class AsyncJob:
         return AsyncTokenOptions(self._connection, self.id, await self.token_ticket())
 
     async def token_ticket(self) -> str:
-        """A one-time ticket (10 minutes) that lets a process running as another user become the helper."""
+        """A one-time ticket (a minute) that lets a process running as another user become the helper."""
         return (await self._connection.request("POST", self._path + "/token-ticket", TokenTicket)).ticket
 
     async def set_credentials(self, target: AuthTarget, scheme: AuthScheme, username: str, password: str) -> JobInfo:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BitsError, ErrorCode
+from ..peer import peer_credentials
 from .discovery import DaemonUnavailableError
 
 M = TypeVar("M", bound=BaseModel)
@@ -24,6 +26,24 @@ DEFAULT_TIMEOUT = 60.0
 _JSON = {"Content-Type": "application/json"}
 
 
+class _DaemonConnector(aiohttp.UnixConnector):
+    """A Unix connector that talks only to a daemon run by root or by this user (SO_PEERCRED).
+
+    Checked on every new connection before a byte is sent: whoever squatted the socket's path
+    never receives a request, so never a password (setcredentials, settoken, logon).
+    """
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        proto = await super()._create_connection(req, traces, timeout)
+        sock = proto.transport.get_extra_info("socket") if proto.transport is not None else None
+        uid = peer_credentials(sock).uid if sock is not None else -1
+        if uid not in (0, os.geteuid()):
+            proto.close()
+            raise DaemonUnavailableError(f"the daemon on {self.path} runs as uid {uid}, neither root nor you "
+                                         f"(uid {os.geteuid()}); not talking to it")
+        return proto
+
+
 class Connection:
     """One client session with one daemon. Create and close it on the event loop that uses it."""
 
@@ -31,7 +51,7 @@ class Connection:
         self.socket_path = socket_path
         self._session = aiohttp.ClientSession(
             base_url=_BASE_URL,
-            connector=aiohttp.UnixConnector(path=str(socket_path)),
+            connector=_DaemonConnector(path=str(socket_path)),
             timeout=aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT),
         )
 

@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 
 from ..model.config import Config
-from ..enums import ErrorContext, JobPriority, JobState, JobType, TokenFlags
+from .retention import RetainedJobs
+from ..enums import AuthScheme, AuthTarget, ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
 from ..identity import FileBroker, Identity, LocalFiles
-from ..identity.tokens import TokenStore
+from ..identity.tokens import Credential, TokenStore, split_userinfo
 from ..events.bus import EventBus
 from ..store import Store
 from ..waiting import wait_set
-from ..model.job import Job, check_local_path
+from ..model.job import NEW_FILE_MODE, Job, check_local_path
 from .changes import JobChanges
 from .transfers import Transfers
 
@@ -47,8 +48,14 @@ class JobService:
         #: per-user limit in O(1) (counting by a scan of 46,806 jobs made creation 4x slower)
         self._live_owner: dict[str, int] = {}
         self._live_count: dict[int, int] = {}
-        for job in self.jobs.values():
-            self._count_live(job)
+        #: final jobs kept per owner, within a budget; the ones over it are forgotten at the next commit
+        self._retained = RetainedJobs(config_source)
+        self._evicted: list[str] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.modification_time):
+            if job.state.is_final:
+                self._evicted += self._retained.add(job)
+            else:
+                self._count_live(job)
         self._locks: dict[str, asyncio.Lock] = {}
         self._change = asyncio.Event()
         #: every change becomes events, saved with it (openbits.events)
@@ -69,11 +76,13 @@ class JobService:
 
     def files_of(self, job: Job) -> LocalFiles:
         """The file broker for the job's local files: the helper's with TokenFlags.LOCAL_FILE, else the owner's."""
-        return self.broker.files_for(self.acting_identity(job, TokenFlags.LOCAL_FILE, ErrorContext.LOCAL_FILE))
+        return self.broker.files_for(self.acting_identity(job, TokenFlags.LOCAL_FILE, ErrorContext.LOCAL_FILE),
+                                     job.owner_changed)
 
     def remote_files_of(self, job: Job) -> LocalFiles:
         """The file broker that opens file:// remote names: the helper's with TokenFlags.NETWORK, else the owner's."""
-        return self.broker.files_for(self.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE))
+        return self.broker.files_for(self.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE),
+                                     job.owner_changed)
 
     def acting_identity(self, job: Job, use: TokenFlags, context: ErrorContext) -> Identity:
         """Who does `use` (LOCAL_FILE or NETWORK) work for the job; BG_E_TOKEN_REQUIRED if the helper is gone."""
@@ -155,7 +164,8 @@ class JobService:
         await self.commit(job)
         return job
 
-    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]]) -> Job:
+    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]],
+                        mode: int = NEW_FILE_MODE) -> Job:
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
@@ -164,9 +174,18 @@ class JobService:
             else:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
-            job.add_files(pairs, self.config.max_files_per_job)
+            split = [(split_userinfo(url), path) for url, path in pairs]
+            job.add_files([(clean, path) for (clean, _), path in split], self.config.max_files_per_job, mode)
+            for (_, credential), _ in split:
+                self._url_credential(job, credential)
             await self.commit(job, range(first, len(job.files)))
             return job
+
+    def _url_credential(self, job: Job, credential: Credential | None) -> None:
+        """user:password@ of a remote name: the job's SERVER credentials for both schemes (the name lost it)."""
+        if credential is not None:
+            for scheme in (AuthScheme.BASIC, AuthScheme.DIGEST):
+                self.tokens.set_credential(job.id, AuthTarget.SERVER, scheme, credential)
 
     async def resume(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
@@ -183,20 +202,24 @@ class JobService:
 
     async def cancel(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
+            writer = self._writer(job)
             job.cancel()
             await self.commit(job)
-            await self._discard(job)
+            await self._discard(job, writer)
             return job
 
-    async def _discard(self, job: Job) -> None:
-        """Cancel's file work: stop the transfer, tell the server, then remove every temporary file."""
+    def _writer(self, job: Job) -> LocalFiles:
+        """Whoever wrote the job's temporary files, asked before the job ends (its end forgets the helper token)."""
+        try:
+            return self.files_of(job)
+        except BitsError:  # the helper token is already gone: the owner removes what the owner can
+            return self.broker.files_for(Identity.from_uid(job.owner_uid), job.owner_changed)
+
+    async def _discard(self, job: Job, writer: LocalFiles) -> None:
+        """Cancel's file work: stop the transfer, tell the server, then remove every temporary file as its writer."""
         await self._transfers.stop(job.id)
         await self._cancel_remote(self, job)
-        try:
-            files = self.files_of(job)
-        except BitsError:  # the helper token is gone: the owner removes what the owner can
-            files = self.broker.files_for(Identity.from_uid(job.owner_uid))
-        await files.remove(job.temp_paths())
+        await writer.remove(job.temp_paths())
 
     async def complete(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
@@ -210,7 +233,7 @@ class JobService:
                 await self.commit(job)
                 raise BitsError(failed[0].code, f"{len(failed)} file(s) could not be put in place: "
                                 f"{failed[0].description}", ErrorContext.LOCAL_FILE)
-            committed = {temp for temp, _ in renames}
+            committed = {temp for temp, _, _ in renames}
             await files.remove([path for path in job.temp_paths() if path not in committed])
             job.complete()
             await self.commit(job)
@@ -257,6 +280,7 @@ class JobService:
                             ErrorContext.GENERAL_QUEUE_MANAGER)
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
+            job.owner_changed = job.owner_changed or job.owner_uid != caller.uid
             job.owner_uid = caller.uid
             job.notify_cmdline = None  # BITS: TakeOwnership removes command line notification
             job.touch()
@@ -292,6 +316,14 @@ class JobService:
         await self.store.save_job(job, files, events)
         self.events.publish(events)
         self.announce(job)
+        while self._evicted:
+            old = self.jobs.get(self._evicted.pop())
+            if old is not None and old.state.is_final:
+                await self._forget(old, with_events=True)
+
+    def live_jobs(self) -> int:
+        """Jobs not in a final state, of every owner."""
+        return sum(self._live_count.values())
 
     def _count_live(self, job: Job) -> None:
         """Keep the per-owner live count in step with the job's state and owner."""
@@ -305,6 +337,8 @@ class JobService:
         if owner is not None:
             self._live_owner[job.id] = owner
             self._live_count[owner] = self._live_count.get(owner, 0) + 1
+        else:
+            self._evicted += self._retained.add(job)
 
     def announce(self, job: Job) -> None:
         """Wake listeners and every `wait` (each re-checks its own job)."""
@@ -321,15 +355,21 @@ class JobService:
         for job in list(self.jobs.values()):
             if job.state.is_final:
                 if now - job.modification_time > config.final_job_retention:
-                    del self.jobs[job.id]
-                    self._locks.pop(job.id, None)
-                    self.events.forget(job.id)
-                    await self.store.delete_job(job.id)
+                    await self._forget(job)
             elif now - job.modification_time > config.job_inactivity_timeout:
+                writer = self._writer(job)
                 job.cancel()
                 await self.commit(job)
-                await self._discard(job)
+                await self._discard(job, writer)
         return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))
+
+    async def _forget(self, job: Job, with_events: bool = False) -> None:
+        """A final job past its retention, or over its owner's budget (then its events go too)."""
+        del self.jobs[job.id]
+        self._locks.pop(job.id, None)
+        self._retained.remove(job)
+        self.events.forget(job.id)
+        await self.store.delete_job(job.id, with_events=with_events)
 
 
 async def _check_upload_source(files: LocalFiles, path: str) -> None:

@@ -149,7 +149,7 @@ class TokenService:
         granted = self.service.tokens.redeem_ticket(ticket, key) if job is not None else None
         if job is None or granted is None:
             raise BitsError(ErrorCode.BG_E_NOT_FOUND,
-                            f"no job {ref!r} with that ticket (tickets work once, for 10 minutes, with the job's GUID)",
+                            f"no job {ref!r} with that ticket (tickets work once, for a minute, with the job's GUID)",
                             ErrorContext.GENERAL_QUEUE_MANAGER)
         self._attachable(granted.issuer_is_admin, caller)
         log.info("uid %d became the helper of job %s by ticket", caller.uid, job.id)
@@ -158,7 +158,7 @@ class TokenService:
     def issue_ticket(self, caller: Identity, ref: str) -> str:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        return self.service.tokens.issue_ticket(job.id, self.service.is_admin(caller), caller.uid)
+        return self.service.tokens.issue_ticket(job.id, caller.uid, self.service.is_admin(caller))
 
     async def clear(self, caller: Identity, ref: str) -> Job:
         """ClearHelperToken: the flags stay."""

@@ -30,10 +30,12 @@ from ..api.metrics_routes import serve_tcp
 from ..bandwidth import BandwidthPolicy, LinkSensor
 from ..bandwidth.sensing import UP
 from ..pools import Pools
-from ..locations import answers
+from ..locations import answers, unsafe_dir
 from ..shellcompletion import answer_completion
 from ..core.certificates import CertificateService
 from ..core.cost import CostMonitor, describe
+from .statedir import own_state_dir
+from ..api.connections import ConnectionLimits, listen, raise_descriptor_limit
 from ..core.changes import JobChanges
 from ..core.deliveries import Deliveries
 from ..core.metrics import Metrics
@@ -74,7 +76,7 @@ def recover(jobs: list[Job]) -> None:
 
 def take_state_lock(state_dir: Path) -> int:
     """One daemon per state directory: a second one would corrupt the job files."""
-    state_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    own_state_dir(state_dir)
     fd = os.open(state_dir / "openbitsd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -86,6 +88,8 @@ def take_state_lock(state_dir: Path) -> int:
 def bind_socket(path: Path, system: bool) -> socket.socket:
     if answers(path):
         raise SystemExit(f"openbitsd: a daemon already answers on {path}")
+    if (unsafe := unsafe_dir(path.parent, os.geteuid())) is not None:
+        raise SystemExit(f"openbitsd: not listening there: {unsafe}")
     path.parent.mkdir(parents=True, mode=0o755 if system else 0o700, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -98,7 +102,8 @@ def bind_socket(path: Path, system: bool) -> socket.socket:
 
 
 async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: SqliteStore, jobs: list[Job],
-                keys: KeyRing, inherited: socket.socket | None, notifier: systemd.Notifier) -> None:
+                keys: KeyRing, inherited: socket.socket | None, notifier: systemd.Notifier,
+                limits: ConnectionLimits) -> None:
     """`inherited`: the socket systemd passed (never unlinked here: it is systemd's); else one is bound."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -161,14 +166,14 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                    # `openbits info`: the rate each job is allowed, and why (an owner not logged on, blocked by
                    # cost, the bandwidth policy)
                    functools.partial(logons.explain, rate=functools.partial(cost.explain, rate=policy.explain)),
-                   settings.mode, metrics, about)
+                   settings.mode, metrics, about, on_demand=settings.exit_when_idle is not None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     scrape = await serve_tcp(settings.config.metrics_listen, metrics)
     sock = inherited or bind_socket(settings.socket, settings.system)
     activity = Activity(service.jobs)
+    server = await listen(runner, sock, limits, settings.current)
     try:
-        await web.SockSite(runner, sock).start()
         log.info("openbitsd %s mode, %d jobs, listening on %s%s", settings.mode, len(jobs), settings.socket,
                  " (socket from systemd)" if inherited else "")
         status = activity.line()
@@ -182,6 +187,9 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                      group.create_task(systemd.watchdog(notifier), name="watchdog"),
                      group.create_task(systemd.report_status(notifier, activity.line, status), name="status"),
                      group.create_task(metrics.measure_lag(), name="loop-lag")]
+            if settings.exit_when_idle is not None:
+                tasks.append(group.create_task(_exit_when_idle(settings.exit_when_idle, limits, service, stop),
+                                               name="idle-exit"))
             await stop.wait()
             log.info("shutting down")
             notifier.send("STOPPING=1")
@@ -190,6 +198,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
             for task in tasks:
                 task.cancel()
     finally:
+        server.close()
         await runner.cleanup()
         if scrape is not None:
             await scrape.cleanup()
@@ -204,6 +213,16 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
 def _background_limit(config: Config) -> int:
     now = datetime.datetime.now()
     return config.background_limit(now.weekday(), now.hour * 60 + now.minute)
+
+
+async def _exit_when_idle(seconds: float, limits: ConnectionLimits, service: JobService, stop: asyncio.Event) -> None:
+    """A daemon started on demand ends once nobody has used it for `seconds` and it has no live job."""
+    while True:
+        await asyncio.sleep(min(seconds, 5.0))
+        if limits.idle_for() >= seconds and not service.live_jobs():
+            log.info("no connection and no live job for %g s: exiting (started on demand)", seconds)
+            stop.set()
+            return
 
 
 async def _housekeeping(service: JobService) -> None:
@@ -236,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.socket = Path(inherited.getsockname())  # what systemd listens on, whatever --socket said
     notifier = systemd.Notifier()
     os.umask(0o022)
+    limits = ConnectionLimits(settings.current, raise_descriptor_limit())
     lock = take_state_lock(settings.state_dir)
     broker = FileBroker.start()  # before any thread or event loop exists
     pools = Pools()  # its threads start with the first work, after the fork
@@ -247,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     recover(jobs)
     keys = KeyRing(settings.state_dir)  # the key of the credentials stored with the jobs (beside the store)
     try:
-        asyncio.run(serve(settings, broker, pools, store, jobs, keys, inherited, notifier))
+        asyncio.run(serve(settings, broker, pools, store, jobs, keys, inherited, notifier, limits))
     finally:
         pools.shutdown()
         os.close(lock)

@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-config", nargs="?", const="", metavar="FILE",
                         help="check FILE (default: the file the daemon would read), print what is wrong, and exit "
                         "(0: valid)")
+    parser.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                        help="exit after this long with no connection and no live job (a daemon started on demand)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-target", default="auto", choices=["auto", "journal", "stderr"],
                         help="journal: systemd-journald's native protocol with OPENBITS_JOB, OPENBITS_USER and "
@@ -76,6 +78,7 @@ class Settings:
         self.socket = args.socket or (system_socket_path() if self.system else user_socket_path())
         self.state_dir = args.state_dir or (SYSTEM_STATE_DIR if self.system else user_state_dir())
         self.config_path = config_file(args)
+        self.exit_when_idle: float | None = args.exit_when_idle
         self.config = Config.load(self.config_path)
 
     def current(self) -> Config:

@@ -2,10 +2,13 @@
 
 The program is an absolute path, run with its parameters as argv (no search
 path, no shell, no environment expansion) through identity.programs.start_as:
-the owner's uid and groups, a clean environment, / as working folder. What it
-prints (stdout and stderr together) goes to the daemon log, at most
-OUTPUT_LIMIT bytes; the rest is read and dropped so the program never blocks.
-A program still running after PROGRAM_TIMEOUT is killed and counts as failed.
+the owner's uid and groups, a clean environment, / as working folder, a login's
+limits, a process group of its own. What it prints (stdout and stderr together)
+goes to the daemon log as one quoted string under the job's name and id (a
+printed fake log line stays visibly the program's), at most OUTPUT_LIMIT bytes;
+the rest is read and dropped so the program never blocks. A program still
+running after PROGRAM_TIMEOUT is killed with its whole process group and counts
+as failed.
 """
 
 from __future__ import annotations
@@ -67,13 +70,14 @@ async def run_cmdline(job: Job) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         code = -1
-        log.warning("job %s: notify program %s ran longer than %d s and was killed", job.id, argv[0], PROGRAM_TIMEOUT)
+        log.warning("job %r (%s): notify program %s ran longer than %d s and was killed", job.name, job.id, argv[0],
+                    PROGRAM_TIMEOUT)
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         raise
     text = output[:OUTPUT_LIMIT].decode(errors="replace").rstrip()
-    more = " [output cut]" if len(output) > OUTPUT_LIMIT else ""
-    log.info("job %s: notify program %s (uid %d) exited %d%s%s", job.id, argv[0], job.owner_uid, code,
-             ": " if text else "", text + more)
+    more = f" [cut at {OUTPUT_LIMIT} bytes]" if len(output) > OUTPUT_LIMIT else ""
+    log.info("job %r (%s): notify program %r (uid %d) exited %d%s%s", job.name, job.id, argv[0], job.owner_uid, code,
+             "; its output: " if text else "", repr(text) + more if text else "")
     return code

@@ -3,6 +3,6 @@
 from .broker import FileBroker
 from ..model.identity import Identity
 from .localfiles import FileStat, LocalFiles
-from .peer import PeerCred, peer_credentials
+from ..peer import PeerCred, peer_credentials
 
 __all__ = ["FileBroker", "FileStat", "Identity", "LocalFiles", "PeerCred", "peer_credentials"]

@@ -38,7 +38,7 @@ from ..errors import BitsError, ErrorCode
 from ..model.identity import Identity
 from .brokerchild import ZYGOTE_MESSAGE_MAX, run_child, zygote_main
 from .fdpass import BATCH, FRAME_MAX, ProtocolError, Reassembly, close_all, frames, recv_with_fds
-from .localfiles import FileStat, LocalFiles, local_error
+from .localfiles import FileStat, LocalFiles, Rename, local_error
 
 _DESCRIPTION_MAX = 2000
 _SPAWN_TIMEOUT = 10.0
@@ -208,8 +208,9 @@ def _broker_error(item: Any) -> BitsError:
 class _BrokerFiles:
     """LocalFiles for one identity, backed by its broker process (spawned on first use, respawned after death)."""
 
-    def __init__(self, spawner: FileBroker, identity: Identity) -> None:
+    def __init__(self, spawner: FileBroker, identity: Identity, strict: bool = False) -> None:
         self.identity = identity
+        self.strict = strict
         self._spawner = spawner
         self._conn: _Connection | None = None
 
@@ -242,8 +243,8 @@ class _BrokerFiles:
             results += [next(given) if item is None else _broker_error(item) for item in items]
         return results
 
-    async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
-        pairs = [[temp, final] for temp, final in renames]
+    async def commit(self, renames: Sequence[tuple[str, str] | tuple[str, str, int]]) -> list[BitsError | None]:
+        pairs = [list(Rename(*rename)) for rename in renames]
         results = await self._call("commit", [pairs], retry=False)
         if not isinstance(results, list) or len(results) != len(pairs):
             raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed reply")
@@ -324,7 +325,7 @@ class _BrokerFiles:
         if conn is None or not conn.alive or conn.loop is not loop:
             if conn is not None:
                 conn.close()
-            pid, sock = self._spawner._spawn(self.identity)
+            pid, sock = self._spawner._spawn(self.identity, self.strict)
             conn = self._conn = _Connection(sock, pid, loop, self._spawner.call_timeout)
         return conn
 
@@ -337,7 +338,7 @@ class FileBroker:
         self._zygote_pid = zygote_pid
         self.call_timeout = call_timeout
         self._lock = threading.Lock()
-        self._files: dict[Identity, _BrokerFiles] = {}
+        self._files: dict[tuple[Identity, bool], _BrokerFiles] = {}
 
     @classmethod
     def start(cls, *, call_timeout: float = CALL_TIMEOUT) -> FileBroker:
@@ -354,8 +355,11 @@ class FileBroker:
         ours.settimeout(_SPAWN_TIMEOUT)
         return cls(ours, pid, call_timeout)
 
-    def files_for(self, identity: Identity) -> LocalFiles:
-        """The broker-backed LocalFiles of identity; a user-mode daemon can only act as itself."""
+    def files_for(self, identity: Identity, strict: bool = False) -> LocalFiles:
+        """The broker-backed LocalFiles of identity; a user-mode daemon can only act as itself.
+
+        strict: a broker that follows no symbolic link in any component of a path (a job after TakeOwnership).
+        """
         euid = os.geteuid()
         if euid != 0 and identity.uid != euid:
             raise BitsError(
@@ -363,14 +367,15 @@ class FileBroker:
                 f"openbitsd runs as uid {euid} (user mode) and cannot access files as user {identity.name}",
                 ErrorContext.LOCAL_FILE,
             )
-        files = self._files.get(identity)
+        files = self._files.get((identity, strict))
         if files is None:
-            files = self._files[identity] = _BrokerFiles(self, identity)
+            files = self._files[(identity, strict)] = _BrokerFiles(self, identity, strict)
         return files
 
-    def _spawn(self, identity: Identity) -> tuple[int, socket.socket]:
+    def _spawn(self, identity: Identity, strict: bool = False) -> tuple[int, socket.socket]:
         """Ask the zygote for a broker holding identity: (its pid, our end of its socket). Takes ~1 ms."""
-        request = {"uid": identity.uid, "gid": identity.gid, "groups": list(identity.groups), "name": identity.name}
+        request = {"uid": identity.uid, "gid": identity.gid, "groups": list(identity.groups), "name": identity.name,
+                   "strict": strict}
         with self._lock:
             if self._zygote is None:
                 raise local_error(ErrorCode.E_FAIL, "the file broker is closed or its zygote died; restart openbitsd")

@@ -118,7 +118,7 @@ def _broker_main(sock: socket.socket, request: dict[str, Any], zygote_pid: int) 
     os.umask(0o077)
     # libkrb5 finds the user's own ticket cache (the default of its uid), never the daemon's
     os.environ.pop("KRB5CCNAME", None)
-    _serve(sock, DiskFiles(request["name"]), SecurityContexts(request["name"]))
+    _serve(sock, DiskFiles(request["name"], strict=request.get("strict") is True), SecurityContexts(request["name"]))
 
 
 def _serve(sock: socket.socket, files: DiskFiles, contexts: SecurityContexts) -> None:

@@ -6,23 +6,32 @@ the credentials of the process it runs in, which is always a broker holding exac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import stat as st
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
 from ..model.identity import Identity
 
-#: Mode of a completed file: readable by all, like a file the user saved with the usual umask.
+#: Mode of a completed new file when the job says none: readable by all, as with the usual umask 022.
 FINAL_MODE = 0o644
 TEMP_MODE = 0o600
 #: names list_folder returns at most
 MAX_FOLDER_NAMES = 1000
+
+
+class Rename(NamedTuple):
+    """One file Complete puts in place: a file replaced keeps its permission bits, a new one gets `mode`."""
+
+    temp: str
+    final: str
+    mode: int = FINAL_MODE
 
 _OPEN = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a planted FIFO cannot hang the broker
 
@@ -46,7 +55,7 @@ class LocalFiles(Protocol):
     async def check_destination(self, local_path: str) -> None: ...
     async def open_temp(self, temp_path: str, *, create: bool) -> int: ...
     async def open_temps(self, temp_paths: Sequence[str]) -> list[int | BitsError]: ...
-    async def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]: ...
+    async def commit(self, renames: Sequence[tuple[str, str] | tuple[str, str, int]]) -> list[BitsError | None]: ...
     async def remove(self, paths: Sequence[str]) -> None: ...
     async def open_read(self, path: str) -> int: ...
     async def stat(self, path: str) -> FileStat | None: ...
@@ -82,29 +91,58 @@ def _replaceable(path: str, mode: int) -> None:
 class DiskFiles:
     """The operations themselves, run inside a broker: the kernel checks every path as its user."""
 
-    def __init__(self, user: str) -> None:
+    def __init__(self, user: str, strict: bool = False) -> None:
         self._user = user
+        #: a job whose owner changed (TakeOwnership): no symlink in any component of its paths is followed,
+        #: so the old owner cannot point the new owner's writes elsewhere by swapping a folder for a link
+        self._strict = strict
+
+    @contextlib.contextmanager
+    def _at(self, path: str) -> Iterator[tuple[int | None, str]]:
+        """(dir_fd, name) to reach path with: (None, path) normally; when strict, the folder's descriptor
+        reached one component at a time with O_NOFOLLOW, and the last name."""
+        if not self._strict:
+            yield None, path
+            return
+        folder, name = os.path.split(path)
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in folder.strip("/").split("/") if folder != "/" else ():
+                try:
+                    step = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                        raise local_error(ErrorCode.E_ACCESSDENIED, f"{path}: {part} is a symbolic link or not a "
+                                          "folder; after TakeOwnership openbits follows no symbolic link") from None
+                    raise self._error(exc, "use the folder", folder, folder=True) from None
+                os.close(fd)
+                fd = step
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def check_destination(self, local_path: str) -> None:
         """Refuse at add_file time what would fail at Complete, with a reason the user can act on."""
         path = self._checked(local_path)
         parent = os.path.dirname(path)
-        try:
-            parent_st = os.stat(parent)
-        except OSError as exc:
-            raise self._error(exc, "use the folder", parent, folder=True) from None
-        if not st.S_ISDIR(parent_st.st_mode):
-            raise local_error(ErrorCode.ERROR_PATH_NOT_FOUND, f"{parent} is not a folder, so {path} cannot be created")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise local_error(
-                ErrorCode.E_ACCESSDENIED, f"user {self._user} may not create files in {parent} (needed for {path})"
-            )
-        try:
-            existing = os.lstat(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise self._error(exc, "inspect", path) from None
+        with self._at(path) as (folder, name):
+            try:
+                parent_st = os.stat(parent) if folder is None else os.fstat(folder)
+            except OSError as exc:
+                raise self._error(exc, "use the folder", parent, folder=True) from None
+            if not st.S_ISDIR(parent_st.st_mode):
+                raise local_error(ErrorCode.ERROR_PATH_NOT_FOUND,
+                                  f"{parent} is not a folder, so {path} cannot be created")
+            if not os.access(parent if folder is None else ".", os.W_OK | os.X_OK, dir_fd=folder):
+                raise local_error(
+                    ErrorCode.E_ACCESSDENIED, f"user {self._user} may not create files in {parent} (needed for {path})"
+                )
+            try:
+                existing = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise self._error(exc, "inspect", path) from None
         _replaceable(path, existing.st_mode)
         sticky = parent_st.st_mode & st.S_ISVTX
         if sticky and os.getuid() not in (existing.st_uid, parent_st.st_uid):
@@ -116,16 +154,18 @@ class DiskFiles:
     def open_temp(self, temp_path: str, create: bool) -> int:
         """create: a fresh 0600 file (a stale one of that name is removed first); else reopen it to resume."""
         path = self._checked(temp_path)
-        try:
-            if not create:
-                return self._regular(os.open(path, os.O_RDWR | _OPEN), path)
+        with self._at(path) as (folder, name):
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            return self._regular(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN, TEMP_MODE), path)
-        except OSError as exc:
-            raise self._error(exc, "create" if create else "reopen", path) from None
+                if not create:
+                    return self._regular(os.open(name, os.O_RDWR | _OPEN, dir_fd=folder), path)
+                try:
+                    os.unlink(name, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
+                return self._regular(os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN, TEMP_MODE,
+                                             dir_fd=folder), path)
+            except OSError as exc:
+                raise self._error(exc, "create" if create else "reopen", path) from None
 
     def open_temps(self, temp_paths: list[str]) -> list[int | BitsError]:
         """open_temp(create=True) of each path, for a batch of small files: a descriptor or the error each."""
@@ -137,13 +177,13 @@ class DiskFiles:
                 results.append(exc)
         return results
 
-    def commit(self, renames: Sequence[tuple[str, str]]) -> list[BitsError | None]:
+    def commit(self, renames: Sequence[Sequence[str | int]]) -> list[BitsError | None]:
         """Rename each temp over its final name, then fsync each touched folder once."""
         results: list[BitsError | None] = []
         touched: dict[str, list[int]] = {}
-        for temp, final in renames:
+        for temp, final, mode in (Rename(*rename) for rename in renames):  # type: ignore[arg-type]
             try:
-                self._rename(self._checked(temp), self._checked(final))
+                self._rename(self._checked(temp), self._checked(final), mode)
             except BitsError as exc:
                 results.append(exc)
                 continue
@@ -151,11 +191,15 @@ class DiskFiles:
             touched.setdefault(os.path.dirname(final), []).append(len(results) - 1)
         for folder, indexes in touched.items():
             try:
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                with self._at(os.path.join(folder, ".")) as (parent, name):
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            except BitsError as exc:
+                for index in indexes:
+                    results[index] = exc
             except OSError as exc:
                 error = self._error(exc, "flush the folder", folder, folder=True)
                 for index in indexes:
@@ -167,7 +211,8 @@ class DiskFiles:
         first: BitsError | None = None
         for path in paths:
             try:
-                os.unlink(self._checked(path))
+                with self._at(self._checked(path)) as (folder, name):
+                    os.unlink(name, dir_fd=folder)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -179,16 +224,18 @@ class DiskFiles:
 
     def open_read(self, path: str) -> int:
         path = self._checked(path)
-        try:
-            return self._regular(os.open(path, os.O_RDONLY | _OPEN), path)
-        except OSError as exc:
-            raise self._error(exc, "read", path) from None
+        with self._at(path) as (folder, name):
+            try:
+                return self._regular(os.open(name, os.O_RDONLY | _OPEN, dir_fd=folder), path)
+            except OSError as exc:
+                raise self._error(exc, "read", path) from None
 
     def stat(self, path: str) -> FileStat | None:
         """lstat: the name itself, as open_temp/open_read (which never follow a final symlink) see it."""
         path = self._checked(path)
         try:
-            info = os.lstat(path)
+            with self._at(path) as (folder, name):
+                info = os.stat(name, dir_fd=folder, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -206,27 +253,32 @@ class DiskFiles:
         except OSError as exc:
             raise self._error(exc, "list", path, folder=True) from None
 
-    def _rename(self, temp: str, final: str) -> None:
+    def _rename(self, temp: str, final: str, mode: int) -> None:
         if os.path.dirname(temp) != os.path.dirname(final):
             raise local_error(ErrorCode.E_INVALIDARG, f"{temp} and {final} are not in the same folder")
-        try:
-            fd = self._regular(os.open(temp, os.O_RDONLY | _OPEN), temp)
+        with self._at(final) as (folder, final_name):
+            temp_name = temp if folder is None else os.path.basename(temp)
             try:
-                os.fchmod(fd, FINAL_MODE)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise self._error(exc, "complete", temp) from None
-        try:
-            _replaceable(final, os.lstat(final).st_mode)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise self._error(exc, "inspect", final) from None
-        try:
-            os.rename(temp, final)
-        except OSError as exc:
-            raise self._error(exc, "rename to", final) from None
+                replaced: os.stat_result | None = os.stat(final_name, dir_fd=folder, follow_symlinks=False)
+            except OSError:
+                replaced = None
+            if replaced is not None:
+                _replaceable(final, replaced.st_mode)
+            # A file replaced keeps its permission bits (never set-id ones); a new one never gets more than 0666.
+            mode = st.S_IMODE(replaced.st_mode) & 0o777 if replaced is not None and st.S_ISREG(replaced.st_mode) \
+                else mode & 0o666
+            try:
+                fd = self._regular(os.open(temp_name, os.O_RDONLY | _OPEN, dir_fd=folder), temp)
+                try:
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise self._error(exc, "complete", temp) from None
+            try:
+                os.rename(temp_name, final_name, src_dir_fd=folder, dst_dir_fd=folder)
+            except OSError as exc:
+                raise self._error(exc, "rename to", final) from None
 
     def _regular(self, fd: int, path: str) -> int:
         """Keep fd only if it is a regular file; make it blocking again for the daemon."""

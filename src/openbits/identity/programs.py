@@ -3,7 +3,9 @@
 The child gets the owner's uid, primary group and supplementary groups from the user database,
 a clean environment (nothing of the daemon's leaks into it), / as working folder (the chdir would
 run before the uid change, as root), and no descriptor of the daemon's but /dev/null on stdin, stdout and stderr
-(or, with capture_output, one pipe for stdout and stderr that the daemon reads).
+(or, with capture_output, one pipe for stdout and stderr that the daemon reads). It runs in a session and
+process group of its own (the daemon kills the whole group at its timeout) with the resource limits a
+login would have, not the daemon's raised ones.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import resource
 from collections.abc import Sequence
 
 from ..enums import ErrorContext
@@ -18,6 +21,15 @@ from ..errors import BitsError, ErrorCode
 from ..model.identity import Identity
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The limits this process started with, read when the daemon imports this module and before it raises
+#: its own descriptor limit (api/connections.raise_descriptor_limit): what its children get back.
+LOGIN_LIMITS = {limit: resource.getrlimit(limit) for limit in (resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)}
+
+
+def _login_limits() -> None:
+    """In the child before exec: setrlimit only (no lock, no allocation), so safe after fork."""
+    for limit, value in LOGIN_LIMITS.items():
+        resource.setrlimit(limit, value)
 
 
 def clean_environment(identity: Identity, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -46,6 +58,7 @@ async def start_as(identity: Identity, argv: Sequence[str], extra_env: dict[str,
             cwd="/",
             close_fds=True,
             start_new_session=True,
+            preexec_fn=_login_limits,
             **({"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
                if privileged else {}),
         )

@@ -9,16 +9,21 @@ after a restart.
 
 from __future__ import annotations
 
+import collections
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..enums import AuthScheme, AuthTarget
+from ..enums import AuthScheme, AuthTarget, ErrorContext
+from ..errors import BitsError, ErrorCode
 from ..model.identity import Identity
 
-#: How long a ticket from `gettokenticket` may be redeemed.
-TICKET_LIFETIME = 600.0
+#: How long a ticket from `gettokenticket` may be redeemed: a helper process redeems it at once.
+TICKET_LIFETIME = 60.0
+#: Unredeemed tickets one user may hold at once (a ticket is memory the daemon keeps for them)
+MAX_TICKETS_PER_USER = 16
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,17 @@ class Credential:
 
     username: str
     password: str = field(repr=False)
+
+
+def split_userinfo(url: str) -> tuple[str, Credential | None]:
+    """`http://user:password@host/x` -> (`http://host/x`, the credential): the user information of a URL
+    becomes the job's server credentials (memory only) and never reaches the store, `info` or a log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), Credential(unquote(user), unquote(password))
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class Ticket:
     issuer_is_admin: bool
     expires: float
     #: who asked for it: the helper it makes counts as set from their session
-    issuer_uid: int
+    issuer: int
 
 
 class TokenStore:
@@ -49,8 +65,11 @@ class TokenStore:
         #: the uid whose session set each helper: the token goes when they log off (core/logons.py)
         self._helper_set_by: dict[str, int] = {}
         self._credentials: dict[str, dict[tuple[AuthTarget, AuthScheme], Credential]] = {}
+        #: in order of issue, which is the order of expiry (one lifetime for all)
         self._tickets: dict[str, Ticket] = {}
         self._passphrases: dict[str, str] = {}
+        self._held: collections.Counter[int] = collections.Counter()
+        self._by_job: dict[str, set[str]] = {}
 
     def helper(self, job_id: str) -> Identity | None:
         return self._helpers.get(job_id)
@@ -90,11 +109,21 @@ class TokenStore:
         else:
             self._passphrases[job_id] = passphrase
 
-    def issue_ticket(self, job_id: str, issuer_is_admin: bool, issuer_uid: int) -> str:
+    def issue_ticket(self, job_id: str, issuer: int, issuer_is_admin: bool) -> str:
+        """A new ticket for job_id; constant time (expired ones go first, oldest first)."""
         now = time.monotonic()
-        self._tickets = {key: t for key, t in self._tickets.items() if t.expires > now}
+        while self._tickets:
+            oldest = next(iter(self._tickets))
+            if self._tickets[oldest].expires > now:
+                break
+            self._drop(oldest)
+        if self._held[issuer] >= MAX_TICKETS_PER_USER:
+            raise BitsError(ErrorCode.E_ACCESSDENIED, f"you already hold {MAX_TICKETS_PER_USER} unredeemed tickets; "
+                            f"each expires {TICKET_LIFETIME:.0f} s after it was issued", ErrorContext.GENERAL_QUEUE_MANAGER)
         ticket = secrets.token_urlsafe(32)
-        self._tickets[ticket] = Ticket(job_id, issuer_is_admin, now + TICKET_LIFETIME, issuer_uid)
+        self._tickets[ticket] = Ticket(job_id, issuer_is_admin, now + TICKET_LIFETIME, issuer)
+        self._held[issuer] += 1
+        self._by_job.setdefault(job_id, set()).add(ticket)
         return ticket
 
     def redeem_ticket(self, ticket: str, job_id: str) -> Ticket | None:
@@ -102,12 +131,23 @@ class TokenStore:
         found = self._tickets.get(ticket)
         if found is None or found.job_id != job_id:
             return None
-        del self._tickets[ticket]
+        self._drop(ticket)
         return found if found.expires > time.monotonic() else None
+
+    def _drop(self, ticket: str) -> None:
+        found = self._tickets.pop(ticket)
+        self._held[found.issuer] -= 1
+        if not self._held[found.issuer]:
+            del self._held[found.issuer]
+        tickets = self._by_job[found.job_id]
+        tickets.discard(ticket)
+        if not tickets:
+            del self._by_job[found.job_id]
 
     def forget(self, job_id: str) -> None:
         """A job in a final state keeps no secrets."""
         self.clear_helper(job_id)
         self._credentials.pop(job_id, None)
         self._passphrases.pop(job_id, None)
-        self._tickets = {key: t for key, t in self._tickets.items() if t.job_id != job_id}
+        for ticket in list(self._by_job.get(job_id, ())):
+            self._drop(ticket)

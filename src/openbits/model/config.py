@@ -91,6 +91,11 @@ class BandwidthWindow:
 class Config:
     max_jobs_per_user: int = 300
     max_files_per_job: int = 200
+    #: API connections one uid may hold at once (root: no cap); a hundred `openbits transfer`s, each
+    #: following its events, hold about 200. Over it a new connection is closed at once.
+    max_connections_per_user: int = 1024
+    #: seconds a client may take to send a request's headers, and again its body (slowloris)
+    request_timeout: float = 10.0
     #: background jobs that transfer at the same time (BITS: one); foreground jobs are not counted.
     #: 2 by measurement (bench/concurrency.py, a queue of large and small-file jobs on loopback):
     #: 1 -> 6.1 s, 2 -> 3.8 s, 4 -> 4.9 s to drain; a second job hides the per-file latency of the first.
@@ -101,6 +106,10 @@ class Config:
     job_inactivity_timeout: int = 90 * 24 * 3600
     #: seconds a job in a final state stays queryable before it is forgotten
     final_job_retention: int = 24 * 3600
+    #: final jobs kept per user (within final_job_retention); over it, or over the bytes below, the
+    #: user's oldest final jobs are forgotten first, with their events
+    max_retained_jobs_per_user: int = 300
+    max_retained_bytes_per_user: int = 64 << 20
     #: seconds events stay in the store for clients that reconnect with their last seq (openbits.events)
     event_retention: int = 7 * 24 * 3600
     #: events kept at most, however young

@@ -34,10 +34,22 @@ DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
 _SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
 
 
+#: A new file's mode when the client sent no umask: 0666 & ~022
+NEW_FILE_MODE = 0o644
+
+
+#: The longest file name Linux file systems take (bytes)
+NAME_MAX = 255
+
+
 def temp_path_for(local_path: str, file_id: str) -> str:
-    """Hidden temporary name beside the destination, unique per file of a job."""
+    """Hidden temporary name beside the destination, unique per file of a job, within NAME_MAX bytes
+    whatever the final name's length (the final name is cut, at a character boundary, to make room)."""
     directory, name = os.path.split(local_path)
-    return os.path.join(directory, f".{name}.{file_id}.bits-part")
+    suffix = f".{file_id}.bits-part"
+    room = NAME_MAX - 1 - len(suffix.encode())
+    stem = os.fsencode(name)[:room].decode("utf-8", "ignore") if len(os.fsencode(name)) > room else name
+    return os.path.join(directory, f".{stem}{suffix}")
 
 
 @dataclass(slots=True)
@@ -73,6 +85,9 @@ class JobFile:
     def rate_now(self) -> int:
         """Bytes per second arriving now (0 when complete or nothing arrives)."""
         return 0 if self.meter is None or self.completed else self.meter.rate(time.monotonic())
+    #: mode of the file Complete creates where none existed: 0666 & ~ the umask the client sent at
+    #: AddFile (a file it replaces keeps its own mode)
+    mode: int = NEW_FILE_MODE
 
     def forget_session(self) -> None:
         """The upload session is gone (the server lost it): the file goes again, in a new one."""
@@ -173,6 +188,9 @@ class Job:
     reply_file_name: str | None = None
     reply_bytes_total: int = prop(SIZE_UNKNOWN, doc="GetReplyProgress: -1 until the reply begins", notifies=False)
     reply_bytes_transferred: int = prop(0, doc="GetReplyProgress", notifies=False)
+    #: TakeOwnership gave the job a new owner: its paths are resolved without following any symlink,
+    #: which the old owner could have planted (identity/localfiles.DiskFiles strict)
+    owner_changed: bool = False
 
     @classmethod
     def new(cls, name: str, job_type: JobType, owner_uid: int, priority: JobPriority, description: str) -> Job:
@@ -238,12 +256,14 @@ class Job:
         reply = self.reply_temp_path
         return paths + ([reply] if reply else [])
 
-    def completion_renames(self) -> list[tuple[str, str]]:
-        """What Complete puts in place: finished downloads, or the reply of a transferred upload-reply job."""
+    def completion_renames(self) -> list[tuple[str, str, int]]:
+        """What Complete puts in place (temporary name, final name, a new file's mode): finished downloads,
+        or the reply of a transferred upload-reply job (with the mode of its uploaded file's AddFile)."""
         if self.type == JobType.DOWNLOAD:
-            return [(f.temp_path, f.local_path) for f in self.files if f.completed]
+            return [(f.temp_path, f.local_path, f.mode) for f in self.files if f.completed]
         temp, path = self.reply_temp_path, self.reply_path
-        return [(temp, path)] if temp and path and self.state == JobState.TRANSFERRED else []
+        mode = self.files[0].mode if self.files else NEW_FILE_MODE
+        return [(temp, path, mode)] if temp and path and self.state == JobState.TRANSFERRED else []
 
     def check_reply_file_name(self) -> None:
         """SetReplyFileName: upload-reply jobs only, and only before the reply starts arriving."""
@@ -272,7 +292,7 @@ class Job:
         """Properties may change in every state but the final ones."""
         self._require_not_final()
 
-    def add_files(self, pairs: list[tuple[str, str]], max_files: int) -> list[JobFile]:
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int, mode: int = NEW_FILE_MODE) -> list[JobFile]:
         self._require_not_final()
         if self.type != JobType.DOWNLOAD and len(self.files) + len(pairs) > 1:
             raise BitsError(
@@ -295,7 +315,7 @@ class Job:
                                 "http:// or https:// servers that speak the BITS upload protocol",
                                 ErrorContext.REMOTE_FILE)
         added = [
-            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"))
+            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), mode=mode)
             for i, (url, path) in enumerate(pairs)
         ]
         self.files.extend(added)

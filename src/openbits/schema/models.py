@@ -179,6 +179,8 @@ class AddFilesRequest(WireModel):
     """AddFile and AddFileSet in one call."""
 
     files: Annotated[list[AddFile], Field(min_length=1)]
+    umask: Annotated[int, Field(ge=0, le=0o777)] | None = Field(
+        None, description="the client's umask: a file Complete creates gets 0666 & ~umask (none: 022)")
 
 
 class ReplyFileName(WireModel):
@@ -198,6 +200,8 @@ class DaemonStatus(WireModel):
     version: str
     mode: str = Field(description="system or user")
     pid: int
+    uid: int = Field(description="the uid the daemon runs as (0: root)")
+    on_demand: bool = Field(description="started by a client when none answered; exits when idle")
     caller_uid: int
     caller_is_admin: bool
     socket: str = ""

@@ -17,8 +17,8 @@ class Store(Protocol):
         """Make the job's fields (and the files at those indexes, and the events the change made) durable in one
         transaction; returns once they are."""
 
-    async def delete_job(self, job_id: str) -> None:
-        """Forget a job and its files for good."""
+    async def delete_job(self, job_id: str, with_events: bool = False) -> None:
+        """Forget a job and its files for good (and its events: a job pruned for its owner's budget)."""
 
     async def checkpoint(self) -> None:
         """Leave no older copy of what changes replaced or removed on disk (a removed credential's sealed value):

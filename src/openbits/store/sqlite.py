@@ -134,10 +134,12 @@ class SqliteStore:
                      for i in files]
         await self._submit(_Rows([(job.id, doc)], file_rows, _event_rows(events)))
 
-    async def delete_job(self, job_id: str) -> None:
+    async def delete_job(self, job_id: str, with_events: bool = False) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             conn.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
+            if with_events:
+                conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
 
         await self._submit(op)
 
