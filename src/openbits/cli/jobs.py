@@ -119,6 +119,8 @@ _setter("setcostflags", "cost_flags", _CostFlags(), "POLICY",
         "STANDARD, UNRESTRICTED, or BITS_COST_STATE bits as a number.")
 _setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")
 _setter("setdisplayname", "name", click.STRING, "NAME", "Set the job's display name.")
+_setter("sethttpmethod", "http_method", click.STRING, "METHOD",
+        "Send METHOD instead of GET (before the first resume; the job becomes FOREGROUND and restarts on errors).")
 _setter(
     "setdynamiccontent", "dynamic_content", click.BOOL, "true|false",
     "Allow files whose server sends no size or validator (dynamic content).",
@@ -169,6 +171,7 @@ _getter("getmaxbandwidth", lambda job: job.max_bandwidth, "Print the job's own b
 _getter("getcostflags", lambda job: cost_flags_name(job.cost_flags),
         "Print the job's cost flags: the TransferPolicy name, else the number in hex.")
 _getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
+_getter("gethttpmethod", lambda job: job.http_method, "Print the HTTP method of the job's requests.")
 _getter("getcustomheaders", lambda job: "\n".join(job.custom_headers) or None, "Print the custom headers, one a line.")
 
 

@@ -35,7 +35,8 @@ async def run_attempt(service: JobService, job: Job, transfer: Callable[[], Awai
                                 "no network connection; the job continues when one comes back",
                                 ErrorContext.GENERAL_TRANSPORT, transient=True)
             job.last_progress_time = time.time()  # waiting for a network is not a lack of progress
-        job.set_error(exc, transient=exc.transient, retry_after=exc.retry_after)
+        # SetHttpMethod: an error that would be resumable is ERROR, and Resume starts the files again
+        job.set_error(exc, transient=exc.transient and not job.own_method, retry_after=exc.retry_after)
     except BitsError as exc:
         job.set_error(exc, transient=False)
     else:

@@ -140,7 +140,7 @@ class DownloadRunner:
         this run proved small (a job's files tend to be alike). Fewer than two: none."""
         files, job = self._job.files, self._job
         first = files[index]
-        if not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:":
+        if not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:" or job.own_method:
             return []
         try:
             proxy = proxy_route(job, self._access.preconfigured, first.remote_url)
@@ -252,7 +252,7 @@ class DownloadRunner:
         try:
             previous = RemoteValidator.from_dict(f.validator) if f.validator else None
             spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
-                                defer_sync_below=SMALL_FILE)
+                                defer_sync_below=SMALL_FILE, method=job.http_method)
             validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             # The bytes are written: the next file may start while these become durable.

@@ -264,9 +264,7 @@ class JobService:
 
     async def update(self, caller: Identity, ref: str, changes: dict[str, object]) -> Job:
         async with self._locked(caller, ref) as job:
-            job.check_modifiable()
-            for key, value in changes.items():
-                setattr(job, key, value)
+            job.set_properties(changes)
             job.touch()
             await self.commit(job)
             return job

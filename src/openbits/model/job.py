@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import time
 import typing
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,10 @@ DEFAULT_NO_PROGRESS_TIMEOUT = 14 * 24 * 3600
 DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
 #: BITS takes these as ULONG seconds.
 _SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
+#: A download's method; SetHttpMethod with it does nothing.
+DEFAULT_HTTP_METHOD = "GET"
+#: An HTTP method is a token (RFC 9110 5.6.2).
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 
 
 def temp_path_for(local_path: str, file_id: str) -> str:
@@ -107,6 +113,9 @@ class Job:
     custom_headers: list[str] = prop(factory=list, doc="SetCustomHeaders: 'Name: value' lines sent with every "
                                      "request", label="Custom headers", shown_as="lines", unset="-", settable=True,
                                      limits={"item_max_length": 16384})
+    http_method: str = prop(DEFAULT_HTTP_METHOD, doc="SetHttpMethod: the method of the job's requests; another "
+                            "than GET makes the job FOREGROUND for good, turns its transient errors into ERROR "
+                            "and restarts its files from 0 on Resume", label="HTTP method", settable=True)
     dynamic_content: bool = prop(False, doc="BITS_JOB_PROPERTY_DYNAMIC_CONTENT: the server's content may change "
                                  "between requests", label="Dynamic content", shown_as="yes_no", settable=True)
     max_bandwidth: int = prop(0, doc="bytes/s this job may use; 0 = no cap of its own", label="Bandwidth cap",
@@ -243,6 +252,47 @@ class Job:
     def check_modifiable(self) -> None:
         """Properties may change in every state but the final ones."""
         self._require_not_final()
+
+    @property
+    def own_method(self) -> bool:
+        """SetHttpMethod gave another method than GET: no ranges, no fast path, no transient errors."""
+        return self.http_method != DEFAULT_HTTP_METHOD
+
+    def set_properties(self, changes: Mapping[str, Any]) -> None:
+        """A PATCH of the job's properties, with the rules BITS gives SetHttpMethod."""
+        self.check_modifiable()
+        method = changes.get("http_method", self.http_method)
+        if method != self.http_method:
+            self._check_http_method(method)
+        if method != DEFAULT_HTTP_METHOD:
+            if changes.get("dynamic_content", self.dynamic_content):
+                raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"HTTP method {method}: BITS allows no "
+                                "DYNAMIC_CONTENT job with SetHttpMethod", ErrorContext.GENERAL_QUEUE_MANAGER)
+            if changes.get("priority", JobPriority.FOREGROUND) != JobPriority.FOREGROUND:
+                raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {self.id} sends HTTP method {method}, so it "
+                                "stays FOREGROUND (SetHttpMethod); its priority cannot change",
+                                ErrorContext.GENERAL_QUEUE_MANAGER)
+        for name, value in changes.items():
+            setattr(self, name, value)
+        if self.own_method:
+            self.priority = JobPriority.FOREGROUND
+
+    def _check_http_method(self, method: str) -> None:
+        def refuse(why: str) -> BitsError:
+            return BitsError(ErrorCode.E_INVALIDARG, f"HTTP method {method!r}: {why}", ErrorContext.GENERAL_QUEUE_MANAGER)
+
+        if self.type != JobType.DOWNLOAD:
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; uploads speak the "
+                            "BITS upload protocol (BITS_POST), so only download jobs take SetHttpMethod",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        if not _METHOD.fullmatch(method):
+            raise refuse("a method is one word of letters, digits and !#$%&'*+-.^_`|~ (at most 32), like POST")
+        if method.upper() in ("CONNECT", "HEAD"):
+            raise refuse("its answer has no body to download; use GET, POST or the method the server wants")
+        if self.state != JobState.SUSPENDED or any(f.bytes_transferred or f.completed for f in self.files):
+            raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {self.id} has started; SetHttpMethod is called "
+                            "before the first Resume (create a new job for another method)",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
 
     def add_files(self, pairs: list[tuple[str, str]], max_files: int) -> list[JobFile]:
         self._require_not_final()

@@ -63,6 +63,8 @@ class DownloadSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: BITS_JOB_PROPERTY_DYNAMIC_CONTENT: no ranges, no size required, restart from 0 when interrupted.
     dynamic_content: bool = False
+    #: SetHttpMethod: a method other than GET never resumes with a range and never takes the fast path.
+    method: str = "GET"
     #: A file that ends up at most this large is written but not synced: the caller makes many
     #: such files durable with one sync (a per-file fdatasync would dominate their cost).
     defer_sync_below: int = 0

@@ -141,7 +141,7 @@ class HttpTransport:
         origin = (url.raw_host or "", url.port or 0)
         try:
             if (self._fast is not None and spec.proxy is None and origin not in self._general
-                    and plain_request(url, spec.headers)):
+                    and spec.method == "GET" and plain_request(url, spec.headers)):
                 try:
                     return await self._download(url, shown, spec, writer, sink, throttle, auth, fast=True)
                 except Unsupported:
@@ -166,15 +166,16 @@ class HttpTransport:
         """One file; `fast` sends the requests through `fastget` (raises Unsupported before any byte is written)."""
         old = spec.validator
         # Without a validator we cannot prove our bytes belong to the current version: start over.
-        resume = old is not None and spec.offset > 0 and not spec.dynamic_content
+        resume = old is not None and spec.offset > 0 and not spec.dynamic_content and spec.method == "GET"
         while True:
             headers = dict(spec.headers)
             if resume and old is not None:
                 headers["Range"] = f"bytes={spec.offset}-"
                 if old.if_range is not None:
                     headers["If-Range"] = old.if_range
-            async with self._fast_get(url, headers, throttle, auth, shown) if fast else self.session().get(
-                url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
+            async with self._fast_get(url, headers, throttle, auth, shown) if fast else self.session().request(
+                spec.method, url, headers=headers, max_redirects=MAX_REDIRECTS,
+                middlewares=None if auth is None else (auth,),
                 proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
                 # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
                 # or the server sees our buffers fill, not our rate.
