@@ -69,6 +69,8 @@ class File:
     local_path: str
     temp_path: str
     progress: FileProgress
+    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the last answer's 'Name: value' lines
+    response_headers: tuple[str, ...] = ()
 
     @property
     def completed(self) -> bool:
@@ -77,7 +79,7 @@ class File:
     @classmethod
     def of(cls, info: FileInfo) -> File:
         progress = FileProgress(info.bytes_total, info.bytes_transferred, info.completed)
-        return cls(info.remote_url, info.local_path, info.temp_path, progress)
+        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers))
 
 
 def error_of(info: JobInfo) -> BitsError | None:

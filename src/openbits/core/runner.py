@@ -40,7 +40,7 @@ class _FileSink(SavedProgress):
         forgets_bytes = offset == 0 and f.durable_offset > 0
         if offset == 0:
             f.restart()
-        f.validator = validator.to_dict()
+        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
         f.bytes_total = validator.size
         self._on_started(self._index, validator.size)  # the runner may start the next small file
         # Save only what must be on record now: a restart from zero (the stored offset must not
@@ -57,6 +57,14 @@ class _FileSink(SavedProgress):
     def durable(self, offset: int) -> None:
         self._file.durable_offset = offset
         self._save()
+
+
+def keep_remote_time(fd: int, validator: RemoteValidator) -> None:
+    """The file's modification time is the remote Last-Modified (BITS keeps the remote time); the
+    descriptor's, so no path is touched (the daemon's root may change the times of a file it may write)."""
+    mtime = validator.mtime
+    if mtime is not None:
+        os.utime(fd, (mtime, mtime))
 
 
 #: Files started side by side within one job, when they are small (per-file latency dominates).
@@ -191,7 +199,8 @@ class DownloadRunner:
                 if validator is not None:
                     f = files[i]
                     f.validator, f.bytes_total = validator.to_dict(), validator.size
-                    f.bytes_transferred = validator.size
+                    f.bytes_transferred, f.response_headers = validator.size, list(validator.headers)
+                    keep_remote_time(fd, validator)
                     fetched.append(i)
                     written.append(fd)
             if fetched:
@@ -255,6 +264,7 @@ class DownloadRunner:
                                 defer_sync_below=SMALL_FILE, method=job.http_method)
             validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
+            keep_remote_time(fd, validator)
             # The bytes are written: the next file may start while these become durable.
             self._out_of_flight((index,))
             if f.durable_offset < size:  # a small file the transport left to our batch

@@ -58,6 +58,8 @@ class JobFile:
     completed: bool = False
     #: RemoteValidator.to_dict() of the response that produced the bytes on disk
     validator: dict[str, Any] | None = None
+    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the header lines of the last answer for this file
+    response_headers: list[str] = field(default_factory=list)
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None

@@ -98,6 +98,8 @@ class FileInfo(WireModel):
     bytes_total: int = Field(description="-1 while unknown (BG_SIZE_UNKNOWN)")
     bytes_transferred: int
     completed: bool
+    response_headers: list[str] = Field(default_factory=list, description="BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_"
+                                        "HEADERS: the 'Name: value' lines of the last answer for the file")
 
 
 class _JobInfoComputed(WireModel):

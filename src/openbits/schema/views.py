@@ -62,7 +62,8 @@ def file_info(f: JobFile) -> FileInfo:
 def file_values(f: JobFile) -> dict[str, Any]:
     """FileInfo's fields of `f`, as JSON takes them (events serialise many files' without a model)."""
     return {"remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
-            "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed}
+            "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
+            "response_headers": f.response_headers}
 
 
 def built(cls: type[M], values: dict[str, Any]) -> M:

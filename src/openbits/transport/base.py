@@ -10,6 +10,7 @@ file:// and, later, upload replies.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,24 @@ class RemoteValidator:
     size: int
     etag: str | None
     last_modified: str | None
+    #: the answer's header lines (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS): shown, not part of the version
+    headers: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def of_answer(cls, size: int, headers: Mapping[str, str], old: RemoteValidator | None = None) -> RemoteValidator:
+        """The version an HTTP answer describes; a partial answer may leave out validators `old` has."""
+        etag, last_modified = headers.get("ETag"), headers.get("Last-Modified")
+        if old is not None:
+            etag, last_modified = etag or old.etag, last_modified or old.last_modified
+        return cls(size, etag, last_modified, tuple(f"{name}: {value}" for name, value in headers.items()))
+
+    @property
+    def mtime(self) -> float | None:
+        """Last-Modified as Unix time: the local file keeps the remote time, as BITS does."""
+        try:
+            return email.utils.parsedate_to_datetime(self.last_modified).timestamp() if self.last_modified else None
+        except (TypeError, ValueError):
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}

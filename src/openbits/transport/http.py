@@ -121,8 +121,7 @@ class HttpTransport:
         assert self._fast is not None
         heads = await self._fast.fetch_all(files, headers, lanes, functools.partial(watching, throttle))
         return [None if head is None or head.content_length is None else
-                RemoteValidator(head.content_length, head.headers.get("ETag"), head.headers.get("Last-Modified"))
-                for head in heads]
+                RemoteValidator.of_answer(head.content_length, head.headers) for head in heads]
 
     async def download(
         self, spec: DownloadSpec, fd: int, sink: DownloadSink, throttle: Throttle | None = None,
@@ -257,17 +256,6 @@ def _parse_url(raw: str) -> URL:
     return url
 
 
-def _validator(resp: aiohttp.ClientResponse, size: int) -> RemoteValidator:
-    return RemoteValidator(size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
-
-
-def _partial_validator(resp: aiohttp.ClientResponse, size: int, old: RemoteValidator) -> RemoteValidator:
-    """A partial answer may leave validators out; the ones it has must match (checked by the caller)."""
-    return RemoteValidator(
-        size, resp.headers.get("ETag") or old.etag, resp.headers.get("Last-Modified") or old.last_modified
-    )
-
-
 def _accept(
     resp: aiohttp.ClientResponse, offset: int, old: RemoteValidator | None
 ) -> tuple[RemoteValidator, int] | None:
@@ -277,7 +265,8 @@ def _accept(
     A 206 must start where we asked and describe the same version we have.
     """
     if resp.status == 200:
-        return _validator(resp, resp.content_length if resp.content_length is not None else SIZE_UNKNOWN), 0
+        size = resp.content_length if resp.content_length is not None else SIZE_UNKNOWN
+        return RemoteValidator.of_answer(size, resp.headers), 0
     content_range = resp.headers.get("Content-Range", "")
     if old is None:
         return None
@@ -285,7 +274,7 @@ def _accept(
         # Everything was already here (crash after the last byte was made durable, before completion).
         match = _UNSATISFIED_RANGE.fullmatch(content_range.strip())
         if match and int(match[1]) == offset == old.size:
-            validator = _partial_validator(resp, offset, old)
+            validator = RemoteValidator.of_answer(offset, resp.headers, old)
             return (validator, offset) if old.same_version(validator) else None
         return None
     if resp.status != 206:
@@ -295,7 +284,7 @@ def _accept(
         return None
     first, last = int(match[1]), int(match[2])
     size = old.size if match[3] == "*" else int(match[3])
-    validator = _partial_validator(resp, size, old)
+    validator = RemoteValidator.of_answer(size, resp.headers, old)  # the validators it has must match
     if first != offset or (size != SIZE_UNKNOWN and last != size - 1) or not old.same_version(validator):
         return None
     if resp.content_length is not None and resp.content_length != last - first + 1:
