@@ -93,7 +93,17 @@ def _action(name: str, method: str, doc: str) -> None:
 _action("resume", "resume", "Queue the job for transfer (new jobs start suspended).")
 _action("suspend", "suspend", "Pause the job; resume continues where it stopped.")
 _action("cancel", "cancel", "Delete the job and its temporary files.")
-_action("complete", "complete", "Move the transferred files to their names and end the job.")
+
+
+@cli.command()
+@click.argument("job")
+def complete(job: str) -> None:
+    """Move the transferred files to their names and end the job (before TRANSFERRED: the whole files only)."""
+    info = open_job(job).complete()
+    if info.complete_result == "BG_S_PARTIAL_COMPLETE":
+        click.echo(f"BG_S_PARTIAL_COMPLETE: {info.files_transferred} of {info.files_total} files kept; the others "
+                   "were not whole and are deleted")
+
 _action("takeownership", "take_ownership", "Make the caller the job's owner (administrators).")
 
 

@@ -200,6 +200,9 @@ class JobService:
     async def complete(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
             job.check_completable()  # raises the documented BG_E_INVALID_STATE
+            if job.state != JobState.TRANSFERRED:  # a download completed early keeps only its whole files
+                job.suspend()  # first, or the scheduler starts the stopped transfer again
+                await self._transfers.stop(job.id)
             files = self.files_of(job)
             renames = job.completion_renames()
             results = await files.commit(renames)

@@ -132,6 +132,8 @@ class Job:
                                     notifies=False)
     transfer_completion_time: float | None = prop(None, doc="Unix time the job became TRANSFERRED", label="Completed",
                                                   shown_as="time", notifies=False)
+    complete_result: str | None = prop(None, doc="what Complete answered: S_OK, or BG_S_PARTIAL_COMPLETE when "
+                                       "files that were not whole yet were deleted", notifies=False)
     #: when the job last moved a byte or was (re)activated; the no-progress clock
     last_progress_time: float = field(default_factory=time.time)
     #: seconds spent in action states so far, for max_download_time
@@ -356,22 +358,22 @@ class Job:
         self.touch()
 
     def complete(self) -> list[JobFile]:
-        """Move to ACKNOWLEDGED; returns the files whose bytes become the user's."""
+        """Move to ACKNOWLEDGED; returns the files whose bytes become the user's (BG_S_PARTIAL_COMPLETE: not all)."""
         self.check_completable()
+        kept = [f for f in self.files if f.completed]
+        self.complete_result = "S_OK" if len(kept) == len(self.files) else "BG_S_PARTIAL_COMPLETE"
         self.state = JobState.ACKNOWLEDGED
         self.touch()
-        return [f for f in self.files if f.completed]
+        return kept
 
     def check_completable(self) -> None:
-        """Downloads complete in TRANSFERRED or ERROR (keeping finished files); uploads only in TRANSFERRED."""
+        """Downloads complete at any time, keeping the files that are whole; uploads only in TRANSFERRED."""
         self._require_not_final()
-        allowed = (JobState.TRANSFERRED, JobState.ERROR) if self.type == JobType.DOWNLOAD else (JobState.TRANSFERRED,)
-        if self.state not in allowed:
-            keep = " (or ERROR to keep the finished files)" if self.type == JobType.DOWNLOAD else ""
+        if self.type != JobType.DOWNLOAD and self.state != JobState.TRANSFERRED:
             raise BitsError(
                 ErrorCode.BG_E_INVALID_STATE,
-                f"job {self.id} is {self.state.name}; Complete needs TRANSFERRED{keep} - wait for the transfer "
-                "or Cancel the job",
+                f"job {self.id} is {self.state.name}; an upload job completes in TRANSFERRED - wait for the "
+                "transfer or Cancel the job",
                 ErrorContext.GENERAL_QUEUE_MANAGER,
             )
 
