@@ -106,6 +106,8 @@ def test_complete_on_error_keeps_finished_files(manager: Manager, nginx, www: Pa
     assert error is not None
     assert (error.name, error.context, error.http_status) == ("BG_E_HTTP_ERROR_404", ErrorContext.REMOTE_FILE, 404)
     assert "missing.bin" in error.description
+    assert error.file is not None and (error.file.index, error.protocol) == (1, "http")  # GetFile, GetProtocol
+    assert (error.file.remote_url, error.file.local_path) == (nginx.url("missing.bin"), str(tmp_path / "bad.bin"))
     assert job.complete().complete_result == "BG_S_PARTIAL_COMPLETE"
     assert sorted(os.listdir(tmp_path)) == ["good.bin"]
 

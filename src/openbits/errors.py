@@ -8,6 +8,7 @@ caller sees the same name, number and description wherever it stands.
 from __future__ import annotations
 
 import enum
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .enums import ErrorContext
@@ -97,6 +98,15 @@ _API_STATUS = {
 }
 
 
+@dataclass(frozen=True)
+class ErrorFile:
+    """IBackgroundCopyError::GetFile: the file of the job whose transfer failed."""
+
+    index: int
+    remote_url: str
+    local_path: str
+
+
 class BitsError(Exception):
     """A BITS-style failure: an HRESULT, its context, and a description a person can act on."""
 
@@ -112,6 +122,16 @@ class BitsError(Exception):
         self.description = description
         self.context = ErrorContext(context)
         self.http_status = http_status
+        #: GetFile and GetProtocol ("http", "https", "file"): set when the failure belongs to one file
+        self.file: ErrorFile | None = None
+        self.protocol: str | None = None
+
+    def of_file(self, index: int, remote_url: str, local_path: str) -> BitsError:
+        """This error, naming the job's file it happened to (the first one named stays)."""
+        if self.file is None:
+            self.file = ErrorFile(index, remote_url, local_path)
+            self.protocol = remote_url.partition(":")[0].lower()
+        return self
 
     @property
     def name(self) -> str:
@@ -123,19 +143,24 @@ class BitsError(Exception):
         return _API_STATUS.get(self.code, 400)  # type: ignore[call-overload]
 
     def to_dict(self) -> dict[str, Any]:
+        named = {} if self.file is None else {"file": asdict(self.file), "protocol": self.protocol}
         return {
             "context": self.context.name,
             "code": self.code,
             "name": self.name,
             "description": self.description,
             "http_status": self.http_status,
+            **named,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitsError:
-        return cls(
+        error = cls(
             data["code"], data.get("description", ""), ErrorContext[data.get("context", "NONE")], data.get("http_status")
         )
+        if data.get("file"):
+            error.of_file(data["file"]["index"], data["file"]["remote_url"], data["file"]["local_path"])
+        return error
 
     def __str__(self) -> str:
         return f"{self.name} (0x{self.code:08X}): {self.description}"

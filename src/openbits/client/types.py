@@ -88,4 +88,6 @@ def error_of(info: JobInfo) -> BitsError | None:
 
 
 def bits_error(error: ErrorInfo) -> BitsError:
-    return BitsError(error.code, error.description, error.context, error.http_status)
+    raised = BitsError(error.code, error.description, error.context, error.http_status)
+    return raised if error.file is None else raised.of_file(error.file.index, error.file.remote_url,
+                                                           error.file.local_path)

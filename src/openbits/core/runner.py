@@ -172,7 +172,8 @@ class DownloadRunner:
         try:
             await self._transfer_batch(batch, failures)
         except BitsError as exc:
-            failures[batch[0][0]] = exc
+            first = self._job.files[batch[0][0]]
+            failures[batch[0][0]] = exc.of_file(batch[0][0], first.remote_url, first.local_path)
             self._out_of_flight(index for index, _ in batch)
         finally:
             self._batches -= 1
@@ -227,7 +228,7 @@ class DownloadRunner:
         try:
             await self._transfer(index, f)
         except BitsError as exc:
-            failures[index] = exc
+            failures[index] = exc.of_file(index, f.remote_url, f.local_path)
             self._out_of_flight((index,))
 
     def _out_of_flight(self, indexes: Iterable[int]) -> None:

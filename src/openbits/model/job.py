@@ -389,12 +389,14 @@ class Job:
             self.retry_at = now + max(float(self.minimum_retry_delay), retry_after or 0.0)
         else:
             if transient:
-                self.error = BitsError(
+                timeout = BitsError(
                     ErrorCode.BG_E_NO_PROGRESS,
                     f"no progress for {self.no_progress_timeout} s (last error: {error.description})",
                     error.context,
                     error.http_status,
-                ).to_dict()
+                )
+                timeout.file, timeout.protocol = error.file, error.protocol
+                self.error = timeout.to_dict()
             self.state = JobState.ERROR
         self.touch()
 

@@ -77,12 +77,22 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorFileInfo(WireModel):
+    """IBackgroundCopyError::GetFile: the job's file whose transfer failed."""
+
+    index: int = Field(description="its place in the job's files")
+    remote_url: str
+    local_path: str
+
+
 class ErrorInfo(WireModel):
     context: ErrorContextName
     code: int = Field(description="HRESULT, e.g. 2149646740 (0x80190194)")
     name: str = Field(description="documented name, e.g. BG_E_HTTP_ERROR_404")
     description: str
     http_status: int | None = None
+    file: ErrorFileInfo | None = Field(None, description="GetFile: the file it happened to; null for the job's own")
+    protocol: str | None = Field(None, description="GetProtocol: http, https or file; null without a file")
 
 
 class ErrorBody(WireModel):
