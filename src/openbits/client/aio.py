@@ -218,10 +218,11 @@ class AsyncJob:
         """GetNotifyCmdLine as [program, *parameters], or None."""
         return (await self.info()).notify_cmdline
 
-    async def set_notify_cmdline(self, program: str, parameters: Iterable[str] = ()) -> JobInfo:
-        """SetNotifyCmdLine: an absolute program path run as the owner with these arguments, no shell."""
-        return await self._call("PUT", "/notify-cmdline", _request(NotifyCmdLine, program=program,
-                                                                   parameters=list(parameters)))
+    async def set_notify_cmdline(self, program: str, parameters: Iterable[str] | str = ()) -> JobInfo:
+        """SetNotifyCmdLine: an absolute program path run as the owner, no shell; `parameters` are its
+        arguments after argv[0], or BITS's one string that starts with the program ("prog {JOB}")."""
+        return await self._call("PUT", "/notify-cmdline", _request(
+            NotifyCmdLine, program=program, parameters=parameters if isinstance(parameters, str) else list(parameters)))
 
     async def clear_notify_cmdline(self) -> JobInfo:
         return await self._call("DELETE", "/notify-cmdline")

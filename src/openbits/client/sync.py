@@ -203,8 +203,8 @@ class Job:
     def notify_cmdline(self) -> list[str] | None:
         return self._loop.run(self._job.notify_cmdline())
 
-    def set_notify_cmdline(self, program: str, parameters: Iterable[str] = ()) -> JobInfo:
-        return self._loop.run(self._job.set_notify_cmdline(program, list(parameters)))
+    def set_notify_cmdline(self, program: str, parameters: Iterable[str] | str = ()) -> JobInfo:
+        return self._loop.run(self._job.set_notify_cmdline(program, parameters))
 
     def clear_notify_cmdline(self) -> JobInfo:
         return self._loop.run(self._job.clear_notify_cmdline())

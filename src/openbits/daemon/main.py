@@ -148,7 +148,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                              upload_sensor=LinkSensor(direction=UP) if settings.config.bandwidth_upload_control
                              else None)
     scheduler = Scheduler(service, changes, transfers, transport, policy.throttle_for, cost)
-    deliveries = Deliveries(service, bus, changes)
+    deliveries = Deliveries(service, bus, changes, str(settings.socket))
     gc.freeze()  # the loaded jobs live as long as the daemon: keep them out of every future collection
     # Every API request leaves a few hundred young objects and almost no cycles: collecting the young
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.

@@ -314,7 +314,9 @@ class AckResult(WireModel):
 
 
 class NotifyCmdLine(WireModel):
-    """SetNotifyCmdLine: an absolute program path (no search path, no shell) and its arguments after argv[0]."""
+    """SetNotifyCmdLine: an absolute program path (no search path, no shell) and its arguments after argv[0],
+    or BITS's parameters string whose first token is the program ("prog {JOB}": split as a shell would)."""
 
     program: Annotated[str, Field(min_length=1, max_length=4096)]
-    parameters: list[Annotated[str, Field(max_length=4000)]] = Field(default_factory=list, max_length=1000)
+    parameters: list[Annotated[str, Field(max_length=4000)]] | Annotated[str, Field(max_length=4000)] = Field(
+        default_factory=list, max_length=1000)
