@@ -65,3 +65,21 @@ def test_sethttpmethod_and_gethttpmethod(cli: Cli) -> None:
     assert cli.ok("gethttpmethod", job) == "PROPFIND\n"
     assert cli.ok("getpriority", job) == "FOREGROUND\n"
     assert "HTTP method" in cli.ok("info", job)
+
+
+def test_write_only_custom_headers_are_sent_and_never_shown(manager: Manager, faulty: FaultyServer, cli: Cli,
+                                                              tmp_path: Path) -> None:
+    job = manager.create_job("secret", JobType.DOWNLOAD)
+    job.custom_headers = ["Authorization: Bearer s3cret"]
+    job.add_file(faulty.url("secret.bin?size=1k"), tmp_path / "secret.bin")
+    cli.ok("makecustomheaderswriteonly", job.id)
+    assert job.custom_headers == [] and job.custom_headers_write_only
+    shown = cli("getcustomheaders", job.id)
+    assert shown.returncode == 1 and "write-only" in shown.stderr and "s3cret" not in shown.stdout + shown.stderr
+    assert "s3cret" not in cli.ok("info", "--json", job.id)
+    with pytest.raises(BitsError, match="cannot be undone"):
+        job.custom_headers_write_only = False
+    job.resume()
+    assert job.wait(30) == JobState.TRANSFERRED
+    sent = [r for r in faulty.requests if r.path_qs == "/secret.bin?size=1k"]
+    assert sent and sent[-1].headers["Authorization"] == "Bearer s3cret"

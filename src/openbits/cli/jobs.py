@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TextIO
 
 import click
 
 from ..schema.models import JobInfo, JobList
 from ..client.types import error_of
+from ..errors import BitsError
 from ..enums import JobPriority, JobType, TransferPolicy, cost_flags_name
 from .app import cli, manager, open_job
 from .render import console, error_line, job_panel, job_table, print_json
@@ -182,7 +184,36 @@ _getter("getcostflags", lambda job: cost_flags_name(job.cost_flags),
         "Print the job's cost flags: the TransferPolicy name, else the number in hex.")
 _getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
 _getter("gethttpmethod", lambda job: job.http_method, "Print the HTTP method of the job's requests.")
-_getter("getcustomheaders", lambda job: "\n".join(job.custom_headers) or None, "Print the custom headers, one a line.")
+_getter("getcreationtime", lambda job: _time(job.creation_time), "Print when the job was created (local time).")
+_getter("getmodificationtime", lambda job: _time(job.modification_time), "Print when the job last changed.")
+_getter("getcompletiontime", lambda job: _time(job.transfer_completion_time),
+        "Print when the job became TRANSFERRED (WORKING until then).")
+_getter("getproxyusage", lambda job: job.proxy_usage.name, "Print the proxy usage (GetProxySettings).")
+_getter("getproxylist", lambda job: job.proxy_list or "NULL", "Print the proxy list (NULL when none).")
+_getter("getproxybypasslist", lambda job: job.proxy_bypass_list or "NULL", "Print the proxy bypass list (NULL when none).")
+
+
+@cli.command()
+@click.argument("job")
+def getcustomheaders(job: str) -> None:
+    """Print the custom headers, one a line."""
+    info = open_job(job).last_info
+    if info.custom_headers_write_only:
+        raise click.ClickException("the custom headers are write-only (makecustomheaderswriteonly): they are sent, "
+                                   "never shown")
+    if info.custom_headers:
+        click.echo("\n".join(info.custom_headers))
+
+
+@cli.command()
+@click.argument("job")
+def makecustomheaderswriteonly(job: str) -> None:
+    """Make the custom headers write-only: sent with every request, never shown again (cannot be undone)."""
+    open_job(job).set_properties(custom_headers_write_only=True)
+
+
+def _time(when: float | None) -> str:
+    return "WORKING" if when is None else datetime.fromtimestamp(when).isoformat(sep=" ", timespec="seconds")
 
 
 @cli.command()
@@ -199,14 +230,33 @@ def info(job: str, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@click.option("--verbose", is_flag=True, help="Everything about each job, as info shows it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job list as the API returns it.")
-def list_jobs(all_users: bool, as_json: bool) -> None:
+def list_jobs(all_users: bool, verbose: bool, as_json: bool) -> None:
     """List your jobs."""
     jobs = [job.last_info for job in manager().jobs(all_users)]
     if as_json:
         print_json(JobList(jobs=jobs))
+    elif verbose:
+        for info in jobs:
+            console().print(job_panel(info, error_of(info)))
     else:
         console().print(job_table(jobs, show_owner=all_users))
+
+
+@cli.command()
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+def reset(all_users: bool) -> None:
+    """Cancel all your jobs (bitsadmin /reset)."""
+    jobs = manager().jobs(all_users)
+    cancelled = 0
+    for job in jobs:
+        try:
+            job.cancel()
+            cancelled += 1
+        except BitsError as error:  # gone meanwhile, or completed by its owner
+            click.echo(f"{job.id}: {error.name}: {error.description}", err=True)
+    click.echo(f"{cancelled} out of {len(jobs)} jobs cancelled.")
 
 
 @cli.command()

@@ -115,6 +115,9 @@ class Job:
     custom_headers: list[str] = prop(factory=list, doc="SetCustomHeaders: 'Name: value' lines sent with every "
                                      "request", label="Custom headers", shown_as="lines", unset="-", settable=True,
                                      limits={"item_max_length": 16384})
+    custom_headers_write_only: bool = prop(False, doc="MakeCustomHeadersWriteOnly: the custom headers are sent but "
+                                           "never shown again, to the owner either; cannot be undone",
+                                           label="Custom headers write-only", shown_as="yes_no", settable=True)
     http_method: str = prop(DEFAULT_HTTP_METHOD, doc="SetHttpMethod: the method of the job's requests; another "
                             "than GET makes the job FOREGROUND for good, turns its transient errors into ERROR "
                             "and restarts its files from 0 on Resume", label="HTTP method", settable=True)
@@ -263,8 +266,11 @@ class Job:
         return self.http_method != DEFAULT_HTTP_METHOD
 
     def set_properties(self, changes: Mapping[str, Any]) -> None:
-        """A PATCH of the job's properties, with the rules BITS gives SetHttpMethod."""
+        """A PATCH of the job's properties, with the rules BITS gives SetHttpMethod and write-only headers."""
         self.check_modifiable()
+        if self.custom_headers_write_only and changes.get("custom_headers_write_only") is False:
+            raise BitsError(ErrorCode.E_INVALIDARG, "the custom headers are write-only (MakeCustomHeadersWriteOnly); "
+                            "that cannot be undone", ErrorContext.GENERAL_QUEUE_MANAGER)
         method = changes.get("http_method", self.http_method)
         if method != self.http_method:
             self._check_http_method(method)

@@ -34,6 +34,8 @@ _WIRE_PROPERTIES = tuple(p.name for p in JOB_PROPERTIES if p.how.wire)
 def job_info(job: Job, explain_rate: RateExplainer) -> JobInfo:
     allowed_rate, rate_reason = explain_rate(job)
     values = {name: getattr(job, name) for name in _WIRE_PROPERTIES}
+    if job.custom_headers_write_only:
+        values["custom_headers"] = []  # sent, never shown (MakeCustomHeadersWriteOnly)
     values.update(
         id=job.id,
         owner=owner_name(job.owner_uid),
