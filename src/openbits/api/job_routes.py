@@ -79,7 +79,8 @@ async def patch_job(request: web.Request) -> web.Response:
 async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
-    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs)
+    ranges = [None if f.ranges is None else [[r.offset, r.length] for r in f.ranges] for f in body.files]
+    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, ranges)
     return respond_job(request, job)
 
 

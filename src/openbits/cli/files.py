@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..enums import LENGTH_TO_EOF
+from ..model.job import range_length
 from ..schema.models import FileInfo
 from .app import cli, open_job
 
@@ -15,6 +17,45 @@ def file_of(job: str, index: int) -> FileInfo:
         raise click.BadParameter(f"the job has {len(files)} file(s): give 0 to {len(files) - 1}",
                                  param_hint="FILE_INDEX")
     return files[index]
+
+
+class _Ranges(click.ParamType):
+    """bitsadmin's range list: offset:length pairs joined by commas, length eof for BG_LENGTH_TO_EOF."""
+
+    name = "RANGES"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> list[tuple[int, int]]:
+        ranges = []
+        for part in str(value).split(","):
+            offset, colon, length = part.strip().partition(":")
+            try:
+                ranges.append((int(offset), LENGTH_TO_EOF if length.strip().lower() == "eof" else int(length)))
+            except ValueError:
+                self.fail(f"{part.strip()!r}: give offset:length pairs joined by commas, like 0:100,2000:eof")
+            if not colon:
+                self.fail(f"{part.strip()!r} has no length: give offset:length, like 0:100")
+        return ranges
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("url")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("ranges", type=_Ranges())
+def addfilewithranges(job: str, url: str, path: str, ranges: list[tuple[int, int]]) -> None:
+    """Add a file made of byte ranges of URL (AddFileWithRanges), written to PATH one after another in the
+    order given: RANGES is offset:length,... with eof as the length of a range to the end (0:100,2000:eof)."""
+    open_job(job).add_file(url, path, ranges)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+def getfileranges(job: str, file_index: int) -> None:
+    """Print the file's ranges as addfilewithranges takes them (nothing for a whole file)."""
+    ranges = file_of(job, file_index).ranges
+    if ranges is not None:
+        click.echo(",".join(f"{r.offset}:{range_length(r.length)}" for r in ranges))
 
 
 @cli.command()

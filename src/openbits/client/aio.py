@@ -117,8 +117,16 @@ class AsyncJob:
     async def files(self) -> list[File]:
         return [File.of(file) for file in (await self.info()).files]
 
-    async def add_file(self, remote_url: str, local_path: LocalPath) -> JobInfo:
-        return await self.add_files([(remote_url, local_path)])
+    async def add_file(self, remote_url: str, local_path: LocalPath,
+                       ranges: Iterable[tuple[int, int]] | None = None) -> JobInfo:
+        """AddFile; with `ranges`, AddFileWithRanges: (offset, length) pairs of the remote file, a length of
+        LENGTH_TO_EOF running to its end, written to the local file one after another in this order."""
+        if ranges is None:
+            return await self.add_files([(remote_url, local_path)])
+        request = _request(AddFilesRequest, files=[{
+            "remote_url": remote_url, "local_path": os.path.abspath(local_path),
+            "ranges": [{"offset": offset, "length": length} for offset, length in ranges]}])
+        return await self._call("POST", "/files", request)
 
     async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""

@@ -71,6 +71,8 @@ class File:
     progress: FileProgress
     #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the last answer's 'Name: value' lines
     response_headers: tuple[str, ...] = ()
+    #: GetFileRanges: (offset, length) pairs, length LENGTH_TO_EOF to the end; None for a whole file
+    ranges: tuple[tuple[int, int], ...] | None = None
 
     @property
     def completed(self) -> bool:
@@ -79,7 +81,8 @@ class File:
     @classmethod
     def of(cls, info: FileInfo) -> File:
         progress = FileProgress(info.bytes_total, info.bytes_transferred, info.completed)
-        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers))
+        ranges = None if info.ranges is None else tuple((r.offset, r.length) for r in info.ranges)
+        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers), ranges)
 
 
 def error_of(info: JobInfo) -> BitsError | None:

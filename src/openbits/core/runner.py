@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 
 from yarl import URL
 
-from ..enums import JobState
+from ..enums import SIZE_UNKNOWN, JobState
 from ..errors import BitsError
-from ..transport.base import DownloadSpec, RemoteValidator, Throttle
+from ..transport.base import DownloadSpec, RemoteValidator, Throttle, VersionChanged
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
 from ..model.job import Job, JobFile
@@ -57,6 +57,17 @@ class _FileSink(SavedProgress):
     def durable(self, offset: int) -> None:
         self._file.durable_offset = offset
         self._save()
+
+
+class _RangesSink(_FileSink):
+    """A file of ranges: the remote answers tell the version, the local size is the ranges' (set by the runner)."""
+
+    def started(self, validator: RemoteValidator, offset: int) -> None:
+        f = self._file
+        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
+        if self._job.state != JobState.TRANSFERRING:
+            self._job.state = JobState.TRANSFERRING
+            self._save()
 
 
 def keep_remote_time(fd: int, validator: RemoteValidator) -> None:
@@ -148,7 +159,8 @@ class DownloadRunner:
         this run proved small (a job's files tend to be alike). Fewer than two: none."""
         files, job = self._job.files, self._job
         first = files[index]
-        if not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:" or job.own_method:
+        if (not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:" or job.own_method
+                or first.ranges is not None):
             return []
         try:
             proxy = proxy_route(job, self._access.preconfigured, first.remote_url)
@@ -160,7 +172,7 @@ class DownloadRunner:
         batch, origin = [(index, url)], (url.raw_host, url.port)
         for i in range(index + 1, min(len(files), index + self._batch_files)):
             f = files[i]
-            if f.completed or f.durable_offset:
+            if f.completed or f.durable_offset or f.ranges is not None:
                 break
             url = self._transport.batchable(f.remote_url, self._headers, None)
             if url is None or (url.raw_host, url.port) != origin:
@@ -256,6 +268,8 @@ class DownloadRunner:
         self._changed.set()
 
     async def _transfer(self, index: int, f: JobFile) -> None:
+        if f.ranges is not None:
+            return await self._transfer_ranges(index, f)
         job = self._job
         fd = await self._open_temp(f)
         sink = _FileSink(self._service, job, index, self._file_started)
@@ -276,6 +290,48 @@ class DownloadRunner:
         f.bytes_total = f.bytes_transferred = f.durable_offset = size
         self._finished.add(index)
         await self._complete_in_order()
+
+    async def _transfer_ranges(self, index: int, f: JobFile) -> None:
+        """AddFileWithRanges: each range into the temporary file after the one before, in the order given.
+        The remote file changing between two ranges starts the file again, once."""
+        fd = await self._open_temp(f)
+        sink = _RangesSink(self._service, self._job, index)
+        try:
+            try:
+                validator = await self._fetch_ranges(f, fd, sink)
+            except VersionChanged:
+                await sink.flush()
+                f.restart()
+                os.ftruncate(fd, 0)
+                validator = await self._fetch_ranges(f, fd, sink)
+            self._out_of_flight((index,))
+            keep_remote_time(fd, validator)
+        finally:
+            os.close(fd)
+            await sink.flush()
+        f.bytes_transferred = f.durable_offset = f.bytes_total
+        self._finished.add(index)
+        await self._complete_in_order()
+
+    async def _fetch_ranges(self, f: JobFile, fd: int, sink: _RangesSink) -> RemoteValidator:
+        """The ranges from the first one not yet durable on (the bytes before it are: ranges are written in order)."""
+        validator = RemoteValidator.from_dict(f.validator) if f.validator else None
+        while True:
+            size = SIZE_UNKNOWN if validator is None else validator.size
+            ranges = f.local_ranges(size)  # BG_E_INVALID_RANGE once the size shows one outside the file
+            if size != SIZE_UNKNOWN:
+                first, last, at = ranges[-1]
+                f.bytes_total = at + (last if last is not None else size - 1) - first + 1
+            todo = next(((first, last, at) for first, last, at in ranges
+                         if last is None or at + last - first + 1 > f.durable_offset), None)
+            if todo is None:
+                assert validator is not None, "a file has one range at least"
+                return validator
+            first, last, at = todo
+            skip = f.durable_offset - at  # a range cut short before: continue it
+            spec = DownloadSpec(f.remote_url, at + skip, validator, self._headers)
+            validator = await self._transport.download_range(spec, first + skip, last, fd, sink, self._throttle,
+                                                             self._access)
 
     async def _complete_in_order(self) -> None:
         """Mark finished files completed, but only the unbroken run from the first unfinished one.

@@ -154,7 +154,9 @@ class JobService:
         await self.commit(job)
         return job
 
-    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]]) -> Job:
+    async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]],
+                        ranges: list[list[list[int]] | None] | None = None) -> Job:
+        """AddFileSet; `ranges`: AddFileWithRanges' per file (or None), within MaxRangesPerFile but for admins."""
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
@@ -163,7 +165,8 @@ class JobService:
             else:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
-            job.add_files(pairs, self.config.max_files_per_job)
+            job.add_files(pairs, self.config.max_files_per_job, ranges,
+                          None if self.is_admin(caller) else self.config.max_ranges_per_file)
             await self.commit(job, range(first, len(job.files)))
             return job
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType,
-                     ProxyUsage)
+from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, LENGTH_TO_EOF, SIZE_UNKNOWN, ErrorContext, JobPriority,
+                     JobState, JobType, ProxyUsage)
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
 
@@ -60,6 +60,9 @@ class JobFile:
     validator: dict[str, Any] | None = None
     #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the header lines of the last answer for this file
     response_headers: list[str] = field(default_factory=list)
+    #: AddFileWithRanges: [offset, length] of the remote file (length LENGTH_TO_EOF: to its end), written one
+    #: after another in this order; None: the whole file
+    ranges: list[list[int]] | None = None
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -86,6 +89,23 @@ class JobFile:
         self.bytes_transferred = 0
         self.durable_offset = 0
         self.validator = None
+
+    def local_ranges(self, size: int) -> list[tuple[int, int | None, int]]:
+        """(remote first, remote last, local offset) of each range for a remote file of `size` bytes. While
+        the size is unknown a range to the end has last None, and the ranges after it no place yet."""
+        assert self.ranges is not None
+        found: list[tuple[int, int | None, int]] = []
+        at = 0
+        for offset, length in self.ranges:
+            end = (None if size == SIZE_UNKNOWN else size) if length == LENGTH_TO_EOF else offset + length
+            if size != SIZE_UNKNOWN and end is not None and (offset >= size or end > size):
+                raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)} is outside "
+                                f"{self.remote_url} ({size} bytes); fix the file's ranges", ErrorContext.REMOTE_FILE)
+            found.append((offset, None if end is None else end - 1, at))
+            if end is None:
+                break
+            at += end - offset
+        return found
 
 
 @dataclass(slots=True)
@@ -304,8 +324,21 @@ class Job:
                             "before the first Resume (create a new job for another method)",
                             ErrorContext.GENERAL_QUEUE_MANAGER)
 
-    def add_files(self, pairs: list[tuple[str, str]], max_files: int) -> list[JobFile]:
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int,
+                  ranges: list[list[list[int]] | None] | None = None, max_ranges: int | None = None) -> list[JobFile]:
+        """AddFileSet; `ranges` per pair: AddFileWithRanges' (or None), `max_ranges` its limit (None: none)."""
         self._require_not_final()
+        ranges = ranges or [None] * len(pairs)
+        for (remote_url, _), wanted in zip(pairs, ranges):
+            if wanted is not None:
+                if self.type != JobType.DOWNLOAD:
+                    raise BitsError(ErrorCode.E_NOTIMPL, "only download jobs take AddFileWithRanges",
+                                    ErrorContext.GENERAL_QUEUE_MANAGER)
+                if urlsplit(remote_url).scheme.lower() not in ("http", "https"):
+                    raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {remote_url!r}: ranges come from http:// "
+                                    "and https:// servers (BITS takes no ranges of SMB or file sources)",
+                                    ErrorContext.REMOTE_FILE)
+                check_ranges(wanted, max_ranges)
         if self.type != JobType.DOWNLOAD and len(self.files) + len(pairs) > 1:
             raise BitsError(
                 ErrorCode.BG_E_TOO_MANY_FILES,
@@ -327,8 +360,8 @@ class Job:
                                 "http:// or https:// servers that speak the BITS upload protocol",
                                 ErrorContext.REMOTE_FILE)
         added = [
-            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"))
-            for i, (url, path) in enumerate(pairs)
+            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), ranges=wanted)
+            for i, ((url, path), wanted) in enumerate(zip(pairs, ranges))
         ]
         self.files.extend(added)
         if self.state == JobState.TRANSFERRED:
@@ -405,6 +438,30 @@ class Job:
                 self.error = timeout.to_dict()
             self.state = JobState.ERROR
         self.touch()
+
+
+def range_length(length: int) -> str:
+    """A range's length as bitsadmin writes it: a number, or eof for BG_LENGTH_TO_EOF."""
+    return "eof" if length == LENGTH_TO_EOF else str(length)
+
+
+def check_ranges(ranges: list[list[int]], max_ranges: int | None) -> None:
+    """AddFileWithRanges' refusals: none, too many (MaxRangesPerFile; None: no limit, as for administrators),
+    a range that starts at BG_LENGTH_TO_EOF or is empty, duplicates or overlaps (ranges may come in any order)."""
+    if not ranges:
+        raise BitsError(ErrorCode.E_INVALIDARG, "AddFileWithRanges needs one or more ranges", ErrorContext.GENERAL_QUEUE_MANAGER)
+    if max_ranges is not None and len(ranges) > max_ranges:
+        raise BitsError(ErrorCode.BG_E_TOO_MANY_RANGES_IN_FILE, f"{len(ranges)} ranges for one file; MaxRangesPerFile "
+                        f"allows {max_ranges} (administrators have no limit)", ErrorContext.GENERAL_QUEUE_MANAGER)
+    for offset, length in ranges:
+        if not 0 <= offset < LENGTH_TO_EOF or not 0 < length <= LENGTH_TO_EOF:
+            raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)}: an offset is a "
+                            "byte position (not BG_LENGTH_TO_EOF) and a length at least 1", ErrorContext.GENERAL_QUEUE_MANAGER)
+    ordered = sorted(ranges)
+    for (offset, length), (following, _) in zip(ordered, ordered[1:]):
+        if length == LENGTH_TO_EOF or offset + length > following:
+            raise BitsError(ErrorCode.BG_E_OVERLAPPING_RANGES, f"range {offset}:{range_length(length)} overlaps the "
+                            f"range at {following}; give each byte once", ErrorContext.GENERAL_QUEUE_MANAGER)
 
 
 def check_remote_url(url: str) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
 
-from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
+from ..enums import LENGTH_TO_EOF, CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
 from ..enums import AuthScheme, AuthTarget
 from ..model.job import JOB_PROPERTIES
 from ..model.properties import Described
@@ -110,6 +110,7 @@ class FileInfo(WireModel):
     completed: bool
     response_headers: list[str] = Field(default_factory=list, description="BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_"
                                         "HEADERS: the 'Name: value' lines of the last answer for the file")
+    ranges: list[FileRange] | None = Field(None, description="GetFileRanges: null for a whole file")
 
 
 class _JobInfoComputed(WireModel):
@@ -179,9 +180,18 @@ class CreateJobRequest(WireModel):
     description: _wire_type(_PROPERTY["description"]) = ""  # type: ignore[valid-type]
 
 
+class FileRange(WireModel):
+    """BG_FILE_RANGE: bytes of the remote file; a length of BG_LENGTH_TO_EOF (18446744073709551615) runs to its end."""
+
+    offset: Annotated[int, Field(ge=0, le=LENGTH_TO_EOF)]
+    length: Annotated[int, Field(ge=0, le=LENGTH_TO_EOF)]
+
+
 class AddFile(WireModel):
     remote_url: Annotated[str, Field(min_length=1, max_length=2200)]
     local_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    ranges: list[FileRange] | None = Field(None, description="AddFileWithRanges: written to the local file one after "
+                                           "another, in this order; no duplicates or overlaps")
 
 
 class AddFilesRequest(WireModel):

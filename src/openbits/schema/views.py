@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ..model.job import JOB_PROPERTIES, Job, JobFile
 from ..errors import BitsError
 from ..model.identity import Identity
-from .models import ErrorInfo, FileInfo, JobInfo
+from .models import ErrorInfo, FileInfo, FileRange, JobInfo
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,7 +65,8 @@ def file_values(f: JobFile) -> dict[str, Any]:
     """FileInfo's fields of `f`, as JSON takes them (events serialise many files' without a model)."""
     return {"remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
             "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
-            "response_headers": f.response_headers}
+            "response_headers": f.response_headers,
+            "ranges": None if f.ranges is None else [built(FileRange, {"offset": o, "length": n}) for o, n in f.ranges]}
 
 
 def built(cls: type[M], values: dict[str, Any]) -> M:

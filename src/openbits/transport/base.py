@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..enums import SIZE_UNKNOWN
+from ..errors import ErrorCode, TransferError
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ class DownloadSpec:
     #: The job's HTTP proxy ("http://host:port", no credentials), or None to connect directly.
     #: A fast path that cannot speak to proxies must leave requests with a proxy to aiohttp.
     proxy: str | None = None
+
+
+class VersionChanged(TransferError):
+    """A range request found another version of the remote file than the bytes already here."""
+
+    def __init__(self, shown: str) -> None:
+        super().__init__(ErrorCode.E_FAIL, f"{shown} changed on the server while its ranges were fetched; the file starts again",
+                         transient=True)
 
 
 class DownloadSink(Protocol):
