@@ -18,6 +18,7 @@ class ErrorCode(enum.IntEnum):
     """HRESULT values, named as in the BITS documentation (without the BG_E_ prefix for BITS codes)."""
 
     S_OK = 0
+    E_PENDING = 0x8000000A
     E_FAIL = 0x80004005
     E_INVALIDARG = 0x80070057
     E_ACCESSDENIED = 0x80070005

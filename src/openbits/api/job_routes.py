@@ -19,6 +19,7 @@ from ..schema.models import (
     JobProperties,
     ReplyData,
     ReplyFileName,
+    ValidationState,
 )
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
@@ -80,7 +81,16 @@ async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
     ranges = [None if f.ranges is None else [[r.offset, r.length] for r in f.ranges] for f in body.files]
-    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, ranges)
+    checksums = [f.checksums for f in body.files]
+    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, ranges, checksums)
+    return respond_job(request, job)
+
+
+@routes.put("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/validation-state")
+async def set_validation_state(request: web.Request) -> web.Response:
+    body = await parse(request, ValidationState)
+    job = await request.app[SERVICE].set_validation_state(caller(request), request.match_info["job"],
+                                                          int(request.match_info["index"]), body.valid)
     return respond_job(request, job)
 
 

@@ -60,6 +60,24 @@ def getfileranges(job: str, file_index: int) -> None:
 
 @cli.command()
 @click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+@click.argument("state", type=click.BOOL, metavar="true|false")
+def setvalidationstate(job: str, file_index: int, state: bool) -> None:
+    """Mark a transferred file valid or not (SetValidationState): false puts the job in ERROR and resume
+    downloads the file again."""
+    open_job(job).set_validation_state(file_index, state)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+def getvalidationstate(job: str, file_index: int) -> None:
+    """Print whether the file is valid: its checksums matched, or setvalidationstate said so."""
+    click.echo(str(file_of(job, file_index).validation_state).lower())
+
+
+@cli.command()
+@click.argument("job")
 def listfiles(job: str) -> None:
     """List the job's files: bytes transferred / total, COMPLETED or WORKING, remote -> local name."""
     for f in open_job(job).last_info.files:

@@ -56,9 +56,11 @@ def create(job_type: str, name: str) -> None:
 @click.argument("job")
 @click.argument("url")
 @click.argument("path", type=click.Path(dir_okay=False))
-def addfile(job: str, url: str, path: str) -> None:
+@click.option("--checksum", "checksums", multiple=True, metavar="ALGORITHM:HEX",
+              help="A digest the file must have (sha256:, sha512: or blake2b:); may be given several times.")
+def addfile(job: str, url: str, path: str, checksums: tuple[str, ...]) -> None:
     """Add one file: download URL to PATH (relative paths are taken from the current directory)."""
-    open_job(job).add_file(url, path)
+    open_job(job).add_file(url, path, checksums=checksums or None)
 
 
 @cli.command()

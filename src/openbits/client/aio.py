@@ -33,6 +33,7 @@ from ..schema.models import (
     ReplyData,
     ReplyFileName,
     TokenTicket,
+    ValidationState,
 )
 from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ..errors import BitsError, ErrorCode
@@ -117,16 +118,21 @@ class AsyncJob:
     async def files(self) -> list[File]:
         return [File.of(file) for file in (await self.info()).files]
 
-    async def add_file(self, remote_url: str, local_path: LocalPath,
-                       ranges: Iterable[tuple[int, int]] | None = None) -> JobInfo:
-        """AddFile; with `ranges`, AddFileWithRanges: (offset, length) pairs of the remote file, a length of
-        LENGTH_TO_EOF running to its end, written to the local file one after another in this order."""
-        if ranges is None:
-            return await self.add_files([(remote_url, local_path)])
-        request = _request(AddFilesRequest, files=[{
-            "remote_url": remote_url, "local_path": os.path.abspath(local_path),
-            "ranges": [{"offset": offset, "length": length} for offset, length in ranges]}])
-        return await self._call("POST", "/files", request)
+    async def add_file(self, remote_url: str, local_path: LocalPath, ranges: Iterable[tuple[int, int]] | None = None,
+                       checksums: Iterable[str] | None = None) -> JobInfo:
+        """AddFile. `ranges`: AddFileWithRanges' (offset, length) pairs of the remote file, a length of
+        LENGTH_TO_EOF running to its end, written to the local file one after another in this order.
+        `checksums`: 'sha256:HEX', 'sha512:HEX' or 'blake2b:HEX' digests the file must have."""
+        file: dict[str, object] = {"remote_url": remote_url, "local_path": os.path.abspath(local_path)}
+        if ranges is not None:
+            file["ranges"] = [{"offset": offset, "length": length} for offset, length in ranges]
+        if checksums is not None:
+            file["checksums"] = list(checksums)
+        return await self._call("POST", "/files", _request(AddFilesRequest, files=[file]))
+
+    async def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
+        """SetValidationState: False makes the job ERROR (BG_E_VALIDATION_FAILED) and Resume downloads it again."""
+        return await self._call("PUT", f"/files/{file_index}/validation-state", _request(ValidationState, valid=valid))
 
     async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""

@@ -124,9 +124,12 @@ class Job:
     def info(self) -> JobInfo:
         return self._loop.run(self._job.info())
 
-    def add_file(self, remote_url: str, local_path: LocalPath,
-                 ranges: Iterable[tuple[int, int]] | None = None) -> JobInfo:
-        return self._loop.run(self._job.add_file(remote_url, local_path, ranges))
+    def add_file(self, remote_url: str, local_path: LocalPath, ranges: Iterable[tuple[int, int]] | None = None,
+                 checksums: Iterable[str] | None = None) -> JobInfo:
+        return self._loop.run(self._job.add_file(remote_url, local_path, ranges, checksums))
+
+    def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
+        return self._loop.run(self._job.set_validation_state(file_index, valid))
 
     def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         return self._loop.run(self._job.add_files(list(files)))

@@ -21,6 +21,7 @@ from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
 from ..model.job import Job, JobFile
 from .attempt import run_attempt
+from .digests import Verification
 from .progress import SavedProgress
 from .access import JobAccess
 from .proxy import proxy_route
@@ -31,9 +32,11 @@ class _FileSink(SavedProgress):
     """DownloadSink for one file: progress in memory, durable offsets to the store."""
 
     def __init__(self, service: JobService, job: Job, index: int,
-                 on_started: Callable[[int, int], None] = lambda index, size: None) -> None:
+                 on_started: Callable[[int, int], None] = lambda index, size: None,
+                 verification: Verification | None = None) -> None:
         super().__init__(service, job, index)
         self._on_started = on_started
+        self._verification = verification
 
     def started(self, validator: RemoteValidator, offset: int) -> None:
         f = self._file
@@ -42,6 +45,8 @@ class _FileSink(SavedProgress):
             f.restart()
         f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
         f.bytes_total = validator.size
+        if self._verification is not None:
+            self._verification.answered(validator.headers, offset)
         self._on_started(self._index, validator.size)  # the runner may start the next small file
         # Save only what must be on record now: a restart from zero (the stored offset must not
         # outlive the bytes) or the job's move to TRANSFERRING. Otherwise the first durable offset
@@ -160,7 +165,7 @@ class DownloadRunner:
         files, job = self._job.files, self._job
         first = files[index]
         if (not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:" or job.own_method
-                or first.ranges is not None):
+                or first.ranges is not None or first.checksums):
             return []
         try:
             proxy = proxy_route(job, self._access.preconfigured, first.remote_url)
@@ -172,7 +177,7 @@ class DownloadRunner:
         batch, origin = [(index, url)], (url.raw_host, url.port)
         for i in range(index + 1, min(len(files), index + self._batch_files)):
             f = files[i]
-            if f.completed or f.durable_offset or f.ranges is not None:
+            if f.completed or f.durable_offset or f.ranges is not None or f.checksums:
                 break
             url = self._transport.batchable(f.remote_url, self._headers, None)
             if url is None or (url.raw_host, url.port) != origin:
@@ -272,19 +277,28 @@ class DownloadRunner:
             return await self._transfer_ranges(index, f)
         job = self._job
         fd = await self._open_temp(f)
-        sink = _FileSink(self._service, job, index, self._file_started)
+        verification = Verification(fd, f.checksums, self._transport.pools.digests)
+        sink = _FileSink(self._service, job, index, self._file_started, verification)
         try:
             previous = RemoteValidator.from_dict(f.validator) if f.validator else None
             spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
                                 defer_sync_below=SMALL_FILE, method=job.http_method)
             validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
+            failed = await verification.check(size, f.local_path)
+            if failed is not None:  # the partial file is discarded: Resume starts it over
+                f.restart()
+                os.ftruncate(fd, 0)
+                await self._service.commit(job, (index,))
+                raise failed
+            f.validation_state = verification.checked
             keep_remote_time(fd, validator)
             # The bytes are written: the next file may start while these become durable.
             self._out_of_flight((index,))
             if f.durable_offset < size:  # a small file the transport left to our batch
                 await self._syncs.sync([fd], f.local_path)
         finally:
+            await verification.close()  # its thread reads fd
             os.close(fd)
             await sink.flush()
         f.bytes_total = f.bytes_transferred = f.durable_offset = size

@@ -155,8 +155,10 @@ class JobService:
         return job
 
     async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]],
-                        ranges: list[list[list[int]] | None] | None = None) -> Job:
-        """AddFileSet; `ranges`: AddFileWithRanges' per file (or None), within MaxRangesPerFile but for admins."""
+                        ranges: list[list[list[int]] | None] | None = None,
+                        checksums: list[list[str] | None] | None = None) -> Job:
+        """AddFileSet; per file `ranges`: AddFileWithRanges' (or None), within MaxRangesPerFile but for admins,
+        and `checksums` (or None)."""
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
@@ -166,8 +168,14 @@ class JobService:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
             job.add_files(pairs, self.config.max_files_per_job, ranges,
-                          None if self.is_admin(caller) else self.config.max_ranges_per_file)
+                          None if self.is_admin(caller) else self.config.max_ranges_per_file, checksums)
             await self.commit(job, range(first, len(job.files)))
+            return job
+
+    async def set_validation_state(self, caller: Identity, ref: str, index: int, valid: bool) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.set_validation_state(index, valid)
+            await self.commit(job, (index,))
             return job
 
     async def resume(self, caller: Identity, ref: str) -> Job:

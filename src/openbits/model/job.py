@@ -63,6 +63,10 @@ class JobFile:
     #: AddFileWithRanges: [offset, length] of the remote file (length LENGTH_TO_EOF: to its end), written one
     #: after another in this order; None: the whole file
     ranges: list[list[int]] | None = None
+    #: digests the file must have, "algorithm:hex" (check_checksums); checked before it counts as transferred
+    checksums: list[str] | None = None
+    #: GetValidationState: its digests matched (or SetValidationState(TRUE)); Complete validates implicitly
+    validation_state: bool = False
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -325,10 +329,17 @@ class Job:
                             ErrorContext.GENERAL_QUEUE_MANAGER)
 
     def add_files(self, pairs: list[tuple[str, str]], max_files: int,
-                  ranges: list[list[list[int]] | None] | None = None, max_ranges: int | None = None) -> list[JobFile]:
-        """AddFileSet; `ranges` per pair: AddFileWithRanges' (or None), `max_ranges` its limit (None: none)."""
+                  ranges: list[list[list[int]] | None] | None = None, max_ranges: int | None = None,
+                  checksums: list[list[str] | None] | None = None) -> list[JobFile]:
+        """AddFileSet; per pair `ranges`: AddFileWithRanges' (or None), `max_ranges` its limit (None: none), and
+        `checksums`: the digests it must have (or None)."""
         self._require_not_final()
         ranges = ranges or [None] * len(pairs)
+        checksums = [None if c is None else check_checksums(c) for c in checksums or [None] * len(pairs)]
+        for wanted, digests in zip(ranges, checksums):
+            if digests is not None and (wanted is not None or self.type != JobType.DOWNLOAD):
+                raise BitsError(ErrorCode.E_INVALIDARG, "checksums are of a downloaded whole file: give them "
+                                "without ranges, in a download job", ErrorContext.GENERAL_QUEUE_MANAGER)
         for (remote_url, _), wanted in zip(pairs, ranges):
             if wanted is not None:
                 if self.type != JobType.DOWNLOAD:
@@ -360,8 +371,9 @@ class Job:
                                 "http:// or https:// servers that speak the BITS upload protocol",
                                 ErrorContext.REMOTE_FILE)
         added = [
-            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), ranges=wanted)
-            for i, ((url, path), wanted) in enumerate(zip(pairs, ranges))
+            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), ranges=wanted,
+                    checksums=digests)
+            for i, ((url, path), wanted, digests) in enumerate(zip(pairs, ranges, checksums))
         ]
         self.files.extend(added)
         if self.state == JobState.TRANSFERRED:
@@ -369,6 +381,26 @@ class Job:
             self.state = JobState.SUSPENDED
         self.touch()
         return added
+
+    def set_validation_state(self, index: int, valid: bool) -> None:
+        """SetValidationState: only for a transferred file; FALSE puts the job in ERROR (BG_E_VALIDATION_FAILED)
+        with the file's progress at zero, and Resume downloads it again."""
+        self._require_not_final()
+        if not 0 <= index < len(self.files):
+            raise BitsError(ErrorCode.E_INVALIDARG, f"job {self.id} has {len(self.files)} file(s); there is no file "
+                            f"{index}", ErrorContext.GENERAL_QUEUE_MANAGER)
+        f = self.files[index]
+        if not f.completed:
+            raise BitsError(ErrorCode.E_PENDING, f"file {index} is not transferred yet; validate it once it is",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        f.validation_state = valid
+        if not valid:
+            f.completed = False
+            f.restart()
+            failed = BitsError(ErrorCode.BG_E_VALIDATION_FAILED, f"{f.local_path} was found not valid "
+                               "(SetValidationState FALSE); Resume downloads it again", ErrorContext.REMOTE_FILE)
+            self.set_error(failed.of_file(index, f.remote_url, f.local_path), transient=False)
+        self.touch()
 
     def resume(self) -> None:
         self._require_not_final()
@@ -438,6 +470,25 @@ class Job:
                 self.error = timeout.to_dict()
             self.state = JobState.ERROR
         self.touch()
+
+
+#: The digests a file may be checked against, and their length in hex digits.
+CHECKSUM_ALGORITHMS = {"sha256": 64, "sha512": 128, "blake2b": 128}
+
+
+def check_checksums(checksums: list[str]) -> list[str]:
+    """'algorithm:hex' digests (sha256, sha512, blake2b), lower case; E_INVALIDARG naming the bad one."""
+    found = []
+    for checksum in checksums:
+        algorithm, colon, digest = checksum.strip().partition(":")
+        algorithm, digest = algorithm.lower(), digest.lower()
+        wanted = CHECKSUM_ALGORITHMS.get(algorithm)
+        if not colon or wanted is None or len(digest) != wanted or digest.strip("0123456789abcdef"):
+            raise BitsError(ErrorCode.E_INVALIDARG, f"checksum {checksum!r}: give algorithm:hex with one of "
+                            + ", ".join(f"{name} ({n} hex digits)" for name, n in CHECKSUM_ALGORITHMS.items()),
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        found.append(f"{algorithm}:{digest}")
+    return found
 
 
 def range_length(length: int) -> str:

@@ -111,6 +111,9 @@ class FileInfo(WireModel):
     response_headers: list[str] = Field(default_factory=list, description="BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_"
                                         "HEADERS: the 'Name: value' lines of the last answer for the file")
     ranges: list[FileRange] | None = Field(None, description="GetFileRanges: null for a whole file")
+    checksums: list[str] | None = Field(None, description="the digests the file is checked against")
+    validation_state: bool = Field(False, description="GetValidationState: its digests matched, or "
+                                   "SetValidationState(TRUE)")
 
 
 class _JobInfoComputed(WireModel):
@@ -190,8 +193,17 @@ class FileRange(WireModel):
 class AddFile(WireModel):
     remote_url: Annotated[str, Field(min_length=1, max_length=2200)]
     local_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    checksums: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=8, description="digests the file must have, 'sha256:HEX', 'sha512:HEX' or 'blake2b:HEX' "
+        "(BLAKE2b-512); checked as the bytes arrive, before the file counts as transferred")
     ranges: list[FileRange] | None = Field(None, description="AddFileWithRanges: written to the local file one after "
                                            "another, in this order; no duplicates or overlaps")
+
+
+class ValidationState(WireModel):
+    """SetValidationState of one file."""
+
+    valid: bool
 
 
 class AddFilesRequest(WireModel):

@@ -66,6 +66,7 @@ def file_values(f: JobFile) -> dict[str, Any]:
     return {"remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
             "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
             "response_headers": f.response_headers,
+            "checksums": f.checksums, "validation_state": f.validation_state,
             "ranges": None if f.ranges is None else [built(FileRange, {"offset": o, "length": n}) for o, n in f.ranges]}
 
 
