@@ -18,6 +18,8 @@ from ..schema.models import (
     JobList,
     JobProperties,
     ReplyData,
+    RemoteName,
+    RemotePrefix,
     ReplyFileName,
     ValidationState,
 )
@@ -83,6 +85,22 @@ async def add_files(request: web.Request) -> web.Response:
     ranges = [None if f.ranges is None else [[r.offset, r.length] for r in f.ranges] for f in body.files]
     checksums = [f.checksums for f in body.files]
     job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, ranges, checksums)
+    return respond_job(request, job)
+
+
+@routes.put("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/remote-name")
+async def set_remote_name(request: web.Request) -> web.Response:
+    body = await parse(request, RemoteName)
+    job = await request.app[SERVICE].set_remote_name(caller(request), request.match_info["job"],
+                                                     int(request.match_info["index"]), body.remote_url)
+    return respond_job(request, job)
+
+
+@routes.post("/v1/jobs/{job:[^/]+}/replace-remote-prefix")
+async def replace_remote_prefix(request: web.Request) -> web.Response:
+    body = await parse(request, RemotePrefix)
+    job = await request.app[SERVICE].replace_remote_prefix(caller(request), request.match_info["job"],
+                                                           body.old_prefix, body.new_prefix)
     return respond_job(request, job)
 
 

@@ -78,6 +78,25 @@ def getvalidationstate(job: str, file_index: int) -> None:
 
 @cli.command()
 @click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+@click.argument("url")
+def setremotename(job: str, file_index: int, url: str) -> None:
+    """Fetch the file from URL from now on (SetRemoteName); its bytes stay when URL serves the same version."""
+    open_job(job).set_remote_name(file_index, url)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("old_prefix")
+@click.argument("new_prefix")
+def replaceremoteprefix(job: str, old_prefix: str, new_prefix: str) -> None:
+    """Change every remote name starting with OLD_PREFIX to start with NEW_PREFIX (a dead mirror, say)."""
+    count = open_job(job).replace_remote_prefix(old_prefix, new_prefix)
+    click.echo(f"{count} remote name(s) replaced" if count else f"S_FALSE: no remote name starts with {old_prefix}")
+
+
+@cli.command()
+@click.argument("job")
 def listfiles(job: str) -> None:
     """List the job's files: bytes transferred / total, COMPLETED or WORKING, remote -> local name."""
     for f in open_job(job).last_info.files:

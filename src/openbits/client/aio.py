@@ -30,6 +30,8 @@ from ..schema.models import (
     LogonRequest,
     LogonResult,
     NotifyCmdLine,
+    RemoteName,
+    RemotePrefix,
     ReplyData,
     ReplyFileName,
     TokenTicket,
@@ -129,6 +131,17 @@ class AsyncJob:
         if checksums is not None:
             file["checksums"] = list(checksums)
         return await self._call("POST", "/files", _request(AddFilesRequest, files=[file]))
+
+    async def set_remote_name(self, file_index: int, remote_url: str) -> JobInfo:
+        """SetRemoteName: the bytes already here stay when the new source has the same size and validators."""
+        return await self._call("PUT", f"/files/{file_index}/remote-name", _request(RemoteName, remote_url=remote_url))
+
+    async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> int:
+        """ReplaceRemotePrefix; how many remote names changed (0: BITS's S_FALSE, none matched)."""
+        before = [f.remote_url for f in (await self.info()).files]
+        info = await self._call("POST", "/replace-remote-prefix",
+                                _request(RemotePrefix, old_prefix=old_prefix, new_prefix=new_prefix))
+        return sum(1 for old, f in zip(before, info.files) if old != f.remote_url)
 
     async def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
         """SetValidationState: False makes the job ERROR (BG_E_VALIDATION_FAILED) and Resume downloads it again."""

@@ -128,6 +128,12 @@ class Job:
                  checksums: Iterable[str] | None = None) -> JobInfo:
         return self._loop.run(self._job.add_file(remote_url, local_path, ranges, checksums))
 
+    def set_remote_name(self, file_index: int, remote_url: str) -> JobInfo:
+        return self._loop.run(self._job.set_remote_name(file_index, remote_url))
+
+    def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> int:
+        return self._loop.run(self._job.replace_remote_prefix(old_prefix, new_prefix))
+
     def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
         return self._loop.run(self._job.set_validation_state(file_index, valid))
 

@@ -172,6 +172,19 @@ class JobService:
             await self.commit(job, range(first, len(job.files)))
             return job
 
+    async def set_remote_name(self, caller: Identity, ref: str, index: int, url: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.set_remote_name(index, url)
+            await self.commit(job, (index,))
+            return job
+
+    async def replace_remote_prefix(self, caller: Identity, ref: str, old: str, new: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            before = [f.remote_url for f in job.files]
+            job.replace_remote_prefix(old, new)
+            await self.commit(job, [i for i, f in enumerate(job.files) if f.remote_url != before[i]])
+            return job
+
     async def set_validation_state(self, caller: Identity, ref: str, index: int, valid: bool) -> Job:
         async with self._locked(caller, ref) as job:
             job.set_validation_state(index, valid)

@@ -382,14 +382,50 @@ class Job:
         self.touch()
         return added
 
+    def set_remote_name(self, index: int, url: str) -> None:
+        """SetRemoteName: the file comes from `url` from its next attempt on; its bytes stay if the new source
+        has the same size and validators (the transport's If-Range proves it), else the file restarts."""
+        self._check_renamable()
+        self._file(index)
+        check_remote_url(url)
+        self.files[index].remote_url = url
+        self.touch()
+
+    def replace_remote_prefix(self, old: str, new: str) -> int:
+        """ReplaceRemotePrefix: every remote name that starts with `old` starts with `new` instead; how many
+        (0 is BITS's S_FALSE). Transferred files keep their bytes, as any file whose new source matches."""
+        self._check_renamable()
+        if not old or not new:
+            raise BitsError(ErrorCode.E_INVALIDARG, "ReplaceRemotePrefix needs an old and a new prefix, neither "
+                            "empty", ErrorContext.GENERAL_QUEUE_MANAGER)
+        renamed = [(f, new + f.remote_url[len(old):]) for f in self.files if f.remote_url.startswith(old)]
+        for _, url in renamed:
+            if len(url) > 2200:
+                raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url[:80]!r}... would exceed 2,200 "
+                                "characters", ErrorContext.REMOTE_FILE)
+            check_remote_url(url)
+        for f, url in renamed:
+            f.remote_url = url
+        self.touch()
+        return len(renamed)
+
+    def _check_renamable(self) -> None:
+        self._require_not_final()
+        if self.type != JobType.DOWNLOAD:
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; only download jobs' "
+                            "remote names change", ErrorContext.GENERAL_QUEUE_MANAGER)
+
+    def _file(self, index: int) -> JobFile:
+        if not 0 <= index < len(self.files):
+            raise BitsError(ErrorCode.E_INVALIDARG, f"job {self.id} has {len(self.files)} file(s); there is no file "
+                            f"{index}", ErrorContext.GENERAL_QUEUE_MANAGER)
+        return self.files[index]
+
     def set_validation_state(self, index: int, valid: bool) -> None:
         """SetValidationState: only for a transferred file; FALSE puts the job in ERROR (BG_E_VALIDATION_FAILED)
         with the file's progress at zero, and Resume downloads it again."""
         self._require_not_final()
-        if not 0 <= index < len(self.files):
-            raise BitsError(ErrorCode.E_INVALIDARG, f"job {self.id} has {len(self.files)} file(s); there is no file "
-                            f"{index}", ErrorContext.GENERAL_QUEUE_MANAGER)
-        f = self.files[index]
+        f = self._file(index)
         if not f.completed:
             raise BitsError(ErrorCode.E_PENDING, f"file {index} is not transferred yet; validate it once it is",
                             ErrorContext.GENERAL_QUEUE_MANAGER)

@@ -200,6 +200,19 @@ class AddFile(WireModel):
                                            "another, in this order; no duplicates or overlaps")
 
 
+class RemoteName(WireModel):
+    """SetRemoteName of one file."""
+
+    remote_url: Annotated[str, Field(min_length=1, max_length=2200)]
+
+
+class RemotePrefix(WireModel):
+    """ReplaceRemotePrefix: remote names starting with old_prefix start with new_prefix instead."""
+
+    old_prefix: Annotated[str, Field(min_length=1, max_length=2200)]
+    new_prefix: Annotated[str, Field(min_length=1, max_length=2200)]
+
+
 class ValidationState(WireModel):
     """SetValidationState of one file."""
 
