@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from concurrent.futures import Executor
 
 from ..enums import ErrorContext
-from ..errors import BitsError, ErrorCode
+from ..errors import BitsError, ErrorCode, TransferError
 
-#: Bytes hashed per read.
+#: Bytes hashed per read (one buffer, reused).
 CHUNK = 1024 * 1024
 #: Seconds the follower waits when it has caught up with the writer.
 IDLE = 0.002
@@ -94,6 +94,7 @@ class Follower:
             pass
 
     def _follow(self) -> None:
+        buffer = memoryview(bytearray(CHUNK))
         while not self._stop:
             with self._lock:
                 if self._reset:
@@ -106,12 +107,14 @@ class Follower:
                     return
                 time.sleep(IDLE)
                 continue
-            data = os.pread(self._fd, min(CHUNK, limit - self._hashed), self._hashed)
-            if not data:
+            # read into one buffer, not mapped: a file cut short under a mapping would SIGBUS the daemon
+            # (its owner may truncate it), a read just comes back short
+            n = os.preadv(self._fd, [buffer[:min(CHUNK, limit - self._hashed)]], self._hashed)
+            if not n:
                 raise OSError(f"the temporary file ends at {self._hashed} bytes, before {limit}")
             for h in self._hashes.values():
-                h.update(data)
-            self._hashed += len(data)
+                h.update(buffer[:n])
+            self._hashed += n
 
 
 class Verification:
@@ -139,7 +142,11 @@ class Verification:
         """BG_E_VALIDATION_FAILED for the first digest the file's `size` bytes do not have; None: all match."""
         if self._follower is None:
             return None
-        actual = await self._follower.finish(size)
+        try:
+            actual = await self._follower.finish(size)
+        except OSError as exc:  # cut short or unreadable under us: a retry starts over
+            raise TransferError(ErrorCode.E_FAIL, f"{local_path}: hashing its temporary file failed ({exc}); the "
+                                "job retries", ErrorContext.LOCAL_FILE, transient=True) from exc
         for algorithm, digest, source in self._own + self._claimed:
             if actual[algorithm] != digest:
                 return BitsError(ErrorCode.BG_E_VALIDATION_FAILED, f"{local_path}: the {algorithm} digest is "
