@@ -15,11 +15,13 @@ from ..schema.models import (
     AddFilesRequest,
     CreateJobRequest,
     DaemonStatus,
+    DownloadPosition,
     JobList,
     JobProperties,
-    ReplyData,
+    RangesRequest,
     RemoteName,
     RemotePrefix,
+    ReplyData,
     ReplyFileName,
     ValidationState,
 )
@@ -101,6 +103,23 @@ async def replace_remote_prefix(request: web.Request) -> web.Response:
     body = await parse(request, RemotePrefix)
     job = await request.app[SERVICE].replace_remote_prefix(caller(request), request.match_info["job"],
                                                            body.old_prefix, body.new_prefix)
+    return respond_job(request, job)
+
+
+@routes.post("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/ranges")
+async def request_file_ranges(request: web.Request) -> web.Response:
+    body = await parse(request, RangesRequest)
+    job = await request.app[SERVICE].request_file_ranges(caller(request), request.match_info["job"],
+                                                         int(request.match_info["index"]),
+                                                         [[r.offset, r.length] for r in body.ranges])
+    return respond_job(request, job)
+
+
+@routes.put("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/download-position")
+async def update_download_position(request: web.Request) -> web.Response:
+    body = await parse(request, DownloadPosition)
+    job = await request.app[SERVICE].update_download_position(caller(request), request.match_info["job"],
+                                                              int(request.match_info["index"]), body.offset)
     return respond_job(request, job)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..client.reader import BUFFER
 from ..enums import LENGTH_TO_EOF
 from ..model.job import range_length
 from ..schema.models import FileInfo
@@ -93,6 +94,46 @@ def replaceremoteprefix(job: str, old_prefix: str, new_prefix: str) -> None:
     """Change every remote name starting with OLD_PREFIX to start with NEW_PREFIX (a dead mirror, say)."""
     count = open_job(job).replace_remote_prefix(old_prefix, new_prefix)
     click.echo(f"{count} remote name(s) replaced" if count else f"S_FALSE: no remote name starts with {old_prefix}")
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+@click.argument("ranges", type=_Ranges())
+def requestfileranges(job: str, file_index: int, ranges: list[tuple[int, int]]) -> None:
+    """Ask an on-demand job for these ranges first (RequestFileRanges; offset:length,...); resume to fetch them."""
+    open_job(job).request_file_ranges(file_index, ranges)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+@click.argument("offset", type=click.IntRange(0))
+def updatedownloadposition(job: str, file_index: int, offset: int) -> None:
+    """Where an on-demand job's resume fills in the rest from (UpdateDownloadPosition)."""
+    open_job(job).update_download_position(file_index, offset)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+def getfilledfileranges(job: str, file_index: int) -> None:
+    """Print the ranges of an on-demand job's file that are in (GetFilledFileRanges), as offset:length,..."""
+    filled = file_of(job, file_index).filled_ranges
+    click.echo(",".join(f"{r.offset}:{r.length}" for r in filled or ()))
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("file_index", type=click.IntRange(0))
+def cat(job: str, file_index: int) -> None:
+    """Write the file to stdout while it downloads (an on-demand job fetches what is read next; a transferred
+    file is read as it is)."""
+    file_of(job, file_index)
+    with open_job(job).files[file_index].open() as source:
+        out = click.get_binary_stream("stdout")
+        while chunk := source.read(BUFFER):
+            out.write(chunk)
 
 
 @cli.command()

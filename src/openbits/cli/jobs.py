@@ -133,6 +133,8 @@ _setter("setcostflags", "cost_flags", _CostFlags(), "POLICY",
         "STANDARD, UNRESTRICTED, or BITS_COST_STATE bits as a number.")
 _setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")
 _setter("setdisplayname", "name", click.STRING, "NAME", "Set the job's display name.")
+_setter("setondemand", "on_demand", click.BOOL, "true|false",
+        "Make the job on demand (BITS_JOB_PROPERTY_ON_DEMAND_MODE, before it starts): requested ranges go first.")
 _setter("sethttpmethod", "http_method", click.STRING, "METHOD",
         "Send METHOD instead of GET (before the first resume; the job becomes FOREGROUND and restarts on errors).")
 _setter(
@@ -185,6 +187,7 @@ _getter("getmaxbandwidth", lambda job: job.max_bandwidth, "Print the job's own b
 _getter("getcostflags", lambda job: cost_flags_name(job.cost_flags),
         "Print the job's cost flags: the TransferPolicy name, else the number in hex.")
 _getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
+_getter("getondemand", lambda job: str(job.on_demand).lower(), "Print whether the job is on demand.")
 _getter("gethttpmethod", lambda job: job.http_method, "Print the HTTP method of the job's requests.")
 _getter("getcreationtime", lambda job: _time(job.creation_time), "Print when the job was created (local time).")
 _getter("getmodificationtime", lambda job: _time(job.modification_time), "Print when the job last changed.")

@@ -22,6 +22,7 @@ from ..schema.models import (
     CreateJobRequest,
     CredentialsRequest,
     DaemonStatus,
+    DownloadPosition,
     EventInfo,
     HelperTokenUser,
     JobInfo,
@@ -30,6 +31,7 @@ from ..schema.models import (
     LogonRequest,
     LogonResult,
     NotifyCmdLine,
+    RangesRequest,
     RemoteName,
     RemotePrefix,
     ReplyData,
@@ -131,6 +133,16 @@ class AsyncJob:
         if checksums is not None:
             file["checksums"] = list(checksums)
         return await self._call("POST", "/files", _request(AddFilesRequest, files=[file]))
+
+    async def request_file_ranges(self, file_index: int, ranges: Iterable[tuple[int, int]]) -> JobInfo:
+        """RequestFileRanges (on-demand jobs): (offset, length) pairs that go first; Resume to fetch them."""
+        return await self._call("POST", f"/files/{file_index}/ranges", _request(
+            RangesRequest, ranges=[{"offset": offset, "length": length} for offset, length in ranges]))
+
+    async def update_download_position(self, file_index: int, offset: int) -> JobInfo:
+        """UpdateDownloadPosition (on-demand jobs): a Resume with nothing requested fills in from `offset` on."""
+        return await self._call("PUT", f"/files/{file_index}/download-position",
+                                _request(DownloadPosition, offset=offset))
 
     async def set_remote_name(self, file_index: int, remote_url: str) -> JobInfo:
         """SetRemoteName: the bytes already here stay when the new source has the same size and validators."""

@@ -7,6 +7,8 @@ There is no second implementation here; every call is an `AsyncManager` or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from ..enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, Noti
 from ..errors import BitsError
 from ..model.job import JOB_PROPERTIES
 from .aio import AsyncJob, AsyncManager, LocalPath
+from .reader import open_file
 from .tokens import AsyncTokenOptions
 from .types import File, Progress, ProxySettings, ReplyProgress
 
@@ -115,7 +118,15 @@ class Job:
 
     @property
     def files(self) -> list[File]:
-        return self._loop.run(self._job.files())
+        """The files now; a file's open() reads it while it downloads (client/reader.py)."""
+        return [dataclasses.replace(f, opener=functools.partial(open_file, self, i))
+                for i, f in enumerate(self._loop.run(self._job.files()))]
+
+    def request_file_ranges(self, file_index: int, ranges: Iterable[tuple[int, int]]) -> JobInfo:
+        return self._loop.run(self._job.request_file_ranges(file_index, ranges))
+
+    def update_download_position(self, file_index: int, offset: int) -> JobInfo:
+        return self._loop.run(self._job.update_download_position(file_index, offset))
 
     @property
     def last_info(self) -> JobInfo:

@@ -6,7 +6,9 @@ async API share them unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..schema.models import ErrorInfo, FileInfo, JobInfo
 from ..enums import ProxyUsage
@@ -73,6 +75,17 @@ class File:
     response_headers: tuple[str, ...] = ()
     #: GetFileRanges: (offset, length) pairs, length LENGTH_TO_EOF to the end; None for a whole file
     ranges: tuple[tuple[int, int], ...] | None = None
+    #: GetFilledFileRanges of an on-demand job's file: (offset, length) of the bytes in; None for other jobs
+    filled_ranges: tuple[tuple[int, int], ...] | None = None
+    #: what open() does: set by the blocking client's Job.files
+    opener: Callable[[], BinaryIO] | None = field(default=None, compare=False, repr=False)
+
+    def open(self) -> BinaryIO:
+        """Read the file while it downloads (an on-demand job; else a transferred file): reads ask for the ranges
+        they need and wait for them."""
+        if self.opener is None:
+            raise TypeError("open() is a blocking client's: take the file from Manager().get_job(...).files")
+        return self.opener()
 
     @property
     def completed(self) -> bool:
@@ -82,7 +95,9 @@ class File:
     def of(cls, info: FileInfo) -> File:
         progress = FileProgress(info.bytes_total, info.bytes_transferred, info.completed)
         ranges = None if info.ranges is None else tuple((r.offset, r.length) for r in info.ranges)
-        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers), ranges)
+        filled = None if info.filled_ranges is None else tuple((r.offset, r.length) for r in info.filled_ranges)
+        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers), ranges,
+                   filled)
 
 
 def error_of(info: JobInfo) -> BitsError | None:

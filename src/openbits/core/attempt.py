@@ -40,8 +40,11 @@ async def run_attempt(service: JobService, job: Job, transfer: Callable[[], Awai
     except BitsError as exc:
         job.set_error(exc, transient=False)
     else:
-        job.state = JobState.TRANSFERRED
-        job.transfer_completion_time = time.time()
+        if job.current_file is not None:  # an on-demand job has what was asked for (RequestFileRanges)
+            job.state = JobState.SUSPENDED
+        else:
+            job.state = JobState.TRANSFERRED
+            job.transfer_completion_time = time.time()
         job.error = None
         job.touch()
     finally:

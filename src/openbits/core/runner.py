@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 
 from yarl import URL
 
-from ..enums import SIZE_UNKNOWN, JobState
+from ..enums import LENGTH_TO_EOF, SIZE_UNKNOWN, JobState
 from ..errors import BitsError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle, VersionChanged
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
-from ..model.job import Job, JobFile
+from ..model.job import Job, JobFile, first_gap, merged
 from .attempt import run_attempt
 from .digests import Verification
 from .progress import SavedProgress
@@ -73,6 +73,16 @@ class _RangesSink(_FileSink):
         if self._job.state != JobState.TRANSFERRING:
             self._job.state = JobState.TRANSFERRING
             self._save()
+
+
+class _OnDemandSink(_RangesSink):
+    """A file of an on-demand job: its progress is the ranges in (the runner counts them), not an offset."""
+
+    def received(self, offset: int) -> None:
+        self.moved(offset, 0)
+
+    def durable(self, offset: int) -> None:
+        pass  # the runner records a range once download_range has made it durable
 
 
 def keep_remote_time(fd: int, validator: RemoteValidator) -> None:
@@ -273,6 +283,8 @@ class DownloadRunner:
         self._changed.set()
 
     async def _transfer(self, index: int, f: JobFile) -> None:
+        if self._job.on_demand:
+            return await self._transfer_on_demand(index, f)
         if f.ranges is not None:
             return await self._transfer_ranges(index, f)
         job = self._job
@@ -326,6 +338,55 @@ class DownloadRunner:
         f.bytes_transferred = f.durable_offset = f.bytes_total
         self._finished.add(index)
         await self._complete_in_order()
+
+    async def _transfer_on_demand(self, index: int, f: JobFile) -> None:
+        """BITS_JOB_PROPERTY_ON_DEMAND_MODE: the requested ranges, in the order asked, each byte at its own
+        offset of the temporary file; FILE_RANGES_TRANSFERRED as each is in. The file completes when whole."""
+        job, files = self._job, self._service.files_of(self._job)
+        fd = None
+        if f.filled:
+            try:
+                fd = await files.open_temp(f.temp_path, create=False)
+            except BitsError:
+                f.filled, f.validator = [], None  # gone or replaced: start over
+        if fd is None:
+            fd = await files.open_temp(f.temp_path, create=True)
+        sink = _OnDemandSink(self._service, job, index)
+        try:
+            while f.requested:
+                offset, length = f.requested[0]
+                end = None if length == LENGTH_TO_EOF else offset + length
+                if end is None and f.bytes_total != SIZE_UNKNOWN:
+                    end = f.bytes_total
+                gap = first_gap(f.filled, offset, end)
+                if gap is None:
+                    f.requested.pop(0)
+                    await self._service.commit(job, (index,), (index, [[offset, length]]))
+                    continue
+                validator = RemoteValidator.from_dict(f.validator) if f.validator else None
+                spec = DownloadSpec(f.remote_url, gap[0], validator, self._headers)
+                try:
+                    validator = await self._transport.download_range(
+                        spec, gap[0], None if gap[1] is None else gap[1] - 1, fd, sink, self._throttle, self._access)
+                except VersionChanged:  # another version: what is in belongs to the old one
+                    f.filled, f.validator = [], None
+                    os.ftruncate(fd, 0)
+                    continue
+                f.bytes_total = validator.size
+                f.filled = merged(f.filled, gap[0], validator.size if gap[1] is None else gap[1])
+                f.bytes_transferred = sum(n for _, n in f.filled)
+                await self._service.commit(job, (index,))
+            whole = f.bytes_total != SIZE_UNKNOWN and f.bytes_transferred == f.bytes_total
+            if whole:
+                keep_remote_time(fd, RemoteValidator.from_dict(f.validator or {}))
+        finally:
+            os.close(fd)
+            await sink.flush()
+        self._out_of_flight((index,))
+        if whole:
+            f.durable_offset = f.bytes_total
+            self._finished.add(index)
+            await self._complete_in_order()
 
     async def _fetch_ranges(self, f: JobFile, fd: int, sink: _RangesSink) -> RemoteValidator:
         """The ranges from the first one not yet durable on (the bytes before it are: ranges are written in order)."""

@@ -172,6 +172,18 @@ class JobService:
             await self.commit(job, range(first, len(job.files)))
             return job
 
+    async def request_file_ranges(self, caller: Identity, ref: str, index: int, ranges: list[list[int]]) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.request_file_ranges(index, ranges)
+            await self.commit(job, (index,))
+            return job
+
+    async def update_download_position(self, caller: Identity, ref: str, index: int, offset: int) -> Job:
+        async with self._locked(caller, ref) as job:
+            job.update_download_position(index, offset)
+            await self.commit(job, (index,))
+            return job
+
     async def set_remote_name(self, caller: Identity, ref: str, index: int, url: str) -> Job:
         async with self._locked(caller, ref) as job:
             job.set_remote_name(index, url)
@@ -309,11 +321,13 @@ class JobService:
 
     # -- durability and change notification ---------------------------------
 
-    async def commit(self, job: Job, files: Iterable[int] = ()) -> None:
-        """Make a change and the events it makes durable together, then tell the streams, listeners and waiters."""
+    async def commit(self, job: Job, files: Iterable[int] = (),
+                     ranges: tuple[int, list[list[int]]] | None = None) -> None:
+        """Make a change and the events it makes durable together, then tell the streams, listeners and waiters;
+        `ranges`: a file's requested ranges now in (FILE_RANGES_TRANSFERRED)."""
         files = list(files)
         self._count_live(job)
-        events = self.events.record(job, files)
+        events = self.events.record(job, files, ranges)
         await self.store.save_job(job, files, events)
         self.events.publish(events)
         self.announce(job)

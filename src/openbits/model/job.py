@@ -65,6 +65,12 @@ class JobFile:
     ranges: list[list[int]] | None = None
     #: digests the file must have, "algorithm:hex" (check_checksums); checked before it counts as transferred
     checksums: list[str] | None = None
+    #: on-demand jobs (BITS_JOB_PROPERTY_ON_DEMAND_MODE): [offset, length] of the bytes in the temporary file,
+    #: each at its own offset, merged and ordered (GetFilledFileRanges); and those asked for (RequestFileRanges)
+    filled: list[list[int]] = field(default_factory=list)
+    requested: list[list[int]] = field(default_factory=list)
+    #: UpdateDownloadPosition: where a Resume without requested ranges starts filling in the rest
+    download_position: int = 0
     #: GetValidationState: its digests matched (or SetValidationState(TRUE)); Complete validates implicitly
     validation_state: bool = False
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
@@ -142,6 +148,9 @@ class Job:
     custom_headers_write_only: bool = prop(False, doc="MakeCustomHeadersWriteOnly: the custom headers are sent but "
                                            "never shown again, to the owner either; cannot be undone",
                                            label="Custom headers write-only", shown_as="yes_no", settable=True)
+    on_demand: bool = prop(False, doc="BITS_JOB_PROPERTY_ON_DEMAND_MODE: files download the ranges asked for "
+                           "(RequestFileRanges) first; the job is SUSPENDED when they are in, TRANSFERRED when a "
+                           "file is whole", label="On demand", shown_as="yes_no", settable=True)
     http_method: str = prop(DEFAULT_HTTP_METHOD, doc="SetHttpMethod: the method of the job's requests; another "
                             "than GET makes the job FOREGROUND for good, turns its transient errors into ERROR "
                             "and restarts its files from 0 on Resume", label="HTTP method", settable=True)
@@ -298,6 +307,11 @@ class Job:
         method = changes.get("http_method", self.http_method)
         if method != self.http_method:
             self._check_http_method(method)
+        if changes.get("on_demand", self.on_demand) and (changes.get("dynamic_content", self.dynamic_content)
+                                                         or method != DEFAULT_HTTP_METHOD or self.type != JobType.DOWNLOAD
+                                                         or changes.keys() & {"on_demand"} and self._started()):
+            raise BitsError(ErrorCode.BG_E_RANDOM_ACCESS_NOT_SUPPORTED, "ON_DEMAND_MODE needs a download job "
+                            "that is not DYNAMIC_CONTENT, sends GET, and has not started", ErrorContext.GENERAL_QUEUE_MANAGER)
         if method != DEFAULT_HTTP_METHOD:
             if changes.get("dynamic_content", self.dynamic_content):
                 raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"HTTP method {method}: BITS allows no "
@@ -323,7 +337,7 @@ class Job:
             raise refuse("a method is one word of letters, digits and !#$%&'*+-.^_`|~ (at most 32), like POST")
         if method.upper() in ("CONNECT", "HEAD"):
             raise refuse("its answer has no body to download; use GET, POST or the method the server wants")
-        if self.state != JobState.SUSPENDED or any(f.bytes_transferred or f.completed for f in self.files):
+        if self._started():
             raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {self.id} has started; SetHttpMethod is called "
                             "before the first Resume (create a new job for another method)",
                             ErrorContext.GENERAL_QUEUE_MANAGER)
@@ -381,6 +395,34 @@ class Job:
             self.state = JobState.SUSPENDED
         self.touch()
         return added
+
+    def _started(self) -> bool:
+        return self.state != JobState.SUSPENDED or any(f.bytes_transferred or f.completed for f in self.files)
+
+    def request_file_ranges(self, index: int, ranges: list[list[int]]) -> None:
+        """RequestFileRanges: these ranges go first; they may overlap what is in or asked for already."""
+        f = self._on_demand_file(index)
+        for offset, length in ranges:
+            end = f.bytes_total if length == LENGTH_TO_EOF else offset + length
+            if length == 0 or offset >= LENGTH_TO_EOF or (f.bytes_total != SIZE_UNKNOWN and
+                                                          (offset >= f.bytes_total or end > f.bytes_total)):
+                raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)} is outside "
+                                f"file {index} ({f.bytes_total} bytes)", ErrorContext.GENERAL_QUEUE_MANAGER)
+        f.requested.extend([offset, length] for offset, length in ranges)
+        self.touch()
+
+    def update_download_position(self, index: int, offset: int) -> None:
+        """UpdateDownloadPosition: a Resume without requested ranges fills in the rest from `offset` on."""
+        self._on_demand_file(index).download_position = offset
+        self.touch()
+
+    def _on_demand_file(self, index: int) -> JobFile:
+        self._require_not_final()
+        if not self.on_demand:
+            raise BitsError(ErrorCode.BG_E_RANDOM_ACCESS_NOT_SUPPORTED, f"job {self.id} is not on demand; set "
+                            "on_demand (BITS_JOB_PROPERTY_ON_DEMAND_MODE) before it starts",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        return self._file(index)
 
     def set_remote_name(self, index: int, url: str) -> None:
         """SetRemoteName: the file comes from `url` from its next attempt on; its bytes stay if the new source
@@ -446,6 +488,11 @@ class Job:
                 ErrorContext.GENERAL_QUEUE_MANAGER,
             )
         if self.state in (JobState.SUSPENDED, JobState.ERROR, JobState.TRANSIENT_ERROR):
+            if self.on_demand:  # nothing asked for: fill in the rest, from the download position on
+                for f in self.files:
+                    if not f.completed and not f.requested:
+                        f.requested = [[f.download_position, LENGTH_TO_EOF]] + (
+                            [[0, f.download_position]] if f.download_position else [])
             self.state = JobState.QUEUED if self.current_file else JobState.TRANSFERRED
             self.retry_at = 0.0
             self.last_progress_time = time.time()
@@ -525,6 +572,31 @@ def check_checksums(checksums: list[str]) -> list[str]:
                             ErrorContext.GENERAL_QUEUE_MANAGER)
         found.append(f"{algorithm}:{digest}")
     return found
+
+
+def first_gap(filled: list[list[int]], start: int, end: int | None) -> tuple[int, int | None] | None:
+    """The first stretch of [start, end) (end None: to the unknown end) that `filled` (merged, ordered) lacks."""
+    for offset, length in filled:
+        if offset > start:
+            break
+        start = max(start, offset + length)
+    if end is not None and start >= end:
+        return None
+    following = next((offset for offset, _ in filled if offset > start), None)
+    stop = following if end is None else min(end, following) if following is not None else end
+    return start, stop
+
+
+def merged(filled: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """`filled` with [start, end) added, merged and ordered."""
+    spans = sorted([*((o, o + n) for o, n in filled), (start, end)])
+    out: list[list[int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], b - out[-1][0])
+        else:
+            out.append([a, b - a])
+    return out
 
 
 def range_length(length: int) -> str:

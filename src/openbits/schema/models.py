@@ -112,6 +112,8 @@ class FileInfo(WireModel):
                                         "HEADERS: the 'Name: value' lines of the last answer for the file")
     ranges: list[FileRange] | None = Field(None, description="GetFileRanges: null for a whole file")
     checksums: list[str] | None = Field(None, description="the digests the file is checked against")
+    filled_ranges: list[FileRange] | None = Field(None, description="GetFilledFileRanges of an on-demand job's file: "
+                                                  "the bytes in, merged and ordered; null for other jobs")
     validation_state: bool = Field(False, description="GetValidationState: its digests matched, or "
                                    "SetValidationState(TRUE)")
 
@@ -211,6 +213,18 @@ class RemotePrefix(WireModel):
 
     old_prefix: Annotated[str, Field(min_length=1, max_length=2200)]
     new_prefix: Annotated[str, Field(min_length=1, max_length=2200)]
+
+
+class RangesRequest(WireModel):
+    """RequestFileRanges of one file of an on-demand job."""
+
+    ranges: Annotated[list[FileRange], Field(min_length=1, max_length=10_000)]
+
+
+class DownloadPosition(WireModel):
+    """UpdateDownloadPosition of one file of an on-demand job."""
+
+    offset: Annotated[int, Field(ge=0, le=LENGTH_TO_EOF)]
 
 
 class ValidationState(WireModel):
@@ -326,6 +340,8 @@ class EventInfo(WireModel):
     file_index: int | None = Field(description="file_transferred: which file of the job")
     file: FileInfo | None
     error: ErrorInfo | None
+    ranges: list[FileRange] | None = Field(None, description="file_ranges_transferred: the requested ranges that "
+                                           "are in (FileRangesTransferred)")
 
 
 class StreamReady(WireModel):

@@ -67,6 +67,8 @@ def file_values(f: JobFile) -> dict[str, Any]:
             "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
             "response_headers": f.response_headers,
             "checksums": f.checksums, "validation_state": f.validation_state,
+            "filled_ranges": [built(FileRange, {"offset": o, "length": n}) for o, n in f.filled] if f.filled or
+            f.requested else None,
             "ranges": None if f.ranges is None else [built(FileRange, {"offset": o, "length": n}) for o, n in f.ranges]}
 
 
