@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from ..core.proxy import check_proxy_settings
+from ..model.job import Job
 from ..errors import BitsError, ErrorCode
 from ..schema.models import (
     AddFilesRequest,
@@ -24,6 +26,7 @@ from ..schema.models import (
     ReplyData,
     ReplyFileName,
     ValidationState,
+    WireModel,
 )
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
@@ -34,6 +37,7 @@ from .request import Handler, MODE, RATES, SERVICE, caller, flag, parse, respond
 MAX_WAIT = 30.0
 
 routes = web.RouteTableDef()
+M = TypeVar("M", bound=WireModel)
 
 
 @routes.get("/v1/status")
@@ -90,14 +94,6 @@ async def add_files(request: web.Request) -> web.Response:
     return respond_job(request, job)
 
 
-@routes.put("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/remote-name")
-async def set_remote_name(request: web.Request) -> web.Response:
-    body = await parse(request, RemoteName)
-    job = await request.app[SERVICE].set_remote_name(caller(request), request.match_info["job"],
-                                                     int(request.match_info["index"]), body.remote_url)
-    return respond_job(request, job)
-
-
 @routes.post("/v1/jobs/{job:[^/]+}/replace-remote-prefix")
 async def replace_remote_prefix(request: web.Request) -> web.Response:
     body = await parse(request, RemotePrefix)
@@ -106,29 +102,26 @@ async def replace_remote_prefix(request: web.Request) -> web.Response:
     return respond_job(request, job)
 
 
-@routes.post("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/ranges")
-async def request_file_ranges(request: web.Request) -> web.Response:
-    body = await parse(request, RangesRequest)
-    job = await request.app[SERVICE].request_file_ranges(caller(request), request.match_info["job"],
-                                                         int(request.match_info["index"]),
-                                                         [[r.offset, r.length] for r in body.ranges])
-    return respond_job(request, job)
+def _file_change(model: type[M], change: Callable[[Job, int, M], None]) -> Handler:
+    """A route that changes one file of a job (SetRemoteName, RequestFileRanges, ...) with a body of `model`."""
+    async def handler(request: web.Request) -> web.Response:
+        body = await parse(request, model)
+        index = int(request.match_info["index"])
+        job = await request.app[SERVICE].change_file(caller(request), request.match_info["job"], index,
+                                                     lambda job: change(job, index, body))
+        return respond_job(request, job)
+
+    return handler
 
 
-@routes.put("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/download-position")
-async def update_download_position(request: web.Request) -> web.Response:
-    body = await parse(request, DownloadPosition)
-    job = await request.app[SERVICE].update_download_position(caller(request), request.match_info["job"],
-                                                              int(request.match_info["index"]), body.offset)
-    return respond_job(request, job)
-
-
-@routes.put("/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}/validation-state")
-async def set_validation_state(request: web.Request) -> web.Response:
-    body = await parse(request, ValidationState)
-    job = await request.app[SERVICE].set_validation_state(caller(request), request.match_info["job"],
-                                                          int(request.match_info["index"]), body.valid)
-    return respond_job(request, job)
+_FILE = "/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}"
+routes.put(f"{_FILE}/remote-name")(_file_change(RemoteName, lambda job, i, b: job.set_remote_name(i, b.remote_url)))
+routes.post(f"{_FILE}/ranges")(_file_change(RangesRequest, lambda job, i, b: job.request_file_ranges(
+    i, [[r.offset, r.length] for r in b.ranges])))
+routes.put(f"{_FILE}/download-position")(_file_change(
+    DownloadPosition, lambda job, i, b: job.update_download_position(i, b.offset)))
+routes.put(f"{_FILE}/validation-state")(_file_change(
+    ValidationState, lambda job, i, b: job.set_validation_state(i, b.valid)))
 
 
 _PROXY_FIELDS = {"proxy_usage", "proxy_list", "proxy_bypass_list"}

@@ -172,21 +172,11 @@ class JobService:
             await self.commit(job, range(first, len(job.files)))
             return job
 
-    async def request_file_ranges(self, caller: Identity, ref: str, index: int, ranges: list[list[int]]) -> Job:
+    async def change_file(self, caller: Identity, ref: str, index: int, change: Callable[[Job], None]) -> Job:
+        """One call that changes file `index` of the job (SetRemoteName, RequestFileRanges, ...; `change` makes
+        it, raising BITS's refusal), saved with that file."""
         async with self._locked(caller, ref) as job:
-            job.request_file_ranges(index, ranges)
-            await self.commit(job, (index,))
-            return job
-
-    async def update_download_position(self, caller: Identity, ref: str, index: int, offset: int) -> Job:
-        async with self._locked(caller, ref) as job:
-            job.update_download_position(index, offset)
-            await self.commit(job, (index,))
-            return job
-
-    async def set_remote_name(self, caller: Identity, ref: str, index: int, url: str) -> Job:
-        async with self._locked(caller, ref) as job:
-            job.set_remote_name(index, url)
+            change(job)
             await self.commit(job, (index,))
             return job
 
@@ -195,12 +185,6 @@ class JobService:
             before = [f.remote_url for f in job.files]
             job.replace_remote_prefix(old, new)
             await self.commit(job, [i for i, f in enumerate(job.files) if f.remote_url != before[i]])
-            return job
-
-    async def set_validation_state(self, caller: Identity, ref: str, index: int, valid: bool) -> Job:
-        async with self._locked(caller, ref) as job:
-            job.set_validation_state(index, valid)
-            await self.commit(job, (index,))
             return job
 
     async def resume(self, caller: Identity, ref: str) -> Job:
