@@ -10,6 +10,7 @@ server on another machine, whose disk the download does not share.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import subprocess
 import time
@@ -108,11 +109,13 @@ def _manager(daemon: DaemonProcess) -> AsyncManager:
 
 
 async def _transfer(daemon: DaemonProcess, pairs: list[tuple[str, str]], ctx: Context,
-                    served: Path | None = None) -> float:
-    """One job with `pairs`: seconds from Resume until Complete has answered (ACKNOWLEDGED)."""
+                    served: Path | None = None, checksum: str | None = None) -> float:
+    """One job with `pairs` (one file with `checksum`): seconds from Resume until Complete has answered."""
     async with _manager(daemon) as manager:
         job = await manager.create_job("bench", priority=JobPriority.FOREGROUND)
-        for start in range(0, len(pairs), ADD_BATCH):
+        if checksum is not None:
+            await job.add_file(*pairs[0], checksums=[checksum])
+        for start in range(0, len(pairs) if checksum is None else 0, ADD_BATCH):
             await job.add_files(pairs[start:start + ADD_BATCH])
         ctx.cold(served)
         with Stopwatch() as sw:
@@ -209,6 +212,41 @@ def _big_row(ctx: Context, out: Path, served: Path | None) -> Row:
         return Row(f"{size / 2**30:g} GiB file", our_rate, "MB/s", "curl -o", curl_rate, "≥ 1.2× curl",
                    our_rate >= 1.2 * curl_rate)
     return Row(f"{size / 2**30:g} GiB file, source cold", our_rate, "MB/s", "curl -o", curl_rate)
+
+
+def bench_checksum(ctx: Context) -> list[Row]:
+    """The big file with a sha256 checksum at AddFile against the same download without (served from memory,
+    interleaved): the hashing must overlap the transfer."""
+    size = ctx.sizes.big_bytes
+    source = ctx.data / "big.bin"
+    make_big_file(source, size)
+    digest = hashlib.sha256()
+    with source.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    out = fresh_dir(ctx.scratch / "out-sha")
+    with NginxServer(ctx.data) as nginx:
+        url = nginx.url("big.bin")
+        daemon = ctx.daemon("sha", {})
+        try:
+            def run(checksum: str | None) -> Callable[[int], float]:
+                def once(attempt: int) -> float:
+                    dest = out / f"ours-{attempt}.bin"
+                    seconds = asyncio.run(_transfer(daemon, [(url, str(dest))], ctx, source, checksum))
+                    _check_files(out, [dest.name], size)
+                    dest.unlink()
+                    return seconds
+                return once
+
+            times = _interleave(ctx.sizes.big_runs, {"unverified": run(None),
+                                                     "sha256": run(f"sha256:{digest.hexdigest()}")})
+        finally:
+            daemon.stop()
+    plain, verified = (size / min(times[name]) / MB for name in ("unverified", "sha256"))
+    ctx.notes.append(f"Big file with a sha256 checksum at AddFile: {_fmt_times(times['sha256'])}; the same "
+                     f"without: {_fmt_times(times['unverified'])} (served from memory, interleaved).")
+    return [Row(f"{size / 2**30:g} GiB file, sha256 verified", verified, "MB/s", "same, unverified", plain,
+                "≥ 0.9× unverified", verified >= 0.9 * plain)]
 
 
 # -- 2. many small files ------------------------------------------------------------------------------
@@ -444,6 +482,7 @@ def bench_queue(ctx: Context) -> list[Row]:
 
 PARTS: dict[str, Callable[[Context], list[Row]]] = {
     "big": bench_big,
+    "checksum": bench_checksum,
     "small": bench_small,
     "api": bench_api,
     "queue": bench_queue,

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py              # everything; rewrites bench/RESULTS.md
     .venv/bin/python bench/run.py --quick      # small sizes, a smoke test in under a minute
-    .venv/bin/python bench/run.py --only small # one part (big, small, api, queue); may repeat
+    .venv/bin/python bench/run.py --only small # one part (big, checksum, small, api, queue); may repeat
 
 Data lives under a scratch directory (default /var/tmp/openbits-bench), made
 and removed by this script. Only a full run (no --quick, no --only) rewrites

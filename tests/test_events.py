@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -176,6 +177,28 @@ def test_a_raising_callback_runs_the_command_line_once(manager: Manager, tmp_pat
     assert ran.read_text() == "ran\n" and callbacks.names() == ["job_transferred"]
     assert job.state == JobState.TRANSFERRED
     job.complete()
+
+
+def test_the_bitsadmin_command_line_gets_the_job_id_and_reaches_its_daemon(daemon: DaemonProcess,
+                                                                           tmp_path: Path) -> None:
+    """bitsadmin's form: PARAMETERS is one string whose first word is the program; the program's
+    `openbits complete "$1"` reaches the daemon that ran it (OPENBITS_SOCKET), never starting another."""
+    seen = tmp_path / "seen"
+    program = tmp_path / "on-transferred"
+    program.write_text(f'#!/bin/sh\necho "$1 $OPENBITS_JOB $2" > {seen}\n'
+                       f'exec {sys.executable} -m openbits.cli --no-autostart complete "$1"\n')
+    program.chmod(0o755)
+    command = [sys.executable, "-m", "openbits.cli", "--socket", str(daemon.socket), "--no-autostart"]
+    job = subprocess.run([*command, "create", "cmdline"], capture_output=True, text=True, check=True,
+                         env=daemon.env).stdout.strip()
+    for args in (["addfile", job, _source(tmp_path), str(tmp_path / "got")],
+                 ["setnotifycmdline", job, str(program), f"{program.name} {{JOB}} 'two words'"], ["resume", job]):
+        subprocess.run([*command, *args], capture_output=True, text=True, check=True, env=daemon.env)
+    with daemon.manager() as manager:
+        assert manager.get_job(job).notify_cmdline == [str(program), "{JOB}", "two words"]
+        wait_until(lambda: manager.get_job(job).state == JobState.ACKNOWLEDGED)
+    assert seen.read_text() == f"{job} {job} two words\n"
+    assert (tmp_path / "got").read_bytes() == b"payload\n"
 
 
 def test_a_failed_callback_without_command_line_is_called_again_after_the_retry_delay(manager: Manager,

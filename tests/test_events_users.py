@@ -62,7 +62,7 @@ def test_the_command_line_runs_as_the_owner_again_until_complete(users, world, d
     job = cli(alice, daemon, "create", "cmdline").strip()
     cli(alice, daemon, "setminretrydelay", job, "1")
     # non-zero exit while the job stays TRANSFERRED: run again after the minimum retry delay
-    cli(alice, daemon, "setnotifycmdline", job, "/bin/sh", "-c", f"id -u >> {out}; echo to-the-log; exit 3")
+    cli(alice, daemon, "setnotifycmdline", job, "/bin/sh", f"sh -c 'id -u >> {out}; echo to-the-log; exit 3'")
     assert cli(alice, daemon, "getnotifycmdline", job).strip().startswith("/bin/sh -c ")
     cli(alice, daemon, "addfile", job, src.as_uri(), str(home / "dst"))
     cli(alice, daemon, "resume", job)  # no client is connected when the job is transferred

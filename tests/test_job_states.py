@@ -103,8 +103,16 @@ def test_every_change_of_state_touches_the_modification_time() -> None:
 
 
 @pytest.mark.parametrize("state", [JobState.SUSPENDED, *ACTION_STATES, JobState.TRANSIENT_ERROR])
-def test_complete_outside_transferred_or_error_is_refused(state: JobState) -> None:
+def test_complete_early_keeps_only_the_whole_files_of_a_download(state: JobState) -> None:
+    """Complete before TRANSFERRED (issue 18): the whole files become the user's, the job is ACKNOWLEDGED."""
     job = in_state(state)
+    assert job.complete() == []
+    assert job.state == JobState.ACKNOWLEDGED
+
+
+@pytest.mark.parametrize("state", [JobState.SUSPENDED, *ACTION_STATES, JobState.TRANSIENT_ERROR, JobState.ERROR])
+def test_complete_of_an_upload_outside_transferred_is_refused(state: JobState) -> None:
+    job = in_state(state, JobType.UPLOAD)
     error = refused(job.complete, ErrorCode.BG_E_INVALID_STATE)
     assert state.name in error.description and "TRANSFERRED" in error.description
     assert job.state == state

@@ -50,7 +50,7 @@ def test_download_lands_only_at_complete(manager: Manager, nginx, www: Path, tmp
     progress = job.progress
     assert (progress.bytes_total, progress.bytes_transferred) == (100_000, 100_000)
     assert (progress.files_total, progress.files_transferred) == (1, 1)
-    job.complete()
+    assert job.complete().complete_result == "S_OK"
     assert job.state == JobState.ACKNOWLEDGED
     assert sha256(dest) == sha256(www / "small.bin")
     assert not temp.exists()
@@ -72,13 +72,19 @@ def test_final_states_refuse_every_call(manager: Manager, nginx, www: Path, tmp_
     assert job.id not in {j.id for j in manager.jobs()}, "final jobs leave the enumeration"
 
 
-def test_complete_needs_transferred_or_error(manager: Manager, nginx, www: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_complete_early_keeps_the_whole_files_and_deletes_the_rest(manager: Manager, nginx, www: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job = manager.create_job("early", JobType.DOWNLOAD)
-    job.add_file(nginx.url("small.bin"), tmp_path / "a.bin")
-    with pytest.raises(BitsError) as refused:
-        job.complete()
-    assert refused.value.name == "BG_E_INVALID_STATE"
-    assert job.state == JobState.SUSPENDED
+    job.add_files([(nginx.url("small.bin"), tmp_path / "a.bin"), (nginx.url("medium.bin"), tmp_path / "b.bin")])
+    job.set_properties(max_bandwidth=200_000)  # keeps the second file partial for a while
+    job.resume()
+    while not job.files[0].completed:
+        job.wait_info(1)
+    info = job.complete()  # TRANSFERRING: IBackgroundCopyJob::Complete may be called at any time
+    assert (info.state, info.complete_result) == (JobState.ACKNOWLEDGED, "BG_S_PARTIAL_COMPLETE")
+    assert os.listdir(tmp_path) == ["a.bin"] and sha256(tmp_path / "a.bin") == sha256(www / "small.bin")
+    suspended = manager.create_job("suspended", JobType.DOWNLOAD)
+    suspended.add_file(nginx.url("small.bin"), tmp_path / "c.bin")
+    assert suspended.complete().complete_result == "BG_S_PARTIAL_COMPLETE" and os.listdir(tmp_path) == ["a.bin"]
 
 
 def test_cancel_removes_every_file(manager: Manager, nginx, www: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -101,7 +107,9 @@ def test_complete_on_error_keeps_finished_files(manager: Manager, nginx, www: Pa
     assert error is not None
     assert (error.name, error.context, error.http_status) == ("BG_E_HTTP_ERROR_404", ErrorContext.REMOTE_FILE, 404)
     assert "missing.bin" in error.description
-    job.complete()
+    assert error.file is not None and (error.file.index, error.protocol) == (1, "http")  # GetFile, GetProtocol
+    assert (error.file.remote_url, error.file.local_path) == (nginx.url("missing.bin"), str(tmp_path / "bad.bin"))
+    assert job.complete().complete_result == "BG_S_PARTIAL_COMPLETE"
     assert sorted(os.listdir(tmp_path)) == ["good.bin"]
 
 

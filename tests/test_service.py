@@ -153,11 +153,12 @@ async def test_complete_puts_the_finished_files_in_place(core: Core, tmp_path: P
     assert (tmp_path / "f.bin").read_bytes() == b"the bytes" and not Path(f.temp_path).exists()
 
 
-async def test_complete_refuses_a_job_still_transferring_and_touches_nothing(core: Core, tmp_path: Path) -> None:
+async def test_complete_before_transferred_deletes_the_partial_file(core: Core, tmp_path: Path) -> None:
+    """Complete early (issue 18, BG_S_PARTIAL_COMPLETE): a file that is not whole is deleted, never put in place."""
     job = await queued(core, tmp_path)
     Path(job.files[0].temp_path).write_bytes(b"half")
-    await refused(core.service.complete(core.me, job.id), ErrorCode.BG_E_INVALID_STATE)
-    assert job.state == JobState.QUEUED and Path(job.files[0].temp_path).read_bytes() == b"half"
+    await core.service.complete(core.me, job.id)
+    assert job.state == JobState.ACKNOWLEDGED and not Path(job.files[0].temp_path).exists()
     assert not (tmp_path / "f.bin").exists()
 
 

@@ -54,6 +54,8 @@ class Server:
     hosts: list[tuple[str, str]] = field(default_factory=list)
     #: (user, password) a Digest challenge (tests/servers/auth.py) asks every request for; None: none
     digest_account: tuple[str, str] | None = None
+    #: Fragments answered with a bare HTTP 500 (no BITS-Error-Code), before their body is read
+    fail_fragments: int = 0
     runner: BitsAppRunner | None = None
 
     async def start(self) -> Server:
@@ -76,6 +78,9 @@ class Server:
     async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.packets.append((request.headers.get(Header.PACKET_TYPE, request.method), request.content_length or 0))
         self.hosts.append((request.headers.get(Header.PACKET_TYPE, request.method), request.host))
+        if self.fail_fragments and request.headers.get(Header.PACKET_TYPE) == "Fragment":
+            self.fail_fragments -= 1
+            return web.Response(status=500, text="Internal Server Error")
         return await handler(request)
 
     @web.middleware
@@ -101,8 +106,9 @@ async def server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server
     servers: list[Server] = []
     (tmp_path / "root").mkdir()
 
-    async def start(digest_account: tuple[str, str] | None = None, **vdir: object) -> Server:
-        servers.append(await Server(tmp_path / "root", vdir, digest_account=digest_account).start())
+    async def start(digest_account: tuple[str, str] | None = None, fail_fragments: int = 0, **vdir: object) -> Server:
+        servers.append(await Server(tmp_path / "root", vdir, digest_account=digest_account,
+                                    fail_fragments=fail_fragments).start())
         return servers[-1]
 
     yield start
@@ -271,6 +277,20 @@ async def test_server_errors_map_to_contexts(
     assert await missing.wait(20) == JobState.ERROR
     error = await missing.error()
     assert error is not None and (error.code, error.context) == (ErrorCode.ERROR_PATH_NOT_FOUND, ErrorContext.REMOTE_FILE)
+
+
+async def test_a_fragment_answered_500_is_http_error_500_and_retried(
+        amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path) -> None:
+    s = await server(fail_fragments=1)
+    path, data = _file(tmp_path, 3_000_000)
+    job = await _upload_job(amanager, s.url("f500.bin"), path, minimum_retry_delay=1)
+    await _until(job, lambda i: i.error is not None or i.state == JobState.TRANSFERRED)
+    error = (await job.info()).error
+    assert error is not None and (error.name, error.http_status) == ("BG_E_HTTP_ERROR_500", 500)
+    assert error.file is not None and (error.file.index, error.protocol) == (0, "http")
+    assert await job.wait(30) == JobState.TRANSFERRED  # transient: retried after the minimum retry delay
+    await job.complete()
+    assert (s.root / "f500.bin").read_bytes() == data
 
 
 async def _upload_under_way(m: AsyncManager, s: Server, tmp_path: Path) -> tuple[AsyncJob, Path]:

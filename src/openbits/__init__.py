@@ -8,6 +8,7 @@ documented name, number and context.
 from .version import __version__
 from .client import AsyncJob, AsyncManager, DaemonUnavailableError, File, FileProgress, Job, Manager, Progress
 from .enums import (
+    LENGTH_TO_EOF,
     SIZE_UNKNOWN,
     CostState,
     ErrorContext,
@@ -24,6 +25,7 @@ from .client.logon import logon
 from .client.tokens import impersonate
 
 __all__ = [
+    "LENGTH_TO_EOF",
     "SIZE_UNKNOWN",
     "AsyncJob",
     "AsyncManager",

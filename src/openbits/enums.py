@@ -143,6 +143,8 @@ SECURITY_FLAGS_KNOWN = 0x001F | 0x0100 | 0x0200 | 0x0800
 
 #: BG_SIZE_UNKNOWN: a size the server has not told us (yet).
 SIZE_UNKNOWN = -1
+#: BG_LENGTH_TO_EOF: a BG_FILE_RANGE that runs to the end of the remote file.
+LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
 
 # -- cost (issue 6): BITS_COST_STATE and BITS_JOB_TRANSFER_POLICY (bits5_0.h) --
 

@@ -7,6 +7,7 @@ caller sees the same name, number and description wherever it stands.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .enums import BitsEnum, ErrorContext
@@ -16,6 +17,7 @@ class ErrorCode(BitsEnum):
     """HRESULT values, named as in the BITS documentation (without the BG_E_ prefix for BITS codes)."""
 
     S_OK = 0
+    E_PENDING = 0x8000000A
     E_FAIL = 0x80004005
     E_INVALIDARG = 0x80070057
     E_ACCESSDENIED = 0x80070005
@@ -61,6 +63,9 @@ class ErrorCode(BitsEnum):
     BG_E_MISSING_FILE_SIZE = 0x80200011
     BG_E_INSUFFICIENT_HTTP_SUPPORT = 0x80200012
     BG_E_INSUFFICIENT_RANGE_SUPPORT = 0x80200013
+    BG_E_INVALID_RANGE = 0x8020002B
+    BG_E_OVERLAPPING_RANGES = 0x8020002C
+    BG_E_RANDOM_ACCESS_NOT_SUPPORTED = 0x8020006D
     BG_E_REMOTE_NOT_SUPPORTED = 0x80200014
     BG_E_PROXY_LIST_TOO_LARGE = 0x80200018
     BG_E_PROXY_BYPASS_LIST_TOO_LARGE = 0x80200019
@@ -114,6 +119,15 @@ _API_STATUS = {
 }
 
 
+@dataclass(frozen=True)
+class ErrorFile:
+    """IBackgroundCopyError::GetFile: the file of the job whose transfer failed."""
+
+    index: int
+    remote_url: str
+    local_path: str
+
+
 class BitsError(Exception):
     """A BITS-style failure: an HRESULT, its context, and a description a person can act on."""
 
@@ -129,6 +143,16 @@ class BitsError(Exception):
         self.description = description
         self.context = ErrorContext(context)
         self.http_status = http_status
+        #: GetFile and GetProtocol ("http", "https", "file"): set when the failure belongs to one file
+        self.file: ErrorFile | None = None
+        self.protocol: str | None = None
+
+    def of_file(self, index: int, remote_url: str, local_path: str) -> BitsError:
+        """This error, naming the job's file it happened to (the first one named stays)."""
+        if self.file is None:
+            self.file = ErrorFile(index, remote_url, local_path)
+            self.protocol = remote_url.partition(":")[0].lower()
+        return self
 
     @property
     def name(self) -> str:
@@ -140,19 +164,24 @@ class BitsError(Exception):
         return _API_STATUS.get(self.code, 400)  # type: ignore[call-overload]
 
     def to_dict(self) -> dict[str, Any]:
+        named = {} if self.file is None else {"file": asdict(self.file), "protocol": self.protocol}
         return {
             "context": self.context.name,
             "code": self.code,
             "name": self.name,
             "description": self.description,
             "http_status": self.http_status,
+            **named,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BitsError:
-        return cls(
+        error = cls(
             data["code"], data.get("description", ""), ErrorContext[data.get("context", "NONE")], data.get("http_status")
         )
+        if data.get("file"):
+            error.of_file(data["file"]["index"], data["file"]["remote_url"], data["file"]["local_path"])
+        return error
 
     def __str__(self) -> str:
         return f"{self.name} (0x{self.code:08X}): {self.description}"

@@ -23,6 +23,8 @@ class Pools:
     splice: ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "splice"))
     #: reads of local files: file:// sources, upload fragments, reply data
     reads: ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "reads"))
+    #: hashing downloads as they arrive (core/digests.py): one thread per file being verified
+    digests: ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "digests"))
     #: PAM conversations (identity/logon.py): slow by design on a wrong password
     pam: ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "pam"))
     #: queries of the store that read (event replays)
@@ -32,5 +34,5 @@ class Pools:
 
     def shutdown(self) -> None:
         """Wait for the work each pool has, then end its threads."""
-        for pool in (self.sync, self.splice, self.reads, self.pam, self.store, self.smb):
+        for pool in (self.sync, self.splice, self.reads, self.digests, self.pam, self.store, self.smb):
             pool.shutdown(wait=True, cancel_futures=True)

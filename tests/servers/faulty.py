@@ -23,6 +23,9 @@ the size and the faults. URL grammar (all parameters optional):
       &bad_range=1             answer a Range request with a 206 whose
                                Content-Range starts one byte late
       &bad_range=always        ... and answer whole-file requests the same way
+      &digest=KIND             a digest of the file: repr (Repr-Digest), content
+                               (Content-Digest of what is sent), legacy (Digest:
+                               SHA-256=), bad (a Repr-Digest of other bytes)
       &redirect=N              302 to this URL with redirect=N-1 (0 serves the file)
       &redirect=loop           302 to this very URL, forever
       &disposition=NAME        Content-Disposition: attachment; filename="NAME"
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import email.utils
 import functools
 import hashlib
@@ -159,6 +163,22 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, last
 
 
+def _digest_header(kind: str | None, body: bytes, sent: bytes) -> dict[str, str]:
+    """RFC 9530's Repr-Digest / Content-Digest, or RFC 3230's Digest, for `digest=KIND`."""
+    def sha256(data: bytes) -> str:
+        return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+    if kind == "repr":
+        return {"Repr-Digest": f"sha-256=:{sha256(body)}:"}
+    if kind == "content":
+        return {"Content-Digest": f"sha-256=:{sha256(sent)}:"}
+    if kind == "legacy":
+        return {"Digest": f"SHA-256={sha256(body)}"}
+    if kind == "bad":
+        return {"Repr-Digest": f"sha-256=:{sha256(body + b'x')}:"}
+    return {}
+
+
 class _App:
     """The request handler plus the per-URL request counters that drive `fail=K`."""
 
@@ -212,6 +232,7 @@ class _App:
         elif bad_range == "always":
             status = 206
             headers["Content-Range"] = f"bytes 1-{last}/{size}"
+        headers.update(_digest_header(query.get("digest"), version.body, version.body[first : last + 1]))
         response = web.StreamResponse(status=status, headers=headers)
         if query.get("chunked") == "1":
             response.enable_chunked_encoding()

@@ -5,21 +5,28 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from ..core.proxy import check_proxy_settings
-from ..model.job import check_local_path, check_security_flags
+from ..model.job import Job, check_local_path, check_security_flags
 from ..errors import BitsError, ErrorCode
 from ..schema.models import (
     AddFilesRequest,
     CreateJobRequest,
     DaemonStatus,
+    DownloadPosition,
     JobList,
     JobProperties,
+    RangesRequest,
+    RemoteName,
+    RemotePrefix,
     ReplyData,
     ReplyFileName,
+    ValidationState,
+    WireModel,
 )
 from ..model.job import NEW_FILE_MODE
 from ..schema.openapi import openapi_document
@@ -31,6 +38,7 @@ from .request import ABOUT, Handler, MODE, ON_DEMAND, RATES, SERVICE, caller, fl
 MAX_WAIT = 30.0
 
 routes = web.RouteTableDef()
+M = TypeVar("M", bound=WireModel)
 
 
 @routes.get("/v1/status")
@@ -89,8 +97,41 @@ async def add_files(request: web.Request) -> web.Response:
     body = await parse(request, AddFilesRequest)
     pairs = [(f.remote_url, f.local_path) for f in body.files]
     mode = NEW_FILE_MODE if body.umask is None else 0o666 & ~body.umask
-    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, mode)
+    ranges = [None if f.ranges is None else [[r.offset, r.length] for r in f.ranges] for f in body.files]
+    checksums = [f.checksums for f in body.files]
+    job = await request.app[SERVICE].add_files(caller(request), request.match_info["job"], pairs, mode, ranges,
+                                               checksums)
     return respond_job(request, job)
+
+
+@routes.post("/v1/jobs/{job:[^/]+}/replace-remote-prefix")
+async def replace_remote_prefix(request: web.Request) -> web.Response:
+    body = await parse(request, RemotePrefix)
+    job = await request.app[SERVICE].replace_remote_prefix(caller(request), request.match_info["job"],
+                                                           body.old_prefix, body.new_prefix)
+    return respond_job(request, job)
+
+
+def _file_change(model: type[M], change: Callable[[Job, int, M], None]) -> Handler:
+    """A route that changes one file of a job (SetRemoteName, RequestFileRanges, ...) with a body of `model`."""
+    async def handler(request: web.Request) -> web.Response:
+        body = await parse(request, model)
+        index = int(request.match_info["index"])
+        job = await request.app[SERVICE].change_file(caller(request), request.match_info["job"], index,
+                                                     lambda job: change(job, index, body))
+        return respond_job(request, job)
+
+    return handler
+
+
+_FILE = "/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}"
+routes.put(f"{_FILE}/remote-name")(_file_change(RemoteName, lambda job, i, b: job.set_remote_name(i, b.remote_url)))
+routes.post(f"{_FILE}/ranges")(_file_change(RangesRequest, lambda job, i, b: job.request_file_ranges(
+    i, [[r.offset, r.length] for r in b.ranges])))
+routes.put(f"{_FILE}/download-position")(_file_change(
+    DownloadPosition, lambda job, i, b: job.update_download_position(i, b.offset)))
+routes.put(f"{_FILE}/validation-state")(_file_change(
+    ValidationState, lambda job, i, b: job.set_validation_state(i, b.valid)))
 
 
 _PROXY_FIELDS = {"proxy_usage", "proxy_list", "proxy_bypass_list"}

@@ -50,20 +50,24 @@ def getnotifyflags(job: str) -> None:
     click.echo(f"{int(flags)} {flags.name or 'NONE'}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command()
 @click.argument("job")
 @click.argument("program", required=False)
-@click.argument("parameters", nargs=-1, type=click.UNPROCESSED)
-@click.option("--clear", is_flag=True, help="Remove the command line.")
-def setnotifycmdline(job: str, program: str | None, parameters: tuple[str, ...], clear: bool) -> None:
-    """Run PROGRAM (an absolute path; no shell, no search path) with PARAMETERS, as the job owner, when the job
-    is TRANSFERRED or in ERROR and no callback took the notification."""
-    if clear == (program is not None):
-        raise click.UsageError("give either PROGRAM [PARAMETERS]... or --clear")
-    if program is None:
+@click.argument("parameters", required=False)
+@click.option("--clear", is_flag=True, help="Remove the command line (as PROGRAM NULL).")
+def setnotifycmdline(job: str, program: str | None, parameters: str | None, clear: bool) -> None:
+    """Run PROGRAM (an absolute path; no shell, no search path) as the job owner when the job is TRANSFERRED
+    or in ERROR and no callback took the notification. PARAMETERS is one string, as bitsadmin takes it: its
+    first word is the program's name, the rest its arguments, split as a shell would ("prog {JOB}": {JOB}
+    becomes the job's GUID; NULL: none). The program's environment has OPENBITS_SOCKET and OPENBITS_JOB."""
+    if clear or program == "NULL":
+        if program not in (None, "NULL") or parameters not in (None, "NULL"):
+            raise click.UsageError("--clear (or PROGRAM NULL) takes no PARAMETERS")
         open_job(job).clear_notify_cmdline()
+    elif program is None:
+        raise click.UsageError("give PROGRAM [PARAMETERS], or --clear")
     else:
-        open_job(job).set_notify_cmdline(program, parameters)
+        open_job(job).set_notify_cmdline(program, "" if parameters in (None, "NULL") else parameters)
 
 
 @cli.command()

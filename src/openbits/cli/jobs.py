@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TextIO
 
 import click
@@ -12,6 +13,7 @@ import click
 from ..schema.models import JobInfo, JobList
 from ..client import DaemonUnavailableError
 from ..client.types import error_of
+from ..errors import BitsError
 from ..model.config import parse_rate
 from ..enums import JobPriority, JobState, JobType, TransferPolicy, cost_flags_name
 from .app import EXIT_CANCELLED, EXIT_JOB_ERROR, EXIT_SUSPENDED, EXIT_TIMEOUT, cli, manager, open_job
@@ -68,9 +70,11 @@ def create(job_type: str, name: str) -> None:
 @click.argument("job")
 @click.argument("url")
 @click.argument("path", type=click.Path(dir_okay=False))
-def addfile(job: str, url: str, path: str) -> None:
+@click.option("--checksum", "checksums", multiple=True, metavar="ALGORITHM:HEX",
+              help="A digest the file must have (sha256:, sha512: or blake2b:); may be given several times.")
+def addfile(job: str, url: str, path: str, checksums: tuple[str, ...]) -> None:
     """Add one file: download URL to PATH (relative paths are taken from the current directory)."""
-    open_job(job).add_file(url, path)
+    open_job(job).add_file(url, path, checksums=checksums or None)
 
 
 @cli.command()
@@ -130,7 +134,15 @@ def cancel(job: str, when_back: bool) -> None:
         time.sleep(_WHEN_BACK_POLL)
 
 
-_action("complete", "complete", "Move the transferred files to their names and end the job.")
+@cli.command()
+@click.argument("job")
+def complete(job: str) -> None:
+    """Move the transferred files to their names and end the job (before TRANSFERRED: the whole files only)."""
+    info = open_job(job).complete()
+    if info.complete_result == "BG_S_PARTIAL_COMPLETE":
+        click.echo(f"BG_S_PARTIAL_COMPLETE: {info.files_transferred} of {info.files_total} files kept; the others "
+                   "were not whole and are deleted")
+
 _action("takeownership", "take_ownership", "Make the caller the job's owner (administrators).")
 
 
@@ -157,6 +169,10 @@ _setter("setcostflags", "cost_flags", _CostFlags(), "POLICY",
         "STANDARD, UNRESTRICTED, or BITS_COST_STATE bits as a number.")
 _setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")
 _setter("setdisplayname", "name", click.STRING, "NAME", "Set the job's display name.")
+_setter("setondemand", "on_demand", click.BOOL, "true|false",
+        "Make the job on demand (BITS_JOB_PROPERTY_ON_DEMAND_MODE, before it starts): requested ranges go first.")
+_setter("sethttpmethod", "http_method", click.STRING, "METHOD",
+        "Send METHOD instead of GET (before the first resume; the job becomes FOREGROUND and restarts on errors).")
 _setter(
     "setdynamiccontent", "dynamic_content", click.BOOL, "true|false",
     "Allow files whose server sends no size or validator (dynamic content).",
@@ -207,7 +223,38 @@ _getter("getmaxbandwidth", lambda job: job.max_bandwidth, "Print the job's own b
 _getter("getcostflags", lambda job: cost_flags_name(job.cost_flags),
         "Print the job's cost flags: the TransferPolicy name, else the number in hex.")
 _getter("getdynamiccontent", lambda job: str(job.dynamic_content).lower(), "Print whether dynamic content is allowed.")
-_getter("getcustomheaders", lambda job: "\n".join(job.custom_headers) or None, "Print the custom headers, one a line.")
+_getter("getondemand", lambda job: str(job.on_demand).lower(), "Print whether the job is on demand.")
+_getter("gethttpmethod", lambda job: job.http_method, "Print the HTTP method of the job's requests.")
+_getter("getcreationtime", lambda job: _time(job.creation_time), "Print when the job was created (local time).")
+_getter("getmodificationtime", lambda job: _time(job.modification_time), "Print when the job last changed.")
+_getter("getcompletiontime", lambda job: _time(job.transfer_completion_time),
+        "Print when the job became TRANSFERRED (WORKING until then).")
+_getter("getproxyusage", lambda job: job.proxy_usage.name, "Print the proxy usage (GetProxySettings).")
+_getter("getproxylist", lambda job: job.proxy_list or "NULL", "Print the proxy list (NULL when none).")
+_getter("getproxybypasslist", lambda job: job.proxy_bypass_list or "NULL", "Print the proxy bypass list (NULL when none).")
+
+
+@cli.command()
+@click.argument("job")
+def getcustomheaders(job: str) -> None:
+    """Print the custom headers, one a line."""
+    info = open_job(job).last_info
+    if info.custom_headers_write_only:
+        raise click.ClickException("the custom headers are write-only (makecustomheaderswriteonly): they are sent, "
+                                   "never shown")
+    if info.custom_headers:
+        click.echo("\n".join(info.custom_headers))
+
+
+@cli.command()
+@click.argument("job")
+def makecustomheaderswriteonly(job: str) -> None:
+    """Make the custom headers write-only: sent with every request, never shown again (cannot be undone)."""
+    open_job(job).set_properties(custom_headers_write_only=True)
+
+
+def _time(when: float | None) -> str:
+    return "WORKING" if when is None else datetime.fromtimestamp(when).isoformat(sep=" ", timespec="seconds")
 
 
 @cli.command()
@@ -224,12 +271,16 @@ def info(job: str, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@click.option("--verbose", is_flag=True, help="Everything about each job, as info shows it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job list as the API returns it.")
-def list_jobs(all_users: bool, as_json: bool) -> None:
+def list_jobs(all_users: bool, verbose: bool, as_json: bool) -> None:
     """List your jobs."""
     jobs = [job.last_info for job in manager().jobs(all_users)]
     if as_json:
         print_json(JobList(jobs=jobs))
+    elif verbose:
+        for info in jobs:
+            console().print(job_panel(info, error_of(info)))
     else:
         console().print(job_table(jobs, show_owner=all_users))
 
@@ -242,6 +293,21 @@ WAIT_EXIT = {
     JobState.CANCELLED: EXIT_CANCELLED,
     JobState.SUSPENDED: EXIT_SUSPENDED,
 }
+
+
+@cli.command()
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+def reset(all_users: bool) -> None:
+    """Cancel all your jobs (bitsadmin /reset)."""
+    jobs = manager().jobs(all_users)
+    cancelled = 0
+    for job in jobs:
+        try:
+            job.cancel()
+            cancelled += 1
+        except BitsError as error:  # gone meanwhile, or completed by its owner
+            click.echo(f"{job.id}: {error.name}: {error.description}", err=True)
+    click.echo(f"{cancelled} out of {len(jobs)} jobs cancelled.")
 
 
 @cli.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import events, jobs, live, proxy, replies, security, tokens, transfer  # noqa: F401  (they register their commands on the group)
+from . import events, files, jobs, live, proxy, replies, security, tokens, transfer  # noqa: F401  (they register their commands on the group)
 from .app import cli
 from .completion import complete_jobs
 

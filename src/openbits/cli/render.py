@@ -78,7 +78,9 @@ def _time(stamp: float | None) -> str:
 
 def error_line(error: BitsError) -> str:
     """One line naming the error, its number and where it happened (GetError's code and context)."""
-    return f"{error.name} (0x{error.code:08X}) in {error.context.name}: {error.description}"
+    where = "" if error.file is None else f" (file {error.file.index}, {error.protocol}: {error.file.remote_url} -> " \
+        f"{error.file.local_path})"
+    return f"{error.name} (0x{error.code:08X}) in {error.context.name}{where}: {error.description}"
 
 
 def rate_text(rate: int) -> str:

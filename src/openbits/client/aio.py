@@ -24,6 +24,7 @@ from ..schema.models import (
     ClientCertificateRequest,
     CredentialsRequest,
     DaemonStatus,
+    DownloadPosition,
     EventInfo,
     ExchangeInfo,
     HelperTokenUser,
@@ -33,9 +34,13 @@ from ..schema.models import (
     LogonRequest,
     LogonResult,
     NotifyCmdLine,
+    RangesRequest,
+    RemoteName,
+    RemotePrefix,
     ReplyData,
     ReplyFileName,
     TokenTicket,
+    ValidationState,
 )
 from ..enums import AuthScheme, AuthTarget, CertStoreLocation, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ..errors import BitsError, ErrorCode
@@ -130,8 +135,42 @@ class AsyncJob:
     async def files(self) -> list[File]:
         return [File.of(file) for file in (await self.info()).files]
 
-    async def add_file(self, remote_url: str, local_path: LocalPath) -> JobInfo:
-        return await self.add_files([(remote_url, local_path)])
+    async def add_file(self, remote_url: str, local_path: LocalPath, ranges: Iterable[tuple[int, int]] | None = None,
+                       checksums: Iterable[str] | None = None) -> JobInfo:
+        """AddFile. `ranges`: AddFileWithRanges' (offset, length) pairs of the remote file, a length of
+        LENGTH_TO_EOF running to its end, written to the local file one after another in this order.
+        `checksums`: 'sha256:HEX', 'sha512:HEX' or 'blake2b:HEX' digests the file must have."""
+        file: dict[str, object] = {"remote_url": remote_url, "local_path": os.path.abspath(local_path)}
+        if ranges is not None:
+            file["ranges"] = [{"offset": offset, "length": length} for offset, length in ranges]
+        if checksums is not None:
+            file["checksums"] = list(checksums)
+        return await self._call("POST", "/files", _request(AddFilesRequest, files=[file]))
+
+    async def request_file_ranges(self, file_index: int, ranges: Iterable[tuple[int, int]]) -> JobInfo:
+        """RequestFileRanges (on-demand jobs): (offset, length) pairs that go first; Resume to fetch them."""
+        return await self._call("POST", f"/files/{file_index}/ranges", _request(
+            RangesRequest, ranges=[{"offset": offset, "length": length} for offset, length in ranges]))
+
+    async def update_download_position(self, file_index: int, offset: int) -> JobInfo:
+        """UpdateDownloadPosition (on-demand jobs): a Resume with nothing requested fills in from `offset` on."""
+        return await self._call("PUT", f"/files/{file_index}/download-position",
+                                _request(DownloadPosition, offset=offset))
+
+    async def set_remote_name(self, file_index: int, remote_url: str) -> JobInfo:
+        """SetRemoteName: the bytes already here stay when the new source has the same size and validators."""
+        return await self._call("PUT", f"/files/{file_index}/remote-name", _request(RemoteName, remote_url=remote_url))
+
+    async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> int:
+        """ReplaceRemotePrefix; how many remote names changed (0: BITS's S_FALSE, none matched)."""
+        before = [f.remote_url for f in (await self.info()).files]
+        info = await self._call("POST", "/replace-remote-prefix",
+                                _request(RemotePrefix, old_prefix=old_prefix, new_prefix=new_prefix))
+        return sum(1 for old, f in zip(before, info.files) if old != f.remote_url)
+
+    async def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
+        """SetValidationState: False makes the job ERROR (BG_E_VALIDATION_FAILED) and Resume downloads it again."""
+        return await self._call("PUT", f"/files/{file_index}/validation-state", _request(ValidationState, valid=valid))
 
     async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""
@@ -245,10 +284,11 @@ class AsyncJob:
         """GetNotifyCmdLine as [program, *parameters], or None."""
         return (await self.info()).notify_cmdline
 
-    async def set_notify_cmdline(self, program: str, parameters: Iterable[str] = ()) -> JobInfo:
-        """SetNotifyCmdLine: an absolute program path run as the owner with these arguments, no shell."""
-        return await self._call("PUT", "/notify-cmdline", _request(NotifyCmdLine, program=program,
-                                                                   parameters=list(parameters)))
+    async def set_notify_cmdline(self, program: str, parameters: Iterable[str] | str = ()) -> JobInfo:
+        """SetNotifyCmdLine: an absolute program path run as the owner, no shell; `parameters` are its
+        arguments after argv[0], or BITS's one string that starts with the program ("prog {JOB}")."""
+        return await self._call("PUT", "/notify-cmdline", _request(
+            NotifyCmdLine, program=program, parameters=parameters if isinstance(parameters, str) else list(parameters)))
 
     async def clear_notify_cmdline(self) -> JobInfo:
         return await self._call("DELETE", "/notify-cmdline")

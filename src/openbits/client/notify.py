@@ -190,6 +190,7 @@ class Notifier:
             "job_transferred": (self._job,),
             "job_error": (self._job, bits_error(event.error) if event.error else None),
             "job_modification": (self._job, 0),
+            "file_ranges_transferred": (self._job, file, [(r.offset, r.length) for r in event.ranges or ()]),
         }.get(event.kind, (self._job, file))
         try:
             if self._in_thread and not inspect.iscoroutinefunction(method):

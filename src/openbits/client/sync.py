@@ -7,6 +7,8 @@ There is no second implementation here; every call is an `AsyncManager` or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from ..enums import (AuthScheme, AuthTarget, CertStoreLocation, JobPriority, Job
 from ..errors import BitsError
 from ..model.job import JOB_PROPERTIES
 from .aio import AsyncJob, AsyncManager, LocalPath
+from .reader import open_file
 from .tokens import AsyncTokenOptions
 from .types import File, Progress, ProxySettings, ReplyProgress
 
@@ -124,7 +127,15 @@ class Job:
 
     @property
     def files(self) -> list[File]:
-        return self._loop.run(self._job.files())
+        """The files now; a file's open() reads it while it downloads (client/reader.py)."""
+        return [dataclasses.replace(f, opener=functools.partial(open_file, self, i))
+                for i, f in enumerate(self._loop.run(self._job.files()))]
+
+    def request_file_ranges(self, file_index: int, ranges: Iterable[tuple[int, int]]) -> JobInfo:
+        return self._loop.run(self._job.request_file_ranges(file_index, ranges))
+
+    def update_download_position(self, file_index: int, offset: int) -> JobInfo:
+        return self._loop.run(self._job.update_download_position(file_index, offset))
 
     @property
     def last_info(self) -> JobInfo:
@@ -133,8 +144,18 @@ class Job:
     def info(self) -> JobInfo:
         return self._loop.run(self._job.info())
 
-    def add_file(self, remote_url: str, local_path: LocalPath) -> JobInfo:
-        return self._loop.run(self._job.add_file(remote_url, local_path))
+    def add_file(self, remote_url: str, local_path: LocalPath, ranges: Iterable[tuple[int, int]] | None = None,
+                 checksums: Iterable[str] | None = None) -> JobInfo:
+        return self._loop.run(self._job.add_file(remote_url, local_path, ranges, checksums))
+
+    def set_remote_name(self, file_index: int, remote_url: str) -> JobInfo:
+        return self._loop.run(self._job.set_remote_name(file_index, remote_url))
+
+    def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> int:
+        return self._loop.run(self._job.replace_remote_prefix(old_prefix, new_prefix))
+
+    def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
+        return self._loop.run(self._job.set_validation_state(file_index, valid))
 
     def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
         return self._loop.run(self._job.add_files(list(files)))
@@ -221,8 +242,8 @@ class Job:
     def notify_cmdline(self) -> list[str] | None:
         return self._loop.run(self._job.notify_cmdline())
 
-    def set_notify_cmdline(self, program: str, parameters: Iterable[str] = ()) -> JobInfo:
-        return self._loop.run(self._job.set_notify_cmdline(program, list(parameters)))
+    def set_notify_cmdline(self, program: str, parameters: Iterable[str] | str = ()) -> JobInfo:
+        return self._loop.run(self._job.set_notify_cmdline(program, parameters))
 
     def clear_notify_cmdline(self) -> JobInfo:
         return self._loop.run(self._job.clear_notify_cmdline())

@@ -6,7 +6,9 @@ async API share them unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..schema.models import ErrorInfo, FileInfo, JobInfo
 from ..enums import ProxyUsage
@@ -69,6 +71,21 @@ class File:
     local_path: str
     temp_path: str
     progress: FileProgress
+    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the last answer's 'Name: value' lines
+    response_headers: tuple[str, ...] = ()
+    #: GetFileRanges: (offset, length) pairs, length LENGTH_TO_EOF to the end; None for a whole file
+    ranges: tuple[tuple[int, int], ...] | None = None
+    #: GetFilledFileRanges of an on-demand job's file: (offset, length) of the bytes in; None for other jobs
+    filled_ranges: tuple[tuple[int, int], ...] | None = None
+    #: what open() does: set by the blocking client's Job.files
+    opener: Callable[[], BinaryIO] | None = field(default=None, compare=False, repr=False)
+
+    def open(self) -> BinaryIO:
+        """Read the file while it downloads (an on-demand job; else a transferred file): reads ask for the ranges
+        they need and wait for them."""
+        if self.opener is None:
+            raise TypeError("open() is a blocking client's: take the file from Manager().get_job(...).files")
+        return self.opener()
 
     @property
     def completed(self) -> bool:
@@ -77,7 +94,10 @@ class File:
     @classmethod
     def of(cls, info: FileInfo) -> File:
         progress = FileProgress(info.bytes_total, info.bytes_transferred, info.completed)
-        return cls(info.remote_url, info.local_path, info.temp_path, progress)
+        ranges = None if info.ranges is None else tuple((r.offset, r.length) for r in info.ranges)
+        filled = None if info.filled_ranges is None else tuple((r.offset, r.length) for r in info.filled_ranges)
+        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers), ranges,
+                   filled)
 
 
 def error_of(info: JobInfo) -> BitsError | None:
@@ -86,4 +106,6 @@ def error_of(info: JobInfo) -> BitsError | None:
 
 
 def bits_error(error: ErrorInfo) -> BitsError:
-    return BitsError(error.code, error.description, error.context, error.http_status)
+    raised = BitsError(error.code, error.description, error.context, error.http_status)
+    return raised if error.file is None else raised.of_file(error.file.index, error.file.remote_url,
+                                                           error.file.local_path)

@@ -35,12 +35,16 @@ async def run_attempt(service: JobService, job: Job, transfer: Callable[[], Awai
                                 "no network connection; the job continues when one comes back",
                                 ErrorContext.GENERAL_TRANSPORT, transient=True)
             job.last_progress_time = time.time()  # waiting for a network is not a lack of progress
-        job.set_error(exc, transient=exc.transient, retry_after=exc.retry_after)
+        # SetHttpMethod: an error that would be resumable is ERROR, and Resume starts the files again
+        job.set_error(exc, transient=exc.transient and not job.own_method, retry_after=exc.retry_after)
     except BitsError as exc:
         job.set_error(exc, transient=False)
     else:
-        job.state = JobState.TRANSFERRED
-        job.transfer_completion_time = time.time()
+        if job.current_file is not None:  # an on-demand job has what was asked for (RequestFileRanges)
+            job.state = JobState.SUSPENDED
+        else:
+            job.state = JobState.TRANSFERRED
+            job.transfer_completion_time = time.time()
         job.error = None
         job.touch()
     finally:

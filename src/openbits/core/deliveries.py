@@ -43,8 +43,9 @@ from .service import JobService
 
 
 class Deliveries:
-    def __init__(self, service: JobService, bus: EventBus, changes: JobChanges) -> None:
-        self._service = service
+    def __init__(self, service: JobService, bus: EventBus, changes: JobChanges, socket_path: str) -> None:
+        """`socket_path`: the daemon's, for the command lines it runs."""
+        self._service, self._socket_path = service, socket_path
         self._bus = bus
         #: job id -> the stream registered as its callback interface
         self._interfaces: dict[str, Subscription] = {}
@@ -131,7 +132,7 @@ class Deliveries:
                         await self._handled(job, seq)
                         return
                 if job.notify_cmdline:
-                    if await run_cmdline(job) == 0:
+                    if await run_cmdline(job, self._socket_path) == 0:
                         await self._handled(job, seq)
                         return
                 elif interface is None:

@@ -15,15 +15,16 @@ from collections.abc import Callable, Iterable
 
 from yarl import URL
 
-from ..enums import ErrorContext, JobState
+from ..enums import LENGTH_TO_EOF, SIZE_UNKNOWN, ErrorContext, JobState
 from ..errors import BitsError, ErrorCode
-from ..transport.base import DownloadSpec, RemoteValidator, Throttle
+from ..transport.base import DownloadSpec, RemoteValidator, Throttle, VersionChanged
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
-from ..model.job import Job, JobFile
+from ..model.job import Job, JobFile, first_gap, merged
 from ..transport.tls import TlsSettings
 from .attempt import run_attempt
 from .certificates import tls_settings
+from .digests import Verification
 from .progress import SavedProgress
 from .access import JobAccess
 from .proxy import proxy_route
@@ -36,17 +37,21 @@ class _FileSink(SavedProgress):
     """DownloadSink for one file: progress in memory, durable offsets to the store."""
 
     def __init__(self, service: JobService, job: Job, index: int,
-                 on_started: Callable[[int, int], None] = lambda index, size: None) -> None:
+                 on_started: Callable[[int, int], None] = lambda index, size: None,
+                 verification: Verification | None = None) -> None:
         super().__init__(service, job, index)
         self._on_started = on_started
+        self._verification = verification
 
     def started(self, validator: RemoteValidator, offset: int) -> None:
         f = self._file
         forgets_bytes = offset == 0 and f.durable_offset > 0
         if offset == 0:
             f.restart()
-        f.validator = validator.to_dict()
+        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
         f.bytes_total = validator.size
+        if self._verification is not None:
+            self._verification.answered(validator.headers, offset)
         self._on_started(self._index, validator.size)  # the runner may start the next small file
         # Save only what must be on record now: a restart from zero (the stored offset must not
         # outlive the bytes) or the job's move to TRANSFERRING. Otherwise the first durable offset
@@ -70,6 +75,35 @@ class _FileSink(SavedProgress):
         self._job.touch()
         self._service.events.modified(self._job)
         self._save()
+
+
+class _RangesSink(_FileSink):
+    """A file of ranges: the remote answers tell the version, the local size is the ranges' (set by the runner)."""
+
+    def started(self, validator: RemoteValidator, offset: int) -> None:
+        f = self._file
+        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
+        if self._job.state != JobState.TRANSFERRING:
+            self._job.state = JobState.TRANSFERRING
+            self._save()
+
+
+class _OnDemandSink(_RangesSink):
+    """A file of an on-demand job: its progress is the ranges in (the runner counts them), not an offset."""
+
+    def received(self, offset: int) -> None:
+        self.moved(offset, 0)
+
+    def durable(self, offset: int) -> None:
+        pass  # the runner records a range once download_range has made it durable
+
+
+def keep_remote_time(fd: int, validator: RemoteValidator) -> None:
+    """The file's modification time is the remote Last-Modified (BITS keeps the remote time); the
+    descriptor's, so no path is touched (the daemon's root may change the times of a file it may write)."""
+    mtime = validator.mtime
+    if mtime is not None:
+        os.utime(fd, (mtime, mtime))
 
 
 #: Files started side by side within one job, when they are small (per-file latency dominates).
@@ -156,7 +190,8 @@ class DownloadRunner:
         this run proved small (a job's files tend to be alike). Fewer than two: none."""
         files, job = self._job.files, self._job
         first = files[index]
-        if not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:":
+        if (not self._small_seen or first.durable_offset or first.remote_url[:5].lower() != "http:" or job.own_method
+                or first.ranges is not None or first.checksums):
             return []
         try:
             proxy = proxy_route(job, self._access.preconfigured, first.remote_url)
@@ -168,7 +203,7 @@ class DownloadRunner:
         batch, origin = [(index, url)], (url.raw_host, url.port)
         for i in range(index + 1, min(len(files), index + self._batch_files)):
             f = files[i]
-            if f.completed or f.durable_offset:
+            if f.completed or f.durable_offset or f.ranges is not None or f.checksums:
                 break
             url = self._transport.batchable(f.remote_url, self._headers, None)
             if url is None or (url.raw_host, url.port) != origin:
@@ -180,7 +215,8 @@ class DownloadRunner:
         try:
             await self._transfer_batch(batch, failures)
         except BitsError as exc:
-            failures[batch[0][0]] = exc
+            first = self._job.files[batch[0][0]]
+            failures[batch[0][0]] = exc.of_file(batch[0][0], first.remote_url, first.local_path)
             self._out_of_flight(index for index, _ in batch)
         finally:
             self._batches -= 1
@@ -207,7 +243,8 @@ class DownloadRunner:
                 if validator is not None:
                     f = files[i]
                     f.validator, f.bytes_total = validator.to_dict(), validator.size
-                    f.bytes_transferred = validator.size
+                    f.bytes_transferred, f.response_headers = validator.size, list(validator.headers)
+                    keep_remote_time(fd, validator)
                     fetched.append(i)
                     written.append(fd)
             if fetched:
@@ -234,7 +271,7 @@ class DownloadRunner:
         try:
             await self._transfer(index, f)
         except BitsError as exc:
-            failures[index] = exc
+            failures[index] = exc.of_file(index, f.remote_url, f.local_path)
             self._out_of_flight((index,))
         except Exception as exc:  # a bug: it costs this file, and the files beside it still finish
             failures[index] = _internal_error(f, exc)
@@ -265,25 +302,130 @@ class DownloadRunner:
         self._changed.set()
 
     async def _transfer(self, index: int, f: JobFile) -> None:
+        if self._job.on_demand:
+            return await self._transfer_on_demand(index, f)
+        if f.ranges is not None:
+            return await self._transfer_ranges(index, f)
         job = self._job
         fd = await self._open_temp(f)
-        sink = _FileSink(self._service, job, index, self._file_started)
+        verification = Verification(fd, f.checksums, self._transport.pools.digests)
+        sink = _FileSink(self._service, job, index, self._file_started, verification)
         try:
             previous = RemoteValidator.from_dict(f.validator) if f.validator else None
             spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
-                                defer_sync_below=SMALL_FILE, tls=self._tls)
+                                defer_sync_below=SMALL_FILE, tls=self._tls, method=job.http_method)
             validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
+            failed = await verification.check(size, f.local_path)
+            if failed is not None:  # the partial file is discarded: Resume starts it over
+                f.restart()
+                os.ftruncate(fd, 0)
+                await self._service.commit(job, (index,))
+                raise failed
+            f.validation_state = verification.checked
+            keep_remote_time(fd, validator)
             # The bytes are written: the next file may start while these become durable.
             self._out_of_flight((index,))
             if f.durable_offset < size:  # a small file the transport left to our batch
                 await self._syncs.sync([fd], f.local_path)
         finally:
+            await verification.close()  # its thread reads fd
             os.close(fd)
             await sink.flush()
         f.bytes_total = f.bytes_transferred = f.durable_offset = size
         self._finished.add(index)
         await self._complete_in_order()
+
+    async def _transfer_ranges(self, index: int, f: JobFile) -> None:
+        """AddFileWithRanges: each range into the temporary file after the one before, in the order given.
+        The remote file changing between two ranges starts the file again, once."""
+        fd = await self._open_temp(f)
+        sink = _RangesSink(self._service, self._job, index)
+        try:
+            try:
+                validator = await self._fetch_ranges(f, fd, sink)
+            except VersionChanged:
+                await sink.flush()
+                f.restart()
+                os.ftruncate(fd, 0)
+                validator = await self._fetch_ranges(f, fd, sink)
+            self._out_of_flight((index,))
+            keep_remote_time(fd, validator)
+        finally:
+            os.close(fd)
+            await sink.flush()
+        f.bytes_transferred = f.durable_offset = f.bytes_total
+        self._finished.add(index)
+        await self._complete_in_order()
+
+    async def _transfer_on_demand(self, index: int, f: JobFile) -> None:
+        """BITS_JOB_PROPERTY_ON_DEMAND_MODE: the requested ranges, in the order asked, each byte at its own
+        offset of the temporary file; FILE_RANGES_TRANSFERRED as each is in. The file completes when whole."""
+        job, files = self._job, self._service.files_of(self._job)
+        fd = None
+        if f.filled:
+            try:
+                fd = await files.open_temp(f.temp_path, create=False)
+            except BitsError:
+                f.filled, f.validator = [], None  # gone or replaced: start over
+        if fd is None:
+            fd = await files.open_temp(f.temp_path, create=True)
+        sink = _OnDemandSink(self._service, job, index)
+        try:
+            while f.requested:
+                offset, length = f.requested[0]
+                end = None if length == LENGTH_TO_EOF else offset + length
+                if end is None and f.bytes_total != SIZE_UNKNOWN:
+                    end = f.bytes_total
+                gap = first_gap(f.filled, offset, end)
+                if gap is None:
+                    f.requested.pop(0)
+                    await self._service.commit(job, (index,), (index, [[offset, length]]))
+                    continue
+                validator = RemoteValidator.from_dict(f.validator) if f.validator else None
+                spec = DownloadSpec(f.remote_url, gap[0], validator, self._headers)
+                try:
+                    validator = await self._transport.download_range(
+                        spec, gap[0], None if gap[1] is None else gap[1] - 1, fd, sink, self._throttle, self._access)
+                except VersionChanged:  # another version: what is in belongs to the old one
+                    f.filled, f.validator = [], None
+                    os.ftruncate(fd, 0)
+                    continue
+                f.bytes_total = validator.size
+                f.filled = merged(f.filled, gap[0], validator.size if gap[1] is None else gap[1])
+                f.bytes_transferred = sum(n for _, n in f.filled)
+                await self._service.commit(job, (index,))
+            whole = f.bytes_total != SIZE_UNKNOWN and f.bytes_transferred == f.bytes_total
+            if whole:
+                keep_remote_time(fd, RemoteValidator.from_dict(f.validator or {}))
+        finally:
+            os.close(fd)
+            await sink.flush()
+        self._out_of_flight((index,))
+        if whole:
+            f.durable_offset = f.bytes_total
+            self._finished.add(index)
+            await self._complete_in_order()
+
+    async def _fetch_ranges(self, f: JobFile, fd: int, sink: _RangesSink) -> RemoteValidator:
+        """The ranges from the first one not yet durable on (the bytes before it are: ranges are written in order)."""
+        validator = RemoteValidator.from_dict(f.validator) if f.validator else None
+        while True:
+            size = SIZE_UNKNOWN if validator is None else validator.size
+            ranges = f.local_ranges(size)  # BG_E_INVALID_RANGE once the size shows one outside the file
+            if size != SIZE_UNKNOWN:
+                first, last, at = ranges[-1]
+                f.bytes_total = at + (last if last is not None else size - 1) - first + 1
+            todo = next(((first, last, at) for first, last, at in ranges
+                         if last is None or at + last - first + 1 > f.durable_offset), None)
+            if todo is None:
+                assert validator is not None, "a file has one range at least"
+                return validator
+            first, last, at = todo
+            skip = f.durable_offset - at  # a range cut short before: continue it
+            spec = DownloadSpec(f.remote_url, at + skip, validator, self._headers)
+            validator = await self._transport.download_range(spec, first + skip, last, fd, sink, self._throttle,
+                                                             self._access)
 
     async def _complete_in_order(self) -> None:
         """Mark finished files completed, but only the unbroken run from the first unfinished one.

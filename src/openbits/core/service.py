@@ -165,7 +165,11 @@ class JobService:
         return job
 
     async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]],
-                        mode: int = NEW_FILE_MODE) -> Job:
+                        mode: int = NEW_FILE_MODE,
+                        ranges: list[list[list[int]] | None] | None = None,
+                        checksums: list[list[str] | None] | None = None) -> Job:
+        """AddFileSet; per file `ranges`: AddFileWithRanges' (or None), within MaxRangesPerFile but for admins,
+        and `checksums` (or None)."""
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
@@ -175,7 +179,8 @@ class JobService:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
             split = [(split_userinfo(url), path) for url, path in pairs]
-            job.add_files([(clean, path) for (clean, _), path in split], self.config.max_files_per_job, mode)
+            job.add_files([(clean, path) for (clean, _), path in split], self.config.max_files_per_job, ranges,
+                          None if self.is_admin(caller) else self.config.max_ranges_per_file, checksums, mode)
             for (_, credential), _ in split:
                 self._url_credential(job, credential)
             await self.commit(job, range(first, len(job.files)))
@@ -186,6 +191,21 @@ class JobService:
         if credential is not None:
             for scheme in (AuthScheme.BASIC, AuthScheme.DIGEST):
                 self.tokens.set_credential(job.id, AuthTarget.SERVER, scheme, credential)
+
+    async def change_file(self, caller: Identity, ref: str, index: int, change: Callable[[Job], None]) -> Job:
+        """One call that changes file `index` of the job (SetRemoteName, RequestFileRanges, ...; `change` makes
+        it, raising BITS's refusal), saved with that file."""
+        async with self._locked(caller, ref) as job:
+            change(job)
+            await self.commit(job, (index,))
+            return job
+
+    async def replace_remote_prefix(self, caller: Identity, ref: str, old: str, new: str) -> Job:
+        async with self._locked(caller, ref) as job:
+            before = [f.remote_url for f in job.files]
+            job.replace_remote_prefix(old, new)
+            await self.commit(job, [i for i, f in enumerate(job.files) if f.remote_url != before[i]])
+            return job
 
     async def resume(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
@@ -224,6 +244,9 @@ class JobService:
     async def complete(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
             job.check_completable()  # raises the documented BG_E_INVALID_STATE
+            if job.state != JobState.TRANSFERRED:  # a download completed early keeps only its whole files
+                job.suspend()  # first, or the scheduler starts the stopped transfer again
+                await self._transfers.stop(job.id)
             files = self.files_of(job)
             renames = job.completion_renames()
             results = await files.commit(renames)
@@ -289,9 +312,7 @@ class JobService:
 
     async def update(self, caller: Identity, ref: str, changes: dict[str, object]) -> Job:
         async with self._locked(caller, ref) as job:
-            job.check_modifiable()
-            for key, value in changes.items():
-                setattr(job, key, value)
+            job.set_properties(changes)
             job.touch()
             await self.commit(job)
             return job
@@ -308,11 +329,13 @@ class JobService:
 
     # -- durability and change notification ---------------------------------
 
-    async def commit(self, job: Job, files: Iterable[int] = ()) -> None:
-        """Make a change and the events it makes durable together, then tell the streams, listeners and waiters."""
+    async def commit(self, job: Job, files: Iterable[int] = (),
+                     ranges: tuple[int, list[list[int]]] | None = None) -> None:
+        """Make a change and the events it makes durable together, then tell the streams, listeners and waiters;
+        `ranges`: a file's requested ranges now in (FILE_RANGES_TRANSFERRED)."""
         files = list(files)
         self._count_live(job)
-        events = self.events.record(job, files)
+        events = self.events.record(job, files, ranges)
         await self.store.save_job(job, files, events)
         self.events.publish(events)
         self.announce(job)

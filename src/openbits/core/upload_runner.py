@@ -99,7 +99,14 @@ class UploadRunner:
         self._access = JobAccess(service, job)
 
     async def run(self) -> None:
-        await run_attempt(self._service, self._job, self._transfer_files)
+        await run_attempt(self._service, self._job, self._transfer_file)
+
+    async def _transfer_file(self) -> None:
+        f = self._job.files[0]
+        try:
+            await self._transfer_files()
+        except BitsError as exc:
+            raise exc.of_file(0, f.remote_url, f.local_path)
 
     async def _transfer_files(self) -> None:
         job = self._job

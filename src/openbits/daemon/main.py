@@ -143,7 +143,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
                              lambda: settings.config.bandwidth_ignore_limits_when_idle,
                              upload_sensor=sensors["upload"])
     scheduler = Scheduler(service, changes, transfers, transport, policy.throttle_for, cost, logons)
-    deliveries = Deliveries(service, bus, changes)
+    deliveries = Deliveries(service, bus, changes, str(settings.socket))
     gc.freeze()  # the loaded jobs live as long as the daemon: keep them out of every future collection
     # Every API request leaves a few hundred young objects and almost no cycles: collecting the young
     # generation every 10,000 allocations rather than 700 gave the API 3 % more jobs/s.

@@ -161,10 +161,12 @@ class EventBus:
 
     # -- producing ----------------------------------------------------------
 
-    def record(self, job: Job, files: Iterable[int] = ()) -> list[Event]:
+    def record(self, job: Job, files: Iterable[int] = (),
+               ranges: tuple[int, list[list[int]]] | None = None) -> list[Event]:
         """The events the job's change since the last call makes; sets job.notify_pending (saved with them).
 
-        `files` are the indexes of the files the change saves (the only ones whose progress moved).
+        `files` are the indexes of the files the change saves (the only ones whose progress moved); `ranges`:
+        a file's requested ranges that are all in now (FILE_RANGES_TRANSFERRED).
         """
         before = self._seen.get(job.id)
         totals = self._totals.get(job.id)
@@ -176,6 +178,8 @@ class EventBus:
         now = _Seen.of(job, totals)
         self._seen[job.id] = now
         events = self._file_events(job, totals, sorted(newly)) if newly else []
+        if ranges is not None:
+            events.append(self._event(job, EventKind.FILE_RANGES_TRANSFERRED, totals, ranges[0], ranges=ranges[1]))
         if before is None or before.state != job.state:
             kind = NOTIFICATIONS.get(job.state)
             if kind is None:
@@ -227,7 +231,7 @@ class EventBus:
         return self._event(job, EventKind.JOB_MODIFICATION, totals or self._totals.get(job.id) or _Totals(job))
 
     def _event(self, job: Job, kind: EventKind, totals: _Totals, file_index: int | None = None, *,
-               redelivery: bool = False) -> Event:
+               redelivery: bool = False, ranges: list[list[int]] | None = None) -> Event:
         seq, now = next(self._seq), time.time()
         f = job.files[file_index] if file_index is not None else None
         info = built(EventInfo, dict(
@@ -237,6 +241,7 @@ class EventBus:
             files_transferred=totals.files_transferred, file_index=file_index, file=file_info(f) if f else None,
             transfer_rate=job.rate_now(),
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
+            ranges=None if ranges is None else [{"offset": o, "length": n} for o, n in ranges],
         ))
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())
 

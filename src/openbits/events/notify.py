@@ -2,13 +2,17 @@
 
 The program is an absolute path, run with its parameters as argv (no search
 path, no shell, no environment expansion) through identity.programs.start_as:
-the owner's uid and groups, a clean environment, / as working folder, a login's
-limits, a process group of its own. What it prints (stdout and stderr together)
-goes to the daemon log as one quoted string under the job's name and id (a
-printed fake log line stays visibly the program's), at most OUTPUT_LIMIT bytes;
-the rest is read and dropped so the program never blocks. A program still
-running after PROGRAM_TIMEOUT is killed with its whole process group and counts
-as failed.
+the owner's uid and groups, a clean environment plus OPENBITS_SOCKET (the
+daemon that runs it, so `openbits complete "$1"` reaches it and starts no
+other) and OPENBITS_JOB, / as working folder, a login's limits, a process
+group of its own. BITS's parameters are one string whose first token is the
+program ("prog {JOB}"): it is split as a shell would, without running one, and
+"{JOB}" in any argument becomes the job's GUID. What it prints (stdout and
+stderr together) goes to the daemon log as one quoted string under the job's
+name and id (a printed fake log line stays visibly the program's), at most
+OUTPUT_LIMIT bytes; the rest is read and dropped so the program never blocks.
+A program still running after PROGRAM_TIMEOUT is killed with its whole process
+group and counts as failed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 
 from ..model.job import Job
@@ -24,6 +29,7 @@ from ..enums import ErrorContext
 from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..identity.programs import start_as
+from ..locations import SOCKET_ENV
 
 log = logging.getLogger("openbits.notify")
 
@@ -33,10 +39,22 @@ OUTPUT_LIMIT = 8192
 PROGRAM_TIMEOUT = 600.0
 #: SetNotifyCmdLine's pParameters limit (characters).
 MAX_PARAMETERS = 4000
+#: Replaced by the job's GUID in the command line's arguments when it runs.
+JOB_PLACEHOLDER = "{JOB}"
 
 
-def check_cmdline(program: str, parameters: list[str]) -> list[str]:
-    """The argv SetNotifyCmdLine stores, or the documented refusal."""
+def check_cmdline(program: str, parameters: list[str] | str) -> list[str]:
+    """The argv SetNotifyCmdLine stores, or the documented refusal. `parameters`: the arguments after
+    argv[0], or BITS's one string that starts with the program's name."""
+    if isinstance(parameters, str):
+        if len(parameters) > MAX_PARAMETERS:
+            raise BitsError(ErrorCode.BG_E_STRING_TOO_LONG, f"the parameters are longer than {MAX_PARAMETERS} "
+                            "characters", ErrorContext.QUEUE_MANAGER_NOTIFICATION)
+        try:
+            parameters = shlex.split(parameters)[1:]  # the first token is the program (argv[0])
+        except ValueError as exc:
+            raise BitsError(ErrorCode.E_INVALIDARG, f"the parameters {parameters!r} do not split into words "
+                            f"({exc}); quote as a shell would", ErrorContext.QUEUE_MANAGER_NOTIFICATION) from None
     if not os.path.isabs(program) or "\0" in program:
         raise BitsError(ErrorCode.E_INVALIDARG, f"program {program!r} must be an absolute path: no search path is "
                         "used and no shell runs it", ErrorContext.QUEUE_MANAGER_NOTIFICATION)
@@ -49,12 +67,13 @@ def check_cmdline(program: str, parameters: list[str]) -> list[str]:
     return [program, *parameters]
 
 
-async def run_cmdline(job: Job) -> int:
+async def run_cmdline(job: Job, socket_path: str) -> int:
     """Run the job's command line as its owner; its exit status (-1 when it could not start or ran too long)."""
-    argv = job.notify_cmdline
-    assert argv, "only jobs with a command line"
+    assert job.notify_cmdline, "only jobs with a command line"
+    argv = [arg.replace(JOB_PLACEHOLDER, job.id) for arg in job.notify_cmdline]
     try:
-        proc = await start_as(Identity.from_uid(job.owner_uid), argv, capture_output=True)
+        proc = await start_as(Identity.from_uid(job.owner_uid), argv, {SOCKET_ENV: socket_path, "OPENBITS_JOB": job.id},
+                              capture_output=True)
     except BitsError as exc:
         log.warning("job %s: notify command line not started: %s", job.id, exc.description)
         return -1

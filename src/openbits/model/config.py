@@ -96,6 +96,8 @@ class Config:
     max_connections_per_user: int = 1024
     #: seconds a client may take to send a request's headers, and again its body (slowloris)
     request_timeout: float = 10.0
+    #: MaxRangesPerFile (AddFileWithRanges); administrators have no limit
+    max_ranges_per_file: int = 500
     #: background jobs that transfer at the same time (BITS: one); foreground jobs are not counted.
     #: 2 by measurement (bench/concurrency.py, a queue of large and small-file jobs on loopback):
     #: 1 -> 6.1 s, 2 -> 3.8 s, 4 -> 4.9 s to drain; a second job hides the per-file latency of the first.

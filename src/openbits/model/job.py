@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import time
 import typing
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, REDIRECT_POLICY_MASK, SECURITY_FLAGS_KNOWN, SIZE_UNKNOWN,
-                     ErrorContext, JobPriority, JobState, JobType, ProxyUsage, SecurityFlags)
+from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, LENGTH_TO_EOF, REDIRECT_POLICY_MASK, SECURITY_FLAGS_KNOWN,
+                     SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType, ProxyUsage, SecurityFlags)
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
 from .rate import RateMeter
@@ -32,6 +34,10 @@ DEFAULT_NO_PROGRESS_TIMEOUT = 14 * 24 * 3600
 DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
 #: BITS takes these as ULONG seconds.
 _SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
+#: A download's method; SetHttpMethod with it does nothing.
+DEFAULT_HTTP_METHOD = "GET"
+#: An HTTP method is a token (RFC 9110 5.6.2).
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 
 
 #: A new file's mode when the client sent no umask: 0666 & ~022
@@ -65,6 +71,21 @@ class JobFile:
     completed: bool = False
     #: RemoteValidator.to_dict() of the response that produced the bytes on disk
     validator: dict[str, Any] | None = None
+    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the header lines of the last answer for this file
+    response_headers: list[str] = field(default_factory=list)
+    #: AddFileWithRanges: [offset, length] of the remote file (length LENGTH_TO_EOF: to its end), written one
+    #: after another in this order; None: the whole file
+    ranges: list[list[int]] | None = None
+    #: digests the file must have, "algorithm:hex" (check_checksums); checked before it counts as transferred
+    checksums: list[str] | None = None
+    #: on-demand jobs (BITS_JOB_PROPERTY_ON_DEMAND_MODE): [offset, length] of the bytes in the temporary file,
+    #: each at its own offset, merged and ordered (GetFilledFileRanges); and those asked for (RequestFileRanges)
+    filled: list[list[int]] = field(default_factory=list)
+    requested: list[list[int]] = field(default_factory=list)
+    #: UpdateDownloadPosition: where a Resume without requested ranges starts filling in the rest
+    download_position: int = 0
+    #: GetValidationState: its digests matched (or SetValidationState(TRUE)); Complete validates implicitly
+    validation_state: bool = False
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -101,6 +122,23 @@ class JobFile:
         self.durable_offset = 0
         self.validator = None
 
+    def local_ranges(self, size: int) -> list[tuple[int, int | None, int]]:
+        """(remote first, remote last, local offset) of each range for a remote file of `size` bytes. While
+        the size is unknown a range to the end has last None, and the ranges after it no place yet."""
+        assert self.ranges is not None
+        found: list[tuple[int, int | None, int]] = []
+        at = 0
+        for offset, length in self.ranges:
+            end = (None if size == SIZE_UNKNOWN else size) if length == LENGTH_TO_EOF else offset + length
+            if size != SIZE_UNKNOWN and end is not None and (offset >= size or end > size):
+                raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)} is outside "
+                                f"{self.remote_url} ({size} bytes); fix the file's ranges", ErrorContext.REMOTE_FILE)
+            found.append((offset, None if end is None else end - 1, at))
+            if end is None:
+                break
+            at += end - offset
+        return found
+
 
 @dataclass(slots=True)
 class Job:
@@ -129,6 +167,15 @@ class Job:
     custom_headers: list[str] = prop(factory=list, doc="SetCustomHeaders: 'Name: value' lines sent with every "
                                      "request", label="Custom headers", shown_as="lines", unset="-", settable=True,
                                      limits={"item_max_length": 16384})
+    custom_headers_write_only: bool = prop(False, doc="MakeCustomHeadersWriteOnly: the custom headers are sent but "
+                                           "never shown again, to the owner either; cannot be undone",
+                                           label="Custom headers write-only", shown_as="yes_no", settable=True)
+    on_demand: bool = prop(False, doc="BITS_JOB_PROPERTY_ON_DEMAND_MODE: files download the ranges asked for "
+                           "(RequestFileRanges) first; the job is SUSPENDED when they are in, TRANSFERRED when a "
+                           "file is whole", label="On demand", shown_as="yes_no", settable=True)
+    http_method: str = prop(DEFAULT_HTTP_METHOD, doc="SetHttpMethod: the method of the job's requests; another "
+                            "than GET makes the job FOREGROUND for good, turns its transient errors into ERROR "
+                            "and restarts its files from 0 on Resume", label="HTTP method", settable=True)
     dynamic_content: bool = prop(False, doc="BITS_JOB_PROPERTY_DYNAMIC_CONTENT: the server's content may change "
                                  "between requests", label="Dynamic content", shown_as="yes_no", settable=True)
     max_bandwidth: int = prop(0, doc="bytes/s this job may use; 0 = no cap of its own", label="Bandwidth cap",
@@ -143,6 +190,8 @@ class Job:
                                     notifies=False)
     transfer_completion_time: float | None = prop(None, doc="Unix time the job became TRANSFERRED", label="Completed",
                                                   shown_as="time", notifies=False)
+    complete_result: str | None = prop(None, doc="what Complete answered: S_OK, or BG_S_PARTIAL_COMPLETE when "
+                                       "files that were not whole yet were deleted", notifies=False)
     #: when the job last moved a byte or was (re)activated; the no-progress clock
     last_progress_time: float = field(default_factory=time.time)
     #: seconds spent in action states so far, for max_download_time
@@ -292,8 +341,77 @@ class Job:
         """Properties may change in every state but the final ones."""
         self._require_not_final()
 
-    def add_files(self, pairs: list[tuple[str, str]], max_files: int, mode: int = NEW_FILE_MODE) -> list[JobFile]:
+    @property
+    def own_method(self) -> bool:
+        """SetHttpMethod gave another method than GET: no ranges, no fast path, no transient errors."""
+        return self.http_method != DEFAULT_HTTP_METHOD
+
+    def set_properties(self, changes: Mapping[str, Any]) -> None:
+        """A PATCH of the job's properties, with the rules BITS gives SetHttpMethod and write-only headers."""
+        self.check_modifiable()
+        if self.custom_headers_write_only and changes.get("custom_headers_write_only") is False:
+            raise BitsError(ErrorCode.E_INVALIDARG, "the custom headers are write-only (MakeCustomHeadersWriteOnly); "
+                            "that cannot be undone", ErrorContext.GENERAL_QUEUE_MANAGER)
+        method = changes.get("http_method", self.http_method)
+        if method != self.http_method:
+            self._check_http_method(method)
+        if changes.get("on_demand", self.on_demand) and (changes.get("dynamic_content", self.dynamic_content)
+                                                         or method != DEFAULT_HTTP_METHOD or self.type != JobType.DOWNLOAD
+                                                         or changes.keys() & {"on_demand"} and self._started()):
+            raise BitsError(ErrorCode.BG_E_RANDOM_ACCESS_NOT_SUPPORTED, "ON_DEMAND_MODE needs a download job "
+                            "that is not DYNAMIC_CONTENT, sends GET, and has not started", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if method != DEFAULT_HTTP_METHOD:
+            if changes.get("dynamic_content", self.dynamic_content):
+                raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"HTTP method {method}: BITS allows no "
+                                "DYNAMIC_CONTENT job with SetHttpMethod", ErrorContext.GENERAL_QUEUE_MANAGER)
+            if changes.get("priority", JobPriority.FOREGROUND) != JobPriority.FOREGROUND:
+                raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {self.id} sends HTTP method {method}, so it "
+                                "stays FOREGROUND (SetHttpMethod); its priority cannot change",
+                                ErrorContext.GENERAL_QUEUE_MANAGER)
+        for name, value in changes.items():
+            setattr(self, name, value)
+        if self.own_method:
+            self.priority = JobPriority.FOREGROUND
+
+    def _check_http_method(self, method: str) -> None:
+        def refuse(why: str) -> BitsError:
+            return BitsError(ErrorCode.E_INVALIDARG, f"HTTP method {method!r}: {why}", ErrorContext.GENERAL_QUEUE_MANAGER)
+
+        if self.type != JobType.DOWNLOAD:
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; uploads speak the "
+                            "BITS upload protocol (BITS_POST), so only download jobs take SetHttpMethod",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        if not _METHOD.fullmatch(method):
+            raise refuse("a method is one word of letters, digits and !#$%&'*+-.^_`|~ (at most 32), like POST")
+        if method.upper() in ("CONNECT", "HEAD"):
+            raise refuse("its answer has no body to download; use GET, POST or the method the server wants")
+        if self._started():
+            raise BitsError(ErrorCode.BG_E_INVALID_STATE, f"job {self.id} has started; SetHttpMethod is called "
+                            "before the first Resume (create a new job for another method)",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int,
+                  ranges: list[list[list[int]] | None] | None = None, max_ranges: int | None = None,
+                  checksums: list[list[str] | None] | None = None, mode: int = NEW_FILE_MODE) -> list[JobFile]:
+        """AddFileSet; per pair `ranges`: AddFileWithRanges' (or None), `max_ranges` its limit (None: none), and
+        `checksums`: the digests it must have (or None)."""
         self._require_not_final()
+        ranges = ranges or [None] * len(pairs)
+        checksums = [None if c is None else check_checksums(c) for c in checksums or [None] * len(pairs)]
+        for wanted, digests in zip(ranges, checksums):
+            if digests is not None and (wanted is not None or self.type != JobType.DOWNLOAD):
+                raise BitsError(ErrorCode.E_INVALIDARG, "checksums are of a downloaded whole file: give them "
+                                "without ranges, in a download job", ErrorContext.GENERAL_QUEUE_MANAGER)
+        for (remote_url, _), wanted in zip(pairs, ranges):
+            if wanted is not None:
+                if self.type != JobType.DOWNLOAD:
+                    raise BitsError(ErrorCode.E_NOTIMPL, "only download jobs take AddFileWithRanges",
+                                    ErrorContext.GENERAL_QUEUE_MANAGER)
+                if urlsplit(remote_url).scheme.lower() not in ("http", "https"):
+                    raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {remote_url!r}: ranges come from http:// "
+                                    "and https:// servers (BITS takes no ranges of SMB or file sources)",
+                                    ErrorContext.REMOTE_FILE)
+                check_ranges(wanted, max_ranges)
         if self.type != JobType.DOWNLOAD and len(self.files) + len(pairs) > 1:
             raise BitsError(
                 ErrorCode.BG_E_TOO_MANY_FILES,
@@ -315,8 +433,9 @@ class Job:
                                 "http:// or https:// servers that speak the BITS upload protocol",
                                 ErrorContext.REMOTE_FILE)
         added = [
-            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), mode=mode)
-            for i, (url, path) in enumerate(pairs)
+            JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), ranges=wanted,
+                    checksums=digests, mode=mode)
+            for i, ((url, path), wanted, digests) in enumerate(zip(pairs, ranges, checksums))
         ]
         self.files.extend(added)
         if self.state == JobState.TRANSFERRED:
@@ -324,6 +443,90 @@ class Job:
             self.state = JobState.SUSPENDED
         self.touch()
         return added
+
+    def _started(self) -> bool:
+        return self.state != JobState.SUSPENDED or any(f.bytes_transferred or f.completed for f in self.files)
+
+    def request_file_ranges(self, index: int, ranges: list[list[int]]) -> None:
+        """RequestFileRanges: these ranges go first; they may overlap what is in or asked for already."""
+        f = self._on_demand_file(index)
+        for offset, length in ranges:
+            end = f.bytes_total if length == LENGTH_TO_EOF else offset + length
+            if length == 0 or offset >= LENGTH_TO_EOF or (f.bytes_total != SIZE_UNKNOWN and
+                                                          (offset >= f.bytes_total or end > f.bytes_total)):
+                raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)} is outside "
+                                f"file {index} ({f.bytes_total} bytes)", ErrorContext.GENERAL_QUEUE_MANAGER)
+        f.requested.extend([offset, length] for offset, length in ranges)
+        self.touch()
+
+    def update_download_position(self, index: int, offset: int) -> None:
+        """UpdateDownloadPosition: a Resume without requested ranges fills in the rest from `offset` on."""
+        self._on_demand_file(index).download_position = offset
+        self.touch()
+
+    def _on_demand_file(self, index: int) -> JobFile:
+        self._require_not_final()
+        if not self.on_demand:
+            raise BitsError(ErrorCode.BG_E_RANDOM_ACCESS_NOT_SUPPORTED, f"job {self.id} is not on demand; set "
+                            "on_demand (BITS_JOB_PROPERTY_ON_DEMAND_MODE) before it starts",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        return self._file(index)
+
+    def set_remote_name(self, index: int, url: str) -> None:
+        """SetRemoteName: the file comes from `url` from its next attempt on; its bytes stay if the new source
+        has the same size and validators (the transport's If-Range proves it), else the file restarts."""
+        self._check_renamable()
+        self._file(index)
+        check_remote_url(url)
+        self.files[index].remote_url = url
+        self.touch()
+
+    def replace_remote_prefix(self, old: str, new: str) -> int:
+        """ReplaceRemotePrefix: every remote name that starts with `old` starts with `new` instead; how many
+        (0 is BITS's S_FALSE). Transferred files keep their bytes, as any file whose new source matches."""
+        self._check_renamable()
+        if not old or not new:
+            raise BitsError(ErrorCode.E_INVALIDARG, "ReplaceRemotePrefix needs an old and a new prefix, neither "
+                            "empty", ErrorContext.GENERAL_QUEUE_MANAGER)
+        renamed = [(f, new + f.remote_url[len(old):]) for f in self.files if f.remote_url.startswith(old)]
+        for _, url in renamed:
+            if len(url) > 2200:
+                raise BitsError(ErrorCode.E_INVALIDARG, f"remote name {url[:80]!r}... would exceed 2,200 "
+                                "characters", ErrorContext.REMOTE_FILE)
+            check_remote_url(url)
+        for f, url in renamed:
+            f.remote_url = url
+        self.touch()
+        return len(renamed)
+
+    def _check_renamable(self) -> None:
+        self._require_not_final()
+        if self.type != JobType.DOWNLOAD:
+            raise BitsError(ErrorCode.E_NOTIMPL, f"job {self.id} is an {self.type.name} job; only download jobs' "
+                            "remote names change", ErrorContext.GENERAL_QUEUE_MANAGER)
+
+    def _file(self, index: int) -> JobFile:
+        if not 0 <= index < len(self.files):
+            raise BitsError(ErrorCode.E_INVALIDARG, f"job {self.id} has {len(self.files)} file(s); there is no file "
+                            f"{index}", ErrorContext.GENERAL_QUEUE_MANAGER)
+        return self.files[index]
+
+    def set_validation_state(self, index: int, valid: bool) -> None:
+        """SetValidationState: only for a transferred file; FALSE puts the job in ERROR (BG_E_VALIDATION_FAILED)
+        with the file's progress at zero, and Resume downloads it again."""
+        self._require_not_final()
+        f = self._file(index)
+        if not f.completed:
+            raise BitsError(ErrorCode.E_PENDING, f"file {index} is not transferred yet; validate it once it is",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        f.validation_state = valid
+        if not valid:
+            f.completed = False
+            f.restart()
+            failed = BitsError(ErrorCode.BG_E_VALIDATION_FAILED, f"{f.local_path} was found not valid "
+                               "(SetValidationState FALSE); Resume downloads it again", ErrorContext.REMOTE_FILE)
+            self.set_error(failed.of_file(index, f.remote_url, f.local_path), transient=False)
+        self.touch()
 
     def resume(self) -> None:
         self._require_not_final()
@@ -333,6 +536,11 @@ class Job:
                 ErrorContext.GENERAL_QUEUE_MANAGER,
             )
         if self.state in (JobState.SUSPENDED, JobState.ERROR, JobState.TRANSIENT_ERROR):
+            if self.on_demand:  # nothing asked for: fill in the rest, from the download position on
+                for f in self.files:
+                    if not f.completed and not f.requested:
+                        f.requested = [[f.download_position, LENGTH_TO_EOF]] + (
+                            [[0, f.download_position]] if f.download_position else [])
             self.state = JobState.QUEUED if self.current_file else JobState.TRANSFERRED
             self.retry_at = 0.0
             self.last_progress_time = time.time()
@@ -353,23 +561,23 @@ class Job:
         self.touch()
 
     def complete(self) -> list[JobFile]:
-        """Move to ACKNOWLEDGED; returns the files whose bytes become the user's."""
+        """Move to ACKNOWLEDGED; returns the files whose bytes become the user's (BG_S_PARTIAL_COMPLETE: not all)."""
         self.check_completable()
+        kept = [f for f in self.files if f.completed]
+        self.complete_result = "S_OK" if len(kept) == len(self.files) else "BG_S_PARTIAL_COMPLETE"
         self.state = JobState.ACKNOWLEDGED
         self.sealed_credentials = {}
         self.touch()
-        return [f for f in self.files if f.completed]
+        return kept
 
     def check_completable(self) -> None:
-        """Downloads complete in TRANSFERRED or ERROR (keeping finished files); uploads only in TRANSFERRED."""
+        """Downloads complete at any time, keeping the files that are whole; uploads only in TRANSFERRED."""
         self._require_not_final()
-        allowed = (JobState.TRANSFERRED, JobState.ERROR) if self.type == JobType.DOWNLOAD else (JobState.TRANSFERRED,)
-        if self.state not in allowed:
-            keep = " (or ERROR to keep the finished files)" if self.type == JobType.DOWNLOAD else ""
+        if self.type != JobType.DOWNLOAD and self.state != JobState.TRANSFERRED:
             raise BitsError(
                 ErrorCode.BG_E_INVALID_STATE,
-                f"job {self.id} is {self.state.name}; Complete needs TRANSFERRED{keep} - wait for the transfer "
-                "or Cancel the job",
+                f"job {self.id} is {self.state.name}; an upload job completes in TRANSFERRED - wait for the "
+                "transfer or Cancel the job",
                 ErrorContext.GENERAL_QUEUE_MANAGER,
             )
 
@@ -385,14 +593,84 @@ class Job:
             self.retry_at = now + max(float(self.minimum_retry_delay), retry_after or 0.0)
         else:
             if transient:
-                self.error = BitsError(
+                timeout = BitsError(
                     ErrorCode.BG_E_NO_PROGRESS,
                     f"no progress for {self.no_progress_timeout} s (last error: {error.description})",
                     error.context,
                     error.http_status,
-                ).to_dict()
+                )
+                timeout.file, timeout.protocol = error.file, error.protocol
+                self.error = timeout.to_dict()
             self.state = JobState.ERROR
         self.touch()
+
+
+#: The digests a file may be checked against, and their length in hex digits.
+CHECKSUM_ALGORITHMS = {"sha256": 64, "sha512": 128, "blake2b": 128}
+
+
+def check_checksums(checksums: list[str]) -> list[str]:
+    """'algorithm:hex' digests (sha256, sha512, blake2b), lower case; E_INVALIDARG naming the bad one."""
+    found = []
+    for checksum in checksums:
+        algorithm, colon, digest = checksum.strip().partition(":")
+        algorithm, digest = algorithm.lower(), digest.lower()
+        wanted = CHECKSUM_ALGORITHMS.get(algorithm)
+        if not colon or wanted is None or len(digest) != wanted or digest.strip("0123456789abcdef"):
+            raise BitsError(ErrorCode.E_INVALIDARG, f"checksum {checksum!r}: give algorithm:hex with one of "
+                            + ", ".join(f"{name} ({n} hex digits)" for name, n in CHECKSUM_ALGORITHMS.items()),
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        found.append(f"{algorithm}:{digest}")
+    return found
+
+
+def first_gap(filled: list[list[int]], start: int, end: int | None) -> tuple[int, int | None] | None:
+    """The first stretch of [start, end) (end None: to the unknown end) that `filled` (merged, ordered) lacks."""
+    for offset, length in filled:
+        if offset > start:
+            break
+        start = max(start, offset + length)
+    if end is not None and start >= end:
+        return None
+    following = next((offset for offset, _ in filled if offset > start), None)
+    stop = following if end is None else min(end, following) if following is not None else end
+    return start, stop
+
+
+def merged(filled: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """`filled` with [start, end) added, merged and ordered."""
+    spans = sorted([*((o, o + n) for o, n in filled), (start, end)])
+    out: list[list[int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], b - out[-1][0])
+        else:
+            out.append([a, b - a])
+    return out
+
+
+def range_length(length: int) -> str:
+    """A range's length as bitsadmin writes it: a number, or eof for BG_LENGTH_TO_EOF."""
+    return "eof" if length == LENGTH_TO_EOF else str(length)
+
+
+def check_ranges(ranges: list[list[int]], max_ranges: int | None) -> None:
+    """AddFileWithRanges' refusals: none, too many (MaxRangesPerFile; None: no limit, as for administrators),
+    a range that starts at BG_LENGTH_TO_EOF or is empty, duplicates or overlaps (ranges may come in any order)."""
+    if not ranges:
+        raise BitsError(ErrorCode.E_INVALIDARG, "AddFileWithRanges needs one or more ranges", ErrorContext.GENERAL_QUEUE_MANAGER)
+    if max_ranges is not None and len(ranges) > max_ranges:
+        raise BitsError(ErrorCode.BG_E_TOO_MANY_RANGES_IN_FILE, f"{len(ranges)} ranges for one file; MaxRangesPerFile "
+                        f"allows {max_ranges} (administrators have no limit)", ErrorContext.GENERAL_QUEUE_MANAGER)
+    for offset, length in ranges:
+        if not 0 <= offset < LENGTH_TO_EOF or not 0 < length <= LENGTH_TO_EOF:
+            raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)}: an offset is a "
+                            "byte position (not BG_LENGTH_TO_EOF) and a length at least 1", ErrorContext.GENERAL_QUEUE_MANAGER)
+    ordered = sorted(ranges)
+    for (offset, length), (following, _) in zip(ordered, ordered[1:]):
+        if length == LENGTH_TO_EOF or offset + length > following:
+            raise BitsError(ErrorCode.BG_E_OVERLAPPING_RANGES, f"range {offset}:{range_length(length)} overlaps the "
+                            f"range at {following}; give each byte once", ErrorContext.GENERAL_QUEUE_MANAGER)
 
 
 def check_security_flags(flags: int) -> None:

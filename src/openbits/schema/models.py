@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
 
-from ..enums import CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
+from ..enums import LENGTH_TO_EOF, CostState, ErrorContext, JobPriority, JobState, JobType, TransferPolicy
 from ..enums import AuthScheme, AuthTarget, CertStoreLocation
 from ..model.job import JOB_PROPERTIES
 from ..model.properties import Described
@@ -77,12 +77,22 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorFileInfo(WireModel):
+    """IBackgroundCopyError::GetFile: the job's file whose transfer failed."""
+
+    index: int = Field(description="its place in the job's files")
+    remote_url: str
+    local_path: str
+
+
 class ErrorInfo(WireModel):
     context: ErrorContextName
     code: int = Field(description="HRESULT, e.g. 2149646740 (0x80190194)")
     name: str = Field(description="documented name, e.g. BG_E_HTTP_ERROR_404")
     description: str
     http_status: int | None = None
+    file: ErrorFileInfo | None = Field(None, description="GetFile: the file it happened to; null for the job's own")
+    protocol: str | None = Field(None, description="GetProtocol: http, https or file; null without a file")
 
 
 class ErrorBody(WireModel):
@@ -99,6 +109,14 @@ class FileInfo(WireModel):
     bytes_transferred: int
     completed: bool
     transfer_rate: int = Field(0, description="bytes/s arriving now, as the daemon measures it (0: none)")
+    response_headers: list[str] = Field(default_factory=list, description="BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_"
+                                        "HEADERS: the 'Name: value' lines of the last answer for the file")
+    ranges: list[FileRange] | None = Field(None, description="GetFileRanges: null for a whole file")
+    checksums: list[str] | None = Field(None, description="the digests the file is checked against")
+    filled_ranges: list[FileRange] | None = Field(None, description="GetFilledFileRanges of an on-demand job's file: "
+                                                  "the bytes in, merged and ordered; null for other jobs")
+    validation_state: bool = Field(False, description="GetValidationState: its digests matched, or "
+                                   "SetValidationState(TRUE)")
 
 
 class _JobInfoComputed(WireModel):
@@ -170,9 +188,52 @@ class CreateJobRequest(WireModel):
     description: _wire_type(_PROPERTY["description"]) = ""  # type: ignore[valid-type]
 
 
+class FileRange(WireModel):
+    """BG_FILE_RANGE: bytes of the remote file; a length of BG_LENGTH_TO_EOF (18446744073709551615) runs to its end."""
+
+    offset: Annotated[int, Field(ge=0, le=LENGTH_TO_EOF)]
+    length: Annotated[int, Field(ge=0, le=LENGTH_TO_EOF)]
+
+
 class AddFile(WireModel):
     remote_url: Annotated[str, Field(min_length=1, max_length=2200)]
     local_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    checksums: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=8, description="digests the file must have, 'sha256:HEX', 'sha512:HEX' or 'blake2b:HEX' "
+        "(BLAKE2b-512); checked as the bytes arrive, before the file counts as transferred")
+    ranges: list[FileRange] | None = Field(None, description="AddFileWithRanges: written to the local file one after "
+                                           "another, in this order; no duplicates or overlaps")
+
+
+class RemoteName(WireModel):
+    """SetRemoteName of one file."""
+
+    remote_url: Annotated[str, Field(min_length=1, max_length=2200)]
+
+
+class RemotePrefix(WireModel):
+    """ReplaceRemotePrefix: remote names starting with old_prefix start with new_prefix instead."""
+
+    old_prefix: Annotated[str, Field(min_length=1, max_length=2200)]
+    new_prefix: Annotated[str, Field(min_length=1, max_length=2200)]
+
+
+class RangesRequest(WireModel):
+    """RequestFileRanges of one file of an on-demand job."""
+
+    ranges: Annotated[list[FileRange], Field(min_length=1, max_length=10_000)]
+
+
+class DownloadPosition(WireModel):
+    """UpdateDownloadPosition of one file of an on-demand job."""
+
+    offset: Annotated[int, Field(ge=0, le=LENGTH_TO_EOF)]
+
+
+class ValidationState(WireModel):
+    """SetValidationState of one file."""
+
+    valid: bool
 
 
 class AddFilesRequest(WireModel):
@@ -305,6 +366,8 @@ class EventInfo(WireModel):
     transfer_rate: int = Field(0, description="TRANSFERRING: bytes/s arriving now, as the daemon measures it")
     file: FileInfo | None
     error: ErrorInfo | None
+    ranges: list[FileRange] | None = Field(None, description="file_ranges_transferred: the requested ranges that "
+                                           "are in (FileRangesTransferred)")
 
 
 #: The name of a stream message that carries an ExchangeInfo (only with exchanges=true; never stored).
@@ -347,7 +410,9 @@ class AckResult(WireModel):
 
 
 class NotifyCmdLine(WireModel):
-    """SetNotifyCmdLine: an absolute program path (no search path, no shell) and its arguments after argv[0]."""
+    """SetNotifyCmdLine: an absolute program path (no search path, no shell) and its arguments after argv[0],
+    or BITS's parameters string whose first token is the program ("prog {JOB}": split as a shell would)."""
 
     program: Annotated[str, Field(min_length=1, max_length=4096)]
-    parameters: list[Annotated[str, Field(max_length=4000)]] = Field(default_factory=list, max_length=1000)
+    parameters: list[Annotated[str, Field(max_length=4000)]] | Annotated[str, Field(max_length=4000)] = Field(
+        default_factory=list, max_length=1000)

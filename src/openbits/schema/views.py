@@ -12,7 +12,7 @@ from ..model.job import JOB_PROPERTIES, Job, JobFile
 from ..enums import JobState
 from ..errors import BitsError
 from ..model.identity import Identity
-from .models import ErrorInfo, FileInfo, JobInfo
+from .models import ErrorInfo, FileInfo, FileRange, JobInfo
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,6 +35,8 @@ _WIRE_PROPERTIES = tuple(p.name for p in JOB_PROPERTIES if p.how.wire)
 def job_info(job: Job, explain_rate: RateExplainer) -> JobInfo:
     allowed_rate, rate_reason = explain_rate(job)
     values = {name: getattr(job, name) for name in _WIRE_PROPERTIES}
+    if job.custom_headers_write_only:
+        values["custom_headers"] = []  # sent, never shown (MakeCustomHeadersWriteOnly)
     values.update(
         id=job.id,
         owner=owner_name(job.owner_uid),
@@ -66,7 +68,12 @@ def file_values(f: JobFile) -> dict[str, Any]:
     """FileInfo's fields of `f`, as JSON takes them (events serialise many files' without a model)."""
     return {"remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
             "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
-            "transfer_rate": f.rate_now()}
+            "transfer_rate": f.rate_now(),
+            "response_headers": f.response_headers,
+            "checksums": f.checksums, "validation_state": f.validation_state,
+            "filled_ranges": [built(FileRange, {"offset": o, "length": n}) for o, n in f.filled] if f.filled or
+            f.requested else None,
+            "ranges": None if f.ranges is None else [built(FileRange, {"offset": o, "length": n}) for o, n in f.ranges]}
 
 
 def built(cls: type[M], values: dict[str, Any]) -> M:

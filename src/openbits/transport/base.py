@@ -10,6 +10,7 @@ file:// and, later, upload replies.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from ..enums import SIZE_UNKNOWN
 from .tls import TlsSettings
+from ..errors import ErrorCode, TransferError
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,24 @@ class RemoteValidator:
     size: int
     etag: str | None
     last_modified: str | None
+    #: the answer's header lines (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS): shown, not part of the version
+    headers: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def of_answer(cls, size: int, headers: Mapping[str, str], old: RemoteValidator | None = None) -> RemoteValidator:
+        """The version an HTTP answer describes; a partial answer may leave out validators `old` has."""
+        etag, last_modified = headers.get("ETag"), headers.get("Last-Modified")
+        if old is not None:
+            etag, last_modified = etag or old.etag, last_modified or old.last_modified
+        return cls(size, etag, last_modified, tuple(f"{name}: {value}" for name, value in headers.items()))
+
+    @property
+    def mtime(self) -> float | None:
+        """Last-Modified as Unix time: the local file keeps the remote time, as BITS does."""
+        try:
+            return email.utils.parsedate_to_datetime(self.last_modified).timestamp() if self.last_modified else None
+        except (TypeError, ValueError):
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
@@ -64,6 +84,8 @@ class DownloadSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: BITS_JOB_PROPERTY_DYNAMIC_CONTENT: no ranges, no size required, restart from 0 when interrupted.
     dynamic_content: bool = False
+    #: SetHttpMethod: a method other than GET never resumes with a range and never takes the fast path.
+    method: str = "GET"
     #: A file that ends up at most this large is written but not synced: the caller makes many
     #: such files durable with one sync (a per-file fdatasync would dominate their cost).
     defer_sync_below: int = 0
@@ -72,6 +94,14 @@ class DownloadSpec:
     proxy: str | None = None
     #: SetSecurityFlags (certificate checks and the redirect policy), the job's CA file and client certificate
     tls: TlsSettings = TlsSettings()
+
+
+class VersionChanged(TransferError):
+    """A range request found another version of the remote file than the bytes already here."""
+
+    def __init__(self, shown: str) -> None:
+        super().__init__(ErrorCode.E_FAIL, f"{shown} changed on the server while its ranges were fetched; the file starts again",
+                         transient=True)
 
 
 class DownloadSink(Protocol):

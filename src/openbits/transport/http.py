@@ -29,7 +29,8 @@ from ..pools import Pools
 from . import fastget
 from .httphead import ConnectFailed, FastGetError, Unsupported, plain_request
 from .auth import ANSWERED, ChallengeAuth, challenge_scheme
-from .base import DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle, status_phrase, watching
+from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle, VersionChanged, status_phrase,
+                   watching)
 from .durable import DurableWriter
 from .tls import TlsContexts, certificate_error
 
@@ -129,8 +130,7 @@ class HttpTransport:
         assert self._fast is not None
         heads = await self._fast.fetch_all(files, headers, lanes, functools.partial(watching, throttle))
         return [None if head is None or head.content_length is None else
-                RemoteValidator(head.content_length, head.headers.get("ETag"), head.headers.get("Last-Modified"))
-                for head in heads]
+                RemoteValidator.of_answer(head.content_length, head.headers) for head in heads]
 
     async def download(
         self, spec: DownloadSpec, fd: int, sink: DownloadSink, throttle: Throttle | None = None,
@@ -149,7 +149,7 @@ class HttpTransport:
         origin = (url.raw_host or "", url.port or 0)
         try:
             if (self._fast is not None and spec.proxy is None and origin not in self._general
-                    and plain_request(url, spec.headers)):
+                    and spec.method == "GET" and plain_request(url, spec.headers)):
                 try:
                     return await self._download(url, shown, spec, writer, sink, throttle, auth, fast=True)
                 except Unsupported:
@@ -174,7 +174,7 @@ class HttpTransport:
         """One file; `fast` sends the requests through `fastget` (raises Unsupported before any byte is written)."""
         old = spec.validator
         # Without a validator we cannot prove our bytes belong to the current version: start over.
-        resume = old is not None and spec.offset > 0 and not spec.dynamic_content
+        resume = old is not None and spec.offset > 0 and not spec.dynamic_content and spec.method == "GET"
         while True:
             headers = dict(spec.headers)
             if resume and old is not None:
@@ -210,14 +210,56 @@ class HttpTransport:
                     return validator  # nothing was missing; the body is the server's error page
                 return await _receive(resp, validator, writer, sink, throttle, shown)
 
+    async def download_range(self, spec: DownloadSpec, first: int, last: int | None, fd: int, sink: DownloadSink,
+                             throttle: Throttle | None = None, auth: ChallengeAuth | None = None) -> RemoteValidator:
+        """Bytes [first, last] of `spec.url` (last None: to its end) into `fd` from `spec.offset` (a local
+        position) on, as AddFileWithRanges, RequestFileRanges and Metalink pieces want them; the version must
+        be `spec.validator`'s when there is one (else VersionChanged). Returns the version served."""
+        url = _parse_url(spec.url)
+        shown = display_url(url)
+        writer = DurableWriter(fd, spec.offset, sink.durable, label=shown, pool=self.pools.sync)
+        headers = {**spec.headers, "Range": f"bytes={first}-{'' if last is None else last}"}
+        old = spec.validator
+        if old is not None and old.if_range is not None:
+            headers["If-Range"] = old.if_range
+        try:
+            async with self.session().get(
+                url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
+                proxy=spec.proxy, read_bufsize=None if throttle is None else THROTTLED_READ,
+            ) as resp:
+                validator = _range_answer(resp, first, last, old, shown)
+                sink.started(validator, spec.offset)
+                progress = ProgressReporter(sink)
+                read = resp.content.readany if throttle is None else functools.partial(resp.content.read,
+                                                                                      THROTTLED_READ)
+                with watching(throttle, resp.connection.transport.get_extra_info("socket")
+                              if resp.connection and resp.connection.transport else None):
+                    while chunk := await read():
+                        if throttle is not None:
+                            await throttle.consume(len(chunk))
+                        writer.write(chunk)
+                        progress.update(writer.offset)
+                wanted = (validator.size if last is None else last + 1) - first
+                if writer.offset - spec.offset != wanted:
+                    raise TransferError(ErrorCode.ERROR_INTERNET_CONNECTION_RESET, f"The connection for {shown} "
+                                        f"ended after {writer.offset - spec.offset} of {wanted} bytes of a range; "
+                                        "the job resumes from there.", ErrorContext.GENERAL_TRANSPORT, transient=True)
+                sink.received(writer.offset)
+                await writer.flush()
+                return validator
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _network_error(exc, shown, self._read_timeout) from exc
+        finally:
+            await writer.close()
+
     @contextlib.asynccontextmanager
     async def _get(self, url: URL, headers: dict[str, str], throttle: Throttle | None, auth: ChallengeAuth | None,
                    spec: DownloadSpec, sink: DownloadSink, shown: str
                    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, URL]]:
         """The response at the end of the redirects the job's policy lets us follow, and its URL."""
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self.session().get(
-                url, headers=headers, allow_redirects=False, middlewares=None if auth is None else (auth,),
+            response = await self.session().request(
+                spec.method, url, headers=headers, allow_redirects=False, middlewares=None if auth is None else (auth,),
                 proxy=spec.proxy,  # SetProxySettings (core/proxy.py); https goes through a CONNECT tunnel
                 ssl=self.tls.context(spec.tls),
                 # bandwidth controller (issue 6): under a throttle aiohttp must not read megabytes ahead of us,
@@ -325,17 +367,6 @@ def _parse_url(raw: str) -> URL:
     return url
 
 
-def _validator(resp: aiohttp.ClientResponse, size: int) -> RemoteValidator:
-    return RemoteValidator(size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
-
-
-def _partial_validator(resp: aiohttp.ClientResponse, size: int, old: RemoteValidator) -> RemoteValidator:
-    """A partial answer may leave validators out; the ones it has must match (checked by the caller)."""
-    return RemoteValidator(
-        size, resp.headers.get("ETag") or old.etag, resp.headers.get("Last-Modified") or old.last_modified
-    )
-
-
 def _accept(
     resp: aiohttp.ClientResponse, offset: int, old: RemoteValidator | None
 ) -> tuple[RemoteValidator, int] | None:
@@ -345,7 +376,8 @@ def _accept(
     A 206 must start where we asked and describe the same version we have.
     """
     if resp.status == 200:
-        return _validator(resp, resp.content_length if resp.content_length is not None else SIZE_UNKNOWN), 0
+        size = resp.content_length if resp.content_length is not None else SIZE_UNKNOWN
+        return RemoteValidator.of_answer(size, resp.headers), 0
     content_range = resp.headers.get("Content-Range", "")
     if old is None:
         return None
@@ -353,7 +385,7 @@ def _accept(
         # Everything was already here (crash after the last byte was made durable, before completion).
         match = _UNSATISFIED_RANGE.fullmatch(content_range.strip())
         if match and int(match[1]) == offset == old.size:
-            validator = _partial_validator(resp, offset, old)
+            validator = RemoteValidator.of_answer(offset, resp.headers, old)
             return (validator, offset) if old.same_version(validator) else None
         return None
     if resp.status != 206:
@@ -363,12 +395,39 @@ def _accept(
         return None
     first, last = int(match[1]), int(match[2])
     size = old.size if match[3] == "*" else int(match[3])
-    validator = _partial_validator(resp, size, old)
+    validator = RemoteValidator.of_answer(size, resp.headers, old)  # the validators it has must match
     if first != offset or (size != SIZE_UNKNOWN and last != size - 1) or not old.same_version(validator):
         return None
     if resp.content_length is not None and resp.content_length != last - first + 1:
         return None
     return validator, offset
+
+
+def _range_answer(resp: aiohttp.ClientResponse, first: int, last: int | None, old: RemoteValidator | None,
+                  shown: str) -> RemoteValidator:
+    """The version a range request was answered with, or the BITS error for an answer that is no such range."""
+    if resp.status == 416:
+        raise TransferError(ErrorCode.BG_E_INVALID_RANGE, f"bytes {first}- are outside {shown} (the server answered "
+                            f"HTTP 416, Content-Range: {resp.headers.get('Content-Range')!r}); fix the file's ranges",
+                            ErrorContext.REMOTE_FILE, 416, transient=False)
+    if resp.status not in (200, 206):
+        _raise_for_status(resp, shown)
+    size = resp.content_length if resp.status == 200 and resp.content_length is not None else SIZE_UNKNOWN
+    match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip()) if resp.status == 206 else None
+    if match is not None and match[3] != "*":
+        size = int(match[3])
+    validator = RemoteValidator.of_answer(size, resp.headers, old)
+    if old is not None and not old.same_version(validator):
+        raise VersionChanged(shown)
+    if match is None or int(match[1]) != first or (last is not None and int(match[2]) != min(last, size - 1)):
+        raise TransferError(ErrorCode.BG_E_INSUFFICIENT_RANGE_SUPPORT, f"the server sent {shown} without the range "
+                            f"bytes={first}-{'' if last is None else last} (HTTP {resp.status}, Content-Range: "
+                            f"{resp.headers.get('Content-Range')!r}); use a server that supports ranges",
+                            ErrorContext.REMOTE_FILE, resp.status, transient=False)
+    if size != SIZE_UNKNOWN and last is not None and last >= size:
+        raise TransferError(ErrorCode.BG_E_INVALID_RANGE, f"bytes {first}-{last} run past the end of {shown} "
+                            f"({size} bytes); fix the file's ranges", ErrorContext.REMOTE_FILE, transient=False)
+    return validator
 
 
 async def _receive(

@@ -63,6 +63,12 @@ class Transport:
         proxy, auth = access.http(spec.url)
         return await self._http.download(replace(spec, proxy=proxy), fd, sink, throttle, auth)
 
+    async def download_range(self, spec: DownloadSpec, first: int, last: int | None, fd: int, sink: DownloadSink,
+                             throttle: Throttle | None, access: RemoteAccess) -> RemoteValidator:
+        """Remote bytes [first, last] into `fd` at `spec.offset` (http and https: see HttpTransport.download_range)."""
+        proxy, auth = access.http(spec.url)
+        return await self._http.download_range(replace(spec, proxy=proxy), first, last, fd, sink, throttle, auth)
+
     def batchable(self, url: str, headers: dict[str, str], proxy: str | None) -> URL | None:
         """The URL when `fetch_small` may take the file (see HttpTransport.batchable)."""
         return self._http.batchable(url, headers, proxy)
