@@ -70,7 +70,6 @@ class _Cli(click.Group):
 @click.option(
     "--no-autostart", is_flag=True, help="Fail (exit 3) instead of starting a user daemon when none answers."
 )
-@click.version_option(__version__, prog_name="openbits", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None, no_autostart: bool) -> None:
     """openbits: background transfers (BITS for Linux). Verbs follow bitsadmin; JOB is a GUID or a unique name."""
