@@ -302,7 +302,7 @@ def test_malformed_remote_names(cli: Cli, tmp_path: Path, url: str, why: str | N
     for result in (cli("addfile", job, url, str(tmp_path / "f")), cli("addfileset", job, str(listing))):
         shown = (f"E_INVALIDARG: remote name {url!r} {why}" if why else
                  f"BG_E_PROTOCOL_NOT_AVAILABLE: remote name {url!r} uses scheme 'ftp'; openbits transfers http, "
-                 "https and file")
+                 "https, file and smb (or \\\\server\\share\\path)")
         assert (result.returncode, result.stderr) == (1, f"openbits: {shown}\n")
     assert cli.ok("getfilestotal", job) == "0\n"  # AddFileSet: all or none
     cli.ok("cancel", job)

@@ -36,8 +36,12 @@ class Credential:
 
 def split_userinfo(url: str) -> tuple[str, Credential | None]:
     """`http://user:password@host/x` -> (`http://host/x`, the credential): the user information of a URL
-    becomes the job's server credentials (memory only) and never reaches the store, `info` or a log."""
-    parts = urlsplit(url)
+    becomes the job's server credentials (memory only) and never reaches the store, `info` or a log. A name
+    that is no URL at all is left as it is, for AddFile's check to say what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, None
     if "@" not in parts.netloc:
         return url, None
     userinfo, _, host = parts.netloc.rpartition("@")
