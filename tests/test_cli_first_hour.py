@@ -74,7 +74,7 @@ def test_wait_exit_codes(cli: Cli, served: tuple[str, bytes], nginx: NginxServer
         result = cli("wait", job, "--timeout", "60")
         assert (result.returncode, result.stdout) == (code, f"{state}\n"), result.stderr
         if code:
-            assert result.stderr.startswith("openbits: BG_E_HTTP_ERROR_404 (0x80190194) in REMOTE_FILE: ")
+            assert result.stderr.startswith("openbits: BG_E_HTTP_ERROR_404 (0x80190194) in REMOTE_FILE (file 0, http: ")
         cli.ok("cancel", job)
         cancelled = cli("wait", job)
         assert (cancelled.returncode, cancelled.stdout) == (5, "CANCELLED\n")

@@ -75,7 +75,7 @@ def test_first_run_from_a_fresh_virtualenv(tmp_path: Path, nginx: NginxServer) -
         assert openbits("resume", job).returncode == 0
         waited = openbits("wait", job)
         assert (waited.returncode, waited.stdout) == (4, "ERROR\n"), waited
-        assert waited.stderr.startswith("openbits: BG_E_HTTP_ERROR_404 (0x80190194) in REMOTE_FILE: "), waited
+        assert waited.stderr.startswith("openbits: BG_E_HTTP_ERROR_404 (0x80190194) in REMOTE_FILE (file 0, http: "), waited
         assert openbits("cancel", job).returncode == 0
     finally:
         os.kill(daemon_pid, signal.SIGTERM)
