@@ -153,7 +153,7 @@ class TokenService:
                             ErrorContext.GENERAL_QUEUE_MANAGER)
         self._attachable(granted.issuer_is_admin, caller)
         log.info("uid %d became the helper of job %s by ticket", caller.uid, job.id)
-        return await self._attach(job, caller, granted.issuer_uid)
+        return await self._attach(job, caller, granted.issuer)
 
     def issue_ticket(self, caller: Identity, ref: str) -> str:
         job = self.service.find(caller, ref)
