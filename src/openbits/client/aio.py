@@ -145,7 +145,7 @@ class AsyncJob:
             file["ranges"] = [{"offset": offset, "length": length} for offset, length in ranges]
         if checksums is not None:
             file["checksums"] = list(checksums)
-        return await self._call("POST", "/files", _request(AddFilesRequest, files=[file]))
+        return await self._call("POST", "/files", _request(AddFilesRequest, files=[file], umask=current_umask()))
 
     async def request_file_ranges(self, file_index: int, ranges: Iterable[tuple[int, int]]) -> JobInfo:
         """RequestFileRanges (on-demand jobs): (offset, length) pairs that go first; Resume to fetch them."""
