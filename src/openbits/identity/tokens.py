@@ -9,15 +9,13 @@ after a restart.
 
 from __future__ import annotations
 
-import collections
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..enums import AuthScheme, AuthTarget, ErrorContext
-from ..errors import BitsError, ErrorCode
+from ..enums import AuthScheme, AuthTarget
 from ..model.identity import Identity
 
 #: How long a ticket from `gettokenticket` may be redeemed: a helper process redeems it at once.
@@ -72,7 +70,8 @@ class TokenStore:
         #: in order of issue, which is the order of expiry (one lifetime for all)
         self._tickets: dict[str, Ticket] = {}
         self._passphrases: dict[str, str] = {}
-        self._held: collections.Counter[int] = collections.Counter()
+        #: per issuer, their live tickets in order of issue: the 17th voids the oldest
+        self._held: dict[int, dict[str, None]] = {}
         self._by_job: dict[str, set[str]] = {}
 
     def helper(self, job_id: str) -> Identity | None:
@@ -114,19 +113,20 @@ class TokenStore:
             self._passphrases[job_id] = passphrase
 
     def issue_ticket(self, job_id: str, issuer: int, issuer_is_admin: bool) -> str:
-        """A new ticket for job_id; constant time (expired ones go first, oldest first)."""
+        """A new ticket for job_id; constant time (expired ones go first, oldest first). An issuer holding
+        MAX_TICKETS_PER_USER loses their oldest: one who fetches token_options() for many jobs in a minute
+        is served, and what one user holds stays bounded."""
         now = time.monotonic()
         while self._tickets:
             oldest = next(iter(self._tickets))
             if self._tickets[oldest].expires > now:
                 break
             self._drop(oldest)
-        if self._held[issuer] >= MAX_TICKETS_PER_USER:
-            raise BitsError(ErrorCode.E_ACCESSDENIED, f"you already hold {MAX_TICKETS_PER_USER} unredeemed tickets; "
-                            f"each expires {TICKET_LIFETIME:.0f} s after it was issued", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if len(self._held.get(issuer, ())) >= MAX_TICKETS_PER_USER:
+            self._drop(next(iter(self._held[issuer])))
         ticket = secrets.token_urlsafe(32)
         self._tickets[ticket] = Ticket(job_id, issuer_is_admin, now + TICKET_LIFETIME, issuer)
-        self._held[issuer] += 1
+        self._held.setdefault(issuer, {})[ticket] = None
         self._by_job.setdefault(job_id, set()).add(ticket)
         return ticket
 
@@ -140,8 +140,9 @@ class TokenStore:
 
     def _drop(self, ticket: str) -> None:
         found = self._tickets.pop(ticket)
-        self._held[found.issuer] -= 1
-        if not self._held[found.issuer]:
+        held = self._held[found.issuer]
+        del held[ticket]
+        if not held:
             del self._held[found.issuer]
         tickets = self._by_job[found.job_id]
         tickets.discard(ticket)
