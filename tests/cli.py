@@ -12,7 +12,8 @@ class Cli:
 
     def __init__(self, socket: Path, env: dict[str, str]) -> None:
         self.socket = socket
-        self.env = env
+        # output piped to a script, as the tests read it: not folded to the width of the runner's terminal
+        self.env = {name: value for name, value in env.items() if name not in ("COLUMNS", "LINES")}
 
     def command(self, *args: str, socket: Path | None = None) -> list[str]:
         return [sys.executable, "-m", "openbits.cli", "--socket", str(socket or self.socket), "--no-autostart",

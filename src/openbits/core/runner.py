@@ -66,6 +66,8 @@ class _FileSink(SavedProgress):
         self.arrived()
 
     def durable(self, offset: int) -> None:
+        if offset > self._file.bytes_transferred:  # a stopped transfer's last bytes, never shown (ProgressReporter)
+            self.received(offset)
         self._file.durable_offset = offset
         self._save()
 

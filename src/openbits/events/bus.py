@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ..schema.models import ErrorInfo, EventInfo, ExchangeInfo
+from ..schema.models import ErrorInfo, EventInfo, ExchangeInfo, FileRange
 from ..schema.views import built, file_info, file_values
 from ..model.job import JOB_PROPERTIES, Job
 from ..model.config import Config
@@ -241,7 +241,7 @@ class EventBus:
             files_transferred=totals.files_transferred, file_index=file_index, file=file_info(f) if f else None,
             transfer_rate=job.rate_now(),
             error=ErrorInfo.model_validate(job.error) if job.error and kind == EventKind.JOB_ERROR else None,
-            ranges=None if ranges is None else [{"offset": o, "length": n} for o, n in ranges],
+            ranges=None if ranges is None else [built(FileRange, {"offset": o, "length": n}) for o, n in ranges],
         ))
         return Event(seq, now, job.id, job.owner_uid, kind, info.model_dump_json())
 
