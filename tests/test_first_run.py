@@ -38,6 +38,11 @@ def test_first_run_from_a_fresh_virtualenv(tmp_path: Path, nginx: NginxServer) -
     home.mkdir()
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "OPENBITS_", "VIRTUAL_ENV"))}
+    # pip as this machine has it set up, though HOME moves: its configuration, and its cache of the wheels
+    # built from source (gssapi, krb5: some minutes of compiling on 2 cores, which are not openbits' first run)
+    env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    if (Path.home() / ".config" / "pip" / "pip.conf").exists():
+        env.setdefault("PIP_CONFIG_FILE", str(Path.home() / ".config" / "pip" / "pip.conf"))
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(tmp_path / "run"), OPENBITS_DEMO_DIR=str(tmp_path / "demo"),
                PATH=f"{venv / 'bin'}:{env['PATH']}")
     if os.path.exists("/run/openbits/openbits.sock"):

@@ -24,6 +24,7 @@ from .servers import nginx
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,
     pytest.mark.root,
     pytest.mark.skipif(not available() or not nginx.available(),
                        reason="needs root, iproute2, tc, /dev/net/tun and nginx"),

@@ -293,7 +293,7 @@ def _acked(farm: Farm) -> int:
     return sum(1 for _, packet, status, _ in farm.served() if packet == "Fragment" and status == "200")
 
 
-@pytest.mark.slow
+@pytest.mark.load
 async def test_hundred_concurrent_uploads(farm: Farm, swift: SwiftAllInOne, amanager: AsyncManager,
                                           tmp_path: Path) -> None:
     files = [_file(tmp_path, 8 * MiB, f"c{i}.bin") for i in range(100)]
