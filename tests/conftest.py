@@ -235,9 +235,23 @@ def _uses_starters(module: ModuleType) -> bool:
     return False
 
 
+#: the longest files, in order (minutes each on 2 cores): make test's workers take them first, so that no
+#: worker starts one of them when the others are nearly done (pytest-xdist hands out files in this order)
+LONGEST_FIRST = ("test_upload_farm", "test_install", "test_first_run", "test_cli_first_hour", "test_cli",
+                 "test_hostile", "test_api_schema", "test_security", "test_events_users", "test_verbs")
+
+
+def _longest_first(item: pytest.Item) -> int:
+    module = getattr(item, "module", None)
+    name = module.__name__.rpartition(".")[2] if module is not None else ""
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `servers` every test that starts a daemon or a real server: those of a module that imports one
-    of STARTERS, and any test using a STARTING_FIXTURES fixture. `make test-fast` runs the others."""
+    of STARTERS, and any test using a STARTING_FIXTURES fixture. `make test-fast` runs the others. Then
+    order the longest files first (a stable sort: within a file, the order is the file's)."""
+    items.sort(key=_longest_first)
     for item in items:
         module = getattr(item, "module", None)
         if (module is not None and _uses_starters(module)) or STARTING_FIXTURES & set(

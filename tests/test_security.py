@@ -326,21 +326,35 @@ def test_non_admin_owner_cannot_attach_an_admin_helper(users, daemon) -> None:
 def test_failed_logons_are_rate_limited_and_not_logged(users, daemon) -> None:
     bob, alice = users["bob"], users["alice"]
     job_id = cli_as(bob, daemon, "create", "ratelimit").stdout.strip()
-    wrongs: list[str] = []
-    # The fourth comes within FIRST_DELAY (5 s) of the third's answer unless the machine is slow; the delay
-    # doubles with each failure, so one of the next few is refused however slow a command is here.
-    while len(wrongs) < 8:
-        wrongs.append(secrets.token_hex(6))
-        error = cli_as(bob, daemon, "settoken", job_id, "--user", alice.name, "--password-stdin",
-                       stdin=wrongs[-1] + "\n").stderr
-        if "too many failed logons" in error:
+    wrongs = [secrets.token_hex(6) for _ in range(3)]  # FREE_FAILURES: each is checked
+    for wrong in wrongs:
+        failed = cli_as(bob, daemon, "settoken", job_id, "--user", alice.name, "--password-stdin", stdin=wrong + "\n")
+        assert failed.returncode != 0 and "logon failure" in failed.stderr, failed.stderr
+    # Then, in one process (no command's start-up between them): wrong ones until one is refused, which is the
+    # next unless the machine took FIRST_DELAY (5 s) to get here (the delay doubles with each failure), and
+    # at once the right password, which waits as well.
+    answer = run_as(bob, daemon, f"""
+    import secrets
+    opts = m.get_job({job_id!r}).token_options()
+    def attempt(password):
+        try:
+            opts.set_helper_token(username={alice.name!r}, password=password)
+            return "accepted"
+        except BitsError as e:
+            return e.description
+    tried = []
+    while len(tried) < 5:
+        tried.append(secrets.token_hex(6))
+        said = attempt(tried[-1])
+        if "too many failed logons" in said:
             break
-    assert "too many failed logons" in error and len(wrongs) >= 4, (len(wrongs), error)
-    right = cli_as(bob, daemon, "settoken", job_id, "--user", alice.name, "--password-stdin",
-                   stdin=alice.password + "\n")
-    assert "too many failed logons" in right.stderr  # even the right password waits
+    out(tried=tried, refused=said, right=attempt({alice.password!r}))
+    """)
+    assert "too many failed logons" in answer["refused"], answer
+    assert "too many failed logons" in answer["right"]  # even the right password waits
     log = daemon.log()
-    assert "logon as" in log and not any(w in log for w in wrongs) and alice.password not in log
+    assert "logon as" in log and alice.password not in log
+    assert not any(w in log for w in wrongs + answer["tried"])
 
 
 def test_restart_forgets_helper_tokens_token_required(users, world, daemon, faulty) -> None:
