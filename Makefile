@@ -27,7 +27,7 @@ run: $(STAMP)
 # Every test but the `load` suite: four workers, a test file to each (the suite waits far more than it
 # computes), then the `serial` tests alone (they measure a shared link). Exit 5 is "none selected".
 test: $(STAMP)
-	$(PY) -m pytest -n 4 --dist loadfile -m 'not serial and not load' $(PYTEST_ARGS)
+	$(PY) -m pytest -n 4 --dist loadfile --no-loadscope-reorder -m 'not serial and not load' $(PYTEST_ARGS)
 	$(PY) -m pytest -m 'serial and not load' $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The farm under 100 concurrent 8 MiB uploads (issue 19): some 20 minutes on 2 cores.
