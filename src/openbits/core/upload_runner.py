@@ -27,6 +27,8 @@ from .attempt import run_attempt
 from .progress import SavedProgress
 from .service import JobService
 from .tokens import http_auth
+from .certificates import tls_settings
+from ..transport.tls import TlsSettings
 
 #: Cancel waits this long for the server's Ack for Cancel-Session; the server expires the session otherwise.
 CANCEL_TIMEOUT = 5.0
@@ -88,7 +90,7 @@ class _ReplySink(SavedProgress):
         self._save()
 
     def redirected(self, url: str) -> None:
-        """Never called: the redirect policy does not apply to upload jobs (their spec has no flags)."""
+        """The reply's URL is no remote name of the job: nothing to report."""
 
 
 class UploadRunner:
@@ -97,6 +99,8 @@ class UploadRunner:
     def __init__(self, service: JobService, transport: Transport, job: Job, throttle: Throttle | None) -> None:
         self._service, self._transport, self._job, self._throttle = service, transport, job, throttle
         self._access = JobAccess(service, job)
+        #: security flags, CA file and client certificate, read as the network identity when the attempt starts
+        self._tls = TlsSettings()
 
     async def run(self) -> None:
         await run_attempt(self._service, self._job, self._transfer_file)
@@ -117,7 +121,8 @@ class UploadRunner:
             job.state = JobState.CONNECTING
         await self._check_local_file(f)
         headers = job.request_headers()
-        client = upload_client(self._service, self._transport, job, self._access.preconfigured)
+        self._tls = await tls_settings(self._service, job)
+        client = upload_client(self._service, self._transport, job, self._access.preconfigured, self._tls)
         for _ in range(2):
             if not f.session_closing:
                 reply_url = await self._send(client, f, headers)
@@ -174,7 +179,7 @@ class UploadRunner:
             if url is None:
                 job.reply_bytes_total = job.reply_bytes_transferred = 0
             else:
-                spec = DownloadSpec(url, 0, None, job.request_headers())
+                spec = DownloadSpec(url, 0, None, job.request_headers(), tls=self._tls)
                 validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
                 job.reply_bytes_total = job.reply_bytes_transferred = validator.size
         except TransferError as exc:
@@ -186,15 +191,15 @@ class UploadRunner:
             await sink.flush()
 
 
-def upload_client(service: JobService, transport: Transport, job: Job,
-                  preconfigured: PreconfiguredProxy | None, *, watch_host: bool = True) -> UploadClient:
+def upload_client(service: JobService, transport: Transport, job: Job, preconfigured: PreconfiguredProxy | None,
+                  tls: TlsSettings, *, watch_host: bool = True) -> UploadClient:
     """The job's file goes through the job's proxy (SetProxySettings, else PRECONFIG: BG_E_INVALID_PROXY_INFO
-    for a bad list), with the job's credentials for the server and the proxy; `watch_host` keeps the
+    for a bad list), with the job's credentials for the server and the proxy and its TLS settings; `watch_host` keeps the
     BITS-Host-Id fallback timer (not for Cancel: a job being cancelled is saved no more)."""
     url = job.files[0].remote_url
     proxy = proxy_route(job, preconfigured, url)
     return transport.upload_client(None if proxy is None else str(proxy.url), http_auth(service, job, url, proxy),
-                                   _HostWatch(service, job) if watch_host else None)
+                                   _HostWatch(service, job) if watch_host else None, tls)
 
 
 async def cancel_upload_session(transport: Transport, service: JobService, job: Job) -> None:
@@ -206,5 +211,6 @@ async def cancel_upload_session(transport: Transport, service: JobService, job: 
         return
     with contextlib.suppress(BitsError, TimeoutError):
         async with asyncio.timeout(CANCEL_TIMEOUT):
-            await upload_client(service, transport, job, service.config.proxy, watch_host=False).cancel_session(
+            tls = await tls_settings(service, job)
+            await upload_client(service, transport, job, service.config.proxy, tls, watch_host=False).cancel_session(
                 f.remote_url, f.session_id, f.session_host, job.request_headers())

@@ -23,6 +23,7 @@ from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
 from .file import copy_local
 from .http import HttpTransport
 from .smb import copy_smb, is_smb
+from .tls import TlsSettings
 from .upload import HostWatch, UploadClient
 
 
@@ -77,9 +78,10 @@ class Transport:
                           throttle: Throttle | None) -> list[RemoteValidator | None]:
         return await self._http.fetch_small(files, headers, lanes, throttle)
 
-    def upload_client(self, proxy: str | None, auth: ChallengeAuth | None, hosts: HostWatch | None) -> UploadClient:
-        """A client of the BITS upload protocol on the shared session."""
-        return UploadClient(self._http.session(), self.pools.reads, proxy, auth, hosts)
+    def upload_client(self, proxy: str | None, auth: ChallengeAuth | None, hosts: HostWatch | None,
+                      tls: TlsSettings) -> UploadClient:
+        """A client of the BITS upload protocol on the shared session, with the job's TLS settings."""
+        return UploadClient(self._http.session(), self.pools.reads, proxy, auth, hosts, self._http.tls.context(tls))
 
     async def aclose(self) -> None:
         await self._http.aclose()
