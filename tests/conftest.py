@@ -143,19 +143,29 @@ def kerberos() -> Iterator[tuple["KerberosRealm", "NegotiateServer"]]:
         realm.stop()
 
 
-@pytest.fixture(scope="session")
-def squid_digest() -> Iterator["SquidProxy"]:
-    """Squid wanting Digest from its users (servers/squid.py)."""
+def _squid(scheme: str) -> Iterator["SquidProxy"]:
     from .servers import squid
 
     why = squid.available()
     if why is not None:
         pytest.skip(why)
-    proxy = squid.SquidProxy("digest")
+    proxy = squid.SquidProxy(scheme)
     try:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def squid_digest() -> Iterator["SquidProxy"]:
+    """Squid wanting Digest from its users (servers/squid.py)."""
+    yield from _squid("digest")
+
+
+@pytest.fixture(scope="session")
+def squid_ntlm() -> Iterator["SquidProxy"]:
+    """Squid wanting NTLM from its users (servers/ntlm_helper.py checks them)."""
+    yield from _squid("ntlm")
 
 
 @pytest.fixture(scope="session")

@@ -190,10 +190,6 @@ class TokenService:
                               credential: Credential) -> Job:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        if target == AuthTarget.PROXY and scheme == AuthScheme.NTLM:
-            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, "scheme NTLM for a proxy: openbits answers a proxy's "
-                            "BASIC, DIGEST and NEGOTIATE challenges (NTLM's legs need one connection, which a "
-                            "refused CONNECT does not keep)", ErrorContext.GENERAL_QUEUE_MANAGER)
         if scheme == AuthScheme.PASSPORT:
             raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, "scheme PASSPORT: Microsoft's Passport service has no "
                             "Linux client; openbits answers BASIC, DIGEST, NTLM and NEGOTIATE challenges",

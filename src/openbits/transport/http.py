@@ -33,6 +33,7 @@ from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator
                    watching)
 from .durable import DurableWriter
 from .tls import TlsContexts, certificate_error
+from .tunnel import TunnelConnector
 
 MAX_REDIRECTS = 10
 #: aiohttp buffers up to twice this per connection before it stops reading the socket.
@@ -92,7 +93,7 @@ class HttpTransport:
         sends its packets on it too."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connector_limit),
+                connector=TunnelConnector(limit=self._connector_limit),
                 timeout=self._timeout,
                 auto_decompress=False,
                 read_bufsize=READ_BUFSIZE,
