@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+from collections.abc import Awaitable, Callable
 import time
 
 from ..enums import ErrorContext, JobState, JobType
 from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.router import Transport
+from ..transport.smb import is_smb
 from ..transport.upload import HostId, SessionLost, UploadClient, UploadSpec, local_file_changed
 from ..model.job import Job, JobFile
 from .access import JobAccess
@@ -26,7 +29,7 @@ from .proxy import PreconfiguredProxy, proxy_route
 from .attempt import run_attempt
 from .progress import SavedProgress
 from .service import JobService
-from .tokens import http_auth
+from .tokens import http_auth, smb_credential
 from .certificates import tls_settings
 from ..transport.tls import TlsSettings
 
@@ -120,6 +123,9 @@ class UploadRunner:
         if job.state == JobState.QUEUED:
             job.state = JobState.CONNECTING
         await self._check_local_file(f)
+        if is_smb(f.remote_url):
+            await self._copy_to_share(f)
+            return
         headers = job.request_headers()
         self._tls = await tls_settings(self._service, job)
         client = upload_client(self._service, self._transport, job, self._access.preconfigured, self._tls)
@@ -155,6 +161,21 @@ class UploadRunner:
             await self._service.commit(self._job, (0,))
         elif (info.size, info.mtime_ns) != (f.bytes_total, f.local_mtime_ns):
             raise local_file_changed(f.local_path)
+
+    async def _copy_to_share(self, f: JobFile) -> None:
+        """An SMB remote name: a plain copy onto the share (transport/smb.py), resumed from what it holds."""
+        assert f.local_mtime_ns is not None, "checked before sending"
+        fd = await self._service.files_of(self._job).open_read(f.local_path)
+        sink = _UploadSink(self._service, self._job, 0)
+        self._job.state = JobState.TRANSFERRING
+        try:
+            await self._transport.upload_smb(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, self._job.id[:8],
+                                             sink.acknowledged, self._throttle, self._access.smb_credential())
+        finally:
+            os.close(fd)
+            await sink.flush()
+        f.completed = True
+        await self._service.commit(self._job, (0,))
 
     async def _send(self, client: UploadClient, f: JobFile, headers: dict[str, str]) -> str | None:
         assert f.local_mtime_ns is not None, "checked before sending"
@@ -202,15 +223,33 @@ def upload_client(service: JobService, transport: Transport, job: Job, preconfig
                                    _HostWatch(service, job) if watch_host else None, tls)
 
 
-async def cancel_upload_session(transport: Transport, service: JobService, job: Job) -> None:
-    """Cancel's Cancel-Session for an upload still open on the server; best effort, as the server expires it anyway."""
-    if job.type == JobType.DOWNLOAD or not job.files:
-        return
+async def cancel_upload_session(transport: Transport, service: JobService, job: Job) -> Callable[[], Awaitable[None]]:
+    """What Cancel tells the server of an upload, bound while the job still has its credentials: Cancel-Session
+    for a session still open there, or the removal of an SMB upload's hidden file. Best effort, as a server
+    expires a session anyway."""
+    if job.type == JobType.DOWNLOAD or not job.files or job.files[0].completed:
+        return _nothing
     f = job.files[0]
-    if f.session_id is None or f.completed:
-        return
+    try:
+        if is_smb(f.remote_url):
+            credential = smb_credential(service, job)
+            return functools.partial(_best_effort, functools.partial(transport.discard_smb_upload, f.remote_url,
+                                                                     job.id[:8], credential))
+        if f.session_id is None:
+            return _nothing
+        client = upload_client(service, transport, job, service.config.proxy, await tls_settings(service, job),
+                               watch_host=False)
+    except BitsError:
+        return _nothing
+    return functools.partial(_best_effort, functools.partial(client.cancel_session, f.remote_url, f.session_id,
+                                                             f.session_host, job.request_headers()))
+
+
+async def _nothing() -> None:
+    pass
+
+
+async def _best_effort(tell: Callable[[], Awaitable[None]]) -> None:
     with contextlib.suppress(BitsError, TimeoutError):
         async with asyncio.timeout(CANCEL_TIMEOUT):
-            tls = await tls_settings(service, job)
-            await upload_client(service, transport, job, service.config.proxy, tls, watch_host=False).cancel_session(
-                f.remote_url, f.session_id, f.session_host, job.request_headers())
+            await tell()

@@ -3,14 +3,14 @@
 The runner asks for a file's download (or a batch of small files, or an upload client); the
 transport layer picks how: http(s) through HttpTransport (aiohttp, or the lean fast path for plain
 http), file:// through copy_local from a source the job's file broker opened, SMB shares through
-copy_smb. What depends on the
+copy_smb (and uploads there through upload_smb). What depends on the
 job - its proxy, its credentials, its identities - comes in as a RemoteAccess the core binds.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -22,7 +22,7 @@ from .auth import ChallengeAuth
 from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
 from .file import copy_local
 from .http import HttpTransport
-from .smb import copy_smb, is_smb
+from .smb import copy_smb, discard_smb_upload, is_smb, upload_smb
 from .tls import TlsSettings
 from .upload import HostWatch, UploadClient
 
@@ -82,6 +82,17 @@ class Transport:
                       tls: TlsSettings) -> UploadClient:
         """A client of the BITS upload protocol on the shared session, with the job's TLS settings."""
         return UploadClient(self._http.session(), self.pools.reads, proxy, auth, hosts, self._http.tls.context(tls))
+
+    async def upload_smb(self, url: str, fd: int, size: int, mtime_ns: int, tag: str,
+                         acknowledged: Callable[[int], None], throttle: Throttle | None,
+                         credential: tuple[str, str, str]) -> None:
+        """The local file `fd` copied to an SMB remote name (see transport/smb.py) with the job's credential."""
+        await upload_smb(url, fd, size, mtime_ns, tag, acknowledged, throttle, credential=credential,
+                         pool=self.pools.smb, reads=self.pools.reads)
+
+    async def discard_smb_upload(self, url: str, tag: str, credential: tuple[str, str, str]) -> None:
+        """Cancel: the hidden file of an SMB upload is removed from the share."""
+        await discard_smb_upload(url, tag, credential=credential, pool=self.pools.smb)
 
     async def aclose(self) -> None:
         await self._http.aclose()
