@@ -34,6 +34,7 @@ from .daemon import DaemonProcess
 from .servers import nginx
 from .servers.auth import digest_challenge, digest_ok
 from .servers.proxy import ForwardProxy
+from .servers.squid import SquidProxy
 from .servers.thread import serve_app
 from .servers.tls import TlsServers
 from .servers.uploadapp import UploadApp
@@ -535,3 +536,22 @@ async def test_upload_over_https_takes_the_jobs_tls_settings(
             assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
             await job.complete()
             assert _sha((s.root / name).read_bytes()) == _sha(data)
+
+
+async def test_upload_through_an_ntlm_proxy(amanager: AsyncManager, server: Callable[..., Awaitable[Server]],
+                                            squid_ntlm: SquidProxy, tmp_path: Path) -> None:
+    """Squid wanting NTLM: the Ping takes the logon's legs, the fragments follow on the connection it authenticated."""
+    s = await server()
+    path, data = _file(tmp_path, 3 * 1024 * 1024 + 1)
+    squid_ntlm.add_user("uploader", "up-pw")
+    job = await amanager.create_job("via-ntlm", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+    await job.add_file(s.url("n.bin"), path)
+    await job.set_proxy_settings(ProxyUsage.OVERRIDE, squid_ntlm.url)
+    await job.set_credentials(AuthTarget.PROXY, AuthScheme.NTLM, "OPENBITS\\uploader", "up-pw")
+    await job.resume()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    await job.complete()
+    assert _sha((s.root / "n.bin").read_bytes()) == _sha(data)
+    taken = [(user, status, method) for user, status, method, url in squid_ntlm.users() if url == s.url("n.bin")]
+    assert ("uploader", "200", "BITS_POST") in taken
+    assert sum(status == "407" for _, status, _ in taken) <= 2, taken  # the logon's legs, then no more challenges

@@ -86,7 +86,8 @@ class ChallengeAuth:
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
         if request.proxy is None or self._proxy_lookup is None:
             return await self._server(request, handler)
-        if self._proxy is None:
+        first = self._proxy is None
+        if first:
             try:
                 response = await self._server(request, handler)
             except aiohttp.ClientHttpProxyError as exc:  # https: the proxy refused the CONNECT tunnel
@@ -104,6 +105,12 @@ class ChallengeAuth:
             request.proxy_headers = CIMultiDict({MARKER: logon.marker})
             if request.is_ssl():
                 return await self._server(request, handler)  # TunnelConnector opens the tunnel with the logon
+            if not first:  # the proxy keeps a logon for its connection: one of the job's may have it already
+                response = await self._server(request, handler)
+                if response.status != 407:
+                    return response
+                await response.read()
+                response.release()
             return await self._proxy_legs(request, handler, logon)
         value = self._proxy.value(request)
         if request.is_ssl():  # on the CONNECT (aiohttp sends proxy_headers there and keys the tunnel by them)
