@@ -201,6 +201,22 @@ def samba() -> Iterator["SambaServer"]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def samba_kerberos(kerberos: tuple["KerberosRealm", "NegotiateServer"]) -> Iterator["SambaServer"]:
+    """smbd that takes Kerberos logons of the test realm too (cifs/localhost)."""
+    from .servers import samba as smb
+    from .servers.kerberos import REALM
+
+    why = smb.available()
+    if why is not None:
+        pytest.skip(why)
+    server = smb.SambaServer(realm=REALM, keytab=kerberos[0].keytab_without_pac("cifs/localhost"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A URL whose server accepts connections and never answers, so a transfer stays in progress."""

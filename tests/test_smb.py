@@ -59,7 +59,7 @@ def test_download_and_errors(manager: Manager, share: tuple[SambaServer, str], d
         (url(samba, "dir/f.bin"), (ACCOUNT, "wrong"), "ERROR_LOGON_FAILURE", "refused the logon"),
         (url(samba, "f.bin", "noshare"), (ACCOUNT, password), "ERROR_BAD_NET_NAME", "no share 'noshare'"),
         (url(samba, "dir/missing"), (ACCOUNT, password), "ERROR_FILE_NOT_FOUND", "does not exist"),
-        (url(samba, "dir/f.bin"), None, "ERROR_LOGON_FAILURE", "needs the job's credentials"),
+        (url(samba, "dir/f.bin"), None, "ERROR_LOGON_FAILURE", "no usable Kerberos ticket"),
     ]:
         job = start(manager, remote, tmp_path / "x", credential)
         assert job.wait(30) == JobState.ERROR
@@ -156,7 +156,7 @@ def test_upload_is_a_file_copy_onto_the_share(manager: Manager, share: tuple[Sam
         (url(samba, "up/w.bin"), (ACCOUNT, "wrong"), "ERROR_LOGON_FAILURE", "refused the logon"),
         (url(samba, "w.bin", "noshare"), (ACCOUNT, password), "ERROR_BAD_NET_NAME", "no share 'noshare'"),
         (url(samba, "nofolder/w.bin"), (ACCOUNT, password), "ERROR_FILE_NOT_FOUND", "does not exist"),
-        (url(samba, "up/w.bin"), None, "ERROR_LOGON_FAILURE", "needs the job's credentials"),
+        (url(samba, "up/w.bin"), None, "ERROR_LOGON_FAILURE", "no usable Kerberos ticket"),
     ]:
         job = upload(manager, remote, local, credential)
         assert job.wait(30) == JobState.ERROR

@@ -162,6 +162,18 @@ async def _until(job: AsyncJob, done: Callable[..., bool], timeout: float = 20) 
     await until(job.info, checked, timeout)
 
 
+async def _proxied(m: AsyncManager, kind: JobType, url: str, path: Path, proxy: str,
+                   credential: tuple[AuthScheme, str, str]) -> AsyncJob:
+    """An upload through `proxy` with the job's PROXY credential, TRANSFERRED (else the test fails with why)."""
+    job = await m.create_job("via-proxy", kind, priority=JobPriority.FOREGROUND)
+    await job.add_file(url, path)
+    await job.set_proxy_settings(ProxyUsage.OVERRIDE, proxy)
+    await job.set_credentials(AuthTarget.PROXY, *credential)
+    await job.resume()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    return job
+
+
 def _resent(s: Server, size: int) -> int:
     """Bytes sent beyond the file's size (probes and fragments cut short)."""
     return sum(s.fragment_bytes) - size
@@ -437,12 +449,8 @@ async def test_upload_reply_goes_through_the_jobs_proxy_with_its_credentials(
     path, data = _file(tmp_path, 300_000)
     proxy = ForwardProxy(accounts={"carol": "proxy-pw"})
     try:
-        job = await amanager.create_job("via-proxy", JobType.UPLOAD_REPLY, priority=JobPriority.FOREGROUND)
-        await job.add_file(s.url("f.bin"), path)
-        await job.set_proxy_settings(ProxyUsage.OVERRIDE, proxy.url)
-        await job.set_credentials(AuthTarget.PROXY, AuthScheme.BASIC, "carol", "proxy-pw")
-        await job.resume()
-        assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+        job = await _proxied(amanager, JobType.UPLOAD_REPLY, s.url("f.bin"), path, proxy.url,
+                             (AuthScheme.BASIC, "carol", "proxy-pw"))
         assert await job.reply_data() == b"reply:" + data  # the backend echoes what the server received
         await job.complete()
     finally:
@@ -544,12 +552,8 @@ async def test_upload_through_an_ntlm_proxy(amanager: AsyncManager, server: Call
     s = await server()
     path, data = _file(tmp_path, 3 * 1024 * 1024 + 1)
     squid_ntlm.add_user("uploader", "up-pw")
-    job = await amanager.create_job("via-ntlm", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
-    await job.add_file(s.url("n.bin"), path)
-    await job.set_proxy_settings(ProxyUsage.OVERRIDE, squid_ntlm.url)
-    await job.set_credentials(AuthTarget.PROXY, AuthScheme.NTLM, "OPENBITS\\uploader", "up-pw")
-    await job.resume()
-    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    job = await _proxied(amanager, JobType.UPLOAD, s.url("n.bin"), path, squid_ntlm.url,
+                         (AuthScheme.NTLM, "OPENBITS\\uploader", "up-pw"))
     await job.complete()
     assert _sha((s.root / "n.bin").read_bytes()) == _sha(data)
     taken = [(user, status, method) for user, status, method, url in squid_ntlm.users() if url == s.url("n.bin")]

@@ -22,7 +22,7 @@ from .auth import ChallengeAuth
 from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
 from .file import copy_local
 from .http import HttpTransport
-from .smb import copy_smb, discard_smb_upload, is_smb, upload_smb
+from .smb import SmbLogon, copy_smb, discard_smb_upload, is_smb, upload_smb
 from .tls import TlsSettings
 from .upload import HostWatch, UploadClient
 
@@ -36,8 +36,9 @@ class RemoteAccess(Protocol):
     def open_source(self, path: str) -> Awaitable[int]:
         """A file:// source, opened read-only by the job's network identity."""
 
-    def smb_credential(self) -> tuple[str, str, str]:
-        """(user, password, "ntlm" or "negotiate") for an SMB share; raises a TransferError without one."""
+    def smb_credential(self) -> SmbLogon:
+        """The logon to an SMB share: the job's (user, password, "ntlm" or "negotiate"), or its network identity's
+        Kerberos context (transport/smb.py)."""
 
 
 class Transport:
@@ -85,12 +86,12 @@ class Transport:
 
     async def upload_smb(self, url: str, fd: int, size: int, mtime_ns: int, tag: str,
                          acknowledged: Callable[[int], None], throttle: Throttle | None,
-                         credential: tuple[str, str, str]) -> None:
+                         credential: SmbLogon) -> None:
         """The local file `fd` copied to an SMB remote name (see transport/smb.py) with the job's credential."""
         await upload_smb(url, fd, size, mtime_ns, tag, acknowledged, throttle, credential=credential,
                          pool=self.pools.smb, reads=self.pools.reads)
 
-    async def discard_smb_upload(self, url: str, tag: str, credential: tuple[str, str, str]) -> None:
+    async def discard_smb_upload(self, url: str, tag: str, credential: SmbLogon) -> None:
         """Cancel: the hidden file of an SMB upload is removed from the share."""
         await discard_smb_upload(url, tag, credential=credential, pool=self.pools.smb)
 

@@ -9,6 +9,11 @@ An upload is a plain file copy (BITS's semantics for SMB): the bytes go into a h
 name, whose size on the server is the upload's progress and where it resumes (as the Ack's received range is
 for the upload protocol); the last one written, it gets the local file's last-write time (BITS propagates
 time stamps) and replaces the remote name in one rename.
+
+A job without credentials logs on with its network identity's Kerberos ticket: the security context runs in
+that identity's broker (identity/gss.py) and hands the daemon only its tokens and, complete, the session key
+the SMB session signs with. smbprotocol takes its context from `spnego.client`, so its module sees a
+`spnego` that answers a `_BrokerLogon` given as the user name with the broker's context (installed once).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..enums import ErrorContext
-from ..errors import ErrorCode, TransferError
+from ..errors import BitsError, ErrorCode, TransferError
 from .base import DownloadSink, RemoteValidator, Throttle
+from .credentials import SecurityContext
 from .durable import DurableWriter
 from .file import pump
 
@@ -115,29 +121,93 @@ def _in_pool(pool: ThreadPoolExecutor, where: SmbPath, *, writing: bool = False)
             return await loop.run_in_executor(pool, function, *args)
         except TransferError:
             raise
+        except BitsError as exc:  # the network identity's logon (no ticket, say): as the broker tells it
+            raise TransferError(exc.code, exc.description, ErrorContext.REMOTE_FILE, transient=False) from None
         except Exception as exc:  # noqa: BLE001 - smbprotocol's errors, and the socket's
             raise smb_error(exc, where, writing=writing) from None
 
     return call
 
 
+#: the job's (user, password, "ntlm" or "negotiate"), or a context of its network identity for a server's host
+SmbLogon = tuple[str, str, str] | Callable[[str], SecurityContext]
+
+
+class _BrokerLogon:
+    """A security context on the event loop, stepped from the SMB pool's thread as smbprotocol steps spnego's."""
+
+    def __init__(self, context: SecurityContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._context, self._loop = context, loop
+
+    def _run(self, work: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()  # type: ignore[arg-type]
+
+    @property
+    def complete(self) -> bool:
+        return self._context.complete
+
+    def step(self, token: bytes | None = None) -> bytes | None:
+        # Kerberos: the server's only token is its answer to ours, its proof of who it is (mutual authentication)
+        return self._run(self._context.step(token, token is not None))
+
+    @property
+    def session_key(self) -> bytes:
+        return self._run(self._context.session_key())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._run(self._context.close())
+
+
+class _Spnego:
+    """The `spnego` smbprotocol.session sees: pyspnego's, but a _BrokerLogon user name is that context."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def client(self, username: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(username, _BrokerLogon):
+            return username
+        return self._real.client(username, *args, **kwargs)
+
+
+def _session(connection: Any, logon: SmbLogon, host: str, loop: asyncio.AbstractEventLoop) -> Any:
+    """An authenticated SMB session on `connection`."""
+    from smbprotocol import session
+
+    if callable(logon):
+        if not isinstance(session.spnego, _Spnego):
+            session.spnego = _Spnego(session.spnego)
+        context = _BrokerLogon(logon(host), loop)
+        try:
+            made = session.Session(connection, context, None, auth_protocol="kerberos")
+            made.connect()
+        finally:
+            context.close()
+        return made
+    username, password, protocol = logon
+    made = session.Session(connection, username, password, auth_protocol=protocol)
+    made.connect()
+    return made
+
+
 class _Remote:
     """One open file on a share, with the connection, session and tree that are its own; `write`: opened (made
     when missing) to be written, else to be read."""
 
-    def __init__(self, where: SmbPath, username: str, password: str, protocol: str, timeout: float,
+    def __init__(self, where: SmbPath, logon: SmbLogon, loop: asyncio.AbstractEventLoop, timeout: float,
                  write: bool = False) -> None:
         from smbprotocol.connection import Connection
         from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes, FilePipePrinterAccessMask,
                                       ImpersonationLevel, Open, ShareAccess)
-        from smbprotocol.session import Session
         from smbprotocol.tree import TreeConnect
 
         self._connection = Connection(uuid.uuid4(), where.server, where.port)
         self._connection.connect(timeout=timeout)
         try:
-            self._session = Session(self._connection, username, password, auth_protocol=protocol)
-            self._session.connect()
+            self._session = _session(self._connection, logon, where.server, loop)
             self._tree = TreeConnect(self._session, f"\\\\{where.server}\\{where.share}")
             self._tree.connect()
             self._file = Open(self._tree, where.path)
@@ -216,14 +286,13 @@ class _Remote:
 
 
 async def copy_smb(url: str, fd: int, offset: int, sink: DownloadSink, throttle: Throttle | None, *,
-                   validator: RemoteValidator | None, credential: tuple[str, str, str], pool: ThreadPoolExecutor,
+                   validator: RemoteValidator | None, credential: SmbLogon, pool: ThreadPoolExecutor,
                    sync_pool: ThreadPoolExecutor, timeout: float = 30.0) -> RemoteValidator:
-    """Copy the SMB file into `fd` from `offset` on (from zero if it changed); `credential` is (user, password,
-    "ntlm" or "negotiate")."""
+    """Copy the SMB file into `fd` from `offset` on (from zero if it changed), logged on with `credential`."""
     where = _parsed(url)
     loop = asyncio.get_running_loop()
     call = _in_pool(pool, where)
-    remote = await call(_Remote, where, *credential, timeout)
+    remote = await call(_Remote, where, credential, loop, timeout)
     writer = DurableWriter(fd, offset, sink.durable, label=str(where), pool=sync_pool)
     try:
         current = remote.validator()
@@ -255,14 +324,14 @@ def upload_name(where: SmbPath, tag: str) -> SmbPath:
 
 
 async def upload_smb(url: str, fd: int, size: int, mtime_ns: int, tag: str, acknowledged: Callable[[int], None],
-                     throttle: Throttle | None, *, credential: tuple[str, str, str], pool: ThreadPoolExecutor,
+                     throttle: Throttle | None, *, credential: SmbLogon, pool: ThreadPoolExecutor,
                      reads: ThreadPoolExecutor, timeout: float = 30.0) -> None:
     """Copy the local file (`fd`, `size` bytes, last written `mtime_ns`) to the SMB name `url`, resuming after
     what the hidden file `tag` names already holds; `acknowledged(offset)`: the share has bytes [0, offset)."""
     where = _parsed(url)
     loop = asyncio.get_running_loop()
     hidden, call = upload_name(where, tag), _in_pool(pool, where, writing=True)
-    remote = await call(_Remote, hidden, *credential, timeout, True)
+    remote = await call(_Remote, hidden, credential, loop, timeout, True)
     try:
         offset = remote.size
         if offset > size:  # not this file's bytes
@@ -288,13 +357,14 @@ async def upload_smb(url: str, fd: int, size: int, mtime_ns: int, tag: str, ackn
             await loop.run_in_executor(pool, remote.close)
 
 
-async def discard_smb_upload(url: str, tag: str, *, credential: tuple[str, str, str], pool: ThreadPoolExecutor,
+async def discard_smb_upload(url: str, tag: str, *, credential: SmbLogon, pool: ThreadPoolExecutor,
                              timeout: float = 30.0) -> None:
     """Remove what an upload to `url` left in its hidden file `tag` (TransferError when the share refuses)."""
     where = upload_name(_parsed(url), tag)
+    loop = asyncio.get_running_loop()
 
     def discard() -> None:
-        remote = _Remote(where, *credential, timeout, True)
+        remote = _Remote(where, credential, loop, timeout, True)
         try:
             remote.discard()
         finally:
