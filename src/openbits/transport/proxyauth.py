@@ -24,9 +24,10 @@ from .tunnel import TunnelLogon
 
 _PARAM = re.compile(r'(\w+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]+)')
 _HASHES = {"md5": hashlib.md5, "sha-256": hashlib.sha256}
-#: in the order a proxy offering several is answered: the schemes of credentials the job has, then its ticket,
-#: then NTLM (with the job's NTLM credentials only)
-PROXY_SCHEMES = ("digest", "basic", "negotiate", "ntlm")
+#: in the order a proxy offering several is answered: the schemes of credentials the job has (NTLM's only with
+#: the job's NTLM credentials: a proxy offering Negotiate and NTLM gets them rather than a ticket tried), then
+#: Negotiate with its credentials or the network identity's ticket
+PROXY_SCHEMES = ("digest", "basic", "ntlm", "negotiate")
 
 
 def offered(headers: Mapping[str, str] | None) -> dict[str, str]:

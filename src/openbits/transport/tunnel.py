@@ -83,19 +83,20 @@ class TunnelLogon:
         """A connected socket with the tunnel to target's host and port open, the proxy having taken the logon."""
         context = await self._contexts(self.scheme, self._proxy_host, AuthTarget.PROXY)
         assert context is not None, "a logon is made only for a job with credentials or a ticket to try"
-        sock = socket.socket(socket.AF_INET6 if ":" in (proxy.raw_host or "") else socket.AF_INET,
-                             socket.SOCK_STREAM)
         loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
         try:
-            sock.setblocking(False)
             async with asyncio.timeout(connect_timeout):
-                infos = await loop.getaddrinfo(proxy.raw_host, proxy.port, family=sock.family,
-                                               type=socket.SOCK_STREAM)
-                await loop.sock_connect(sock, infos[0][4])
+                family, kind, proto, _, address = (await loop.getaddrinfo(proxy.raw_host, proxy.port,
+                                                                          type=socket.SOCK_STREAM))[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
             await self._legs(loop, sock, context, proxy, target)
             return sock
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         finally:
             await context.close()
@@ -167,7 +168,10 @@ class TunnelConnector(aiohttp.TCPConnector):
         logon = None if marker is None else _LOGONS.get(marker)
         if logon is None or not req.is_ssl() or req.proxy is None:
             return await super()._create_proxy_connection(req, traces, timeout)
-        sock = await logon.open(req.proxy, req.url, timeout.sock_connect)
+        try:
+            sock = await logon.open(req.proxy, req.url, timeout.sock_connect)
+        except OSError as exc:  # as aiohttp tells a proxy it cannot reach
+            raise aiohttp.ClientProxyConnectionError(req.connection_key, exc) from exc
         # aiohttp's own way from an open socket to its TLS connection, as its CONNECT takes it (3.14)
         return await self._wrap_existing_connection(self._factory, timeout=timeout, ssl=self._get_ssl_context(req),
                                                     sock=sock, server_hostname=req.server_hostname or req.host,
