@@ -143,19 +143,29 @@ def kerberos() -> Iterator[tuple["KerberosRealm", "NegotiateServer"]]:
         realm.stop()
 
 
-@pytest.fixture(scope="session")
-def squid_digest() -> Iterator["SquidProxy"]:
-    """Squid wanting Digest from its users (servers/squid.py)."""
+def _squid(scheme: str) -> Iterator["SquidProxy"]:
     from .servers import squid
 
     why = squid.available()
     if why is not None:
         pytest.skip(why)
-    proxy = squid.SquidProxy("digest")
+    proxy = squid.SquidProxy(scheme)
     try:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def squid_digest() -> Iterator["SquidProxy"]:
+    """Squid wanting Digest from its users (servers/squid.py)."""
+    yield from _squid("digest")
+
+
+@pytest.fixture(scope="session")
+def squid_ntlm() -> Iterator["SquidProxy"]:
+    """Squid wanting NTLM from its users (servers/ntlm_helper.py checks them)."""
+    yield from _squid("ntlm")
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +195,22 @@ def samba() -> Iterator["SambaServer"]:
     if why is not None:
         pytest.skip(why)
     server = smb.SambaServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def samba_kerberos(kerberos: tuple["KerberosRealm", "NegotiateServer"]) -> Iterator["SambaServer"]:
+    """smbd that takes Kerberos logons of the test realm too (cifs/localhost)."""
+    from .servers import samba as smb
+    from .servers.kerberos import REALM
+
+    why = smb.available()
+    if why is not None:
+        pytest.skip(why)
+    server = smb.SambaServer(realm=REALM, keytab=kerberos[0].keytab_without_pac("cifs/localhost"))
     try:
         yield server
     finally:

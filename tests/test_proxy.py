@@ -154,21 +154,19 @@ def test_proxy_challenge_is_answered_with_the_jobs_proxy_credentials(daemon: Dae
         proxy.stop()
 
 
-def test_ntlm_only_proxies_are_refused(manager: Manager, origin: AuthServer, tmp_path: Path) -> None:
-    """Digest and Negotiate proxies are answered (tests/test_proxy_auth.py, Squid); NTLM's are not."""
-    job = manager.create_job("ntlm")
-    with pytest.raises(BitsError) as refused:
-        job.set_credentials(AuthTarget.PROXY, AuthScheme.NTLM, "u", "p")
-    assert refused.value.name == "BG_E_INVALID_AUTH_SCHEME"
-    job.cancel()
-    proxy = ForwardProxy(scheme="NTLM")
-    try:
-        for url in (origin.url("/open/ntlm"), "https://127.0.0.1:1/ntlm"):  # a request, and a CONNECT
-            state, error = fetch(manager, url, tmp_path / "a", ProxyUsage.OVERRIDE, proxy.url, creds=("u", "p"))
-            assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407"
-            assert "(NTLM)" in error.description and "NTLM-only proxies are not answered" in error.description
-    finally:
-        proxy.stop()
+def test_a_proxy_offering_only_what_the_job_cannot_give_is_told(manager: Manager, origin: AuthServer,
+                                                                 tmp_path: Path) -> None:
+    """NTLM without the job's NTLM credentials (Squid with NTLM: tests/test_proxy_auth.py), or a scheme openbits
+    has not at all: the proxy's 407, naming what it wants and what openbits answers."""
+    for scheme in ("NTLM", "Kerberos"):
+        proxy = ForwardProxy(scheme=scheme)
+        try:
+            for url in (origin.url("/open/ntlm"), "https://127.0.0.1:1/ntlm"):  # a request, and a CONNECT
+                state, error = fetch(manager, url, tmp_path / "a", ProxyUsage.OVERRIDE, proxy.url, creds=("u", "p"))
+                assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407"
+                assert f"({scheme})" in error.description and "cannot give" in error.description, error
+        finally:
+            proxy.stop()
 
 
 def test_set_and_get_proxy_settings_and_their_refusals(manager: Manager, origin: AuthServer,

@@ -1,9 +1,12 @@
-"""Authenticating proxies, for real: Squid with Digest (digest_file_auth) and with Negotiate
-(negotiate_kerberos_auth), for plain requests and for the CONNECT tunnels of https; the access log says
-who the proxy took each request for. tests/test_proxy.py has the proxy settings and Basic."""
+"""Authenticating proxies, for real: Squid with Digest (digest_file_auth), Negotiate (negotiate_kerberos_auth)
+and NTLM (pyspnego's acceptor as its helper), for plain requests and for the CONNECT tunnels of https; the
+access log says who the proxy took each request for. tests/test_proxy.py has the proxy settings and Basic."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import re
 import secrets
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from .daemon import DaemonProcess
 from .download import download
 from .servers.kerberos import KerberosRealm, NegotiateServer
 from .servers.squid import SquidProxy
+from .servers.thread import ServerThread, stream_listener
 from .servers.tls import TlsServers
 
 BODY = b"through the proxy\n" * 32
@@ -73,3 +77,67 @@ def test_negotiate_proxy(manager: Manager, squid_negotiate: SquidProxy, kerberos
     state, error = fetch(manager, urls[1], tmp_path / "none", squid_negotiate, ca, None)
     assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407", error
     assert "wants Negotiate" in error.description and "kinit" in error.description
+
+
+def test_ntlm_proxy(manager: Manager, squid_ntlm: SquidProxy, targets: tuple[list[str], Path], daemon: DaemonProcess,
+                    tmp_path: Path) -> None:
+    """NTLM's three legs on one connection: a plain request's, and a CONNECT tunnel's the daemon opens itself."""
+    password = "pw-" + secrets.token_hex(6)
+    squid_ntlm.add_user("ntlmer", password)
+    urls, ca = targets
+    for i, url in enumerate(urls):
+        state, error = fetch(manager, url, tmp_path / f"ok{i}", squid_ntlm, ca,
+                             (AuthScheme.NTLM, "OPENBITS\\ntlmer", password))
+        assert state == JobState.TRANSFERRED, error
+        state, error = fetch(manager, url, tmp_path / f"bad{i}", squid_ntlm, ca,
+                             (AuthScheme.NTLM, "OPENBITS\\ntlmer", "wrong"))
+        assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407", error
+        assert "refused the job's NTLM logon" in error.description, error
+        # only NTLM offered, and the job has Digest credentials: what the proxy wants and what openbits answers
+        state, error = fetch(manager, url, tmp_path / f"other{i}", squid_ntlm, ca,
+                             (AuthScheme.DIGEST, "ntlmer", password))
+        assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407", error
+        assert "(NTLM)" in error.description and "cannot give" in error.description, error
+    assert ("ntlmer", "200", "GET", urls[0]) in squid_ntlm.users()
+    for path in [*daemon.state_dir.rglob("*"), daemon.log_path]:
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+
+
+def test_a_negotiate_proxy_must_prove_who_it_is(manager: Manager, squid_negotiate: SquidProxy,
+                                                kerberos: tuple[KerberosRealm, NegotiateServer],
+                                                targets: tuple[list[str], Path], tmp_path: Path) -> None:
+    """Someone between the job and Squid answers for it with a Kerberos reply of their own (Squid itself sends
+    none): the job's mutual authentication refuses the answer, for a request and for a tunnel."""
+    password = "pw-" + secrets.token_hex(6)
+    principal = kerberos[0].add_user("misled", password)
+    forged = b"Proxy-Authentication-Info: Negotiate " + base64.b64encode(secrets.token_bytes(40)) + b"\r\n"
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", squid_negotiate.port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, tamper: bool) -> None:
+            while data := await source.read(65536):
+                if tamper:  # the answers that took the logon get the forged token
+                    data = re.sub(rb"(HTTP/1\.1 200 [^\r]*\r\n)", lambda m: m[1] + forged, data)
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream, False), pipe(upstream_reader, writer, True),
+                             return_exceptions=True)
+
+    middle = ServerThread(stream_listener(relay), "forging-relay")
+    try:
+        urls, ca = targets
+        for i, url in enumerate(urls):
+            def prepare(job: Job) -> None:
+                job.set_proxy_settings(ProxyUsage.OVERRIDE, f"http://localhost:{middle.port}")
+                job.set_properties(ca_file=str(ca))
+                job.set_credentials(AuthTarget.PROXY, AuthScheme.NEGOTIATE, principal, password)
+
+            state, error = download(manager, url, tmp_path / f"f{i}", BODY, prepare)[:2]
+            assert state == JobState.ERROR and error is not None, error
+            assert error.name == "ERROR_INTERNET_SECURE_FAILURE" and "did not prove who it is" in error.description
+    finally:
+        middle.stop()

@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from openbits.client import AsyncJob
 from openbits.enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from openbits.errors import BitsError, ErrorCode
 from openbits.schema.models import JobInfo
-from openbits.enums import AuthScheme, AuthTarget
+from openbits.enums import AuthScheme, AuthTarget, SecurityFlags
 from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
 from openbits.uploadprotocol import Header
 
@@ -33,7 +34,9 @@ from .daemon import DaemonProcess
 from .servers import nginx
 from .servers.auth import digest_challenge, digest_ok
 from .servers.proxy import ForwardProxy
+from .servers.squid import SquidProxy
 from .servers.thread import serve_app
+from .servers.tls import TlsServers
 from .servers.uploadapp import UploadApp
 from .test_upload_server import _PROXY_LOCATION, _proxying_nginx
 from .waiting import until
@@ -157,6 +160,18 @@ async def _until(job: AsyncJob, done: Callable[..., bool], timeout: float = 20) 
         return done(info)
 
     await until(job.info, checked, timeout)
+
+
+async def _proxied(m: AsyncManager, kind: JobType, url: str, path: Path, proxy: str,
+                   credential: tuple[AuthScheme, str, str]) -> AsyncJob:
+    """An upload through `proxy` with the job's PROXY credential, TRANSFERRED (else the test fails with why)."""
+    job = await m.create_job("via-proxy", kind, priority=JobPriority.FOREGROUND)
+    await job.add_file(url, path)
+    await job.set_proxy_settings(ProxyUsage.OVERRIDE, proxy)
+    await job.set_credentials(AuthTarget.PROXY, *credential)
+    await job.resume()
+    assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+    return job
 
 
 def _resent(s: Server, size: int) -> int:
@@ -434,12 +449,8 @@ async def test_upload_reply_goes_through_the_jobs_proxy_with_its_credentials(
     path, data = _file(tmp_path, 300_000)
     proxy = ForwardProxy(accounts={"carol": "proxy-pw"})
     try:
-        job = await amanager.create_job("via-proxy", JobType.UPLOAD_REPLY, priority=JobPriority.FOREGROUND)
-        await job.add_file(s.url("f.bin"), path)
-        await job.set_proxy_settings(ProxyUsage.OVERRIDE, proxy.url)
-        await job.set_credentials(AuthTarget.PROXY, AuthScheme.BASIC, "carol", "proxy-pw")
-        await job.resume()
-        assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+        job = await _proxied(amanager, JobType.UPLOAD_REPLY, s.url("f.bin"), path, proxy.url,
+                             (AuthScheme.BASIC, "carol", "proxy-pw"))
         assert await job.reply_data() == b"reply:" + data  # the backend echoes what the server received
         await job.complete()
     finally:
@@ -489,3 +500,62 @@ async def test_upload_through_nginx(
         assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
         await job.complete()
     assert _sha((s.root / "f.bin").read_bytes()) == _sha(data)
+
+
+@pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (make test installs it)")
+async def test_upload_over_https_takes_the_jobs_tls_settings(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tls_servers: TlsServers, tmp_path: Path
+) -> None:
+    """nginx on the private CA's certificate, wanting a client certificate, in front of the upload server: the
+    job's CA file, security flags and client certificate count for its packets as for a download's requests."""
+    s = await server()
+    issued = tls_servers.ca.issue("uploads")
+    port = nginx.free_port()
+    block = (f"    server {{\n        listen 127.0.0.1:{port} ssl;\n        ssl_certificate {issued.cert};\n"
+             f"        ssl_certificate_key {issued.key};\n        ssl_verify_client on;\n"
+             f"        ssl_client_certificate {tls_servers.ca.cert};\n"
+             + _PROXY_LOCATION.format(upstream=s.port) + "        root /nonexistent;\n    }\n")
+    own = tmp_path / "own"
+    own.mkdir()
+    ca, client = own / "ca.pem", own / "client.pem"
+    ca.write_bytes(tls_servers.ca.cert.read_bytes())
+    client.write_bytes(tls_servers.client.pem())
+    client.chmod(0o600)
+    path, data = _file(tmp_path, 300 * 1024 + 3)
+    url = f"https://localhost:{port}/uploads/"
+    with nginx.NginxServer(tempfile.mkdtemp(prefix="openbits-www-"), servers=block):
+        async def upload(name: str, **props: object) -> tuple[AsyncJob, JobInfo]:
+            job = await _upload_job(amanager, url + name, path, **props)
+            await job.wait(30)
+            return job, await job.info()
+
+        _, untrusted = await upload("a.bin")  # the system store alone does not know the private CA
+        assert untrusted.state == JobState.ERROR and untrusted.error is not None
+        assert untrusted.error.name == "ERROR_WINHTTP_SECURE_INVALID_CA", untrusted.error
+        _, anonymous = await upload("b.bin", ca_file=str(ca))  # trusted, but no client certificate: nginx's 400
+        assert anonymous.state == JobState.ERROR and anonymous.error is not None
+        assert anonymous.error.name == "BG_E_HTTP_ERROR_400", anonymous.error
+        for name, props in (("c.bin", {"ca_file": str(ca)}), ("d.bin", {"security_flags": int(SecurityFlags.SSL_IGNORE_UNKNOWN_CA)})):
+            job = await amanager.create_job("tls-up", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
+            await job.add_file(url + name, path)
+            await job.set_properties(**props)
+            await job.set_client_certificate(path=client)
+            await job.resume()
+            assert await job.wait(30) == JobState.TRANSFERRED, (await job.info()).error
+            await job.complete()
+            assert _sha((s.root / name).read_bytes()) == _sha(data)
+
+
+async def test_upload_through_an_ntlm_proxy(amanager: AsyncManager, server: Callable[..., Awaitable[Server]],
+                                            squid_ntlm: SquidProxy, tmp_path: Path) -> None:
+    """Squid wanting NTLM: the Ping takes the logon's legs, the fragments follow on the connection it authenticated."""
+    s = await server()
+    path, data = _file(tmp_path, 3 * 1024 * 1024 + 1)
+    squid_ntlm.add_user("uploader", "up-pw")
+    job = await _proxied(amanager, JobType.UPLOAD, s.url("n.bin"), path, squid_ntlm.url,
+                         (AuthScheme.NTLM, "OPENBITS\\uploader", "up-pw"))
+    await job.complete()
+    assert _sha((s.root / "n.bin").read_bytes()) == _sha(data)
+    taken = [(user, status, method) for user, status, method, url in squid_ntlm.users() if url == s.url("n.bin")]
+    assert ("uploader", "200", "BITS_POST") in taken
+    assert sum(status == "407" for _, status, _ in taken) <= 2, taken  # the logon's legs, then no more challenges

@@ -108,6 +108,12 @@ class KerberosRealm:
         self.kadmin(f"ktadd -k {path} {principal}")
         return path
 
+    def keytab_without_pac(self, principal: str) -> Path:
+        """`keytab`, for a service whose tickets carry no PAC (Samba as a standalone server wants none)."""
+        path = self.keytab(principal)
+        self.kadmin(f"modprinc +no_auth_data_required {principal}")
+        return path
+
     def export_keytab(self, principal: str) -> Path:
         """Another keytab of an existing principal, its key unchanged (a second server of the same name)."""
         path = self.work / (principal.replace("/", "_") + f".{os.urandom(3).hex()}.keytab")

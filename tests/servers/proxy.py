@@ -3,7 +3,7 @@ BITS upload protocol's BITS_POST) and CONNECT, to 127.0.0.1 only.
 
     proxy = ForwardProxy()                       # no authentication
     proxy = ForwardProxy(accounts={"u": "pw"})   # 407 + Basic challenge until Proxy-Authorization matches
-    proxy = ForwardProxy(scheme="NTLM")          # always 407 with an NTLM challenge (openbits answers none)
+    proxy = ForwardProxy(scheme="NTLM")          # always 407 offering only that scheme (no token ever)
     proxy.url  -> "http://127.0.0.1:PORT"
 
 Every request is kept in `requests` as (method, target, Proxy-Authorization or "") so tests can see

@@ -48,7 +48,7 @@ _CONFIG = """\
     disable spoolss = yes
     server min protocol = SMB2_02
     ntlm auth = ntlmv2-only
-    force user = {user}
+{kerberos}    force user = {user}
 [{share}]
     path = {root}
     read only = no
@@ -64,7 +64,9 @@ def available() -> str | None:
 class SambaServer:
     """smbd serving `root` as share `files` on 127.0.0.1:`port`; every file is served as `user`."""
 
-    def __init__(self, user: str = "nobody") -> None:
+    def __init__(self, user: str = "nobody", *, realm: str = "", keytab: Path | None = None) -> None:
+        """`realm` and `keytab` (cifs/HOST's, its tickets without a PAC: smbd refuses a PAC in standalone mode)
+        let users log on with Kerberos too; smbd takes the principal's name for the Linux user."""
         self.work = Path(tempfile.mkdtemp(prefix="openbits-smb-"))
         self.work.chmod(0o755)  # the share is served as `user`
         self.root = self.work / "share"
@@ -75,7 +77,14 @@ class SambaServer:
             (self.work / sub).mkdir()
         self.port = free_port()
         self.config = self.work / "smb.conf"
-        self.config.write_text(_CONFIG.format(work=self.work, port=self.port, root=self.root, share=SHARE, user=user))
+        kerberos = ""
+        if keytab is not None:
+            shutil.copy(keytab, self.work / "cifs.keytab")
+            (self.work / "cifs.keytab").chmod(0o600)
+            kerberos = (f"    realm = {realm}\n    kerberos method = dedicated keytab\n"
+                        f"    dedicated keytab file = FILE:{self.work}/cifs.keytab\n")
+        self.config.write_text(_CONFIG.format(work=self.work, port=self.port, root=self.root, share=SHARE, user=user,
+                                              kerberos=kerberos))
         with open(self.work / "stderr.log", "ab") as log:
             # a session of its own: smbd's helpers are in its process group, which stop() ends as a whole
             self._proc = subprocess.Popen([SMBD, "--foreground", "--no-process-group", "-s", str(self.config)],

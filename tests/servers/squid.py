@@ -1,5 +1,6 @@
-"""Squid as an authenticating forward proxy on a free loopback port: Digest (digest_file_auth and a user file)
-or Negotiate (negotiate_kerberos_auth with HTTP/localhost's keytab of the test realm), for requests and CONNECT.
+"""Squid as an authenticating forward proxy on a free loopback port: Digest (digest_file_auth and a user file),
+Negotiate (negotiate_kerberos_auth with HTTP/localhost's keytab of the test realm) or NTLM (ntlm_helper.py:
+pyspnego's acceptor over a DOMAIN:user:password file), for requests and CONNECT.
 
 Squid runs in the foreground (-N) without a disk cache and serves as its `proxy` user, which owns its files.
 The access log names who each request was authenticated as (`users()`).
@@ -12,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,11 +47,11 @@ def available() -> str | None:
 
 
 class SquidProxy:
-    """`scheme` "digest" (accounts in `add_user`) or "negotiate" (needs `keytab` and `krb5_conf`)."""
+    """`scheme` "digest" or "ntlm" (accounts in `add_user`), or "negotiate" (needs `keytab` and `krb5_conf`)."""
 
     def __init__(self, scheme: str, *, keytab: Path | None = None, krb5_conf: Path | None = None,
                  realm: str = "") -> None:
-        self.port = free_port()
+        self.port, self.scheme = free_port(), scheme
         self.work = Path(tempfile.mkdtemp(prefix="openbits-squid-"))
         self.work.chmod(0o755)
         self._users = self.work / "digest.users"
@@ -58,6 +60,11 @@ class SquidProxy:
             self._users.touch()
             auth = (f"auth_param digest program {HELPERS}/digest_file_auth {self._users}\n"
                     "auth_param digest realm openbits-proxy\nauth_param digest children 2")
+        elif scheme == "ntlm":
+            self._users.touch(0o600)
+            helper = Path(__file__).with_name("ntlm_helper.py")
+            auth = (f"auth_param ntlm program /usr/bin/env NTLM_USER_FILE={self._users} {sys.executable} {helper}\n"
+                    "auth_param ntlm children 2\nauth_param ntlm keep_alive on")
         else:
             assert keytab is not None and krb5_conf is not None
             shutil.copy(keytab, self.work / "proxy.keytab")
@@ -91,9 +98,10 @@ class SquidProxy:
     def url(self) -> str:
         return f"http://localhost:{self.port}"
 
-    def add_user(self, name: str, password: str) -> None:
+    def add_user(self, name: str, password: str, domain: str = "OPENBITS") -> None:
+        """An account: `name` with `password` (for NTLM in `domain`)."""
         with open(self._users, "a") as users:
-            users.write(f"{name}:{password}\n")
+            users.write(f"{domain}:{name}:{password}\n" if self.scheme == "ntlm" else f"{name}:{password}\n")
 
     def users(self) -> list[tuple[str, str, str, str]]:
         """(user, status, method, URL) of each request the proxy handled."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..model.config import PreconfiguredProxy
 from ..model.job import Job
 from ..transport.auth import ChallengeAuth
+from ..transport.smb import SmbLogon
 from .proxy import preconfigured_proxy, proxy_route
 from .service import JobService
 from .tokens import http_auth, smb_credential
@@ -23,5 +24,5 @@ class JobAccess:
     async def open_source(self, path: str) -> int:
         return await self._service.remote_files_of(self._job).open_read(path)
 
-    def smb_credential(self) -> tuple[str, str, str]:
+    def smb_credential(self) -> SmbLogon:
         return smb_credential(self._service, self._job)

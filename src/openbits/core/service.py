@@ -31,8 +31,9 @@ from .transfers import Transfers
 MAX_REPLY_DATA = 1024 * 1024
 
 
-#: Cancel's word to the server (Cancel-Session of an upload), best effort; given the service and the job.
-CancelRemote = Callable[["JobService", Job], Awaitable[None]]
+#: Cancel's word to the server (Cancel-Session of an upload), best effort; given the service and the job before
+#: it ends (the end forgets its credentials), it answers how to tell the server once the transfer stopped.
+CancelRemote = Callable[["JobService", Job], Awaitable[Callable[[], Awaitable[None]]]]
 
 
 class JobService:
@@ -222,10 +223,10 @@ class JobService:
 
     async def cancel(self, caller: Identity, ref: str) -> Job:
         async with self._locked(caller, ref) as job:
-            writer = self._writer(job)
+            writer, remote = self._writer(job), await self._cancel_remote(self, job)
             job.cancel()
             await self.commit(job)
-            await self._discard(job, writer)
+            await self._discard(job, writer, remote)
             return job
 
     def _writer(self, job: Job) -> LocalFiles:
@@ -235,10 +236,10 @@ class JobService:
         except BitsError:  # the helper token is already gone: the owner removes what the owner can
             return self.broker.files_for(Identity.from_uid(job.owner_uid), job.owner_changed)
 
-    async def _discard(self, job: Job, writer: LocalFiles) -> None:
+    async def _discard(self, job: Job, writer: LocalFiles, remote: Callable[[], Awaitable[None]]) -> None:
         """Cancel's file work: stop the transfer, tell the server, then remove every temporary file as its writer."""
         await self._transfers.stop(job.id)
-        await self._cancel_remote(self, job)
+        await remote()
         await writer.remove(job.temp_paths())
 
     async def complete(self, caller: Identity, ref: str) -> Job:
@@ -380,10 +381,10 @@ class JobService:
                 if now - job.modification_time > config.final_job_retention:
                     await self._forget(job)
             elif now - job.modification_time > config.job_inactivity_timeout:
-                writer = self._writer(job)
+                writer, remote = self._writer(job), await self._cancel_remote(self, job)
                 job.cancel()
                 await self.commit(job)
-                await self._discard(job, writer)
+                await self._discard(job, writer, remote)
         return max(1.0, min(3600.0, config.job_inactivity_timeout / 4, config.final_job_retention / 4))
 
     async def _forget(self, job: Job, with_events: bool = False) -> None:

@@ -27,7 +27,9 @@ from ..errors import BitsError, ErrorCode, TransferError
 from ..identity import Identity
 from ..identity.logon import LogonChecker
 from ..enums import AuthScheme, AuthTarget
+from ..identity.gss import SMB_SERVICE
 from ..identity.localfiles import LocalFiles
+from ..transport.smb import SmbLogon
 from ..identity.sealing import KeyRing, SealBroken
 from ..identity.tokens import Credential, TokenStore
 from ..transport.auth import ChallengeAuth
@@ -190,10 +192,6 @@ class TokenService:
                               credential: Credential) -> Job:
         job = self.service.find(caller, ref)
         job.check_modifiable()
-        if target == AuthTarget.PROXY and scheme == AuthScheme.NTLM:
-            raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, "scheme NTLM for a proxy: openbits answers a proxy's "
-                            "BASIC, DIGEST and NEGOTIATE challenges (NTLM's legs need one connection, which a "
-                            "refused CONNECT does not keep)", ErrorContext.GENERAL_QUEUE_MANAGER)
         if scheme == AuthScheme.PASSPORT:
             raise BitsError(ErrorCode.BG_E_INVALID_AUTH_SCHEME, "scheme PASSPORT: Microsoft's Passport service has no "
                             "Linux client; openbits answers BASIC, DIGEST, NTLM and NEGOTIATE challenges",
@@ -235,22 +233,24 @@ def http_auth(service: JobService, job: Job, url: str, proxy: ProxyRoute | None 
                          _contexts(service, job))
 
 
-def smb_credential(service: JobService, job: Job) -> tuple[str, str, str]:
-    """The job's SERVER credentials for an SMB share: (user, password, "ntlm" or "negotiate")."""
+def smb_credential(service: JobService, job: Job) -> SmbLogon:
+    """An SMB share's logon: the job's SERVER credentials (user, password, "ntlm" or "negotiate"), else the
+    network identity's Kerberos ticket, through a context in that identity's broker (its session key signs)."""
     for scheme, protocol in ((AuthScheme.NTLM, "ntlm"), (AuthScheme.NEGOTIATE, "negotiate")):
         found = service.tokens.credential(job.id, AuthTarget.SERVER, scheme)
         if found is not None:
             return found.username, found.password, protocol
-    raise TransferError(ErrorCode.ERROR_LOGON_FAILURE, "an SMB share needs the job's credentials: setcredentials JOB "
-                        "SERVER NTLM DOMAIN\\USER (or NEGOTIATE); openbits does not yet log on to shares with the "
-                        "network identity's Kerberos ticket", ErrorContext.REMOTE_FILE, transient=False)
+    files = service.broker.files_for(service.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE))
+    return lambda host: BrokerContext(files, "negotiate", host, None, service=SMB_SERVICE)
 
 
 class BrokerContext:
     """A Negotiate or NTLM client context living in a file broker (identity/gss.py), as the broker's identity."""
 
-    def __init__(self, files: LocalFiles, protocol: str, host: str, credential: Credential | None) -> None:
+    def __init__(self, files: LocalFiles, protocol: str, host: str, credential: Credential | None, *,
+                 service: str = "HTTP") -> None:
         self._files, self._protocol, self._host, self._credential = files, protocol, host, credential
+        self._service = service
         self._id: str | None = None
         self.complete = False
         self.continued = False
@@ -259,7 +259,7 @@ class BrokerContext:
         if self._id is None:
             self._id = secrets.token_hex(8)
             cred = self._credential
-            out, protocol = await self._files.negotiate_start(self._id, self._protocol, "HTTP", self._host,
+            out, protocol = await self._files.negotiate_start(self._id, self._protocol, self._service, self._host,
                                                               None if cred is None else cred.username,
                                                               None if cred is None else cred.password)
             self.continued = protocol == "ntlm"  # NTLM's negotiate message: its challenge comes on this connection
@@ -268,6 +268,11 @@ class BrokerContext:
                                                                   final)
             self.continued = False
         return None if out is None else base64.b64decode(out)
+
+    async def session_key(self) -> bytes:
+        """The key of the complete context (an SMB session signs with it)."""
+        assert self._id is not None, "a started context"
+        return base64.b64decode(await self._files.negotiate_key(self._id))
 
     async def close(self) -> None:
         if self._id is not None:

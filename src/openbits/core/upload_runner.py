@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+from collections.abc import Awaitable, Callable
 import time
 
 from ..enums import ErrorContext, JobState, JobType
 from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.router import Transport
+from ..transport.smb import is_smb
 from ..transport.upload import HostId, SessionLost, UploadClient, UploadSpec, local_file_changed
 from ..model.job import Job, JobFile
 from .access import JobAccess
@@ -26,7 +29,9 @@ from .proxy import PreconfiguredProxy, proxy_route
 from .attempt import run_attempt
 from .progress import SavedProgress
 from .service import JobService
-from .tokens import http_auth
+from .tokens import http_auth, smb_credential
+from .certificates import tls_settings
+from ..transport.tls import TlsSettings
 
 #: Cancel waits this long for the server's Ack for Cancel-Session; the server expires the session otherwise.
 CANCEL_TIMEOUT = 5.0
@@ -88,7 +93,7 @@ class _ReplySink(SavedProgress):
         self._save()
 
     def redirected(self, url: str) -> None:
-        """Never called: the redirect policy does not apply to upload jobs (their spec has no flags)."""
+        """The reply's URL is no remote name of the job: nothing to report."""
 
 
 class UploadRunner:
@@ -97,6 +102,8 @@ class UploadRunner:
     def __init__(self, service: JobService, transport: Transport, job: Job, throttle: Throttle | None) -> None:
         self._service, self._transport, self._job, self._throttle = service, transport, job, throttle
         self._access = JobAccess(service, job)
+        #: security flags, CA file and client certificate, read as the network identity when the attempt starts
+        self._tls = TlsSettings()
 
     async def run(self) -> None:
         await run_attempt(self._service, self._job, self._transfer_file)
@@ -116,8 +123,12 @@ class UploadRunner:
         if job.state == JobState.QUEUED:
             job.state = JobState.CONNECTING
         await self._check_local_file(f)
+        if is_smb(f.remote_url):
+            await self._copy_to_share(f)
+            return
         headers = job.request_headers()
-        client = upload_client(self._service, self._transport, job, self._access.preconfigured)
+        self._tls = await tls_settings(self._service, job)
+        client = upload_client(self._service, self._transport, job, self._access.preconfigured, self._tls)
         for _ in range(2):
             if not f.session_closing:
                 reply_url = await self._send(client, f, headers)
@@ -151,6 +162,21 @@ class UploadRunner:
         elif (info.size, info.mtime_ns) != (f.bytes_total, f.local_mtime_ns):
             raise local_file_changed(f.local_path)
 
+    async def _copy_to_share(self, f: JobFile) -> None:
+        """An SMB remote name: a plain copy onto the share (transport/smb.py), resumed from what it holds."""
+        assert f.local_mtime_ns is not None, "checked before sending"
+        fd = await self._service.files_of(self._job).open_read(f.local_path)
+        sink = _UploadSink(self._service, self._job, 0)
+        self._job.state = JobState.TRANSFERRING
+        try:
+            await self._transport.upload_smb(f.remote_url, fd, f.bytes_total, f.local_mtime_ns, self._job.id[:8],
+                                             sink.acknowledged, self._throttle, self._access.smb_credential())
+        finally:
+            os.close(fd)
+            await sink.flush()
+        f.completed = True
+        await self._service.commit(self._job, (0,))
+
     async def _send(self, client: UploadClient, f: JobFile, headers: dict[str, str]) -> str | None:
         assert f.local_mtime_ns is not None, "checked before sending"
         fd = await self._service.files_of(self._job).open_read(f.local_path)
@@ -174,7 +200,7 @@ class UploadRunner:
             if url is None:
                 job.reply_bytes_total = job.reply_bytes_transferred = 0
             else:
-                spec = DownloadSpec(url, 0, None, job.request_headers())
+                spec = DownloadSpec(url, 0, None, job.request_headers(), tls=self._tls)
                 validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
                 job.reply_bytes_total = job.reply_bytes_transferred = validator.size
         except TransferError as exc:
@@ -186,25 +212,44 @@ class UploadRunner:
             await sink.flush()
 
 
-def upload_client(service: JobService, transport: Transport, job: Job,
-                  preconfigured: PreconfiguredProxy | None, *, watch_host: bool = True) -> UploadClient:
+def upload_client(service: JobService, transport: Transport, job: Job, preconfigured: PreconfiguredProxy | None,
+                  tls: TlsSettings, *, watch_host: bool = True) -> UploadClient:
     """The job's file goes through the job's proxy (SetProxySettings, else PRECONFIG: BG_E_INVALID_PROXY_INFO
-    for a bad list), with the job's credentials for the server and the proxy; `watch_host` keeps the
+    for a bad list), with the job's credentials for the server and the proxy and its TLS settings; `watch_host` keeps the
     BITS-Host-Id fallback timer (not for Cancel: a job being cancelled is saved no more)."""
     url = job.files[0].remote_url
     proxy = proxy_route(job, preconfigured, url)
     return transport.upload_client(None if proxy is None else str(proxy.url), http_auth(service, job, url, proxy),
-                                   _HostWatch(service, job) if watch_host else None)
+                                   _HostWatch(service, job) if watch_host else None, tls)
 
 
-async def cancel_upload_session(transport: Transport, service: JobService, job: Job) -> None:
-    """Cancel's Cancel-Session for an upload still open on the server; best effort, as the server expires it anyway."""
-    if job.type == JobType.DOWNLOAD or not job.files:
-        return
+async def cancel_upload_session(transport: Transport, service: JobService, job: Job) -> Callable[[], Awaitable[None]]:
+    """What Cancel tells the server of an upload, bound while the job still has its credentials: Cancel-Session
+    for a session still open there, or the removal of an SMB upload's hidden file. Best effort, as a server
+    expires a session anyway."""
+    if job.type == JobType.DOWNLOAD or not job.files or job.files[0].completed:
+        return _nothing
     f = job.files[0]
-    if f.session_id is None or f.completed:
-        return
+    try:
+        if is_smb(f.remote_url):
+            credential = smb_credential(service, job)
+            return functools.partial(_best_effort, functools.partial(transport.discard_smb_upload, f.remote_url,
+                                                                     job.id[:8], credential))
+        if f.session_id is None:
+            return _nothing
+        client = upload_client(service, transport, job, service.config.proxy, await tls_settings(service, job),
+                               watch_host=False)
+    except BitsError:
+        return _nothing
+    return functools.partial(_best_effort, functools.partial(client.cancel_session, f.remote_url, f.session_id,
+                                                             f.session_host, job.request_headers()))
+
+
+async def _nothing() -> None:
+    pass
+
+
+async def _best_effort(tell: Callable[[], Awaitable[None]]) -> None:
     with contextlib.suppress(BitsError, TimeoutError):
         async with asyncio.timeout(CANCEL_TIMEOUT):
-            await upload_client(service, transport, job, service.config.proxy, watch_host=False).cancel_session(
-                f.remote_url, f.session_id, f.session_host, job.request_headers())
+            await tell()

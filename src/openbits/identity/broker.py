@@ -284,6 +284,12 @@ class _BrokerFiles:
             raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed token")
         return reply[0], reply[1]
 
+    async def negotiate_key(self, context_id: str) -> str:
+        reply = await self._call("negotiate_key", [context_id])
+        if not isinstance(reply, str):
+            raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed key")
+        return reply
+
     async def negotiate_end(self, context_id: str) -> None:
         await self._call("negotiate_end", [context_id])
 

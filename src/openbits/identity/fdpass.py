@@ -23,9 +23,9 @@ MESSAGE_MAX = 64 * 1024 * 1024
 BATCH = 250
 #: What the broker may be asked: a request for anything else is refused.
 OPS = frozenset({"check_destination", "open_temp", "open_temps", "commit", "remove", "open_read", "stat",
-                 "list_folder", "negotiate_start", "negotiate_step", "negotiate_end"})
+                 "list_folder", "negotiate_start", "negotiate_step", "negotiate_key", "negotiate_end"})
 #: operations answered with their JSON result as it is
-JSON_OPS = frozenset({"list_folder", "negotiate_start", "negotiate_step"})
+JSON_OPS = frozenset({"list_folder", "negotiate_start", "negotiate_step", "negotiate_key"})
 FD_OPS = frozenset({"open_temp", "open_read"})
 
 

@@ -18,6 +18,8 @@ from ..errors import BitsError, ErrorCode
 #: contexts one broker keeps at once (one per request in flight that met a challenge)
 MAX_CONTEXTS = 256
 PROTOCOLS = ("negotiate", "ntlm", "kerberos")
+#: the service of an SMB server's principal (cifs/HOST)
+SMB_SERVICE = "cifs"
 
 
 def auth_error(description: str) -> BitsError:
@@ -29,8 +31,8 @@ class SecurityContexts:
 
     def __init__(self, user: str) -> None:
         self._user = user
-        #: id -> (context, the explicit user name or None)
-        self._contexts: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
+        #: id -> (context, the explicit user name or None, its service)
+        self._contexts: OrderedDict[str, tuple[Any, str | None, str]] = OrderedDict()
 
     def negotiate_start(self, context_id: str, protocol: str, service: str, host: str, username: str | None,
                         password: str | None) -> list[str | None]:
@@ -42,12 +44,15 @@ class SecurityContexts:
         if len(self._contexts) >= MAX_CONTEXTS:
             self._contexts.popitem(last=False)
         try:
+            # an SMB session signs with the context's session key: the broker hands it out (negotiate_key)
+            options = spnego.NegotiateOptions.session_key if service == SMB_SERVICE else spnego.NegotiateOptions.none
             context = spnego.client(username, password, hostname=host, service=service, protocol=protocol,
-                                    context_req=spnego.ContextReq.default | spnego.ContextReq.mutual_auth)
+                                    context_req=spnego.ContextReq.default | spnego.ContextReq.mutual_auth,
+                                    options=options)
             token = context.step()
         except Exception as exc:  # noqa: BLE001 - pyspnego and gssapi raise many kinds; each is told as it is
             raise auth_error(self._why(exc, username, protocol, f"{service}/{host}")) from None
-        self._contexts[context_id] = (context, username)
+        self._contexts[context_id] = (context, username, service)
         return [_encode(token), context.negotiated_protocol]
 
     def negotiate_step(self, context_id: str, token: str, final: bool) -> list[Any]:
@@ -56,7 +61,7 @@ class SecurityContexts:
         found = self._contexts.get(context_id)
         if found is None:
             raise auth_error("the security context is gone (too many at once); the request is retried")
-        context, username = found
+        context, username, _ = found
         try:
             answer = context.step(base64.b64decode(token))
         except Exception as exc:  # noqa: BLE001
@@ -68,6 +73,15 @@ class SecurityContexts:
                                  f"failed: {text})") from None
             raise auth_error(f"the server refused the {protocol} logon of {username or self._user} ({text})") from None
         return [_encode(answer), bool(context.complete)]
+
+    def negotiate_key(self, context_id: str) -> str:
+        """The session key of a complete SMB (cifs) context, which the daemon signs that SMB session with."""
+        found = self._contexts.get(context_id)
+        if found is None or not found[0].complete:
+            raise auth_error("no complete security context to take a session key from")
+        if found[2] != SMB_SERVICE:
+            raise auth_error(f"only an SMB ({SMB_SERVICE}) context gives its session key")
+        return base64.b64encode(found[0].session_key).decode()
 
     def negotiate_end(self, context_id: str) -> None:
         self._contexts.pop(context_id, None)

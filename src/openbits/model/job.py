@@ -23,7 +23,7 @@ from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, LENGTH_TO_EOF, RE
 from ..errors import BitsError, ErrorCode
 from .properties import described, prop
 from .rate import RateMeter
-from .remote import check_remote_url
+from .remote import check_remote_url, scheme_of
 
 
 #: How long BITS waits before retrying a transient error (SetMinimumRetryDelay default).
@@ -34,6 +34,8 @@ DEFAULT_NO_PROGRESS_TIMEOUT = 14 * 24 * 3600
 DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS = 500
 #: BITS takes these as ULONG seconds.
 _SECONDS = {"ge": 0, "le": 0xFFFFFFFF}
+#: Where an upload may go: a BITS upload server, or (plain file copy, upload jobs only) an SMB share.
+_UPLOAD_SCHEMES = {JobType.UPLOAD: ("http", "https", "smb"), JobType.UPLOAD_REPLY: ("http", "https")}
 #: A download's method; SetHttpMethod with it does nothing.
 DEFAULT_HTTP_METHOD = "GET"
 #: An HTTP method is a token (RFC 9110 5.6.2).
@@ -428,9 +430,11 @@ class Job:
         for remote_url, local_path in pairs:
             check_remote_url(remote_url)
             check_local_path(local_path)
-            if self.type != JobType.DOWNLOAD and urlsplit(remote_url).scheme.lower() not in ("http", "https"):
+            if self.type != JobType.DOWNLOAD and scheme_of(remote_url) not in _UPLOAD_SCHEMES[self.type]:
                 raise BitsError(ErrorCode.BG_E_PROTOCOL_NOT_AVAILABLE, f"remote name {remote_url!r}: uploads go to "
-                                "http:// or https:// servers that speak the BITS upload protocol",
+                                "http:// or https:// servers that speak the BITS upload protocol"
+                                + (", or to an SMB share (upload jobs only: an upload-reply job needs a reply)"
+                                   if self.type == JobType.UPLOAD else " (an upload-reply job's server replies)"),
                                 ErrorContext.REMOTE_FILE)
         added = [
             JobFile(url, path, temp_path_for(path, f"{self.id[:8]}-{len(self.files) + i}"), ranges=wanted,

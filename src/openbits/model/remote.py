@@ -28,6 +28,11 @@ def _invalid(url: str, why: str) -> BitsError:
     return BitsError(ErrorCode.E_INVALIDARG, f"remote name {url!r} {why}", ErrorContext.REMOTE_FILE)
 
 
+def scheme_of(url: str) -> str:
+    """The remote name's protocol in lower case; a \\\\server\\share\\path name is smb."""
+    return "smb" if url.startswith("\\\\") else urlsplit(url).scheme.lower()
+
+
 def check_remote_url(url: str) -> None:
     """Refuse a remote name openbits cannot transfer, saying what is wrong with it."""
     if url.startswith("\\\\"):  # \\server\share\path, as BITS takes SMB names

@@ -1,5 +1,5 @@
 """Answering a server's 401 challenge (Basic, Digest, Negotiate or NTLM) for one origin, and for that
-origin only, and a proxy's 407 challenge (Basic, Digest or Negotiate: transport/proxyauth.py).
+origin only, and a proxy's 407 challenge (Basic, Digest, Negotiate or NTLM: transport/proxyauth.py).
 
 Credentials are looked up only when the server asks (so a netrc is read only when needed) and are
 never sent to another origin, e.g. the target of a redirect to another host, unless the client trusts
@@ -10,7 +10,9 @@ proxies; proxyauth.py answers those.
 Negotiate and NTLM run their security context where the job's network identity lives (`Contexts`, the
 file broker): the request is sent again with each token until the server answers; a token the server sends
 with its final answer (Kerberos's mutual authentication) must check out, or the response is not used.
-Once an origin took Negotiate, later requests carry a fresh token at once.
+Once an origin took Negotiate, later requests carry a fresh token at once. A proxy that took Negotiate
+or NTLM gets the legs of a fresh context on each plain request (the proxy's last token checked as a
+server's), and on each tunnel the connector opens (transport/tunnel.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..errors import BitsError, ErrorCode, TransferError
 from . import proxyauth
 from .credentials import Contexts, Lookup, SecurityContext
 from .proxyauth import ProxyAnswer
+from .tunnel import MARKER, NAMES as _NAMES, TunnelLogon, context_token, first_token, refused_logon, unproven
 
 
 
@@ -37,26 +40,20 @@ from .proxyauth import ProxyAnswer
 CONTEXT_SCHEMES = ("negotiate", "ntlm")
 #: every scheme a server challenge may be answered with
 ANSWERED = ("basic", "digest", *CONTEXT_SCHEMES)
-_NAMES = {"negotiate": "Negotiate", "ntlm": "NTLM"}
 #: legs of one Negotiate/NTLM exchange at most (NTLM takes two)
 _LEGS = 4
+#: where a proxy's tokens come: with its 407s, and (Squid) with the answer that took the logon
+_PROXY_TOKENS = (hdrs.PROXY_AUTHENTICATE, "Proxy-Authentication-Info")
+
+
+def _b64(token: bytes | None) -> str:
+    return base64.b64encode(token or b"").decode()
 
 
 def challenge_scheme(response: aiohttp.ClientResponse) -> str:
     """The scheme to answer a 401 with, in lower case: Negotiate or NTLM when offered, else the first one."""
     offered = [value.strip().split(" ", 1)[0].lower() for value in response.headers.getall(hdrs.WWW_AUTHENTICATE, ())]
     return next((scheme for scheme in CONTEXT_SCHEMES if scheme in offered), offered[0] if offered else "")
-
-
-def _server_token(response: aiohttp.ClientResponse, scheme: str) -> bytes | None:
-    for value in response.headers.getall(hdrs.WWW_AUTHENTICATE, ()):
-        name, _, token = value.strip().partition(" ")
-        if name.lower() == scheme and token.strip():
-            try:
-                return base64.b64decode(token.strip(), validate=True)
-            except ValueError:
-                return None
-    return None
 
 
 @dataclass
@@ -89,7 +86,8 @@ class ChallengeAuth:
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
         if request.proxy is None or self._proxy_lookup is None:
             return await self._server(request, handler)
-        if self._proxy is None:
+        first = self._proxy is None
+        if first:
             try:
                 response = await self._server(request, handler)
             except aiohttp.ClientHttpProxyError as exc:  # https: the proxy refused the CONNECT tunnel
@@ -101,7 +99,20 @@ class ChallengeAuth:
                     return response
                 response.release()
                 self._proxy = await self._answer_proxy(response.headers, request)
-        value = await self._proxy.value(request)
+        logon = self._proxy.logon
+        if logon is not None:
+            # aiohttp keys pooled connections by the proxy headers: the job's logon's connections are its own
+            request.proxy_headers = CIMultiDict({MARKER: logon.marker})
+            if request.is_ssl():
+                return await self._server(request, handler)  # TunnelConnector opens the tunnel with the logon
+            if not first:  # the proxy keeps a logon for its connection: one of the job's may have it already
+                response = await self._server(request, handler)
+                if response.status != 407:
+                    return response
+                await response.read()
+                response.release()
+            return await self._proxy_legs(request, handler, logon)
+        value = self._proxy.value(request)
         if request.is_ssl():  # on the CONNECT (aiohttp sends proxy_headers there and keys the tunnel by them)
             request.proxy_headers = CIMultiDict({hdrs.PROXY_AUTHORIZATION: value})
         else:
@@ -113,13 +124,50 @@ class ChallengeAuth:
         assert self._proxy_lookup is not None and request.proxy is not None
         found = await proxyauth.choose(headers, self._proxy_lookup, self._contexts, request.proxy.raw_host or "")
         if found is None:
-            asked = ", ".join(s.capitalize() if s != "ntlm" else "NTLM" for s in proxyauth.offered(headers)) or "nothing"
+            asked = ", ".join(_NAMES.get(s, s.capitalize()) for s in proxyauth.offered(headers)) or "nothing"
             raise TransferError(ErrorCode.http(407), f"The proxy {request.proxy.origin()} wants authentication "
-                                f"({asked}) that the job cannot give: openbits answers a proxy's Basic and Digest "
-                                "with the job's PROXY credentials (or a ~/.netrc entry) and Negotiate with them or "
-                                "the network identity's Kerberos ticket; NTLM-only proxies are not answered",
+                                f"({asked}) that the job cannot give: openbits answers a proxy's Basic, Digest and "
+                                "NTLM with the job's PROXY credentials (Basic and Digest also with a ~/.netrc entry) "
+                                "and Negotiate with them or the network identity's Kerberos ticket",
                                 ErrorContext.REMOTE_FILE, 407, transient=False)
         return found
+
+    async def _proxy_legs(self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType,
+                          logon: TunnelLogon) -> aiohttp.ClientResponse:
+        """A plain http request through a proxy that took Negotiate or NTLM: its legs on the job's connection."""
+        assert request.proxy is not None and self._contexts is not None
+        context = await self._contexts(logon.scheme, request.proxy.raw_host or "", AuthTarget.PROXY)
+        assert context is not None, "a logon is made only for a job with credentials or a ticket to try"
+        proxy = request.proxy
+        try:
+            token: bytes | None = await first_token(context, proxy, logon.scheme)
+            for _ in range(_LEGS):
+                request.headers[hdrs.PROXY_AUTHORIZATION] = f"{_NAMES[logon.scheme]} {_b64(token)}"
+                # afresh for each leg: aiohttp adds Host to them, which would key the next leg to another connection
+                request.proxy_headers = CIMultiDict({MARKER: logon.marker})
+                response = await self._server(request, handler)
+                proxy_token = context_token(response.headers, logon.scheme, _PROXY_TOKENS)
+                if response.status == 407 and proxy_token is not None and not context.complete:
+                    await response.read()  # the connection the next leg needs goes back to the pool only when read
+                    response.release()
+                    try:
+                        token = await context.step(proxy_token)
+                    except BitsError as exc:
+                        raise refused_logon(proxy, logon.scheme, exc.description) from None
+                    continue
+                if response.status != 407:
+                    if proxy_token is not None and not context.complete:
+                        try:
+                            await context.step(proxy_token, True)
+                        except BitsError as exc:
+                            response.release()
+                            raise unproven(proxy, logon.scheme, exc) from None
+                    return response
+                response.release()
+                raise refused_logon(proxy, logon.scheme, "HTTP 407 again")
+            raise refused_logon(proxy, logon.scheme, f"no answer after {_LEGS} legs")
+        finally:
+            await context.close()
 
     async def _server(self, request: aiohttp.ClientRequest,
                       handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
@@ -169,12 +217,12 @@ class ChallengeAuth:
             for _ in range(_LEGS):
                 if challenged is not None:
                     challenged.release()
-                request.headers[hdrs.AUTHORIZATION] = f"{_NAMES[scheme]} {base64.b64encode(token or b'').decode()}"
+                request.headers[hdrs.AUTHORIZATION] = f"{_NAMES[scheme]} {_b64(token)}"
                 # A connection a context authenticated (NTLM; Negotiate where the server binds it) must not go
                 # back to the session's pool, where another job could use it as this one: the server closes it.
                 request.headers[hdrs.CONNECTION] = "keep-alive" if context.continued else "close"
                 response = await handler(request)
-                server_token = _server_token(response, scheme)
+                server_token = context_token(response.headers, scheme, (hdrs.WWW_AUTHENTICATE,))
                 if response.status == 401 and server_token is not None and not context.complete:
                     token, challenged = await _stepped(context, server_token, scheme, shown, final=False), response
                     continue

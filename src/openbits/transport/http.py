@@ -33,6 +33,7 @@ from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator
                    watching)
 from .durable import DurableWriter
 from .tls import TlsContexts, certificate_error
+from .tunnel import TunnelConnector
 
 MAX_REDIRECTS = 10
 #: aiohttp buffers up to twice this per connection before it stops reading the socket.
@@ -92,7 +93,7 @@ class HttpTransport:
         sends its packets on it too."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connector_limit),
+                connector=TunnelConnector(limit=self._connector_limit),
                 timeout=self._timeout,
                 auto_decompress=False,
                 read_bufsize=READ_BUFSIZE,
@@ -225,7 +226,7 @@ class HttpTransport:
         try:
             async with self.session().get(
                 url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
-                proxy=spec.proxy, read_bufsize=None if throttle is None else THROTTLED_READ,
+                proxy=spec.proxy, ssl=self.tls.context(spec.tls), read_bufsize=None if throttle is None else THROTTLED_READ,
             ) as resp:
                 validator = _range_answer(resp, first, last, old, shown)
                 sink.started(validator, spec.offset)
@@ -544,6 +545,14 @@ def proxy_refused(exc: aiohttp.ClientHttpProxyError, shown: str) -> TransferErro
     )
 
 
+def certificate_refused(exc: aiohttp.ClientConnectorCertificateError, shown: str) -> TransferError:
+    """The server's certificate failed the job's checks (its security flags, its trust): the BITS code for why."""
+    error = exc.certificate_error
+    code, why = certificate_error(getattr(error, "verify_code", 0), getattr(error, "verify_message", str(error)))
+    return TransferError(code, f"The server's certificate for {shown} is not accepted: {why}.",
+                         ErrorContext.GENERAL_TRANSPORT, transient=False)
+
+
 def _network_error(exc: BaseException, shown: str, read_timeout: float) -> TransferError:
     """Sort an aiohttp or fastget failure: redirects and bad URLs are permanent, everything on the wire is transient."""
     transport = ErrorContext.GENERAL_TRANSPORT
@@ -556,10 +565,7 @@ def _network_error(exc: BaseException, shown: str, read_timeout: float) -> Trans
             ErrorCode.ERROR_INTERNET_INVALID_URL, f"{shown} is not a valid URL: {exc}.", transient=False
         )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        error = exc.certificate_error
-        code, why = certificate_error(getattr(error, "verify_code", 0), getattr(error, "verify_message", str(error)))
-        return TransferError(code, f"The server's certificate for {shown} is not accepted: {why}.", transport,
-                             transient=False)
+        return certificate_refused(exc, shown)
     cause = exc.cause if isinstance(exc, ConnectFailed) else None
     if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
         code, what = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED, "the server's name does not resolve"

@@ -1,15 +1,14 @@
-"""Answers to a proxy's 407: Basic, Digest and Negotiate, on requests through the proxy and on CONNECT tunnels.
+"""Answers to a proxy's 407: Basic, Digest, Negotiate and NTLM, on requests through the proxy and on CONNECT tunnels.
 
-aiohttp answers a proxy with Basic only, so the answer is a Proxy-Authorization value made here for each
-request (or tunnel): Digest (RFC 7616, MD5 or SHA-256, qop=auth) over the request's method and URI - for a
-CONNECT, `CONNECT` and `host:port` - and Negotiate as a fresh token of a security context in the network
-identity's broker. NTLM needs its legs on one connection, which a CONNECT that fails does not keep: a proxy
-offering only NTLM is told as such.
+aiohttp answers a proxy with Basic only, so the answer is made here: Basic and Digest as a Proxy-Authorization
+value for each request (or tunnel) - Digest (RFC 7616, MD5 or SHA-256, qop=auth) over the request's method
+and URI, for a CONNECT `CONNECT` and `host:port` -; Negotiate and NTLM as a `TunnelLogon`, a security context
+in the network identity's broker whose legs run on one connection (transport/tunnel.py opens the tunnels,
+auth.py runs the legs of plain requests).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -18,15 +17,17 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import hdrs
 
-from ..enums import AuthTarget, ErrorContext
-from ..errors import BitsError, ErrorCode, TransferError
+from ..enums import AuthTarget
 
 from .credentials import Contexts, Lookup
+from .tunnel import TunnelLogon
 
 _PARAM = re.compile(r'(\w+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]+)')
 _HASHES = {"md5": hashlib.md5, "sha-256": hashlib.sha256}
-#: in the order a proxy offering several is answered: the schemes of credentials the job has, then its ticket
-PROXY_SCHEMES = ("digest", "basic", "negotiate")
+#: in the order a proxy offering several is answered: the schemes of credentials the job has (NTLM's only with
+#: the job's NTLM credentials: a proxy offering Negotiate and NTLM gets them rather than a ticket tried), then
+#: Negotiate with its credentials or the network identity's ticket
+PROXY_SCHEMES = ("digest", "basic", "ntlm", "negotiate")
 
 
 def offered(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -41,32 +42,22 @@ def offered(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class ProxyAnswer:
-    """How the proxy's challenge is met, for every request of the transfer."""
+    """How the proxy's challenge is met, for every request of the transfer: a value (Basic, Digest) or a logon."""
 
     def __init__(self, scheme: str, *, basic: aiohttp.BasicAuth | None = None, digest: _Digest | None = None,
-                 contexts: Contexts | None = None, proxy_host: str = "") -> None:
+                 logon: TunnelLogon | None = None) -> None:
         self.scheme = scheme
-        self._basic, self._digest, self._contexts, self._proxy_host = basic, digest, contexts, proxy_host
+        self.logon = logon
+        self._basic, self._digest = basic, digest
 
-    async def value(self, request: aiohttp.ClientRequest) -> str:
+    def value(self, request: aiohttp.ClientRequest) -> str:
         """The Proxy-Authorization value for this request (for https: its CONNECT)."""
         if self._basic is not None:
             return self._basic.encode()
+        assert self._digest is not None, "a logon has no value: its legs run on the connection"
         tunnel = request.is_ssl()
-        if self._digest is not None:
-            uri = f"{request.url.raw_host}:{request.url.port}" if tunnel else str(request.url)
-            return self._digest.answer("CONNECT" if tunnel else request.method, uri)
-        assert self._contexts is not None
-        context = await self._contexts("negotiate", self._proxy_host, AuthTarget.PROXY)
-        assert context is not None, "chosen only when the job has credentials or a ticket to try"
-        try:
-            token = await context.step(None)
-        except BitsError as exc:
-            raise TransferError(ErrorCode.http(407), f"The proxy {request.proxy} wants Negotiate: {exc.description}",
-                                ErrorContext.REMOTE_FILE, 407, transient=False) from None
-        finally:
-            await context.close()
-        return f"Negotiate {base64.b64encode(token or b'').decode()}"
+        uri = f"{request.url.raw_host}:{request.url.port}" if tunnel else str(request.url)
+        return self._digest.answer("CONNECT" if tunnel else request.method, uri)
 
 
 async def choose(headers: Mapping[str, str] | None, lookup: Lookup, contexts: Contexts | None,
@@ -76,10 +67,15 @@ async def choose(headers: Mapping[str, str] | None, lookup: Lookup, contexts: Co
     for scheme in PROXY_SCHEMES:
         if scheme not in schemes:
             continue
-        if scheme == "negotiate":
-            if contexts is not None:
-                return ProxyAnswer(scheme, contexts=contexts, proxy_host=proxy_host)
-            continue
+        if scheme in ("negotiate", "ntlm"):
+            if contexts is None:
+                continue
+            if scheme == "ntlm":  # only with the job's NTLM credentials
+                probe = await contexts(scheme, proxy_host, AuthTarget.PROXY)
+                if probe is None:
+                    continue
+                await probe.close()
+            return ProxyAnswer(scheme, logon=TunnelLogon(scheme, contexts, proxy_host))
         found = await lookup(scheme)
         if found is None:
             continue

@@ -3,14 +3,14 @@
 The runner asks for a file's download (or a batch of small files, or an upload client); the
 transport layer picks how: http(s) through HttpTransport (aiohttp, or the lean fast path for plain
 http), file:// through copy_local from a source the job's file broker opened, SMB shares through
-copy_smb. What depends on the
+copy_smb (and uploads there through upload_smb). What depends on the
 job - its proxy, its credentials, its identities - comes in as a RemoteAccess the core binds.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -22,7 +22,8 @@ from .auth import ChallengeAuth
 from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
 from .file import copy_local
 from .http import HttpTransport
-from .smb import copy_smb, is_smb
+from .smb import SmbLogon, copy_smb, discard_smb_upload, is_smb, upload_smb
+from .tls import TlsSettings
 from .upload import HostWatch, UploadClient
 
 
@@ -35,8 +36,9 @@ class RemoteAccess(Protocol):
     def open_source(self, path: str) -> Awaitable[int]:
         """A file:// source, opened read-only by the job's network identity."""
 
-    def smb_credential(self) -> tuple[str, str, str]:
-        """(user, password, "ntlm" or "negotiate") for an SMB share; raises a TransferError without one."""
+    def smb_credential(self) -> SmbLogon:
+        """The logon to an SMB share: the job's (user, password, "ntlm" or "negotiate"), or its network identity's
+        Kerberos context (transport/smb.py)."""
 
 
 class Transport:
@@ -77,9 +79,21 @@ class Transport:
                           throttle: Throttle | None) -> list[RemoteValidator | None]:
         return await self._http.fetch_small(files, headers, lanes, throttle)
 
-    def upload_client(self, proxy: str | None, auth: ChallengeAuth | None, hosts: HostWatch | None) -> UploadClient:
-        """A client of the BITS upload protocol on the shared session."""
-        return UploadClient(self._http.session(), self.pools.reads, proxy, auth, hosts)
+    def upload_client(self, proxy: str | None, auth: ChallengeAuth | None, hosts: HostWatch | None,
+                      tls: TlsSettings) -> UploadClient:
+        """A client of the BITS upload protocol on the shared session, with the job's TLS settings."""
+        return UploadClient(self._http.session(), self.pools.reads, proxy, auth, hosts, self._http.tls.context(tls))
+
+    async def upload_smb(self, url: str, fd: int, size: int, mtime_ns: int, tag: str,
+                         acknowledged: Callable[[int], None], throttle: Throttle | None,
+                         credential: SmbLogon) -> None:
+        """The local file `fd` copied to an SMB remote name (see transport/smb.py) with the job's credential."""
+        await upload_smb(url, fd, size, mtime_ns, tag, acknowledged, throttle, credential=credential,
+                         pool=self.pools.smb, reads=self.pools.reads)
+
+    async def discard_smb_upload(self, url: str, tag: str, credential: SmbLogon) -> None:
+        """Cancel: the hidden file of an SMB upload is removed from the share."""
+        await discard_smb_upload(url, tag, credential=credential, pool=self.pools.smb)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -1,4 +1,4 @@
-"""TLS for https downloads: the trust store, a job's security flags and its client certificate.
+"""TLS for https transfers (downloads, and the packets of uploads): the trust store, a job's security flags and its client certificate.
 
 OpenSSL checks the server as it always does; the SSL_IGNORE_* flags it can relax itself are passed to it
 (CN_INVALID: no host name check; DATE_INVALID: X509_V_FLAG_NO_CHECK_TIME; ENABLE_CRL_CHECK: the leaf's CRL

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Executor
@@ -42,7 +43,7 @@ from ..uploadprotocol import (
 )
 from .base import Throttle, status_phrase, watching
 from .auth import ChallengeAuth
-from .http import THROTTLED_READ, display_url, proxy_refused
+from .http import THROTTLED_READ, certificate_refused, display_url, proxy_refused
 
 #: First fragment; later ones are sized from the measured rate.
 INITIAL_FRAGMENT = 1024 * 1024
@@ -193,8 +194,11 @@ def _wire_error(exc: BaseException, shown: str) -> TransferError:
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return proxy_refused(exc, shown)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return TransferError(ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"the certificate of the server for {shown} is "
-                             f"not valid: {exc.certificate_error}", ErrorContext.GENERAL_TRANSPORT, transient=False)
+        return certificate_refused(exc, shown)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return TransferError(ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"uploading to {shown}: the TLS handshake "
+                             f"failed ({exc}); does the server want a client certificate (setclientcertificate)?",
+                             ErrorContext.GENERAL_TRANSPORT, transient=False)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         code = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED
     elif isinstance(exc, aiohttp.ClientConnectorError):
@@ -229,8 +233,12 @@ class UploadClient:
     be sent twice. A BITS-Host-Id server gets the same credentials as the URL's."""
 
     def __init__(self, session: aiohttp.ClientSession, reads: Executor, proxy: str | None = None,
-                 auth: ChallengeAuth | None = None, hosts: HostWatch | None = None) -> None:
+                 auth: ChallengeAuth | None = None, hosts: HostWatch | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the context of the job's TLS settings (security flags, CA files, client certificate), the one
+        its downloads get (HttpTransport.tls)."""
         self._session = session
+        self._ssl: ssl.SSLContext | bool = True if tls is None else tls
         #: where fragments are read from the file (Pools.reads)
         self._reads = reads
         self._proxy = proxy
@@ -335,7 +343,7 @@ class UploadClient:
         try:
             async with self._session.request(
                 METHOD, target, headers={**headers, Header.PACKET_TYPE: packet.value}, data=body,
-                allow_redirects=False, proxy=self._proxy, middlewares=self._middlewares,
+                allow_redirects=False, proxy=self._proxy, middlewares=self._middlewares, ssl=self._ssl,
                 **({"timeout": timeout} if timeout else {}),
             ) as resp:
                 ack = _Ack(resp.status, resp.headers, await resp.content.read(64 * 1024))
