@@ -4,6 +4,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 # Debian's interpreter, not a pyenv one: tests run clients as other local users,
 # who cannot execute an interpreter under /root.
 PYTHON3 ?= /usr/bin/python3
@@ -11,9 +12,14 @@ PYTEST_ARGS ?=
 
 .PHONY: run test test-fast test-load bench bench-politeness system-deps clean
 
-$(STAMP): pyproject.toml | system-deps
+# `make run` needs the package alone; `make test` adds the test tools (schemathesis, boto3, build, ...).
+$(RUN_STAMP): pyproject.toml | system-deps
 	$(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -21,7 +27,7 @@ system-deps:
 	@sh scripts/system-deps.sh
 	@sh scripts/install-pam.sh
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) scripts/demo.py
 
 # Every test but the `load` suite: four workers, a test file to each (the suite waits far more than it

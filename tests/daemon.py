@@ -76,7 +76,8 @@ class DaemonProcess:
                 raise RuntimeError(f"openbitsd exited with {proc.returncode}:\n{self.log()}")
             return answers(self.socket)
 
-        wait_until(answering, 15, lambda: f"openbitsd did not answer within 15 s:\n{self.log()}", interval=0.02)
+        # a deadline for a daemon that hangs, not a measure of its start (make test's workers share 2 cores)
+        wait_until(answering, 60, lambda: f"openbitsd did not answer within 60 s:\n{self.log()}", interval=0.02)
         return self
 
     def log(self) -> str:

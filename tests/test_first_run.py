@@ -27,9 +27,17 @@ def _until_connected(pid: int) -> None:
     """Until the process holds a socket (its connection to the daemon): a Ctrl-C before that lands while
     Python is still importing, where the interpreter itself prints a traceback."""
     deadline = time.monotonic() + 60
-    while not any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd")):
+    while not any(_link(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd")):
         assert time.monotonic() < deadline, "monitor never connected"
         time.sleep(0.1)
+
+
+def _link(path: str) -> str:
+    """What an fd of /proc/PID/fd is; "" for one closed since the folder was listed."""
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return ""
 
 
 @pytest.mark.slow
