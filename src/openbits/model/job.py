@@ -390,11 +390,11 @@ class Job:
                             "before the first Resume (create a new job for another method)",
                             ErrorContext.GENERAL_QUEUE_MANAGER)
 
-    def add_files(self, pairs: list[tuple[str, str]], max_files: int,
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int | None,
                   ranges: list[list[list[int]] | None] | None = None, max_ranges: int | None = None,
                   checksums: list[list[str] | None] | None = None, mode: int = NEW_FILE_MODE) -> list[JobFile]:
-        """AddFileSet; per pair `ranges`: AddFileWithRanges' (or None), `max_ranges` its limit (None: none), and
-        `checksums`: the digests it must have (or None)."""
+        """AddFileSet within `max_files` (MaxFilesPerJob; None: none); per pair `ranges`: AddFileWithRanges' (or
+        None), `max_ranges` its limit (None: none), and `checksums`: the digests it must have (or None)."""
         self._require_not_final()
         ranges = ranges or [None] * len(pairs)
         checksums = [None if c is None else check_checksums(c) for c in checksums or [None] * len(pairs)]
@@ -418,7 +418,7 @@ class Job:
                 "upload jobs carry exactly one file; create one job per file",
                 ErrorContext.GENERAL_QUEUE_MANAGER,
             )
-        if len(self.files) + len(pairs) > max_files:
+        if max_files is not None and len(self.files) + len(pairs) > max_files:
             raise BitsError(
                 ErrorCode.BG_E_TOO_MANY_FILES_IN_JOB,
                 f"a job holds at most {max_files} files (it has {len(self.files)}, {len(pairs)} more asked); "
