@@ -34,6 +34,7 @@ from ..schema.models import (
     LogonRequest,
     LogonResult,
     NotifyCmdLine,
+    NotifyInterface,
     RangesRequest,
     RemoteName,
     RemotePrefix,
@@ -296,6 +297,10 @@ class AsyncJob:
     def notify_interface(self) -> object | None:
         """GetNotifyInterface: the object this client registered for the job, or None."""
         return self._notifiers.interface(self.id)
+
+    async def notify_interface_registered(self) -> bool:
+        """bitsadmin /getnotifyinterface: whether any client has a callback interface registered for the job."""
+        return (await self._connection.request("GET", self._path + "/notify-interface", NotifyInterface)).registered
 
     async def set_notify_interface(self, interface: object | None, *, callback_job: object | None = None,
                                    in_thread: bool = False) -> None:

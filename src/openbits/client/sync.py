@@ -252,6 +252,9 @@ class Job:
     def notify_interface(self) -> object | None:
         return self._job.notify_interface()
 
+    def notify_interface_registered(self) -> bool:
+        return self._loop.run(self._job.notify_interface_registered())
+
     def set_notify_interface(self, interface: object | None) -> None:
         self._loop.run(self._job.set_notify_interface(interface, callback_job=self, in_thread=True))
 

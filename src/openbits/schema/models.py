@@ -409,6 +409,13 @@ class AckResult(WireModel):
                            "(stale, already handled, or superseded); nothing to do")
 
 
+class NotifyInterface(WireModel):
+    """bitsadmin /getnotifyinterface: whether a client has a callback interface registered for the job."""
+
+    registered: bool = Field(description="true while some client's callbacks=true stream is the job's notify "
+                             "interface (SetNotifyInterface), whoever registered it")
+
+
 class NotifyCmdLine(WireModel):
     """SetNotifyCmdLine: an absolute program path (no search path, no shell) and its arguments after argv[0],
     or BITS's parameters string whose first token is the program ("prog {JOB}": split as a shell would)."""
