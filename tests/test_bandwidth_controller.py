@@ -22,6 +22,7 @@ from openbits import JobType, Manager
 from openbits.bandwidth import BandwidthPolicy, Decision, IdleController, Sample
 from openbits.bandwidth.controller import FLOOR_SHARE, MIN_FLOOR, OTHER_NOISE
 from openbits.bandwidth.sensing import DOWN, MIN_WINDOW, UP, interface_of, tcp_info
+from openbits.model.config import MIN_POLICY_RATE, BandwidthLimits
 from openbits.model.job import Job
 from openbits.enums import JobPriority
 
@@ -191,7 +192,7 @@ def job(priority: JobPriority, max_bandwidth: int = 0, job_type: JobType = JobTy
 
 def test_uploads_have_their_own_controller() -> None:
     """The way up is another bottleneck: an upload gets the upload sensor's rate, a download the other's."""
-    policy = BandwidthPolicy(lambda: 0, FakeSensor(Decision(2_000_000, "idle link")),  # type: ignore[arg-type]
+    policy = BandwidthPolicy(lambda: BandwidthLimits(), FakeSensor(Decision(2_000_000, "idle link")),  # type: ignore[arg-type]
                              upload_sensor=FakeSensor(Decision(30_000, "yielding to 800 kbit/s of other traffic")))  # type: ignore[arg-type]
     assert policy.explain(job(JobPriority.NORMAL)) == (2_000_000, "idle link")
     assert policy.explain(job(JobPriority.NORMAL, job_type=JobType.UPLOAD)) == (
@@ -201,23 +202,37 @@ def test_uploads_have_their_own_controller() -> None:
 def test_policy_caps_unless_the_link_is_idle_and_the_switch_says_so() -> None:
     idle = Decision(10_000_000, "idle link: using the idle part of 100,000 kbit/s", idle=True)
     switch = [False]
-    policy = BandwidthPolicy(lambda: 1_000_000, FakeSensor(idle), lambda: switch[0])  # type: ignore[arg-type]
+    policy = BandwidthPolicy(lambda: BandwidthLimits(total=1_000_000), FakeSensor(idle), lambda: switch[0])  # type: ignore[arg-type]
     assert policy.background_rate() == (1_000_000, "capped by policy at 8,000 kbit/s")
     switch[0] = True
     assert policy.background_rate() == (10_000_000, idle.reason)
     busy = Decision(5_000_000, "yielding to 50,000 kbit/s of other traffic")
-    policy = BandwidthPolicy(lambda: 1_000_000, FakeSensor(busy), lambda: True)  # type: ignore[arg-type]
+    policy = BandwidthPolicy(lambda: BandwidthLimits(total=1_000_000), FakeSensor(busy), lambda: True)  # type: ignore[arg-type]
     assert policy.background_rate()[0] == 1_000_000, "the switch lifts the cap only on an idle link"
-    policy = BandwidthPolicy(lambda: 0, FakeSensor(None))  # type: ignore[arg-type]
+    policy = BandwidthPolicy(lambda: BandwidthLimits(), FakeSensor(None))  # type: ignore[arg-type]
     assert policy.background_rate() == (0, "no limit: no link is shared now")
 
 
 def test_explain_foreground_and_job_caps() -> None:
-    policy = BandwidthPolicy(lambda: 0, FakeSensor(Decision(2_000_000, "yielding to 1 kbit/s of other traffic")))  # type: ignore[arg-type]
+    policy = BandwidthPolicy(lambda: BandwidthLimits(), FakeSensor(Decision(2_000_000, "yielding to 1 kbit/s of other traffic")))  # type: ignore[arg-type]
     assert policy.explain(job(JobPriority.FOREGROUND)) == (0, "foreground: not throttled, competes like any other flow")
     assert policy.explain(job(JobPriority.NORMAL))[0] == 2_000_000
     assert policy.explain(job(JobPriority.LOW, 125_000)) == (125_000, "capped by the job at 1,000 kbit/s")
     assert policy.throttle_for(job(JobPriority.FOREGROUND)) is None
+
+
+def test_per_priority_caps_and_a_policy_of_zero() -> None:
+    """[bandwidth] high/normal/low cap each priority's jobs under the total; 0 blocks (BG_E_BLOCKED_BY_POLICY)."""
+    limits = [BandwidthLimits(total=1_000_000, low=125_000, normal=0)]
+    policy = BandwidthPolicy(lambda: limits[0], FakeSensor(None))  # type: ignore[arg-type]
+    assert policy.explain(job(JobPriority.HIGH)) == (1_000_000, "capped by policy at 8,000 kbit/s")
+    assert policy.explain(job(JobPriority.LOW)) == (125_000, "capped by policy at 1,000 kbit/s for LOW jobs")
+    assert policy.explain(job(JobPriority.NORMAL)) == (
+        0, "blocked by policy: the bandwidth policy in force allows NORMAL jobs nothing")
+    assert policy.explain(job(JobPriority.FOREGROUND))[0] == 0  # foreground jobs: no policy applies
+    limits[0] = BandwidthLimits(total=0)
+    assert policy.background_rate() == (MIN_POLICY_RATE, "blocked by policy: the bandwidth policy in force "
+                                        "allows background jobs nothing")
 
 
 class FakeSocket:

@@ -16,6 +16,9 @@ from openbits.schema.models import JobInfo, JobList
 
 from .cli import Cli, one_line_error
 from .daemon import DaemonProcess
+from .servers.auth import BODY, AuthServer
+from .servers.faulty import FaultyServer
+from .servers.faulty import content as faulty_content
 from .servers.nginx import NginxServer
 from .waiting import wait_until
 
@@ -140,3 +143,76 @@ def test_interrupted_transfer_cancels_the_job(cli: Cli, silent_server: str, tmp_
     assert stderr.strip().startswith("openbits: interrupted: cancelled job ")
     guid = stderr.strip().rsplit(" ", 1)[1]
     assert cli.ok("getstate", guid).strip() == "CANCELLED"
+
+
+def test_transfer_takes_start_bits_transfers_parameters(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
+    """--suspended sets the job up and prints its GUID; --asynchronous starts it and returns (Start-BitsTransfer)."""
+    url = faulty.url(f"/cli/{uuid.uuid4().hex}?size=20k")
+    result = cli("transfer", "--suspended", "--display-name", "set up", "--description", "nightly",
+                 "--retry-interval", "120", "--retry-timeout", "900", "--max-download-time", "3600",
+                 "--transfer-policy", "STANDARD", "--custom-headers", "X-Test: one", "--custom-headers", "X-More: 2",
+                 "--dynamic", "--security-flags", "ALLOW_REPORT", "--notify-cmdline", "/bin/true {JOB}",
+                 "--proxy-usage", "NoProxy", "--priority", "low", url, str(tmp_path / "set-up.bin"))
+    assert result.returncode == 0, result.stderr
+    guid = result.stdout.strip()
+    info = JobInfo.model_validate_json(cli.ok("info", guid, "--json"))
+    assert (info.state.name, info.name, info.description, info.priority.name) == ("SUSPENDED", "set up", "nightly",
+                                                                                   "LOW")
+    assert (info.minimum_retry_delay, info.no_progress_timeout, info.max_download_time) == (120, 900, 3600)
+    assert (info.cost_flags, info.custom_headers, info.dynamic_content) == (0x80000067, ["X-Test: one", "X-More: 2"],
+                                                                            True)
+    assert (info.security_flags, info.notify_cmdline, info.proxy_usage.name) == (0x100, ["/bin/true", "{JOB}"],
+                                                                                  "NO_PROXY")
+    cli.ok("cancel", guid)
+    target = tmp_path / "async.bin"
+    result = cli("transfer", "--asynchronous", "--custom-headers", "X-Async: yes", url, str(target))
+    assert result.returncode == 0, result.stderr
+    guid = result.stdout.strip()
+    assert cli("wait", guid, "--timeout", "60").returncode == 0
+    assert not target.exists()  # an asynchronous transfer is completed by its caller
+    cli.ok("complete", guid)
+    path_qs = "/" + url[len(faulty.url("")):]
+    assert target.read_bytes() == faulty_content(path_qs)
+    assert any(r.headers.get("X-Async") == "yes" for r in faulty.requests if r.path_qs == path_qs)
+
+
+def test_transfer_credential_answers_the_servers_challenge(cli: Cli, tmp_path: Path) -> None:
+    server = AuthServer()
+    try:
+        server.accounts["alice"] = "s3cret pass"
+        target = tmp_path / "secret.bin"
+        result = cli("transfer", "--credential", "alice", "--authentication", "basic", "--password-stdin",
+                     server.url("/basic/alice/f"), str(target), input="s3cret pass\n")
+        assert result.returncode == 0, result.stderr
+        assert target.read_bytes() == BODY
+        assert "s3cret" not in result.stdout + result.stderr
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("args", "complaint"), [
+    (["--proxy-list", "http://p:3128"], "--proxy-list and --proxy-bypass go with --proxy-usage OVERRIDE"),
+    (["--password-stdin"], "--password-stdin reads the password of --credential USER"),
+    (["--notify-cmdline", "prog {JOB}"], "give the program's absolute path first"),
+    (["--security-flags", "BOGUS"], "'BOGUS': use a number or"),
+    (["--transfer-policy", "CHEAP"], "CHEAP"),
+    (["--asynchronous", "--max-time", "5"], "--max-time and --fail-fast follow a synchronous transfer"),
+])
+def test_transfer_refuses_bad_parameters_before_making_a_job(cli: Cli, tmp_path: Path, args: list[str],
+                                                             complaint: str) -> None:
+    result = cli("transfer", *args, "http://127.0.0.1:9/f", str(tmp_path / "f"))
+    assert result.returncode == 2 and complaint in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert JobList.model_validate_json(cli.ok("list", "--json")).jobs == []
+
+
+def test_getnotifyinterface_tells_whether_a_callback_is_registered(cli: Cli, daemon: DaemonProcess) -> None:
+    guid = cli.ok("create", "callbacks").strip()
+    assert cli.ok("getnotifyinterface", guid).strip() == "UNREGISTERED"
+    with daemon.manager() as manager:
+        manager.get_job(guid).set_notify_interface(object())
+        assert cli.ok("getnotifyinterface", guid).strip() == "REGISTERED"
+    wait_until(lambda: cli.ok("getnotifyinterface", guid).strip() == "UNREGISTERED", 30,
+               "the interface to go with the client that registered it")
+    refused = cli("getnotifyinterface", "no-such-job")
+    one_line_error(refused, 1, "openbits: BG_E_NOT_FOUND")

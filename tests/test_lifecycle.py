@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,8 @@ import pytest
 from openbits import BitsError, ErrorContext, JobPriority, JobState, JobType, Manager
 
 from .daemon import DaemonProcess
+from .test_security import CLI
+from .users import make_user, require_root  # noqa: F401 (a fixture)
 from .waiting import wait_until
 
 
@@ -170,33 +175,44 @@ def test_add_file_refuses_bad_names(manager: Manager, tmp_path: Path) -> None:
     assert job.files == []
 
 
-def test_limits_jobs_per_user_and_files_per_job(tmp_path: Path, nginx) -> None:  # type: ignore[no-untyped-def]
-    daemon = DaemonProcess(tmp_path / "d", {"max_jobs_per_user": 2, "max_files_per_job": 3}).start()
-    try:
-        with daemon.manager() as manager:
-            job = manager.create_job("a", JobType.DOWNLOAD)
-            manager.create_job("b", JobType.DOWNLOAD)
-            with pytest.raises(BitsError) as refused:
-                manager.create_job("c", JobType.DOWNLOAD)
-            assert refused.value.name == "BG_E_TOO_MANY_JOBS_PER_USER"
-            with pytest.raises(BitsError) as refused:
-                job.add_files([(nginx.url("x"), tmp_path / f"{i}") for i in range(4)])
-            assert refused.value.name == "BG_E_TOO_MANY_FILES_IN_JOB"
-            job.cancel()
-            manager.create_job("c", JobType.DOWNLOAD)  # a cancelled job no longer counts
-            daemon.reload({"max_jobs_per_user": 5, "max_files_per_job": 3})
-            for attempt in range(100):  # SIGHUP is asynchronous
-                try:
-                    manager.create_job("d", JobType.DOWNLOAD)
-                    break
-                except BitsError:
-                    import time
+def test_limits_bind_users_not_administrators(tmp_path: Path, nginx, make_user) -> None:  # type: ignore[no-untyped-def]
+    """MaxJobsPerUser, MaxJobsPerMachine and MaxFilesPerJob bind a regular user; root, an administrator, is
+    free of them, as BITS's administrators are; a reload changes them without a restart."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="obt_limits_", dir="/var/tmp"))
+    base.chmod(0o755)
+    alice = make_user("alice")
+    daemon = DaemonProcess(base / "d", {"max_jobs_per_user": 2, "max_jobs_per_machine": 3, "max_files_per_job": 3},
+                           system=True).start()
 
-                    time.sleep(0.05)
-            else:
-                pytest.fail("the reloaded limit never applied")
+    def as_alice(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/usr/sbin/runuser", "-u", alice.name, "--", str(CLI), "--socket", str(daemon.socket),
+                               "--no-autostart", *args], input=stdin, capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(alice.home)})
+
+    try:
+        first = as_alice("create", "a")
+        assert first.returncode == 0, first.stderr
+        job = first.stdout.strip()
+        files = "".join(f"{nginx.url('x')} {alice.home / str(i)}\n" for i in range(4))
+        refused = as_alice("addfileset", job, "-", stdin=files)
+        assert refused.returncode == 1 and "BG_E_TOO_MANY_FILES_IN_JOB" in refused.stderr
+        assert as_alice("create", "b").returncode == 0
+        refused = as_alice("create", "c")
+        assert refused.returncode == 1 and "BG_E_TOO_MANY_JOBS_PER_USER" in refused.stderr, refused.stderr
+        with daemon.manager() as manager:  # root: an administrator, free of the limits
+            mine = [manager.create_job(f"root {i}", JobType.DOWNLOAD) for i in range(3)]
+            mine[0].add_files([(nginx.url("x"), tmp_path / str(i)) for i in range(4)])
+            daemon.reload({"max_jobs_per_user": 5, "max_jobs_per_machine": 5})
+            refused = wait_until(lambda: (r := as_alice("create", "c")).returncode == 1
+                                 and "BG_E_TOO_MANY_JOBS_PER_MACHINE" in r.stderr and r, 30,
+                                 "the reloaded limits (5 jobs on the machine, which has 5)")
+            assert "the limit (max_jobs_per_machine) is 5" in refused.stderr
+            mine[0].cancel()
+            assert as_alice("create", "c").returncode == 0  # a cancelled job no longer counts
     finally:
         daemon.stop()
+        shutil.rmtree(base)
 
 
 def test_lookup_by_display_name(manager: Manager) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from openbits import JobPriority, JobState, JobType, Manager
-from openbits.model.config import Config, parse_rate
+from openbits.model.config import BandwidthLimits, Config, parse_rate
 
 from .daemon import DaemonProcess
 from .servers.faulty import FaultyServer
@@ -94,6 +94,29 @@ def test_background_cap_and_reload_without_restart(tmp_path: Path, faulty: Fault
         daemon.stop()
 
 
+def test_per_priority_policy_caps_and_blocks(tmp_path: Path, faulty: FaultyServer) -> None:
+    """[bandwidth] low = 0 holds LOW jobs in TRANSIENT_ERROR (BG_E_BLOCKED_BY_POLICY) while NORMAL ones run
+    under their own cap; a reload that lifts the block lets the held job go on."""
+    daemon = DaemonProcess(tmp_path / "d", {"bandwidth": {"low": 0, "normal": "1M"}}).start()
+    try:
+        with daemon.manager() as manager:
+            low = add_job(manager, faulty, tmp_path / "low", JobPriority.LOW, size="1m")
+            normal = add_job(manager, faulty, tmp_path / "normal", JobPriority.NORMAL, size="200m")
+            low.resume()
+            normal.resume()
+            wait_state(low, JobState.TRANSIENT_ERROR)
+            assert low.error is not None and low.error.name == "BG_E_BLOCKED_BY_POLICY"
+            assert "allows LOW jobs no bandwidth" in low.error.description
+            assert low.info().rate_reason.startswith("blocked by policy")
+            wait_until(lambda: normal.progress.bytes_transferred > 0, 30, "the NORMAL job's first bytes")
+            assert normal.info().allowed_rate <= 1_000_000
+            normal.cancel()
+            daemon.reload({"bandwidth": {"normal": "1M"}})
+            assert low.wait(60) == JobState.TRANSFERRED
+    finally:
+        daemon.stop()
+
+
 def test_per_job_cap_applies_to_foreground_too(manager: Manager, faulty: FaultyServer, tmp_path: Path) -> None:
     job = add_job(manager, faulty, tmp_path / "f", JobPriority.FOREGROUND, size="100m")
     job.set_properties(max_bandwidth=1_000_000)
@@ -116,13 +139,17 @@ def test_inactive_jobs_are_cancelled(tmp_path: Path) -> None:
 
 
 def test_bandwidth_schedule_picks_the_window_in_force() -> None:
-    config = Config.from_dict({"bandwidth": {"limit": "10M", "schedule": [
-        {"days": "mon-fri", "from": "08:00", "to": "17:00", "limit": "800kbit/s"},
-        {"days": "sat,sun", "limit": 0},
+    config = Config.from_dict({"bandwidth": {"limit": "10M", "low": "1k", "schedule": [
+        {"days": "mon-fri", "from": "08:00", "to": "17:00", "limit": "800kbit/s", "normal": "unlimited", "low": 0},
+        {"days": "sat,sun", "limit": "unlimited"},
     ]}})
-    assert config.background_limit(0, 9 * 60) == 100_000  # Monday 09:00: work hours
-    assert config.background_limit(4, 17 * 60) == 10_000_000  # Friday 17:00: after work
-    assert config.background_limit(6, 12 * 60) == 0  # Sunday: unlimited
+    work = config.bandwidth_limits(0, 9 * 60)  # Monday 09:00: work hours
+    assert work == BandwidthLimits(total=100_000, low=0) and work.blocks("LOW") and not work.blocks("HIGH")
+    assert config.bandwidth_limits(4, 17 * 60) == BandwidthLimits(total=10_000_000, low=1000)  # Friday after work
+    assert config.bandwidth_limits(6, 12 * 60) == BandwidthLimits()  # Sunday: unlimited
+    assert Config.from_dict({"bandwidth": {"high": 10}}).bandwidth.high == 250  # BITS's floor: 2 kbit/s
+    assert Config().bandwidth_limits(0, 0) == BandwidthLimits()  # no policy: no cap
+    assert Config.from_dict({"bandwidth": {"limit": 0}}).bandwidth.blocks("HIGH")  # 0 blocks, as in BITS
     assert parse_rate("2MiB/s") == 2 * 2**20 and parse_rate(1234) == 1234
 
 
@@ -130,6 +157,8 @@ def test_bandwidth_schedule_picks_the_window_in_force() -> None:
     ("max_jobs_per_user = -1", "max_jobs_per_user"),
     ("no_such_key = 1", "unknown key 'no_such_key'"),
     ("[bandwidth]\nlimit = 'fast'", "not a rate"),
+    ("[[bandwidth.schedule]]\nurgent = 1", "a schedule window takes days, from, to, limit, high, normal and low"),
+    ("max_jobs_per_machine = 0", "max_jobs_per_machine"),
     ("this is not toml", "not valid TOML"),
 ])
 def test_bad_config_is_refused_with_a_reason(tmp_path: Path, text: str, complaint: str) -> None:

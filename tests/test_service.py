@@ -6,6 +6,8 @@ file broker. No daemon process, no API: the same rules the API tests reach, in m
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,9 @@ from openbits.model.job import Job
 from openbits.store import SqliteStore
 
 from .inprocess import Core
+from .users import RealUser, make_user  # noqa: F401 (a fixture)
+
+MakeUser = Callable[..., RealUser]
 
 URL = "https://example.test/f.bin"
 
@@ -89,24 +94,63 @@ async def test_take_ownership_needs_an_administrator(core: Core) -> None:
 # ---------------------------------------------------------------- limits
 
 
-async def test_a_user_has_at_most_max_jobs_per_user_live_jobs(core: Core) -> None:
+async def test_a_user_has_at_most_max_jobs_per_user_live_jobs(core: Core, make_user: MakeUser) -> None:
     core.configure(max_jobs_per_user=2)
-    first, _ = await create(core, core.other), await create(core, core.other)
-    error = await refused(create(core, core.other), ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER)
+    alice, bob = make_user("alice").identity, make_user("bob").identity  # regular users: the limits bind them
+    first, _ = await create(core, alice), await create(core, alice)
+    error = await refused(create(core, alice), ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER)
     assert "limit is 2" in error.description
-    await create(core, core.me)  # the limit is each user's own
-    await core.service.cancel(core.other, first.id)  # a final job no longer counts
-    await create(core, core.other)
-    await refused(create(core, core.other), ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER)
+    await create(core, bob)  # the limit is each user's own
+    await core.service.cancel(alice, first.id)  # a final job no longer counts
+    await create(core, alice)
+    await refused(create(core, alice), ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER)
 
 
-async def test_add_files_keeps_max_files_per_job(core: Core, tmp_path: Path) -> None:
+async def test_max_jobs_per_machine_counts_every_users_jobs(core: Core, make_user: MakeUser) -> None:
+    """MaxJobsPerMachine: all live jobs count (an administrator's too); it binds regular users only."""
+    core.configure(max_jobs_per_machine=3, users_service_group="obt_svc_group")
+    alice, bob = make_user("alice").identity, make_user("bob").identity
+    await create(core, core.root)
+    await create(core, alice)
+    await create(core, bob)
+    error = await refused(create(core, alice), ErrorCode.BG_E_TOO_MANY_JOBS_PER_MACHINE)
+    assert "3 jobs of all its users" in error.description and "max_jobs_per_machine" in error.description
+    await create(core, core.root)  # "does not apply to a user with administrator privileges or service accounts"
+    await create(core, core.other)  # nobody: a system account (uid above UID_MAX)
+
+
+async def test_administrators_and_service_accounts_are_free_of_the_limits(core: Core, make_user: MakeUser) -> None:
+    subprocess.run(["groupadd", "-f", "obt_svc_group"], check=True)
+    try:
+        core.configure(max_jobs_per_user=1, max_jobs_per_machine=9, users_service_group="obt_svc_group")
+        service_account = make_user("svc", groups=["obt_svc_group"]).identity
+        admin = make_user("admin", groups=["sudo"]).identity
+        for caller in (core.root, core.other, service_account, admin):
+            await create(core, caller)
+            await create(core, caller)
+        alice = make_user("alice").identity
+        await create(core, alice)
+        await refused(create(core, alice), ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER)
+        core.configure(max_jobs_per_user=1, max_jobs_per_machine=1, users_service_group="obt_svc_group")
+        await refused(create(core, make_user("bob").identity), ErrorCode.BG_E_TOO_MANY_JOBS_PER_MACHINE)
+        await create(core, service_account)
+    finally:
+        subprocess.run(["groupdel", "obt_svc_group"], check=False, capture_output=True)
+
+
+async def test_add_files_keeps_max_files_per_job(core: Core, make_user: MakeUser) -> None:
     core.configure(max_files_per_job=2)
-    job = await create(core, core.me)
-    await core.service.add_files(core.me, job.id, [(URL, str(tmp_path / "1")), (URL, str(tmp_path / "2"))])
-    await refused(core.service.add_files(core.me, job.id, [(URL, str(tmp_path / "3"))]),
-                  ErrorCode.BG_E_TOO_MANY_FILES_IN_JOB)
+    alice = make_user("alice")
+    home = str(alice.home)
+    job = await create(core, alice.identity)
+    await core.service.add_files(alice.identity, job.id, [(URL, f"{home}/1"), (URL, f"{home}/2")])
+    error = await refused(core.service.add_files(alice.identity, job.id, [(URL, f"{home}/3")]),
+                          ErrorCode.BG_E_TOO_MANY_FILES_IN_JOB)
+    assert "at most 2 files" in error.description
     assert len(job.files) == 2
+    mine = await create(core, core.root)  # an administrator: MaxFilesPerJob does not apply
+    await core.service.add_files(core.root, mine.id, [(URL, f"/tmp/obt-limits-{i}") for i in range(3)])
+    assert len(mine.files) == 3
 
 
 async def test_resume_of_an_empty_job_is_bg_e_empty(core: Core) -> None:

@@ -78,7 +78,7 @@ def listener(tmp_path: Path) -> Iterator[NotifyListener]:
 
 
 def test_ready_status_watchdog_reload_stopping(tmp_path: Path, listener: NotifyListener) -> None:
-    daemon = DaemonProcess(tmp_path / "d", {"max_jobs_per_user": 5})
+    daemon = DaemonProcess(tmp_path / "d", {"bandwidth": {"limit": 0}})
     daemon.start()
     with daemon.manager() as manager:
         manager.create_job("kept", JobType.DOWNLOAD)
@@ -107,10 +107,7 @@ def test_ready_status_watchdog_reload_stopping(tmp_path: Path, listener: NotifyL
         assert any(line.startswith("MONOTONIC_USEC=") for line in listener.messages[reloading][1])
         listener.wait_for("READY=1", reloading)
         with Manager(socket_path=daemon.socket, autostart=False) as manager:
-            for n in range(4):
-                manager.create_job(f"more-{n}", JobType.DOWNLOAD)
-            with pytest.raises(Exception, match="the limit is 5"):
-                manager.create_job("sixth", JobType.DOWNLOAD)
+            assert manager.status().bandwidth.startswith("blocked by policy")  # the old [bandwidth] limit = 0
         assert "configuration not reloaded, the old one stays" in daemon.log()
 
         mark = len(listener.messages)
@@ -241,16 +238,15 @@ def test_metrics_address_in_use_stops_the_start(tmp_path: Path) -> None:
 
 def test_user_daemon_reads_its_default_config(tmp_path: Path) -> None:
     (tmp_path / "xdg" / "openbits").mkdir(parents=True)
-    (tmp_path / "xdg" / "openbits" / "openbitsd.toml").write_text("max_jobs_per_user = 1\n")
+    (tmp_path / "xdg" / "openbits" / "openbitsd.toml").write_text("[bandwidth]\nlimit = 0\n")
     daemon = DaemonProcess(tmp_path / "d")
     daemon.config_option = False
     daemon.start(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     try:
         with daemon.manager() as manager:
-            assert manager.status().config_file == str(tmp_path / "xdg" / "openbits" / "openbitsd.toml")
-            manager.create_job("one", JobType.DOWNLOAD)
-            with pytest.raises(Exception, match="the limit is 1"):
-                manager.create_job("two", JobType.DOWNLOAD)
+            status = manager.status()
+            assert status.config_file == str(tmp_path / "xdg" / "openbits" / "openbitsd.toml")
+            assert status.bandwidth.startswith("blocked by policy")  # the file's policy: no background transfer
     finally:
         daemon.stop()
 

@@ -176,6 +176,8 @@ class TransferPolicy(BitsEnum):
 
 #: How `openbits info`'s rate_reason begins for a job the network's cost state blocks.
 BLOCKED_BY_COST = "blocked by cost"
+#: ... and of a background job the bandwidth policy in force allows nothing (a cap of 0)
+BLOCKED_BY_POLICY = "blocked by policy"
 #: How it begins for a job whose owner is not logged on (core/logons.py): the job stays QUEUED.
 NOT_LOGGED_ON = "owner not logged on"
 

@@ -20,7 +20,8 @@ from ..events.bus import Subscription
 from ..model.event import Event, Exchange
 from ..events.notify import check_cmdline
 from ..store import Store
-from ..schema.models import STREAM_EXCHANGE, STREAM_SHUTDOWN, AckResult, EventAck, NotifyCmdLine, StreamReady
+from ..schema.models import (STREAM_EXCHANGE, STREAM_SHUTDOWN, AckResult, EventAck, NotifyCmdLine, NotifyInterface,
+                             StreamReady)
 from .request import DELIVERIES, SERVICE, caller, flag, parse, respond, respond_job
 
 log = logging.getLogger("openbits.api")
@@ -162,6 +163,13 @@ async def ack(request: web.Request) -> web.Response:
     if accepted and not body.ok:
         log.info("event %d: the callback failed: %s", seq, body.message or "(no message)")
     return respond(AckResult(accepted=accepted))
+
+
+@event_routes.get("/v1/jobs/{job:[^/]+}/notify-interface")
+async def get_notify_interface(request: web.Request) -> web.Response:
+    """bitsadmin /getnotifyinterface: is a callback interface registered for the job (by any client)?"""
+    job = request.app[SERVICE].find(caller(request), request.match_info["job"])
+    return respond(NotifyInterface(registered=request.app[DELIVERIES].registered(job)))
 
 
 @event_routes.put("/v1/jobs/{job:[^/]+}/notify-cmdline")

@@ -20,6 +20,7 @@ from ..schema.models import (
     DownloadPosition,
     JobList,
     JobProperties,
+    Mirrors,
     RangesRequest,
     RemoteName,
     RemotePrefix,
@@ -125,6 +126,8 @@ def _file_change(model: type[M], change: Callable[[Job, int, M], None]) -> Handl
 
 
 _FILE = "/v1/jobs/{job:[^/]+}/files/{index:[0-9]+}"
+routes.put(f"{_FILE}/mirrors")(_file_change(Mirrors, lambda job, i, b: job.set_mirrors(
+    i, b.mirrors, b.size, b.piece_length, b.piece_hashes)))
 routes.put(f"{_FILE}/remote-name")(_file_change(RemoteName, lambda job, i, b: job.set_remote_name(i, b.remote_url)))
 routes.post(f"{_FILE}/ranges")(_file_change(RangesRequest, lambda job, i, b: job.request_file_ranges(
     i, [[r.offset, r.length] for r in b.ranges])))

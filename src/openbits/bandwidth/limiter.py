@@ -13,8 +13,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from ..model.config import MIN_POLICY_RATE, BandwidthLimits
 from ..model.job import Job
-from ..enums import JobPriority, JobType
+from ..enums import BLOCKED_BY_POLICY, JobPriority, JobType
 from .controller import kbit
 from .sensing import LinkSensor, SocketLike
 
@@ -90,17 +91,19 @@ class _Chain:
 class BandwidthPolicy:
     """Hands each transfer the buckets that apply to its job.
 
-    `background_limit` is the policy's cap now (0 = none); `ignore_limits_when_idle`
-    lifts it while the controller sees nobody else on the link. Without a sensor
+    `background_limits` are the policy's caps now: of all background jobs together and of each
+    priority's; `ignore_limits_when_idle` lifts them while the controller sees nobody else on the link.
+    A cap of 0 (the policy blocks: the scheduler holds such jobs in BG_E_BLOCKED_BY_POLICY) lets a
+    transfer that is still running crawl at 2 kbit/s until the scheduler stops it. Without a sensor
     (`idle_control = false`) background jobs run at the cap alone, like a fixed limit.
     Uploads have a sensor, a controller and a bucket of their own (`upload_sensor`):
     the way up is another bottleneck, shared with other uploads, not downloads.
     """
 
-    def __init__(self, background_limit: Callable[[], int], sensor: LinkSensor | None = None,
+    def __init__(self, background_limits: Callable[[], BandwidthLimits], sensor: LinkSensor | None = None,
                  ignore_limits_when_idle: Callable[[], bool] = lambda: False,
                  upload_sensor: LinkSensor | None = None) -> None:
-        self._limit = background_limit
+        self._limits = background_limits
         self._sensors = {False: sensor, True: upload_sensor}
         self._ignore_when_idle = ignore_limits_when_idle
         self._background = {
@@ -108,25 +111,48 @@ class BandwidthPolicy:
             True: TokenBucket(lambda: self.background_rate(True)[0], min_burst=UPLOAD_MIN_BURST,
                               burst_seconds=UPLOAD_BURST_SECONDS),
         }
+        #: each background priority's downloads (uploads) together, under [bandwidth] high/normal/low
+        self._per_priority = {
+            (upload, priority): TokenBucket(lambda u=upload, p=priority: self._priority_rate(u, p))
+            for upload in (False, True) for priority in JobPriority if priority != JobPriority.FOREGROUND}
         self._per_job: dict[str, TokenBucket] = {}
 
-    def background_rate(self, upload: bool = False) -> tuple[int, str]:
-        """Bytes/s all background downloads (or uploads) share now (0 = unlimited), and why."""
-        cap = self._limit()
+    def background_rate(self, upload: bool = False, priority: JobPriority | None = None) -> tuple[int, str]:
+        """Bytes/s all background downloads (or uploads; of `priority` only) share now (0 = unlimited), and why."""
+        limits = self._limits()
+        if limits.total == 0 or (priority is not None and limits.blocks(priority.name)):
+            whose = "background jobs" if limits.total == 0 or priority is None else f"{priority.name} jobs"
+            return MIN_POLICY_RATE, f"{BLOCKED_BY_POLICY}: the bandwidth policy in force allows {whose} nothing"
+        cap, whose = _bucket_rate(limits.total), ""
+        if priority is not None and (own := _bucket_rate(limits.of(priority.name))) and (not cap or own < cap):
+            cap, whose = own, f" for {priority.name} jobs"
         sensor = self._sensors[upload]
         decision = None if sensor is None else sensor.decision()
+        capped = f"capped by policy at {kbit(cap)}{whose}"
         if decision is None:
-            return cap, f"capped by policy at {kbit(cap)}" if cap else "no limit: no link is shared now"
+            return cap, capped if cap else "no limit: no link is shared now"
         if cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle()):
-            return cap, f"capped by policy at {kbit(cap)}"
+            return cap, capped
         return decision.rate, decision.reason
+
+    def _priority_rate(self, upload: bool, priority: JobPriority) -> int:
+        """Bytes/s of one priority's cap alone (0 = none, or lifted on an idle link)."""
+        cap = self._limits().of(priority.name)
+        if cap is None:
+            return 0
+        sensor = self._sensors[upload]
+        decision = None if sensor is None else sensor.decision()
+        lifted = cap and decision is not None and decision.idle and self._ignore_when_idle()
+        return 0 if lifted else _bucket_rate(cap)
 
     def explain(self, job: Job) -> tuple[int, str]:
         """The rate `job` may use (0 = unlimited) and why, for `openbits info`."""
         if job.priority == JobPriority.FOREGROUND:
             rate, reason = 0, "foreground: not throttled, competes like any other flow"
+        elif self._limits().blocks(job.priority.name):
+            return 0, self.background_rate(job.type != JobType.DOWNLOAD, job.priority)[1]
         else:
-            rate, reason = self.background_rate(job.type != JobType.DOWNLOAD)
+            rate, reason = self.background_rate(job.type != JobType.DOWNLOAD, job.priority)
         if job.max_bandwidth and (rate == 0 or job.max_bandwidth < rate):
             rate, reason = job.max_bandwidth, f"capped by the job at {kbit(job.max_bandwidth)}"
         return rate, reason
@@ -134,7 +160,7 @@ class BandwidthPolicy:
     def throttle_for(self, job: Job) -> _Chain | None:
         background = job.priority != JobPriority.FOREGROUND
         upload = job.type != JobType.DOWNLOAD
-        buckets = [self._background[upload]] if background else []
+        buckets = [self._background[upload], self._per_priority[upload, job.priority]] if background else []
         if job.max_bandwidth:
             bucket = self._per_job.get(job.id)
             if bucket is None:
@@ -142,3 +168,8 @@ class BandwidthPolicy:
             buckets.append(bucket)
         return _Chain(buckets, self._sensors[upload] if background else None) if buckets else None
 
+
+
+def _bucket_rate(cap: int | None) -> int:
+    """A policy cap as a bucket's rate: None is unlimited (0); a block (0) crawls at the smallest cap."""
+    return 0 if cap is None else cap or MIN_POLICY_RATE

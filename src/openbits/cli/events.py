@@ -80,6 +80,13 @@ def getnotifycmdline(job: str) -> None:
 
 
 @cli.command()
+@click.argument("job")
+def getnotifyinterface(job: str) -> None:
+    """Print REGISTERED when a program has a callback interface registered for the job, else UNREGISTERED."""
+    click.echo("REGISTERED" if open_job(job).notify_interface_registered() else "UNREGISTERED")
+
+
+@cli.command()
 @click.option("--since", type=click.IntRange(0), help="Replay the stored events after this seq first.")
 @click.option("--job", help="One job's events (GUID or name).")
 @click.option("--all-users", is_flag=True, help="Every user's events (administrators).")

@@ -1,12 +1,16 @@
-"""bitsadmin's verbs about a job's files: list them, name their temporary files."""
+"""bitsadmin's verbs about a job's files: list them, name their temporary files; add a Metalink's."""
 
 from __future__ import annotations
+
+import os
+from typing import BinaryIO
 
 import click
 
 from ..client.reader import BUFFER
 from ..enums import LENGTH_TO_EOF
 from ..model.job import range_length
+from ..model.metalink import MAX_SIZE, MetalinkError, parse_metalink
 from ..schema.models import FileInfo
 from .app import cli, open_job
 
@@ -152,3 +156,24 @@ def listfiles(job: str) -> None:
 def gettemporaryname(job: str, file_index: int) -> None:
     """Print the temporary file that holds the file's bytes until Complete (GetTemporaryName)."""
     click.echo(file_of(job, file_index).temp_path)
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("metalink", type=click.File("rb"))
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, writable=True))
+def addmetalink(job: str, metalink: BinaryIO, folder: str) -> None:
+    """Add the files of a Metalink (RFC 5854 .meta4; '-' for stdin) under FOLDER, with their digests, sizes and
+    mirrors: a file whose mirror fails goes on from the next one by priority, keeping its bytes."""
+    try:
+        files = parse_metalink(metalink.read(MAX_SIZE + 1), metalink.name)
+    except MetalinkError as exc:
+        raise click.BadParameter(str(exc), param_hint="METALINK") from None
+    target = open_job(job)
+    first = len(target.last_info.files)
+    target.add_files([(f.mirrors[0], os.path.join(folder, f.name)) for f in files],
+                     [f.checksums or None for f in files])
+    for index, f in enumerate(files, first):
+        if len(f.mirrors) > 1 or f.size is not None or f.piece_hashes:
+            target.set_mirrors(index, f.mirrors, f.size, f.piece_length, f.piece_hashes)
+    click.echo(f"added {len(files)} file(s) from {metalink.name}")

@@ -23,7 +23,7 @@ PRIORITY = click.Choice([p.name for p in JobPriority], case_sensitive=False)
 SECONDS = click.IntRange(0, 0xFFFFFFFF)
 
 
-class _CostFlags(click.ParamType):
+class CostFlagsParam(click.ParamType):
     """BITS_JOB_PROPERTY_ID_COST_FLAGS: a TransferPolicy name or a number (0x80000067); the daemon checks the bits."""
 
     name = "POLICY"
@@ -164,7 +164,7 @@ _setter("setmaxdownloadtime", "max_download_time", SECONDS, "SECONDS", "Set the 
 _setter("setmaxbandwidth", "max_bandwidth", _Rate(), "RATE",
         "Cap this job's bandwidth: bytes/s, or with units as in the configuration (20M, 800kbit/s, 2MiB/s; "
         "0: no cap of its own).")
-_setter("setcostflags", "cost_flags", _CostFlags(), "POLICY",
+_setter("setcostflags", "cost_flags", CostFlagsParam(), "POLICY",
         "Set the network cost states the job transfers in: ALWAYS, NOT_ROAMING (default), NO_SURCHARGE, "
         "STANDARD, UNRESTRICTED, or BITS_COST_STATE bits as a number.")
 _setter("setdescription", "description", click.STRING, "TEXT", "Set the job's description.")

@@ -20,8 +20,11 @@ from rich.table import Table
 from ..model.job import JOB_PROPERTIES
 from ..model.properties import Described
 from ..schema.models import JobInfo
-from ..enums import BLOCKED_BY_COST, NOT_LOGGED_ON, SIZE_UNKNOWN, JobState, cost_flags_name
+from ..enums import BLOCKED_BY_COST, BLOCKED_BY_POLICY, NOT_LOGGED_ON, SIZE_UNKNOWN, JobState, cost_flags_name
 from ..errors import BitsError
+
+#: how the rate reason begins of a job that may move nothing now
+_HELD = (BLOCKED_BY_COST, BLOCKED_BY_POLICY, NOT_LOGGED_ON)
 
 #: Colour of each state in tables, so trouble stands out.
 _STATE_STYLE = {
@@ -158,7 +161,7 @@ def job_panel(job: JobInfo, error: BitsError | None) -> Panel:
         ("Rate", rate_text(job.transfer_rate)),
         ("Time left", time_left(job.bytes_total, job.bytes_transferred, job.transfer_rate)),
         ("Allowed rate", (f"{decimal(job.allowed_rate)}/s" if job.allowed_rate
-                          else "nothing" if job.rate_reason.startswith((BLOCKED_BY_COST, NOT_LOGGED_ON))
+                          else "nothing" if job.rate_reason.startswith(_HELD)
                           else "unlimited")
          + (f" ({job.rate_reason})" if job.rate_reason else "")),
         *((p.how.label, _shown(p, getattr(job, p.name))) for p in JOB_PROPERTIES if p.how.label),

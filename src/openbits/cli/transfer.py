@@ -12,12 +12,15 @@ import itertools
 import os
 import posixpath
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -25,13 +28,15 @@ from rich.filesize import decimal
 
 from ..client import DaemonUnavailableError, Job
 from ..client.types import error_of
-from ..enums import SIZE_UNKNOWN, JobPriority, JobState, JobType
+from ..enums import SIZE_UNKNOWN, AuthScheme, AuthTarget, JobPriority, JobState, JobType, ProxyUsage
 from ..errors import BitsError, ErrorCode
 from ..schema.models import EventInfo, ExchangeInfo, JobInfo
 from .app import EXIT_JOB_ERROR, EXIT_TIMEOUT, cli, fail, manager
-from .jobs import PRIORITY, job_type_options
+from .jobs import PRIORITY, SECONDS, CostFlagsParam, job_type_options
 from .live import daemon_back, say
 from .render import duration, print_json, transfer_progress
+from .security import SECURITY_NAMES
+from .tokens import SCHEME, parse_flags, password
 
 #: Exit code after Ctrl-C, as a shell reports SIGINT.
 _EXIT_INTERRUPTED = 130
@@ -41,6 +46,9 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _INDEX = "index.html"
 #: Seconds between looks at the clock while no event comes (--max-time).
 _TICK = 1.0
+#: Start-BitsTransfer's -ProxyUsage names, and BITS's own (setproxy's)
+_PROXY_USAGE = {"SYSTEMDEFAULT": ProxyUsage.PRECONFIG, "NOPROXY": ProxyUsage.NO_PROXY,
+                **{usage.name: usage for usage in ProxyUsage}}
 
 
 def looks_like_url(word: str) -> bool:
@@ -245,26 +253,133 @@ def cancel_when_back(job: Job) -> None:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """What Start-BitsTransfer's parameters set on the job before it starts; checked before it is created."""
+
+    description: str | None
+    retry_delay: int | None
+    retry_timeout: int | None
+    max_download_time: int | None
+    transfer_policy: int | None
+    custom_headers: tuple[str, ...]
+    dynamic: bool
+    security_flags: str | None
+    notify_cmdline: str | None
+    proxy_usage: str | None
+    proxy_list: str | None
+    proxy_bypass: str | None
+    credential: str | None
+    authentication: str
+    password_stdin: bool
+
+    def properties(self) -> dict[str, Any]:
+        """The job properties to set, in one call (a usage error names the option that is wrong)."""
+        changes: dict[str, Any] = {
+            "description": self.description, "minimum_retry_delay": self.retry_delay,
+            "no_progress_timeout": self.retry_timeout, "max_download_time": self.max_download_time,
+            "cost_flags": self.transfer_policy, "custom_headers": list(self.custom_headers) or None,
+            "dynamic_content": self.dynamic or None}
+        if self.security_flags is not None:
+            try:
+                changes["security_flags"] = parse_flags(self.security_flags, SECURITY_NAMES)
+            except click.BadParameter as exc:
+                raise click.BadParameter(exc.message, param_hint="--security-flags") from None
+        return {key: value for key, value in changes.items() if value is not None}
+
+    def notify_program(self) -> str | None:
+        """--notify-cmdline's program: the first word of BITS's one parameters string."""
+        if self.notify_cmdline is None:
+            return None
+        try:
+            words = shlex.split(self.notify_cmdline)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}: quote as a shell would", param_hint="--notify-cmdline") from None
+        if not words or not words[0].startswith("/"):
+            raise click.BadParameter("give the program's absolute path first, then its arguments: "
+                                     "'/usr/bin/prog {JOB}'", param_hint="--notify-cmdline")
+        return words[0]
+
+    def check(self) -> tuple[dict[str, Any], str | None, str | None]:
+        """Everything a usage error can be found in, before a job exists: (properties, notify program, password)."""
+        if (self.proxy_list is not None or self.proxy_bypass is not None) and self.proxy_usage is None:
+            raise click.UsageError("--proxy-list and --proxy-bypass go with --proxy-usage OVERRIDE")
+        if self.password_stdin and self.credential is None:
+            raise click.UsageError("--password-stdin reads the password of --credential USER")
+        secret = None if self.credential is None else password(self.password_stdin, f"Password for {self.credential}")
+        return self.properties(), self.notify_program(), secret
+
+    def apply(self, job: Job, properties: dict[str, Any], program: str | None, secret: str | None) -> None:
+        if properties:
+            job.set_properties(**properties)
+        if self.proxy_usage is not None:
+            bypass = None if self.proxy_bypass in (None, "", "NULL") else self.proxy_bypass
+            job.set_proxy_settings(_PROXY_USAGE[self.proxy_usage.upper()], self.proxy_list, bypass)
+        if self.credential is not None and secret is not None:
+            job.set_credentials(AuthTarget.SERVER, AuthScheme[self.authentication.upper()], self.credential, secret)
+        if program is not None and self.notify_cmdline is not None:
+            job.set_notify_cmdline(program, self.notify_cmdline)
+
+
+def start_bits_transfer_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Start-BitsTransfer's parameters that set the job up (-Description, -RetryInterval, -Credential, ...)."""
+    options = [
+        click.option("--description", help="The job's description (-Description)."),
+        click.option("--retry-delay", "--retry-interval", "retry_delay", type=SECONDS, metavar="SECONDS",
+                     help="Seconds between retries after a transient error (the job's minimum retry delay; "
+                     "-RetryInterval)."),
+        click.option("--retry-timeout", type=SECONDS, metavar="SECONDS",
+                     help="Give up (ERROR, exit 7) after this long without progress (the job's no-progress "
+                     "timeout; -RetryTimeout)."),
+        click.option("--max-download-time", type=SECONDS, metavar="SECONDS",
+                     help="ERROR after this long transferring (SetMaximumDownloadTime; -MaxDownloadTime)."),
+        click.option("--transfer-policy", type=CostFlagsParam(),
+                     help="Network cost states to transfer in: ALWAYS, NOT_ROAMING, NO_SURCHARGE, STANDARD, "
+                     "UNRESTRICTED or BITS_COST_STATE bits (-TransferPolicy)."),
+        click.option("--custom-headers", multiple=True, metavar="'NAME: VALUE'",
+                     help="A custom HTTP header; repeat for more (-CustomHeaders)."),
+        click.option("--dynamic", is_flag=True, help="Allow dynamic content: no size or validator (-Dynamic)."),
+        click.option("--security-flags", metavar="FLAGS",
+                     help="HTTP security flags, a number or names as setsecurityflags takes them (-SecurityFlags)."),
+        click.option("--notify-cmdline", metavar="'PROGRAM ARGS'",
+                     help="Run this when the job is TRANSFERRED or in ERROR: BITS's one string, the absolute "
+                     "program first ({JOB}: the GUID; -NotifyCmdLine)."),
+        click.option("--proxy-usage", type=click.Choice([*_PROXY_USAGE], case_sensitive=False),
+                     help="SystemDefault (PRECONFIG), NoProxy, AutoDetect or Override (-ProxyUsage)."),
+        click.option("--proxy-list", help="Override: the proxies, as setproxy --list takes them (-ProxyList)."),
+        click.option("--proxy-bypass", help="Override: hosts that go direct (-ProxyBypass)."),
+        click.option("--credential", metavar="USER", help="Answer the server's challenges as USER (-Credential); "
+                     "the password is prompted for, or read with --password-stdin."),
+        click.option("--authentication", type=SCHEME, default="NEGOTIATE", show_default=True,
+                     help="The scheme of --credential (-Authentication)."),
+        click.option("--password-stdin", is_flag=True, help="Read --credential's password from stdin's first line."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command(context_settings={"max_content_width": 100})
 @job_type_options
 @click.argument("words", nargs=-1, required=True, metavar="URL [PATH] [URL [PATH]]...")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Save the one URL as this file.")
-@click.option("--name", default="openbits transfer", show_default=True, help="Display name of the job.")
+@click.option("--name", "--display-name", "name", default="openbits transfer", show_default=True,
+              help="Display name of the job (-DisplayName).")
 @click.option("--priority", type=PRIORITY, default=JobPriority.FOREGROUND.name, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the final job as JSON instead of a progress bar.")
 @click.option("-q", "--quiet", is_flag=True, help="No bar, no summary, no notes: only errors.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show each HTTP request and the status line answering it, as the daemon makes them.")
 @click.option("--fail-fast", is_flag=True, help="End at the first transient error (cancelling the job), with it.")
-@click.option("--retry-delay", type=click.IntRange(0), metavar="SECONDS",
-              help="Seconds between retries after a transient error (the job's minimum retry delay).")
-@click.option("--retry-timeout", type=click.IntRange(0), metavar="SECONDS",
-              help="Give up (ERROR, exit 7) after this long without progress (the job's no-progress timeout).")
 @click.option("--max-time", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Give up after this long in all (the job is cancelled; exit 7).")
+@click.option("--asynchronous", is_flag=True,
+              help="Start the job, print its GUID and return (-Asynchronous); complete it later.")
+@click.option("--suspended", is_flag=True, help="Create the job suspended, print its GUID and return (-Suspended).")
+@start_bits_transfer_options
 def transfer(job_type: str, words: tuple[str, ...], output: str | None, name: str, priority: str,
-             as_json: bool, quiet: bool, verbose: bool, fail_fast: bool, retry_delay: int | None,
-             retry_timeout: int | None, max_time: float | None) -> None:
+             as_json: bool, quiet: bool, verbose: bool, fail_fast: bool, max_time: float | None,
+             asynchronous: bool, suspended: bool, **settings: Any) -> None:
     """Transfer files now, like Start-BitsTransfer: create, add, resume, wait, complete.
 
     A URL without a PATH is saved under the file name its path ends in, in the current directory
@@ -272,20 +387,33 @@ def transfer(job_type: str, words: tuple[str, ...], output: str | None, name: st
     path elsewhere, never over an existing file). While the job waits to retry after a transient error the reason
     and the next try are shown. On success a summary line is printed when stdout is no terminal.
 
+    With --asynchronous (or --suspended) it prints the job's GUID (its JSON with --json) once the job is
+    started (or set up) and returns: `openbits wait JOB && openbits complete JOB` finish it.
+
     Exit codes: 0 transferred; 4 ERROR (the job is left for inspection, its GUID printed); 7 --max-time
     or --retry-timeout ran out; 130 Ctrl-C or SIGTERM, which cancel the job as Start-BitsTransfer's
     synchronous mode does.
     """
     files, derived = pair_up(words, JobType[job_type], output)
+    job_settings = JobSettings(**settings)
+    properties, program, secret = job_settings.check()
+    if (asynchronous or suspended) and (max_time is not None or fail_fast):
+        raise click.UsageError("--max-time and --fail-fast follow a synchronous transfer; not with "
+                               "--asynchronous or --suspended")
     started = time.monotonic()
     job = manager().create_job(name, JobType[job_type], priority=JobPriority[priority.upper()])
     watch = _Watch(job, quiet, fail_fast, verbose)
     try:
         with _sigterm_interrupts():
             job.add_files(files)
-            changes = {"minimum_retry_delay": retry_delay, "no_progress_timeout": retry_timeout}
-            if any(value is not None for value in changes.values()):
-                job.set_properties(**{key: value for key, value in changes.items() if value is not None})
+            job_settings.apply(job, properties, program, secret)
+            if asynchronous or suspended:
+                info = job.info() if suspended else job.resume()
+                if as_json:
+                    print_json(info)
+                else:
+                    click.echo(job.id)
+                return
             events, first = _open_stream(job, watch)
             job.resume()
             info = _follow(job, watch, events, first, not as_json, None if max_time is None else started + max_time)

@@ -33,7 +33,9 @@ from ..schema.models import (
     JobProperties,
     LogonRequest,
     LogonResult,
+    Mirrors,
     NotifyCmdLine,
+    NotifyInterface,
     RangesRequest,
     RemoteName,
     RemotePrefix,
@@ -161,6 +163,15 @@ class AsyncJob:
         """SetRemoteName: the bytes already here stay when the new source has the same size and validators."""
         return await self._call("PUT", f"/files/{file_index}/remote-name", _request(RemoteName, remote_url=remote_url))
 
+    async def set_mirrors(self, file_index: int, mirrors: Iterable[str], size: int | None = None,
+                          piece_length: int | None = None, piece_hashes: Iterable[str] | None = None) -> JobInfo:
+        """Metalink: file `file_index` comes from the first of `mirrors` and fails over to the next one on
+        errors, keeping its bytes; `size` (when known) is the size it must have; `piece_hashes` ('sha1:HEX',
+        ... of each `piece_length` bytes) let a file that fails its digest keep the pieces before a bad one."""
+        return await self._call("PUT", f"/files/{file_index}/mirrors", _request(
+            Mirrors, mirrors=list(mirrors), size=size, piece_length=piece_length,
+            piece_hashes=None if piece_hashes is None else list(piece_hashes)))
+
     async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> int:
         """ReplaceRemotePrefix; how many remote names changed (0: BITS's S_FALSE, none matched)."""
         before = [f.remote_url for f in (await self.info()).files]
@@ -172,12 +183,16 @@ class AsyncJob:
         """SetValidationState: False makes the job ERROR (BG_E_VALIDATION_FAILED) and Resume downloads it again."""
         return await self._call("PUT", f"/files/{file_index}/validation-state", _request(ValidationState, valid=valid))
 
-    async def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
-        """AddFileSet: all or none. Local paths are made absolute against this process's cwd."""
-        request = _request(
-            AddFilesRequest, files=[{"remote_url": url, "local_path": os.path.abspath(path)} for url, path in files],
-            umask=current_umask(),
-        )
+    async def add_files(self, files: Iterable[tuple[str, LocalPath]],
+                        checksums: Iterable[Iterable[str] | None] | None = None) -> JobInfo:
+        """AddFileSet: all or none. Local paths are made absolute against this process's cwd. `checksums`:
+        each file's digests (or None), as add_file takes them."""
+        specs: list[dict[str, object]] = [{"remote_url": url, "local_path": os.path.abspath(path)}
+                                          for url, path in files]
+        for spec, digests in zip(specs, checksums or ()):
+            if digests is not None:
+                spec["checksums"] = list(digests)
+        request = _request(AddFilesRequest, files=specs, umask=current_umask())
         return await self._call("POST", "/files", request)
 
     async def set_properties(self, **changes: Any) -> JobInfo:
@@ -296,6 +311,10 @@ class AsyncJob:
     def notify_interface(self) -> object | None:
         """GetNotifyInterface: the object this client registered for the job, or None."""
         return self._notifiers.interface(self.id)
+
+    async def notify_interface_registered(self) -> bool:
+        """bitsadmin /getnotifyinterface: whether any client has a callback interface registered for the job."""
+        return (await self._connection.request("GET", self._path + "/notify-interface", NotifyInterface)).registered
 
     async def set_notify_interface(self, interface: object | None, *, callback_job: object | None = None,
                                    in_thread: bool = False) -> None:

@@ -151,14 +151,19 @@ class Job:
     def set_remote_name(self, file_index: int, remote_url: str) -> JobInfo:
         return self._loop.run(self._job.set_remote_name(file_index, remote_url))
 
+    def set_mirrors(self, file_index: int, mirrors: Iterable[str], size: int | None = None,
+                    piece_length: int | None = None, piece_hashes: Iterable[str] | None = None) -> JobInfo:
+        return self._loop.run(self._job.set_mirrors(file_index, mirrors, size, piece_length, piece_hashes))
+
     def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> int:
         return self._loop.run(self._job.replace_remote_prefix(old_prefix, new_prefix))
 
     def set_validation_state(self, file_index: int, valid: bool) -> JobInfo:
         return self._loop.run(self._job.set_validation_state(file_index, valid))
 
-    def add_files(self, files: Iterable[tuple[str, LocalPath]]) -> JobInfo:
-        return self._loop.run(self._job.add_files(list(files)))
+    def add_files(self, files: Iterable[tuple[str, LocalPath]],
+                  checksums: Iterable[Iterable[str] | None] | None = None) -> JobInfo:
+        return self._loop.run(self._job.add_files(list(files), checksums))
 
     def set_properties(self, **changes: Any) -> JobInfo:
         return self._loop.run(self._job.set_properties(**changes))
@@ -251,6 +256,9 @@ class Job:
     @property
     def notify_interface(self) -> object | None:
         return self._job.notify_interface()
+
+    def notify_interface_registered(self) -> bool:
+        return self._loop.run(self._job.notify_interface_registered())
 
     def set_notify_interface(self, interface: object | None) -> None:
         self._loop.run(self._job.set_notify_interface(interface, callback_job=self, in_thread=True))

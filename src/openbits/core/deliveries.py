@@ -88,6 +88,10 @@ class Deliveries:
         self._interfaces[job.id] = sub
         self._poke(job.id)
 
+    def registered(self, job: Job) -> bool:
+        """Whether a callback interface is registered for the job now (GetNotifyInterface)."""
+        return job.id in self._interfaces
+
     def unregister(self, sub: Subscription) -> None:
         """The stream ended: its callbacks are unreachable from now on."""
         if sub.job_id is not None and self._interfaces.get(sub.job_id) is sub:

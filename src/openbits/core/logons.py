@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from ..enums import NOT_LOGGED_ON
-from ..errors import BitsError
-from ..identity import Identity
+from ..model.identity import is_service_account, uid_range
 from ..model.config import Config
 from ..model.job import Job
 from . import sysbus
@@ -50,22 +48,6 @@ _MATCH_RULES = (
 _MANAGER_SIGNALS = frozenset({"SessionNew", "SessionRemoved", "UserNew", "UserRemoved"})
 #: the properties of users and sessions whose change may change who is logged on
 _WATCHED = frozenset({"Linger", "State", "Sessions", "Class"})
-#: /etc/login.defs's defaults (shadow's): regular users are UID_MIN..UID_MAX
-UID_MIN, UID_MAX = 1000, 60000
-
-
-def uid_range(login_defs: str = "/etc/login.defs") -> tuple[int, int]:
-    """UID_MIN and UID_MAX of login.defs: the uids of regular users; the others are system accounts."""
-    found = {"UID_MIN": UID_MIN, "UID_MAX": UID_MAX}
-    try:
-        with open(login_defs, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                match = re.match(r"\s*(UID_MIN|UID_MAX)\s+(\d+)\s*(?:#.*)?$", line)
-                if match:
-                    found[match[1]] = int(match[2])
-    except OSError:
-        pass
-    return found["UID_MIN"], found["UID_MAX"]
 
 
 class LogonMonitor(sysbus.Follower[frozenset[int]]):
@@ -80,7 +62,7 @@ class LogonMonitor(sysbus.Follower[frozenset[int]]):
         self._config = config
         #: a system daemon follows logind; a user daemon runs in its user's session and counts them logged on
         self._follow = follow
-        self._uid_min, self._uid_max = uid_range(login_defs)
+        self._regular = uid_range(login_defs)
         #: set once the first answer (or the lack of a bus) is known: the scheduler's first pass waits for it
         self.ready = asyncio.Event()
         self._on_change: Callable[[], None] | None = None
@@ -92,15 +74,7 @@ class LogonMonitor(sysbus.Follower[frozenset[int]]):
 
     def always_logged_on(self, uid: int) -> bool:
         """Root and system accounts, and members of [users] service_group: BITS's service accounts."""
-        if not self._follow or uid < self._uid_min or uid > self._uid_max:
-            return True
-        group = self._config().users_service_group
-        if group is None:
-            return False
-        try:
-            return Identity.from_uid(uid).in_group(group)
-        except BitsError:  # no such user any more
-            return False
+        return not self._follow or is_service_account(uid, self._config().users_service_group, self._regular)
 
     def logged_on(self, uid: int) -> bool:
         if self.always_logged_on(uid):

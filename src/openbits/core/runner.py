@@ -24,7 +24,7 @@ from ..model.job import Job, JobFile, first_gap, merged
 from ..transport.tls import TlsSettings
 from .attempt import run_attempt
 from .certificates import tls_settings
-from .digests import Verification
+from .digests import Verification, verified_pieces
 from .progress import SavedProgress
 from .access import JobAccess
 from .proxy import proxy_route
@@ -270,8 +270,23 @@ class DownloadRunner:
         await self._complete_in_order()
 
     async def _transfer_noting_failure(self, index: int, f: JobFile, failures: dict[int, BitsError]) -> None:
+        tried = {f.remote_url}
         try:
-            await self._transfer(index, f)
+            while True:
+                try:
+                    await self._transfer(index, f)
+                    return
+                except BitsError as exc:
+                    mirror = f.next_mirror(tried) if _mirrors_fault(exc) else None
+                    if mirror is None:
+                        raise
+                    log.info("job %s file %d: %s failed (%s: %s); trying mirror %s", self._job.id, index,
+                             f.remote_url, exc.name, exc.description, mirror)
+                    tried.add(mirror)
+                    f.fail_over(mirror)
+                    self._job.touch()
+                    self._service.events.modified(self._job)
+                    await self._service.commit(self._job, (index,))
         except BitsError as exc:
             failures[index] = exc.of_file(index, f.remote_url, f.local_path)
             self._out_of_flight((index,))
@@ -319,9 +334,20 @@ class DownloadRunner:
             validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             failed = await verification.check(size, f.local_path)
-            if failed is not None:  # the partial file is discarded: Resume starts it over
+            if failed is None and f.expected_size is not None and size != f.expected_size:
+                failed = BitsError(ErrorCode.BG_E_VALIDATION_FAILED, f"{f.local_path}: {f.remote_url} served "
+                                   f"{size} bytes, the Metalink says {f.expected_size}", ErrorContext.REMOTE_FILE)
+            if failed is not None:  # the partial file is discarded, but for its verified pieces
+                kept = await self._verified_pieces(fd, f, size)
                 f.restart()
-                os.ftruncate(fd, 0)
+                os.ftruncate(fd, kept)
+                if kept:
+                    f.bytes_transferred = f.durable_offset = kept
+                    f.validator = {"size": size}  # the rest from kept on, from any mirror
+                    failed = BitsError(failed.code, failed.description.replace(
+                        "the partial file is discarded and Resume downloads it again", f"its first {kept} bytes are "
+                        "whole pieces that match their Metalink hashes and stay; the rest is fetched again"),
+                        failed.context)
                 await self._service.commit(job, (index,))
                 raise failed
             f.validation_state = verification.checked
@@ -409,6 +435,13 @@ class DownloadRunner:
             self._finished.add(index)
             await self._complete_in_order()
 
+    async def _verified_pieces(self, fd: int, f: JobFile, size: int) -> int:
+        """Bytes from the start of a file that failed its digest that its Metalink piece hashes vouch for."""
+        if not f.piece_length or not f.piece_hashes:
+            return 0
+        return await asyncio.get_running_loop().run_in_executor(
+            self._transport.pools.digests, verified_pieces, fd, f.piece_length, f.piece_hashes, size)
+
     async def _fetch_ranges(self, f: JobFile, fd: int, sink: _RangesSink) -> RemoteValidator:
         """The ranges from the first one not yet durable on (the bytes before it are: ranges are written in order)."""
         validator = RemoteValidator.from_dict(f.validator) if f.validator else None
@@ -472,6 +505,13 @@ class DownloadRunner:
                 os.close(fd)
         f.restart()
         return await files.open_temp(f.temp_path, create=True)
+
+
+def _mirrors_fault(exc: BitsError) -> bool:
+    """Whether another mirror may do better: the server's answer, its connection or its bytes were wrong,
+    not our disk, our credentials' owner or the network as a whole."""
+    return exc.code != ErrorCode.BG_E_NETWORK_DISCONNECTED and exc.context in (
+        ErrorContext.REMOTE_FILE, ErrorContext.GENERAL_TRANSPORT)
 
 
 def _internal_error(f: JobFile, exc: Exception) -> BitsError:

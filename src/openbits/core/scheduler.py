@@ -176,6 +176,10 @@ class Scheduler:
 
         await self._cost.watch(changed)
 
+    def wake(self) -> None:
+        """The configuration was reloaded: the next pass applies its bandwidth policy at once."""
+        self._wake.set()
+
     def _logons_changed(self) -> None:
         """Someone logged on or off (logind's signal, or a SIGHUP'd [users]): their jobs are filed again."""
         log.debug("who is logged on may have changed (from the %s)", self._logons.source)
@@ -193,17 +197,22 @@ class Scheduler:
                 job.retry_at = 0.0
         self._wake.set()
 
-    async def _hold_for_cost(self, wanted: list[Job]) -> list[Job]:
-        """The jobs the network's cost state allows; the others stop and wait in TRANSIENT_ERROR."""
-        state = self._cost.state
+    async def _hold(self, wanted: list[Job]) -> list[Job]:
+        """The jobs the network's cost state and the bandwidth policy allow; the others stop and wait in
+        TRANSIENT_ERROR (BG_E_BLOCKED_BY_COST_TRANSFER_POLICY, BG_E_BLOCKED_BY_POLICY)."""
+        state, limits = self._cost.state, self._service.config.bandwidth_limits_now()
         allowed = []
         for job in wanted:
-            if cost_allows(job.cost_flags, state):
+            if not cost_allows(job.cost_flags, state):
+                error = blocked_by_cost(job.cost_flags, state)
+            elif job.priority != JobPriority.FOREGROUND and limits.blocks(job.priority.name):
+                error = _blocked_by_policy(job.priority)
+            else:
                 allowed.append(job)
                 continue
             await self._stop(job.id)
             job.last_progress_time = time.time()  # waiting for a cheaper network is not a lack of progress
-            job.set_error(blocked_by_cost(job.cost_flags, state), transient=True)
+            job.set_error(error, transient=True)
             await self._service.commit(job)
         return allowed
 
@@ -218,10 +227,18 @@ class Scheduler:
         if self._logoff_check:
             self._logoff_check = False
             await drop_tokens_of_logged_off(self._service, self._logons)
+        limits = config.bandwidth_limits_now()
+        if config.bandwidth_schedule:  # a window may begin or end with the next minute
+            next_wake = 60.0 - now % 60.0
         for job_id in list(self._transient):
             job = jobs.get(job_id)
             if job is not None and job.state == JobState.TRANSIENT_ERROR:
-                if job.retry_at <= now:
+                if _waits_for(job, ErrorCode.BG_E_BLOCKED_BY_POLICY):
+                    # BITS queues them again once the policy's interval ends (or a reload or SetPriority lifts it)
+                    if job.priority == JobPriority.FOREGROUND or not limits.blocks(job.priority.name):
+                        job.state = JobState.QUEUED
+                        await self._service.commit(job)
+                elif job.retry_at <= now:
                     job.state = JobState.QUEUED
                     await self._service.commit(job)
                 else:
@@ -234,7 +251,7 @@ class Scheduler:
                 await self._stop(job_id)
                 job.state = JobState.QUEUED
                 await self._service.commit(job)
-        foreground = await self._hold_for_cost(
+        foreground = await self._hold(
             [job for job_id in sorted(self._foreground, key=self._arrival.__getitem__)
              if (job := jobs.get(job_id)) is not None and job.state in _RUNNING_STATES])
         limit = config.max_background_transfers
@@ -244,7 +261,7 @@ class Scheduler:
             # The first `limit` in the full order are among the running jobs and the first
             # limit + len(running) by key; one more tells whether any job waits for a turn.
             candidates = {job.id: job for job in [*running, *self._first(limit + len(running) + 1)]}
-            if len(await self._hold_for_cost(list(candidates.values()))) == len(candidates):
+            if len(await self._hold(list(candidates.values()))) == len(candidates):
                 break
 
         def order(job: Job) -> tuple[int, int, float, int]:
@@ -291,6 +308,14 @@ class Scheduler:
         finally:
             self._transfers.ended(job.id)
             self._wake.set()
+
+
+def _blocked_by_policy(priority: JobPriority) -> BitsError:
+    """The error of a background job while the bandwidth policy in force allows its priority nothing."""
+    return BitsError(ErrorCode.BG_E_BLOCKED_BY_POLICY,
+                     f"the bandwidth policy in force ([bandwidth] of the daemon's configuration) allows "
+                     f"{priority.name} jobs no bandwidth now; the job continues when the policy's time window ends",
+                     ErrorContext.GENERAL_QUEUE_MANAGER)
 
 
 def _waits_for(job: Job, code: int) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 
 from ..model.config import Config
+from ..model.identity import is_service_account, uid_range
 from .retention import RetainedJobs
 from ..enums import AuthScheme, AuthTarget, ErrorContext, JobPriority, JobState, JobType, TokenFlags
 from ..errors import BitsError, ErrorCode
@@ -49,6 +50,8 @@ class JobService:
         #: per-user limit in O(1) (counting by a scan of 46,806 jobs made creation 4x slower)
         self._live_owner: dict[str, int] = {}
         self._live_count: dict[int, int] = {}
+        #: login.defs' UID_MIN..UID_MAX: a uid outside is a system account, free of the job limits
+        self._regular_uids = uid_range()
         #: final jobs kept per owner, within a budget; the ones over it are forgotten at the next commit
         self._retained = RetainedJobs(config_source)
         self._evicted: list[str] = []
@@ -112,6 +115,12 @@ class JobService:
     def is_admin(self, caller: Identity) -> bool:
         return caller.is_admin(self.config.admin_group)
 
+    def within_limits(self, caller: Identity) -> bool:
+        """Whether MaxJobsPerUser, MaxJobsPerMachine, MaxFilesPerJob and MaxRangesPerFile bind the caller:
+        "this policy does not apply to a user with administrator privileges or service accounts"."""
+        return not (self.is_admin(caller)
+                    or is_service_account(caller.uid, self.config.users_service_group, self._regular_uids))
+
     def visible(self, caller: Identity, job: Job) -> bool:
         return job.owner_uid == caller.uid or self.is_admin(caller)
 
@@ -152,25 +161,38 @@ class JobService:
 
     async def create(self, caller: Identity, name: str, job_type: JobType, priority: JobPriority,
                      description: str) -> Job:
-        owned = self._live_count.get(caller.uid, 0)
-        if owned >= self.config.max_jobs_per_user:
-            raise BitsError(
-                ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER,
-                f"you have {owned} jobs, the limit is {self.config.max_jobs_per_user}; complete or cancel some first",
-                ErrorContext.GENERAL_QUEUE_MANAGER,
-            )
+        if self.within_limits(caller):
+            self._check_job_limits(caller)
         job = Job.new(name, job_type, caller.uid, priority, description)
         self.jobs[job.id] = job
         self._count_live(job)
         await self.commit(job)
         return job
 
+    def _check_job_limits(self, caller: Identity) -> None:
+        """MaxJobsPerUser, then MaxJobsPerMachine (every user's live jobs, administrators' too)."""
+        config = self.config
+        owned, everyone = self._live_count.get(caller.uid, 0), len(self._live_owner)
+        if owned >= config.max_jobs_per_user:
+            raise BitsError(
+                ErrorCode.BG_E_TOO_MANY_JOBS_PER_USER,
+                f"you have {owned} jobs, the limit is {config.max_jobs_per_user}; complete or cancel some first",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+        if everyone >= config.max_jobs_per_machine:
+            raise BitsError(
+                ErrorCode.BG_E_TOO_MANY_JOBS_PER_MACHINE,
+                f"this machine has {everyone} jobs of all its users, the limit (max_jobs_per_machine) is "
+                f"{config.max_jobs_per_machine}; complete or cancel some of yours, or ask the administrator",
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+            )
+
     async def add_files(self, caller: Identity, ref: str, pairs: list[tuple[str, str]],
                         mode: int = NEW_FILE_MODE,
                         ranges: list[list[list[int]] | None] | None = None,
                         checksums: list[list[str] | None] | None = None) -> Job:
-        """AddFileSet; per file `ranges`: AddFileWithRanges' (or None), within MaxRangesPerFile but for admins,
-        and `checksums` (or None)."""
+        """AddFileSet; per file `ranges`: AddFileWithRanges' (or None), within MaxFilesPerJob and MaxRangesPerFile
+        but for administrators and service accounts, and `checksums` (or None)."""
         async with self._locked(caller, ref) as job:
             job.check_modifiable()
             files = self.files_of(job)
@@ -180,8 +202,10 @@ class JobService:
                 await asyncio.gather(*(_check_upload_source(files, path) for _, path in pairs))
             first = len(job.files)
             split = [(split_userinfo(url), path) for url, path in pairs]
-            job.add_files([(clean, path) for (clean, _), path in split], self.config.max_files_per_job, ranges,
-                          None if self.is_admin(caller) else self.config.max_ranges_per_file, checksums, mode)
+            bound = self.within_limits(caller)
+            job.add_files([(clean, path) for (clean, _), path in split],
+                          self.config.max_files_per_job if bound else None, ranges,
+                          self.config.max_ranges_per_file if bound else None, checksums, mode)
             for (_, credential), _ in split:
                 self._url_credential(job, credential)
             await self.commit(job, range(first, len(job.files)))

@@ -8,7 +8,6 @@ TaskGroup so a clean shutdown waits for all of them.
 
 from __future__ import annotations
 
-import datetime
 import asyncio
 import contextlib
 import fcntl
@@ -55,7 +54,6 @@ from ..identity.sealing import KeyRing
 from ..store import SqliteStore
 from ..transport.http import HttpTransport
 from ..transport.router import Transport
-from ..model.config import Config
 from . import logs, systemd
 from .activity import Activity
 from .options import Settings, check_config, parser
@@ -112,11 +110,15 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     cost = CostMonitor(settings.current)  # the network's cost state (NetworkManager, else [network])
     logons = LogonMonitor(settings.current, follow=settings.system)  # who is logged on (logind, else [users])
 
+    scheduler: Scheduler | None = None  # built below; a SIGHUP may come first
+
     def reload() -> None:
         notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         if settings.reload():
             cost.recheck()  # a new [network] section takes effect at once
             logons.recheck()  # and a new [users] section
+            if scheduler is not None:
+                scheduler.wake()  # and a new [bandwidth] policy
         notifier.send("READY=1")
 
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -139,7 +141,7 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
     trace = open(trace_path, "a", buffering=1) if trace_path else None
     sensors = {"download": LinkSensor(trace=trace),
                "upload": LinkSensor(direction=UP) if settings.config.bandwidth_upload_control else None}
-    policy = BandwidthPolicy(lambda: _background_limit(settings.config), sensors["download"],
+    policy = BandwidthPolicy(lambda: settings.config.bandwidth_limits_now(), sensors["download"],
                              lambda: settings.config.bandwidth_ignore_limits_when_idle,
                              upload_sensor=sensors["upload"])
     scheduler = Scheduler(service, changes, transfers, transport, policy.throttle_for, cost, logons)
@@ -208,11 +210,6 @@ async def serve(settings: Settings, broker: FileBroker, pools: Pools, store: Sql
         await transport.aclose()
         await store.close()
         await broker.aclose()
-
-
-def _background_limit(config: Config) -> int:
-    now = datetime.datetime.now()
-    return config.background_limit(now.weekday(), now.hour * 60 + now.minute)
 
 
 async def _exit_when_idle(seconds: float, limits: ConnectionLimits, service: JobService, stop: asyncio.Event) -> None:

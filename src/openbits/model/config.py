@@ -6,6 +6,7 @@ Reloaded on SIGHUP so limits and bandwidth policy change without a restart.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import tomllib
 import urllib.request
@@ -38,10 +39,12 @@ class PreconfiguredProxy:
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?)(b|bit)?(?:/s)?\s*$", re.IGNORECASE)
+#: BITS: "uses approximately two kilobits if you specify a value less than two kilobits"
+MIN_POLICY_RATE = 250
 
 
 def parse_rate(value: int | str) -> int:
-    """Bytes per second from 1048576, "10M", "500kbit/s", "2MiB/s"; 0 means unlimited."""
+    """Bytes per second from 1048576, "10M", "500kbit/s", "2MiB/s"."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     match = _SIZE.match(str(value))
@@ -53,17 +56,57 @@ def parse_rate(value: int | str) -> int:
     return int(rate / 8 if (unit or "").lower() == "bit" else rate)
 
 
+def parse_policy_rate(value: int | str) -> int | None:
+    """A group-policy cap: "unlimited" is None; 0 blocks (BG_E_BLOCKED_BY_POLICY), as MaxInternetBandwidth's
+    zero does; a cap under 2 kbit/s is 2 kbit/s, as in BITS."""
+    if isinstance(value, str) and value.strip().lower() == "unlimited":
+        return None
+    rate = parse_rate(value)
+    return rate if rate == 0 else max(rate, MIN_POLICY_RATE)
+
+
+#: the keys of a set of caps: all background jobs together, and each background priority's jobs together
+_LIMIT_KEYS = {"limit": "total", "high": "high", "normal": "normal", "low": "low"}
+
+
+@dataclass(frozen=True)
+class BandwidthLimits:
+    """The caps in force at one time (group policy MaxInternetBandwidth, and EnableBandwidthLimits' per
+    priority): bytes/s of all background jobs together and of each background priority's jobs together.
+    None: no cap; 0: no background transfer at all (the jobs wait with BG_E_BLOCKED_BY_POLICY)."""
+
+    total: int | None = None
+    high: int | None = None
+    normal: int | None = None
+    low: int | None = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> BandwidthLimits:
+        return cls(**{field: parse_policy_rate(raw[key]) for key, field in _LIMIT_KEYS.items() if key in raw})
+
+    def of(self, priority_name: str) -> int | None:
+        """The cap of one background priority's jobs ("HIGH", "NORMAL", "LOW")."""
+        return getattr(self, priority_name.lower())
+
+    def blocks(self, priority_name: str) -> bool:
+        """Whether a job of this background priority may not transfer at all now."""
+        return self.total == 0 or self.of(priority_name) == 0
+
+
 @dataclass(frozen=True)
 class BandwidthWindow:
-    """BITS's MaxInternetBandwidth schedule: a limit that applies on some days between two times."""
+    """BITS's MaxInternetBandwidth schedule: caps that apply on some days between two times."""
 
     days: frozenset[int]  # 0 = Monday
     start_minute: int
     end_minute: int
-    limit: int
+    limits: BandwidthLimits
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> BandwidthWindow:
+        if not isinstance(raw, dict) or (unknown := set(raw) - {"days", "from", "to", *_LIMIT_KEYS}):
+            raise ValueError(f"a schedule window takes days, from, to, limit, high, normal and low"
+                             f"{'; not ' + ', '.join(sorted(unknown)) if isinstance(raw, dict) else ''}")
         names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
         spec = str(raw.get("days", "mon-sun")).lower()
         days: set[int] = set()
@@ -81,7 +124,7 @@ class BandwidthWindow:
             return int(h) * 60 + int(m)
 
         return cls(frozenset(days), minute(raw.get("from", "00:00")), minute(raw.get("to", "24:00")),
-                   parse_rate(raw.get("limit", 0)))
+                   BandwidthLimits.parse(raw))
 
     def applies(self, weekday: int, minute_of_day: int) -> bool:
         return weekday in self.days and self.start_minute <= minute_of_day < self.end_minute
@@ -89,14 +132,18 @@ class BandwidthWindow:
 
 @dataclass(frozen=True)
 class Config:
+    #: MaxJobsPerUser and MaxJobsPerMachine: live jobs one user, and all users together, may have
+    #: (BG_E_TOO_MANY_JOBS_PER_USER / _PER_MACHINE). Like MaxFilesPerJob and MaxRangesPerFile they do
+    #: not apply to administrators and service accounts, as in BITS.
     max_jobs_per_user: int = 300
+    max_jobs_per_machine: int = 3000
     max_files_per_job: int = 200
     #: API connections one uid may hold at once (root: no cap); a hundred `openbits transfer`s, each
     #: following its events, hold about 200. Over it a new connection is closed at once.
     max_connections_per_user: int = 1024
     #: seconds a client may take to send a request's headers, and again its body (slowloris)
     request_timeout: float = 10.0
-    #: MaxRangesPerFile (AddFileWithRanges); administrators have no limit
+    #: MaxRangesPerFile (AddFileWithRanges)
     max_ranges_per_file: int = 500
     #: background jobs that transfer at the same time (BITS: one); foreground jobs are not counted.
     #: 2 by measurement (bench/concurrency.py, a queue of large and small-file jobs on loopback):
@@ -122,8 +169,8 @@ class Config:
     admin_group: str | None = None
     #: [proxy] http_proxy / https_proxy / no_proxy: the PRECONFIG proxy (None: the daemon's environment's)
     proxy: PreconfiguredProxy | None = None
-    #: bytes/s for all background jobs together; 0 = unlimited (MaxInternetBandwidth)
-    background_bandwidth: int = 0
+    #: [bandwidth] limit, high, normal, low: the caps outside every schedule window (MaxInternetBandwidth)
+    bandwidth: BandwidthLimits = field(default_factory=BandwidthLimits)
     bandwidth_schedule: tuple[BandwidthWindow, ...] = field(default_factory=tuple)
     #: [bandwidth] ignore_limits_when_idle: the cap above is lifted while nobody else uses the link
     bandwidth_ignore_limits_when_idle: bool = False
@@ -189,7 +236,7 @@ class Config:
             if not isinstance(bandwidth, dict) or (unknown := set(bandwidth) - _BANDWIDTH_KEYS):
                 raise ValueError(f"unknown key(s) {', '.join(sorted(unknown)) if isinstance(bandwidth, dict) else ''}; "
                                  f"known: {', '.join(sorted(_BANDWIDTH_KEYS))}")
-            values["background_bandwidth"] = parse_rate(bandwidth.get("limit", 0))
+            values["bandwidth"] = BandwidthLimits.parse(bandwidth)
             values["bandwidth_schedule"] = tuple(BandwidthWindow.parse(w) for w in bandwidth.get("schedule", []))
             idle = bandwidth.get("ignore_limits_when_idle", False)
             if not isinstance(idle, bool):
@@ -212,17 +259,22 @@ class Config:
         values["tls_ca_file"] = ca_file
         return cls(**values)
 
-    def background_limit(self, weekday: int, minute_of_day: int) -> int:
-        """The background bandwidth cap in force now: the first matching schedule window, else the default."""
+    def bandwidth_limits(self, weekday: int, minute_of_day: int) -> BandwidthLimits:
+        """The background bandwidth caps in force: the first matching schedule window's, else [bandwidth]'s."""
         for window in self.bandwidth_schedule:
             if window.applies(weekday, minute_of_day):
-                return window.limit
-        return self.background_bandwidth
+                return window.limits
+        return self.bandwidth
+
+    def bandwidth_limits_now(self) -> BandwidthLimits:
+        """The caps in force at this local time."""
+        now = datetime.datetime.now()
+        return self.bandwidth_limits(now.weekday(), now.hour * 60 + now.minute)
 
 
 #: fields set from a [section] of their own, not from a top-level key
 _SECTIONED = ("bandwidth", "network", "users", "metrics", "tls")
-_BANDWIDTH_KEYS = {"limit", "schedule", "ignore_limits_when_idle", "upload_control"}
+_BANDWIDTH_KEYS = {*_LIMIT_KEYS, "schedule", "ignore_limits_when_idle", "upload_control"}
 
 
 def _metrics(raw: Any, source: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,37 @@ def _group_gid(name: str) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         return None
+
+
+#: /etc/login.defs's defaults (shadow's): regular users are UID_MIN..UID_MAX
+UID_MIN, UID_MAX = 1000, 60000
+
+
+def uid_range(login_defs: str = "/etc/login.defs") -> tuple[int, int]:
+    """UID_MIN and UID_MAX of login.defs: the uids of regular users; the others are system accounts."""
+    found = {"UID_MIN": UID_MIN, "UID_MAX": UID_MAX}
+    try:
+        with open(login_defs, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                match = re.match(r"\s*(UID_MIN|UID_MAX)\s+(\d+)\s*(?:#.*)?$", line)
+                if match:
+                    found[match[1]] = int(match[2])
+    except OSError:
+        pass
+    return found["UID_MIN"], found["UID_MAX"]
+
+
+def is_service_account(uid: int, service_group: str | None, regular: tuple[int, int]) -> bool:
+    """BITS's service accounts (LocalSystem, LocalService, NetworkService) on Linux: root and system accounts
+    (a uid outside `regular`, login.defs' UID_MIN..UID_MAX) and members of [users] service_group."""
+    if uid < regular[0] or uid > regular[1]:
+        return True
+    if service_group is None:
+        return False
+    try:
+        return Identity.from_uid(uid).in_group(service_group)
+    except BitsError:  # no such user any more
+        return False
 
 
 _CACHE: dict[int, tuple[tuple[int, ...], "Identity"]] = {}

@@ -88,6 +88,15 @@ class JobFile:
     download_position: int = 0
     #: GetValidationState: its digests matched (or SetValidationState(TRUE)); Complete validates implicitly
     validation_state: bool = False
+    #: Metalink (RFC 5854): every remote name the file may come from, in priority order (remote_url is one);
+    #: a mirror that fails hands the file to the next, keeping the bytes here (the digests prove them)
+    mirrors: list[str] | None = None
+    #: Metalink's <size>: a mirror that serves another size fails (BG_E_VALIDATION_FAILED)
+    expected_size: int | None = None
+    #: Metalink's <pieces>: bytes per piece and each one's "algorithm:hex"; a file that fails its digest keeps
+    #: the pieces before the first bad one and fetches from there on
+    piece_length: int | None = None
+    piece_hashes: list[str] | None = None
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -111,6 +120,20 @@ class JobFile:
     #: mode of the file Complete creates where none existed: 0666 & ~ the umask the client sent at
     #: AddFile (a file it replaces keeps its own mode)
     mode: int = NEW_FILE_MODE
+
+    def next_mirror(self, tried: set[str]) -> str | None:
+        """The first mirror after the current one not yet tried in this attempt, or None."""
+        if not self.mirrors:
+            return None
+        at = self.mirrors.index(self.remote_url) if self.remote_url in self.mirrors else -1
+        return next((url for url in self.mirrors[at + 1:] + self.mirrors[:at + 1] if url not in tried), None)
+
+    def fail_over(self, url: str) -> None:
+        """Fetch from mirror `url` now, keeping the bytes here: the new server is asked for the rest without
+        If-Range, since mirrors share no validators, and the file's digests prove the whole at the end."""
+        self.remote_url = url
+        self.bytes_transferred = self.durable_offset
+        self.validator = None if not self.durable_offset else {"size": self.bytes_total}
 
     def forget_session(self) -> None:
         """The upload session is gone (the server lost it): the file goes again, in a new one."""
@@ -392,11 +415,11 @@ class Job:
                             "before the first Resume (create a new job for another method)",
                             ErrorContext.GENERAL_QUEUE_MANAGER)
 
-    def add_files(self, pairs: list[tuple[str, str]], max_files: int,
+    def add_files(self, pairs: list[tuple[str, str]], max_files: int | None,
                   ranges: list[list[list[int]] | None] | None = None, max_ranges: int | None = None,
                   checksums: list[list[str] | None] | None = None, mode: int = NEW_FILE_MODE) -> list[JobFile]:
-        """AddFileSet; per pair `ranges`: AddFileWithRanges' (or None), `max_ranges` its limit (None: none), and
-        `checksums`: the digests it must have (or None)."""
+        """AddFileSet within `max_files` (MaxFilesPerJob; None: none); per pair `ranges`: AddFileWithRanges' (or
+        None), `max_ranges` its limit (None: none), and `checksums`: the digests it must have (or None)."""
         self._require_not_final()
         ranges = ranges or [None] * len(pairs)
         checksums = [None if c is None else check_checksums(c) for c in checksums or [None] * len(pairs)]
@@ -420,7 +443,7 @@ class Job:
                 "upload jobs carry exactly one file; create one job per file",
                 ErrorContext.GENERAL_QUEUE_MANAGER,
             )
-        if len(self.files) + len(pairs) > max_files:
+        if max_files is not None and len(self.files) + len(pairs) > max_files:
             raise BitsError(
                 ErrorCode.BG_E_TOO_MANY_FILES_IN_JOB,
                 f"a job holds at most {max_files} files (it has {len(self.files)}, {len(pairs)} more asked); "
@@ -514,6 +537,35 @@ class Job:
             raise BitsError(ErrorCode.E_INVALIDARG, f"job {self.id} has {len(self.files)} file(s); there is no file "
                             f"{index}", ErrorContext.GENERAL_QUEUE_MANAGER)
         return self.files[index]
+
+    def set_mirrors(self, index: int, mirrors: list[str], size: int | None, piece_length: int | None = None,
+                    piece_hashes: list[str] | None = None) -> None:
+        """Metalink: the file's mirrors in priority order (its remote name becomes the first), its size and
+        its pieces' hashes."""
+        self._check_renamable()
+        f = self._file(index)
+        if f.ranges is not None or self.on_demand or self.own_method:
+            raise BitsError(ErrorCode.E_INVALIDARG, "mirrors are of a whole file downloaded with GET, not of "
+                            "ranges, on-demand jobs or SetHttpMethod", ErrorContext.GENERAL_QUEUE_MANAGER)
+        if not mirrors or len(set(mirrors)) != len(mirrors):
+            raise BitsError(ErrorCode.E_INVALIDARG, "give one mirror at least, each once",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        for url in mirrors:
+            check_remote_url(url)
+        if self._started() and f.remote_url != mirrors[0]:
+            f.fail_over(mirrors[0])
+        if (piece_length is None) != (not piece_hashes):
+            raise BitsError(ErrorCode.E_INVALIDARG, "pieces need a length and one hash a piece at least",
+                            ErrorContext.GENERAL_QUEUE_MANAGER)
+        for digest in piece_hashes or []:
+            algorithm, _, hexdigest = digest.partition(":")
+            if algorithm not in PIECE_ALGORITHMS or len(hexdigest) != PIECE_ALGORITHMS[algorithm] or not all(
+                    c in "0123456789abcdef" for c in hexdigest):
+                raise BitsError(ErrorCode.E_INVALIDARG, f"piece hash {digest[:40]!r}: write algorithm:hex with "
+                                f"one of {', '.join(PIECE_ALGORITHMS)}", ErrorContext.GENERAL_QUEUE_MANAGER)
+        f.remote_url, f.mirrors, f.expected_size = mirrors[0], list(mirrors), size
+        f.piece_length, f.piece_hashes = piece_length, piece_hashes
+        self.touch()
 
     def set_validation_state(self, index: int, valid: bool) -> None:
         """SetValidationState: only for a transferred file; FALSE puts the job in ERROR (BG_E_VALIDATION_FAILED)
@@ -611,6 +663,8 @@ class Job:
 
 #: The digests a file may be checked against, and their length in hex digits.
 CHECKSUM_ALGORITHMS = {"sha256": 64, "sha512": 128, "blake2b": 128}
+#: ... and a Metalink piece (sha1 finds a bad piece; the file's own digest proves the whole)
+PIECE_ALGORITHMS = {"sha1": 40, "sha256": 64, "sha512": 128}
 
 
 def check_checksums(checksums: list[str]) -> list[str]:

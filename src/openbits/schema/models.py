@@ -117,6 +117,8 @@ class FileInfo(WireModel):
                                                   "the bytes in, merged and ordered; null for other jobs")
     validation_state: bool = Field(False, description="GetValidationState: its digests matched, or "
                                    "SetValidationState(TRUE)")
+    mirrors: list[str] | None = Field(None, description="Metalink: the remote names the file fails over to, in "
+                                      "priority order (remote_url is the one in use)")
 
 
 class _JobInfoComputed(WireModel):
@@ -203,6 +205,16 @@ class AddFile(WireModel):
         "(BLAKE2b-512); checked as the bytes arrive, before the file counts as transferred")
     ranges: list[FileRange] | None = Field(None, description="AddFileWithRanges: written to the local file one after "
                                            "another, in this order; no duplicates or overlaps")
+
+
+class Mirrors(WireModel):
+    """A Metalink file's mirrors (RFC 5854 <url>s by priority) and <size>: its remote name becomes the first."""
+
+    mirrors: Annotated[list[Annotated[str, Field(min_length=1, max_length=2200)]], Field(min_length=1, max_length=64)]
+    size: Annotated[int, Field(ge=0)] | None = Field(None, description="the size the file must have")
+    piece_length: Annotated[int, Field(ge=1)] | None = Field(None, description="<pieces> length: bytes per piece")
+    piece_hashes: list[Annotated[str, Field(max_length=140)]] | None = Field(
+        None, max_length=65536, description="each piece's 'sha1:HEX', 'sha256:HEX' or 'sha512:HEX', in order")
 
 
 class RemoteName(WireModel):
@@ -407,6 +419,13 @@ class EventAck(WireModel):
 class AckResult(WireModel):
     accepted: bool = Field(description="false: not the job's pending notification or not its current interface "
                            "(stale, already handled, or superseded); nothing to do")
+
+
+class NotifyInterface(WireModel):
+    """bitsadmin /getnotifyinterface: whether a client has a callback interface registered for the job."""
+
+    registered: bool = Field(description="true while some client's callbacks=true stream is the job's notify "
+                             "interface (SetNotifyInterface), whoever registered it")
 
 
 class NotifyCmdLine(WireModel):

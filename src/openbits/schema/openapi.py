@@ -27,6 +27,7 @@ from .models import (
     LogonRequest,
     LogonResult,
     NotifyCmdLine,
+    NotifyInterface,
     ReplyData,
     ReplyFileName,
     TokenFlagsBody,
@@ -76,6 +77,8 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
     ("post", "/v1/logon", "LogonUser: check a password with PAM (rate-limited per caller)", LogonRequest, LogonResult,
      200, []),
     # notifications (openbits.events); the event stream itself is _EVENT_STREAM below
+    ("get", "/v1/jobs/{job}/notify-interface", "GetNotifyInterface as bitsadmin has it: whether a client's callback "
+     "interface is registered", None, NotifyInterface, 200, [_JOB]),
     ("put", "/v1/jobs/{job}/notify-cmdline", "SetNotifyCmdLine: absolute program, no shell, run as the owner",
      NotifyCmdLine, JobInfo, 200, [_JOB]),
     ("delete", "/v1/jobs/{job}/notify-cmdline", "Remove the notify command line", None, JobInfo, 200, [_JOB]),

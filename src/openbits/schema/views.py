@@ -70,7 +70,7 @@ def file_values(f: JobFile) -> dict[str, Any]:
             "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
             "transfer_rate": f.rate_now(),
             "response_headers": f.response_headers,
-            "checksums": f.checksums, "validation_state": f.validation_state,
+            "checksums": f.checksums, "validation_state": f.validation_state, "mirrors": f.mirrors,
             "filled_ranges": [built(FileRange, {"offset": o, "length": n}) for o, n in f.filled] if f.filled or
             f.requested else None,
             "ranges": None if f.ranges is None else [built(FileRange, {"offset": o, "length": n}) for o, n in f.ranges]}
