@@ -16,6 +16,7 @@ from .models import (
     ClientCertificateRequest,
     CredentialsRequest,
     DaemonStatus,
+    DownloadPosition,
     ErrorBody,
     EventAck,
     EventInfo,
@@ -26,16 +27,23 @@ from .models import (
     JobProperties,
     LogonRequest,
     LogonResult,
+    Mirrors,
     NotifyCmdLine,
     NotifyInterface,
+    RangesRequest,
+    RemoteName,
+    RemotePrefix,
     ReplyData,
     ReplyFileName,
     TokenFlagsBody,
     TokenTicket,
+    ValidationState,
 )
 
 _JOB = {"name": "job", "in": "path", "required": True, "description": "job GUID or display name",
         "schema": {"type": "string"}}
+_INDEX = {"name": "index", "in": "path", "required": True, "description": "the file's place in the job, from 0",
+          "schema": {"type": "integer", "minimum": 0}}
 
 #: (method, path, summary, request model, response model, success status, extra parameters)
 _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], int, list[dict[str, Any]]]] = [
@@ -46,6 +54,16 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], 
     ("get", "/v1/jobs/{job}", "A job with its files and progress", None, JobInfo, 200, [_JOB]),
     ("patch", "/v1/jobs/{job}", "Set job properties", JobProperties, JobInfo, 200, [_JOB]),
     ("post", "/v1/jobs/{job}/files", "AddFile / AddFileSet", AddFilesRequest, JobInfo, 200, [_JOB]),
+    ("post", "/v1/jobs/{job}/replace-remote-prefix", "ReplaceRemotePrefix", RemotePrefix, JobInfo, 200, [_JOB]),
+    # one file of the job (IBackgroundCopyFile2..6), by its index in the job
+    *[(method, f"/v1/jobs/{{job}}/files/{{index}}/{name}", summary, model, JobInfo, 200, [_JOB, _INDEX])
+      for method, name, summary, model in (
+          ("put", "remote-name", "SetRemoteName", RemoteName),
+          ("put", "mirrors", "The file's mirrors, by priority (addmetalink): on errors it moves to the next",
+           Mirrors),
+          ("post", "ranges", "RequestFileRanges (on-demand jobs)", RangesRequest),
+          ("put", "download-position", "UpdateDownloadPosition (on-demand jobs)", DownloadPosition),
+          ("put", "validation-state", "SetValidationState: false downloads the file again", ValidationState))],
     *[("post", f"/v1/jobs/{{job}}/{verb}", verb.capitalize(), None, JobInfo, 200, [_JOB])
       for verb in ("resume", "suspend", "cancel", "complete", "takeownership")],
     ("get", "/v1/jobs/{job}/wait", "Wait until the job is TRANSFERRED, ERROR, SUSPENDED or final", None, JobInfo, 200,
