@@ -71,6 +71,18 @@ def test_bound_logon_is_taken(manager: Manager, bound: BoundServer, ca: PrivateC
 
 
 @pytest.mark.parametrize(("folder", "scheme"), [("negotiate", AuthScheme.NEGOTIATE), ("ntlm", AuthScheme.NTLM)])
+def test_the_next_logon_on_the_origin_is_bound_too(manager: Manager, bound: BoundServer, ca: PrivateCA,
+                                                    account: tuple[str, str], ntlm_account: tuple[str, str],
+                                                    tmp_path: Path, folder: str, scheme: AuthScheme) -> None:
+    """A redirect within the server: the origin took the scheme, so the next request's logon comes before any
+    challenge, bound to the certificate the origin showed before."""
+    credential = account if folder == "negotiate" else ntlm_account
+    state, error = fetch(manager, bound.url("bound", f"{folder}/to/f"), tmp_path / "f", ca, scheme, credential)
+    assert state == JobState.TRANSFERRED, error
+    assert bound.users("bound", f"/{folder}/to/f") and bound.users("bound", f"/{folder}/f")
+
+
+@pytest.mark.parametrize(("folder", "scheme"), [("negotiate", AuthScheme.NEGOTIATE), ("ntlm", AuthScheme.NTLM)])
 def test_logon_bound_to_another_certificate_is_refused(manager: Manager, bound: BoundServer, ca: PrivateCA,
                                                        account: tuple[str, str], ntlm_account: tuple[str, str],
                                                        tmp_path: Path, folder: str, scheme: AuthScheme) -> None:

@@ -7,7 +7,8 @@ with python-gssapi's acceptor (the realm's HTTP/localhost keytab) for /negotiate
 It runs as a process of its own (its NTLM_USER_FILE is its own environment's), on two ports with the same
 certificate: `bound` checks the bindings of that certificate; `relayed` checks those of another certificate,
 as the server behind a relay that terminates TLS with its own certificate sees them. Every logon it takes is a
-line `PORT PATH USER` in its log; a refusal is a 401 whose body says why.
+line `PORT PATH USER` in its log; a refusal is a 401 whose body says why. A logon to a path with `/to/`
+is answered with a redirect to the path without it.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def _app(config: dict[str, Any], port: int, expected: bytes) -> Any:
         with open(config["log"], "a") as log:
             log.write(f"{port} {request.path} {user}\n")
         headers = {} if not answer else {"WWW-Authenticate": f"Negotiate {base64.b64encode(answer).decode()}"}
+        if "/to/" in request.path:  # a redirect within the server: the next request carries its token at once
+            raise web.HTTPFound(request.path.replace("/to/", "/", 1), headers=headers)
         path = Path(config["root"]) / request.path.lstrip("/")
         return web.Response(body=path.read_bytes(), headers=headers) if path.is_file() else web.Response(status=404)
 
