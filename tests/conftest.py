@@ -170,7 +170,8 @@ def squid_ntlm() -> Iterator["SquidProxy"]:
 
 @pytest.fixture(scope="session")
 def squid_negotiate(kerberos: tuple["KerberosRealm", "NegotiateServer"]) -> Iterator["SquidProxy"]:
-    """Squid wanting Negotiate (Kerberos, HTTP/localhost of the test realm)."""
+    """Squid wanting Negotiate (Kerberos, HTTP/localhost of the test realm) or NTLM (servers/ntlm_helper.py), both
+    offered as corporate proxies offer them."""
     from .servers import squid
     from .servers.kerberos import REALM
 
@@ -178,8 +179,8 @@ def squid_negotiate(kerberos: tuple["KerberosRealm", "NegotiateServer"]) -> Iter
     if why is not None:
         pytest.skip(why)
     realm = kerberos[0]
-    proxy = squid.SquidProxy("negotiate", keytab=realm.export_keytab("HTTP/localhost"), krb5_conf=realm.krb5_conf,
-                             realm=REALM)
+    proxy = squid.SquidProxy("negotiate", "ntlm", keytab=realm.export_keytab("HTTP/localhost"),
+                             krb5_conf=realm.krb5_conf, realm=REALM)
     try:
         yield proxy
     finally:

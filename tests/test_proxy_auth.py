@@ -1,6 +1,6 @@
 """Authenticating proxies, for real: Squid with Digest (digest_file_auth), Negotiate (negotiate_kerberos_auth)
-and NTLM (pyspnego's acceptor as its helper), for plain requests and for the CONNECT tunnels of https; the
-access log says who the proxy took each request for. tests/test_proxy.py has the proxy settings and Basic."""
+and NTLM (pyspnego's acceptor as its helper), alone or Negotiate and NTLM together, for plain requests and for
+the CONNECT tunnels of https; the access log says who the proxy took each request for. tests/test_proxy.py has the proxy settings and Basic."""
 
 from __future__ import annotations
 
@@ -77,6 +77,36 @@ def test_negotiate_proxy(manager: Manager, squid_negotiate: SquidProxy, kerberos
     state, error = fetch(manager, urls[1], tmp_path / "none", squid_negotiate, ca, None)
     assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407", error
     assert "wants Negotiate" in error.description and "kinit" in error.description
+
+
+def test_proxy_offering_negotiate_and_ntlm(manager: Manager, squid_negotiate: SquidProxy,
+                                           kerberos: tuple[KerberosRealm, NegotiateServer],
+                                           targets: tuple[list[str], Path], tmp_path: Path) -> None:
+    """A corporate proxy offers both: the job's NTLM credentials go before the ticket of the network identity,
+    which answers (as Negotiate) a job without credentials."""
+    assert {"negotiate", "ntlm"} <= set(squid_negotiate.schemes)
+    realm = kerberos[0]
+    password = "pw-" + secrets.token_hex(6)
+    squid_negotiate.add_user("both", password)
+    principal = realm.add_user("ticketed", password)
+    realm.kinit(principal, password)
+    try:
+        urls, ca = targets
+        for i, url in enumerate(urls):
+            state, error = fetch(manager, url, tmp_path / f"ntlm{i}", squid_negotiate, ca,
+                                 (AuthScheme.NTLM, "OPENBITS\\both", password))
+            assert state == JobState.TRANSFERRED, error
+            state, error = fetch(manager, url, tmp_path / f"ticket{i}", squid_negotiate, ca, None)
+            assert state == JobState.TRANSFERRED, error
+            state, error = fetch(manager, url, tmp_path / f"bad{i}", squid_negotiate, ca,
+                                 (AuthScheme.NTLM, "OPENBITS\\both", "wrong"))  # no falling back to the ticket
+            assert state == JobState.ERROR and error is not None and error.name == "BG_E_HTTP_ERROR_407", error
+            assert "refused the job's NTLM logon" in error.description, error
+    finally:
+        realm.kdestroy()
+    # Squid logs a tunnel only when it closes: the plain request shows who the proxy took each job for
+    assert [user for user, status, _, url in squid_negotiate.users() if url == urls[0] and status == "200"][-2:] == [
+        "both", principal]
 
 
 def test_ntlm_proxy(manager: Manager, squid_ntlm: SquidProxy, targets: tuple[list[str], Path], daemon: DaemonProcess,

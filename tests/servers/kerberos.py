@@ -127,6 +127,10 @@ class KerberosRealm:
             command = ["/usr/sbin/runuser", "-u", user, "--", "env", f"KRB5_CONFIG={self.krb5_conf}", *command]
         self._run(*command, stdin=password + "\n")
 
+    def kdestroy(self) -> None:
+        """The test's own uid has no ticket again (other tests count on that)."""
+        (self.ccaches / f"krb5cc_{os.getuid()}").unlink(missing_ok=True)
+
     def stop(self) -> None:
         _stop(self._proc)
         shutil.rmtree(self.work, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Squid as an authenticating forward proxy on a free loopback port: Digest (digest_file_auth and a user file),
 Negotiate (negotiate_kerberos_auth with HTTP/localhost's keytab of the test realm) or NTLM (ntlm_helper.py:
-pyspnego's acceptor over a DOMAIN:user:password file), for requests and CONNECT.
+pyspnego's acceptor over a DOMAIN:user:password file), for requests and CONNECT; Negotiate and NTLM may be
+offered together, as corporate proxies do (Negotiate first).
 
 Squid runs in the foreground (-N) without a disk cache and serves as its `proxy` user, which owns its files.
 The access log names who each request was authenticated as (`users()`).
@@ -47,35 +48,37 @@ def available() -> str | None:
 
 
 class SquidProxy:
-    """`scheme` "digest" or "ntlm" (accounts in `add_user`), or "negotiate" (needs `keytab` and `krb5_conf`)."""
+    """`schemes`: "digest" or "ntlm" (accounts in `add_user`), or "negotiate" (needs `keytab` and `krb5_conf`),
+    or "negotiate" and "ntlm" together."""
 
-    def __init__(self, scheme: str, *, keytab: Path | None = None, krb5_conf: Path | None = None,
+    def __init__(self, *schemes: str, keytab: Path | None = None, krb5_conf: Path | None = None,
                  realm: str = "") -> None:
-        self.port, self.scheme = free_port(), scheme
+        self.port, self.schemes = free_port(), schemes
         self.work = Path(tempfile.mkdtemp(prefix="openbits-squid-"))
         self.work.chmod(0o755)
-        self._users = self.work / "digest.users"
+        self._users = self.work / "users"
         env = dict(os.environ)
-        if scheme == "digest":
+        auth = []
+        if "digest" in schemes:
             self._users.touch()
-            auth = (f"auth_param digest program {HELPERS}/digest_file_auth {self._users}\n"
-                    "auth_param digest realm openbits-proxy\nauth_param digest children 2")
-        elif scheme == "ntlm":
-            self._users.touch(0o600)
-            helper = Path(__file__).with_name("ntlm_helper.py")
-            auth = (f"auth_param ntlm program /usr/bin/env NTLM_USER_FILE={self._users} {sys.executable} {helper}\n"
-                    "auth_param ntlm children 2\nauth_param ntlm keep_alive on")
-        else:
+            auth.append(f"auth_param digest program {HELPERS}/digest_file_auth {self._users}\n"
+                        "auth_param digest realm openbits-proxy\nauth_param digest children 2")
+        if "negotiate" in schemes:
             assert keytab is not None and krb5_conf is not None
             shutil.copy(keytab, self.work / "proxy.keytab")
-            auth = (f"auth_param negotiate program {HELPERS}/negotiate_kerberos_auth -k {self.work}/proxy.keytab "
-                    f"-s HTTP/localhost@{realm}\nauth_param negotiate children 2\nauth_param negotiate keep_alive on")
+            auth.append(f"auth_param negotiate program {HELPERS}/negotiate_kerberos_auth -k {self.work}/proxy.keytab "
+                        f"-s HTTP/localhost@{realm}\nauth_param negotiate children 2\nauth_param negotiate keep_alive on")
             env["KRB5_CONFIG"] = str(krb5_conf)
+        if "ntlm" in schemes:
+            self._users.touch(0o600)
+            helper = Path(__file__).with_name("ntlm_helper.py")
+            auth.append(f"auth_param ntlm program /usr/bin/env NTLM_USER_FILE={self._users} {sys.executable} {helper}\n"
+                        "auth_param ntlm children 2\nauth_param ntlm keep_alive on")
         for path in self.work.iterdir():
             shutil.chown(path, "proxy", "proxy")
         shutil.chown(self.work, "proxy", "proxy")
         config = self.work / "squid.conf"
-        config.write_text(_CONFIG.format(port=self.port, work=self.work, auth=auth))
+        config.write_text(_CONFIG.format(port=self.port, work=self.work, auth="\n".join(auth)))
         with open(self.work / "stderr.log", "ab") as log:
             self._proc = subprocess.Popen([SQUID, "-N", "-f", str(config)], env=env, stdout=subprocess.DEVNULL,
                                           stderr=log)
@@ -101,7 +104,7 @@ class SquidProxy:
     def add_user(self, name: str, password: str, domain: str = "OPENBITS") -> None:
         """An account: `name` with `password` (for NTLM in `domain`)."""
         with open(self._users, "a") as users:
-            users.write(f"{domain}:{name}:{password}\n" if self.scheme == "ntlm" else f"{name}:{password}\n")
+            users.write(f"{domain}:{name}:{password}\n" if "ntlm" in self.schemes else f"{name}:{password}\n")
 
     def users(self) -> list[tuple[str, str, str, str]]:
         """(user, status, method, URL) of each request the proxy handled."""

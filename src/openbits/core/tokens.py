@@ -248,9 +248,9 @@ class BrokerContext:
     """A Negotiate or NTLM client context living in a file broker (identity/gss.py), as the broker's identity."""
 
     def __init__(self, files: LocalFiles, protocol: str, host: str, credential: Credential | None, *,
-                 service: str = "HTTP") -> None:
+                 service: str = "HTTP", binding: bytes | None = None) -> None:
         self._files, self._protocol, self._host, self._credential = files, protocol, host, credential
-        self._service = service
+        self._service, self._binding = service, binding
         self._id: str | None = None
         self.complete = False
         self.continued = False
@@ -261,7 +261,9 @@ class BrokerContext:
             cred = self._credential
             out, protocol = await self._files.negotiate_start(self._id, self._protocol, self._service, self._host,
                                                               None if cred is None else cred.username,
-                                                              None if cred is None else cred.password)
+                                                              None if cred is None else cred.password,
+                                                              None if self._binding is None
+                                                              else base64.b64encode(self._binding).decode())
             self.continued = protocol == "ntlm"  # NTLM's negotiate message: its challenge comes on this connection
         else:
             out, self.complete = await self._files.negotiate_step(self._id, base64.b64encode(token or b"").decode(),
@@ -281,12 +283,12 @@ class BrokerContext:
 
 
 def _contexts(service: JobService, job: Job) -> Contexts:
-    async def make(scheme: str, host: str, target: AuthTarget) -> SecurityContext | None:
+    async def make(scheme: str, host: str, target: AuthTarget, binding: bytes | None) -> SecurityContext | None:
         credential = service.tokens.credential(job.id, target, _CONTEXT_SCHEMES[scheme])
         if credential is None and scheme == "ntlm":
             return None  # NTLM needs a password: Linux keeps no NTLM hash of the logged-on user
         who = service.acting_identity(job, TokenFlags.NETWORK, ErrorContext.REMOTE_FILE)
-        return BrokerContext(service.broker.files_for(who), scheme, host, credential)
+        return BrokerContext(service.broker.files_for(who), scheme, host, credential, binding=binding)
 
     return make
 

@@ -271,8 +271,9 @@ class _BrokerFiles:
         return names
 
     async def negotiate_start(self, context_id: str, protocol: str, service: str, host: str,
-                              username: str | None, password: str | None) -> tuple[str | None, str | None]:
-        reply = await self._call("negotiate_start", [context_id, protocol, service, host, username, password])
+                              username: str | None, password: str | None,
+                              binding: str | None = None) -> tuple[str | None, str | None]:
+        reply = await self._call("negotiate_start", [context_id, protocol, service, host, username, password, binding])
         if not (isinstance(reply, list) and len(reply) == 2 and all(v is None or isinstance(v, str) for v in reply)):
             raise local_error(ErrorCode.E_FAIL, f"the file broker for user {self.identity.name} sent a malformed token")
         return reply[0], reply[1]

@@ -3,7 +3,9 @@ network identity. Implicit credentials - BITS's "the logged-on user" - are that 
 cache (its KRB5CCNAME is not known to the daemon: the default cache of its uid, `FILE:/tmp/krb5cc_UID` or
 whatever krb5.conf's default_ccache_name says, KEYRING: included), read by libkrb5 in this process, as
 that user, never by root. Explicit credentials (SetCredentials) come with the first step and are dropped
-with the context. pyspnego does the protocol (GSSAPI for Kerberos, its own NTLM).
+with the context. pyspnego does the protocol (GSSAPI for Kerberos, its own NTLM). A context for an https
+server is bound to the TLS connection (RFC 5929 tls-server-end-point: the daemon hands the hash of the
+certificate it saw), so a server that checks channel bindings refuses a logon relayed from another TLS session.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ MAX_CONTEXTS = 256
 PROTOCOLS = ("negotiate", "ntlm", "kerberos")
 #: the service of an SMB server's principal (cifs/HOST)
 SMB_SERVICE = "cifs"
+#: RFC 5929's channel binding type for TLS, before the certificate's hash
+TLS_SERVER_END_POINT = b"tls-server-end-point:"
 
 
 def auth_error(description: str) -> BitsError:
@@ -35,12 +39,18 @@ class SecurityContexts:
         self._contexts: OrderedDict[str, tuple[Any, str | None, str]] = OrderedDict()
 
     def negotiate_start(self, context_id: str, protocol: str, service: str, host: str, username: str | None,
-                        password: str | None) -> list[str | None]:
-        """A new context: [its first token, the protocol it chose (kerberos or ntlm)]."""
+                        password: str | None, binding: str | None = None) -> list[str | None]:
+        """A new context: [its first token, the protocol it chose (kerberos or ntlm)]. `binding`: base64 of the
+        channel's tls-server-end-point hash, for a server on TLS."""
         import spnego  # only brokers that authenticate pay for the import
+        from spnego.channel_bindings import GssChannelBindings
 
         if protocol not in PROTOCOLS or not isinstance(host, str) or not isinstance(service, str):
             raise auth_error(f"unknown authentication protocol {protocol!r}")
+        if binding is not None and not isinstance(binding, str):
+            raise auth_error("malformed channel binding")
+        bindings = None if binding is None else GssChannelBindings(
+            application_data=TLS_SERVER_END_POINT + base64.b64decode(binding))
         if len(self._contexts) >= MAX_CONTEXTS:
             self._contexts.popitem(last=False)
         try:
@@ -48,7 +58,7 @@ class SecurityContexts:
             options = spnego.NegotiateOptions.session_key if service == SMB_SERVICE else spnego.NegotiateOptions.none
             context = spnego.client(username, password, hostname=host, service=service, protocol=protocol,
                                     context_req=spnego.ContextReq.default | spnego.ContextReq.mutual_auth,
-                                    options=options)
+                                    options=options, channel_bindings=bindings)
             token = context.step()
         except Exception as exc:  # noqa: BLE001 - pyspnego and gssapi raise many kinds; each is told as it is
             raise auth_error(self._why(exc, username, protocol, f"{service}/{host}")) from None

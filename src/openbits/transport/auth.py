@@ -10,7 +10,8 @@ proxies; proxyauth.py answers those.
 Negotiate and NTLM run their security context where the job's network identity lives (`Contexts`, the
 file broker): the request is sent again with each token until the server answers; a token the server sends
 with its final answer (Kerberos's mutual authentication) must check out, or the response is not used.
-Once an origin took Negotiate, later requests carry a fresh token at once. A proxy that took Negotiate
+Once an origin took Negotiate, later requests carry a fresh token at once. On https every context is bound
+to the server certificate the origin's connection showed (transport/channelbinding.py). A proxy that took Negotiate
 or NTLM gets the legs of a fresh context on each plain request (the proxy's last token checked as a
 server's), and on each tunnel the connector opens (transport/tunnel.py).
 """
@@ -30,6 +31,7 @@ from yarl import URL
 from ..enums import AuthTarget, ErrorContext
 from ..errors import BitsError, ErrorCode, TransferError
 from . import proxyauth
+from .channelbinding import peer_end_point
 from .credentials import Contexts, Lookup, SecurityContext
 from .proxyauth import ProxyAnswer
 from .tunnel import MARKER, NAMES as _NAMES, TunnelLogon, context_token, first_token, refused_logon, unproven
@@ -64,6 +66,8 @@ class _Answer:
     digest: aiohttp.DigestAuthMiddleware | None = None
     #: "negotiate" or "ntlm" once the origin accepted one
     context_scheme: str | None = None
+    #: the tls-server-end-point hash of the certificate the origin's last https response came with
+    binding: bytes | None = None
 
 
 class ChallengeAuth:
@@ -136,7 +140,7 @@ class ChallengeAuth:
                           logon: TunnelLogon) -> aiohttp.ClientResponse:
         """A plain http request through a proxy that took Negotiate or NTLM: its legs on the job's connection."""
         assert request.proxy is not None and self._contexts is not None
-        context = await self._contexts(logon.scheme, request.proxy.raw_host or "", AuthTarget.PROXY)
+        context = await self._contexts(logon.scheme, request.proxy.raw_host or "", AuthTarget.PROXY, None)
         assert context is not None, "a logon is made only for a job with credentials or a ticket to try"
         proxy = request.proxy
         try:
@@ -205,7 +209,10 @@ class ChallengeAuth:
                             challenged: aiohttp.ClientResponse | None) -> aiohttp.ClientResponse:
         """Send the request with each token of a new security context until the server answers."""
         host = request.url.raw_host or ""
-        context = None if self._contexts is None else await self._contexts(scheme, host, AuthTarget.SERVER)
+        if challenged is not None and request.is_ssl():
+            answer.binding = peer_end_point(challenged)
+        context = None if self._contexts is None else await self._contexts(scheme, host, AuthTarget.SERVER,
+                                                                           answer.binding)
         if context is None:
             if challenged is not None:
                 return challenged  # no credentials for it: the 401 stands
@@ -236,8 +243,11 @@ class ChallengeAuth:
                     answer.context_scheme = scheme
                     return response
                 response.release()
+                bound = "" if answer.binding is None else (
+                    "; the logon was bound to the TLS certificate this connection showed (channel binding): a server "
+                    "that sees another certificate, behind a relay or inspecting proxy that terminates TLS, refuses it")
                 raise TransferError(ErrorCode.http(401), f"The server for {shown} refused the job's {_NAMES[scheme]} "
-                                    "logon: check the credentials (setcredentials) or the Kerberos ticket (klist)",
+                                    f"logon: check the credentials (setcredentials) or the Kerberos ticket (klist){bound}",
                                     ErrorContext.REMOTE_FILE, 401, transient=False)
             return response
         finally:

@@ -25,5 +25,6 @@ class SecurityContext(Protocol):
     async def close(self) -> None: ...
 
 
-#: (scheme, host, SERVER or PROXY) -> a fresh context for it, or None when the job has no credentials for it
-Contexts = Callable[[str, str, AuthTarget], Awaitable[SecurityContext | None]]
+#: (scheme, host, SERVER or PROXY, the TLS channel's tls-server-end-point hash or None) -> a fresh context for it,
+#: or None when the job has no credentials for it
+Contexts = Callable[[str, str, AuthTarget, bytes | None], Awaitable[SecurityContext | None]]

@@ -71,7 +71,7 @@ async def choose(headers: Mapping[str, str] | None, lookup: Lookup, contexts: Co
             if contexts is None:
                 continue
             if scheme == "ntlm":  # only with the job's NTLM credentials
-                probe = await contexts(scheme, proxy_host, AuthTarget.PROXY)
+                probe = await contexts(scheme, proxy_host, AuthTarget.PROXY, None)
                 if probe is None:
                     continue
                 await probe.close()

@@ -81,7 +81,7 @@ class TunnelLogon:
 
     async def open(self, proxy: URL, target: URL, connect_timeout: float | None) -> socket.socket:
         """A connected socket with the tunnel to target's host and port open, the proxy having taken the logon."""
-        context = await self._contexts(self.scheme, self._proxy_host, AuthTarget.PROXY)
+        context = await self._contexts(self.scheme, self._proxy_host, AuthTarget.PROXY, None)
         assert context is not None, "a logon is made only for a job with credentials or a ticket to try"
         loop = asyncio.get_running_loop()
         sock: socket.socket | None = None
