@@ -363,3 +363,14 @@ def test_content_disposition_and_verbose(cli: Cli, faulty: FaultyServer, tmp_pat
     again = cli("transfer", faulty.url(path + query), cwd=tmp_path)  # the name is taken: the URL's name stays
     assert again.returncode == 0 and again.stderr == (f"openbits: kept {tmp_path / path[1:]}: the server's name for "
                                                       "it, report 2026.csv, is taken\n"), again.stderr
+
+
+def test_verbose_shows_each_redirect_hop(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
+    path = f"/hops-{uuid.uuid4().hex[:6]}"
+    result = cli("transfer", "-v", faulty.url(f"{path}?size=10k&redirect=2"), str(tmp_path / "hops.bin"))
+    assert result.returncode == 0, result.stderr
+    hops = [faulty.url(f"{path}?size=10k&redirect={n}") for n in (2, 1, 0)]
+    assert result.stderr.splitlines() == [f"openbits: > GET {hops[0]}", "openbits: < HTTP/1.1 302 Found",
+                                          f"openbits: > GET {hops[1]}", "openbits: < HTTP/1.1 302 Found",
+                                          f"openbits: > GET {hops[2]}", "openbits: < HTTP/1.1 200 OK"], result.stderr
+    assert (tmp_path / "hops.bin").read_bytes() == content(f"{path}?size=10k&redirect=0")

@@ -270,6 +270,7 @@ class HttpTransport:
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or location is None:
                 break
+            _tell_exchanges(sink, url, headers, response)  # each hop is a request of its own (-v shows it)
             response.release()
             url = _redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
         else:
@@ -292,6 +293,7 @@ class HttpTransport:
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or location is None:
                 break
+            _tell_exchanges(sink, url, headers, response)
             response.release()
             url = _redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
             if not plain_request(url, headers):
@@ -333,16 +335,11 @@ def _redirect_target(url: URL, status: int, location: str, flags: int, sink: Dow
 
 def _tell_exchanges(sink: DownloadSink, url: URL, headers: Mapping[str, str],
                     resp: aiohttp.ClientResponse | fastget.Response) -> None:
-    """The request line (with its Range) and the answer's status line to the sink (the redirects this
-    transport follows itself are their own requests)."""
-    answers = [*getattr(resp, "history", ()), resp]
-    for answer in answers:
-        target = getattr(answer, "url", url)
-        asked = f"GET {display_url(target)}" + (f" (Range: {headers['Range']})" if "Range" in headers else "")
-        version = getattr(answer, "version", None)
-        protocol = f"HTTP/{version.major}.{version.minor}" if version is not None else "HTTP/1.1"
-        sink.exchanged(asked, f"{protocol} {answer.status} {answer.reason or status_phrase(answer.status)}",
-                       answer.headers)
+    """The request line of `url` (with its Range) and the answer's status line to the sink."""
+    asked = f"GET {display_url(url)}" + (f" (Range: {headers['Range']})" if "Range" in headers else "")
+    version = getattr(resp, "version", None)
+    protocol = f"HTTP/{version.major}.{version.minor}" if version is not None else "HTTP/1.1"
+    sink.exchanged(asked, f"{protocol} {resp.status} {resp.reason or status_phrase(resp.status)}", resp.headers)
 
 
 def _parse_url(raw: str) -> URL:
