@@ -365,6 +365,19 @@ def test_content_disposition_and_verbose(cli: Cli, faulty: FaultyServer, tmp_pat
                                                       "it, report 2026.csv, is taken\n"), again.stderr
 
 
+def test_verbose_shows_the_requests_of_a_batch_of_small_files(cli: Cli, faulty: FaultyServer,
+                                                               tmp_path: Path) -> None:
+    paths = [f"/small-{uuid.uuid4().hex[:6]}-{n}?size=100" for n in range(6)]  # the first proves them small
+    args = [part for p in paths for part in (faulty.url(p), str(tmp_path / p[1:].partition("?")[0]))]
+    result = cli("transfer", "-v", *args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert sorted(line for line in lines if line.startswith("openbits: > ")) == sorted(
+        f"openbits: > GET {faulty.url(p)}" for p in paths), result.stderr
+    assert [line for line in lines if line.startswith("openbits: < ")] == ["openbits: < HTTP/1.1 200 OK"] * 6
+    assert [(tmp_path / p[1:].partition("?")[0]).read_bytes() for p in paths] == [content(p) for p in paths]
+
+
 def test_verbose_shows_each_redirect_hop(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
     path = f"/hops-{uuid.uuid4().hex[:6]}"
     result = cli("transfer", "-v", faulty.url(f"{path}?size=10k&redirect=2"), str(tmp_path / "hops.bin"))

@@ -238,12 +238,13 @@ class DownloadRunner:
             if job.state != JobState.TRANSFERRING:
                 job.state = JobState.TRANSFERRING
                 await self._service.commit(job)
-            validators = await self._transport.fetch_small([(url, fd) for _, url, fd in ready], self._headers,
-                                                           BATCH_LANES, self._throttle) if ready else []
+            answers = await self._transport.fetch_small([(url, fd) for _, url, fd in ready], self._headers,
+                                                        BATCH_LANES, self._throttle) if ready else []
             written = []
-            for (i, _, fd), validator in zip(ready, validators):
-                if validator is not None:
-                    f = files[i]
+            for (i, _, fd), answer in zip(ready, answers):
+                if answer is not None:
+                    validator, f = answer.validator, files[i]
+                    SavedProgress(self._service, job, i).exchanged(answer.request, answer.response, answer.headers)
                     f.validator, f.bytes_total = validator.to_dict(), validator.size
                     f.bytes_transferred, f.response_headers = validator.size, list(validator.headers)
                     keep_remote_time(fd, validator)

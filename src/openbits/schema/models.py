@@ -74,7 +74,7 @@ CostFlagsValue = Annotated[int, BeforeValidator(_cost_flags), WithJsonSchema({
 class WireModel(BaseModel):
     """Unknown fields are refused: a typo in a request is an error, not a silent no-op."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ErrorFileInfo(WireModel):

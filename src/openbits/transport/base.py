@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..enums import SIZE_UNKNOWN
 from .tls import TlsSettings
@@ -69,6 +69,16 @@ class RemoteValidator:
         if any(a is not None and b is not None and a != b for a, b in pairs):
             return False
         return SIZE_UNKNOWN in (self.size, other.size) or self.size == other.size
+
+
+class SmallAnswer(NamedTuple):
+    """What a batch of small files got for one of them: its version, and the request and status lines with the
+    headers that `transfer -v` shows (the per-file way tells them through its sink)."""
+
+    validator: RemoteValidator
+    request: str
+    response: str
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from ..pools import Pools
 from . import fastget
 from .httphead import ConnectFailed, FastGetError, Unsupported, plain_request
 from .auth import ANSWERED, ChallengeAuth, challenge_scheme
-from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, Throttle, VersionChanged, status_phrase,
-                   watching)
+from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, SmallAnswer, Throttle, VersionChanged,
+                   status_phrase, watching)
 from .durable import DurableWriter
 from .tls import TlsContexts, certificate_error
 from .tunnel import TunnelConnector
@@ -124,14 +124,16 @@ class HttpTransport:
         return parsed if plain_request(parsed, headers) else None
 
     async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str], lanes: int,
-                          throttle: Throttle | None) -> list[RemoteValidator | None]:
+                          throttle: Throttle | None) -> list[SmallAnswer | None]:
         """Fresh small files of one origin (URLs from `batchable`), each whole into its empty descriptor
-        over `lanes` connections. Per file its validator, or None: not fetched, ask `download` (which
+        over `lanes` connections. Per file its answer, or None: not fetched, ask `download` (which
         meets whatever went wrong again and reports it the BITS way). Raises nothing of its own."""
         assert self._fast is not None
         heads = await self._fast.fetch_all(files, headers, lanes, functools.partial(watching, throttle))
         return [None if head is None or head.content_length is None else
-                RemoteValidator.of_answer(head.content_length, head.headers) for head in heads]
+                SmallAnswer(RemoteValidator.of_answer(head.content_length, head.headers), f"GET {display_url(url)}",
+                            f"HTTP/1.1 {head.status} {head.reason or status_phrase(head.status)}", head.headers)
+                for (url, _), head in zip(files, heads)]
 
     async def download(
         self, spec: DownloadSpec, fd: int, sink: DownloadSink, throttle: Throttle | None = None,

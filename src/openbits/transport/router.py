@@ -19,7 +19,7 @@ from yarl import URL
 
 from ..pools import Pools
 from .auth import ChallengeAuth
-from .base import DownloadSink, DownloadSpec, RemoteValidator, Throttle
+from .base import DownloadSink, DownloadSpec, RemoteValidator, SmallAnswer, Throttle
 from .file import copy_local
 from .http import HttpTransport
 from .smb import SmbLogon, copy_smb, discard_smb_upload, is_smb, upload_smb
@@ -76,7 +76,7 @@ class Transport:
         return self._http.batchable(url, headers, proxy)
 
     async def fetch_small(self, files: list[tuple[URL, int]], headers: dict[str, str], lanes: int,
-                          throttle: Throttle | None) -> list[RemoteValidator | None]:
+                          throttle: Throttle | None) -> list[SmallAnswer | None]:
         return await self._http.fetch_small(files, headers, lanes, throttle)
 
     def upload_client(self, proxy: str | None, auth: ChallengeAuth | None, hosts: HostWatch | None,
