@@ -484,7 +484,7 @@ def test_malformed_and_aborted_requests_are_one_warning_line(users, daemon) -> N
 
 @pytest.mark.slow
 def test_ten_users_are_served_while_one_attacks(made, world) -> None:
-    """100 clients of ten users for 5 s, alone and under attack: no error for them; p99s and peak RSS printed
+    """100 clients of ten users for 10 s (issue 16), alone and under attack: no error for them; p99s and peak RSS printed
     (make bench runs it at full size)."""
     import importlib.util
 
@@ -495,7 +495,7 @@ def test_ten_users_are_served_while_one_attacks(made, world) -> None:
     load_world = world / "load"
     load_world.mkdir()
     load_world.chmod(0o755)
-    result = bench.both(made, load_world, clients=100, seconds=5, idle=2000)
+    result = bench.both(made, load_world, clients=100, seconds=10, idle=2000)
     print(bench.report(result))
     assert result["alone"]["errors"] == 0, result["alone"]["first_error"]
     assert result["attacked"]["errors"] == 0, result["attacked"]["first_error"]
