@@ -484,8 +484,8 @@ def test_malformed_and_aborted_requests_are_one_warning_line(users, daemon) -> N
 
 @pytest.mark.slow
 def test_ten_users_are_served_while_one_attacks(made, world) -> None:
-    """100 clients of ten users for 10 s (issue 16), alone and under attack: no error for them; p99s and peak RSS printed
-    (make bench runs it at full size)."""
+    """100 clients of ten users for 10 s (issue 16), alone and under attack: no error for them; p99s and peak
+    RSS printed (make bench runs it at full size)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_hostile", Path(__file__).parent.parent / "bench" / "hostile.py")
