@@ -27,7 +27,7 @@ from ..enums import REDIRECT_POLICY_MASK, SIZE_UNKNOWN, ErrorContext, SecurityFl
 from ..errors import ErrorCode, TransferError
 from ..pools import Pools
 from . import fastget
-from .httphead import ConnectFailed, FastGetError, Unsupported, plain_request
+from .httphead import ConnectFailed, FastGetError, ResponseHead, Unsupported, plain_request
 from .auth import ANSWERED, ChallengeAuth, challenge_scheme
 from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, SmallAnswer, Throttle, VersionChanged,
                    status_phrase, watching)
@@ -131,8 +131,8 @@ class HttpTransport:
         assert self._fast is not None
         heads = await self._fast.fetch_all(files, headers, lanes, functools.partial(watching, throttle))
         return [None if head is None or head.content_length is None else
-                SmallAnswer(RemoteValidator.of_answer(head.content_length, head.headers), f"GET {display_url(url)}",
-                            f"HTTP/1.1 {head.status} {head.reason or status_phrase(head.status)}", head.headers)
+                SmallAnswer(RemoteValidator.of_answer(head.content_length, head.headers),
+                            *_exchange(url, headers, head), head.headers)
                 for (url, _), head in zip(files, heads)]
 
     async def download(
@@ -335,13 +335,18 @@ def _redirect_target(url: URL, status: int, location: str, flags: int, sink: Dow
     return target
 
 
-def _tell_exchanges(sink: DownloadSink, url: URL, headers: Mapping[str, str],
-                    resp: aiohttp.ClientResponse | fastget.Response) -> None:
-    """The request line of `url` (with its Range) and the answer's status line to the sink."""
+def _exchange(url: URL, headers: Mapping[str, str],
+              resp: aiohttp.ClientResponse | fastget.Response | ResponseHead) -> tuple[str, str]:
+    """The request line of `url` (with its Range) and the answer's status line, as `transfer -v` shows them."""
     asked = f"GET {display_url(url)}" + (f" (Range: {headers['Range']})" if "Range" in headers else "")
     version = getattr(resp, "version", None)
     protocol = f"HTTP/{version.major}.{version.minor}" if version is not None else "HTTP/1.1"
-    sink.exchanged(asked, f"{protocol} {resp.status} {resp.reason or status_phrase(resp.status)}", resp.headers)
+    return asked, f"{protocol} {resp.status} {resp.reason or status_phrase(resp.status)}"
+
+
+def _tell_exchanges(sink: DownloadSink, url: URL, headers: Mapping[str, str],
+                    resp: aiohttp.ClientResponse | fastget.Response) -> None:
+    sink.exchanged(*_exchange(url, headers, resp), resp.headers)
 
 
 def _parse_url(raw: str) -> URL:
