@@ -240,11 +240,12 @@ class DownloadRunner:
                 await self._service.commit(job)
             answers = await self._transport.fetch_small([(url, fd) for _, url, fd in ready], self._headers,
                                                         BATCH_LANES, self._throttle) if ready else []
-            written = []
+            written, told = [], self._service.events.hears_exchanges()
             for (i, _, fd), answer in zip(ready, answers):
                 if answer is not None:
                     validator, f = answer.validator, files[i]
-                    SavedProgress(self._service, job, i).exchanged(answer.request, answer.response, answer.headers)
+                    if told:
+                        SavedProgress(self._service, job, i).exchanged(*answer.exchange(), answer.headers)
                     f.validator, f.bytes_total = validator.to_dict(), validator.size
                     f.bytes_transferred, f.response_headers = validator.size, list(validator.headers)
                     keep_remote_time(fd, validator)

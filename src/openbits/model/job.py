@@ -760,7 +760,9 @@ def check_local_path(path: str) -> None:
 
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"files"}
-_FILE_FIELDS = frozenset(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
+#: the fields of a file the store keeps (the live ones, like its rate, are not)
+FILE_FIELDS = tuple(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
+_FILE_FIELDS = frozenset(FILE_FIELDS)
 #: fields stored as numbers and kept as their enumeration in memory
 _ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
     name: hint for name, hint in typing.get_type_hints(Job).items() if isinstance(hint, type) and issubclass(hint, enum.IntEnum)}
@@ -788,8 +790,3 @@ def _known(fields: frozenset[str], record: dict[str, Any]) -> dict[str, Any]:
     if record.keys() <= fields:
         return record  # the usual case, checked in one set operation (100,000 jobs load at start-up)
     return {key: value for key, value in record.items() if key in fields}
-
-
-def file_to_record(f: JobFile) -> dict[str, Any]:
-    """Every save of a file's progress makes one: no deep copy (asdict) of what json.dumps only reads."""
-    return {name: getattr(f, name) for name in _FILE_FIELDS}
