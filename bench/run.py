@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the page cache could not be dropped; downloads ran with a warm cache")
     print()
     print(text_table(rows))
+    print("", *(f"- {note}" for note in ctx.notes), sep="\n")
     if write:
         command = "make bench" if argv is None and len(sys.argv) == 1 else "bench/run.py " + " ".join(sys.argv[1:])
         write_results(rows, ctx, machine, command, (start_load, load_average()))
