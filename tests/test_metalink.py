@@ -198,6 +198,18 @@ def test_a_corrupt_piece_in_the_middle_is_fetched_again_alone(cli: Cli, faulty: 
     assert fetches == [(bad, None), (good, f"bytes={5 * PIECE}-{6 * PIECE - 1}")], fetches
 
 
+def test_a_corrupt_piece_from_a_mirror_without_ranges_goes_on_from_it(cli: Cli, faulty: FaultyServer,
+                                                                     tmp_path: Path) -> None:
+    """The next mirror answers the piece's range with the whole file (no range support): the file is fetched
+    the way that mirror can send it, and ends byte-identical."""
+    path = f"/ml/{uuid.uuid4().hex}.bin"
+    bad, whole = f"{path}?size=1m&corrupt={5 * PIECE}", f"{path}?size=1m&ranges=0"
+    body = content(whole)
+    assert fetched_with_pieces(cli, tmp_path, [(faulty.url(bad), 1), (faulty.url(whole), 2)], body) == body
+    asked = [r.range for r in faulty.requests if r.path_qs == whole]
+    assert asked[0] == f"bytes={5 * PIECE}-{6 * PIECE - 1}", asked
+
+
 def test_a_corrupt_piece_of_the_only_mirror_is_fetched_again_at_resume(cli: Cli, faulty: FaultyServer,
                                                                        tmp_path: Path) -> None:
     """One mirror, its first answer corrupt in piece 9: ERROR says only that piece goes again (kept on record),

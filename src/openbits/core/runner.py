@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from yarl import URL
 
 from ..enums import LENGTH_TO_EOF, SIZE_UNKNOWN, ErrorContext, JobState
-from ..errors import BitsError, ErrorCode
+from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle, VersionChanged
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
@@ -256,10 +256,9 @@ class DownloadRunner:
         verification = Verification(fd, f.checksums, self._transport.pools.digests)
         sink = FileSink(self._service, job, index, self._file_started, verification)
         try:
-            if f.repair and f.remote_url[:5].lower() not in ("http:", "https"):
-                from_first_bad(f, fd)
-            if f.repair:  # Metalink pieces that failed their hashes: those alone, then the whole file hashed
-                validator = await self._repair(index, f, fd)
+            # Metalink pieces that failed their hashes: those alone, then the whole file hashed again
+            validator = await self._repair(index, f, fd) if f.repair else None
+            if validator is not None:
                 verification.rehash()
             else:
                 previous = RemoteValidator.from_dict(f.validator) if f.validator else None
@@ -361,17 +360,28 @@ class DownloadRunner:
             self._finished.add(index)
             await self._complete_in_order()
 
-    async def _repair(self, index: int, f: JobFile, fd: int) -> RemoteValidator:
+    async def _repair(self, index: int, f: JobFile, fd: int) -> RemoteValidator | None:
         """Fetch again only the runs of pieces that failed their hashes, each at its own offset; each is on
-        record as done once durable. The version must keep the size the pieces were laid over."""
+        record as done once durable. The version must keep the size the pieces were laid over. None: the
+        source sends no ranges (file://, smb://, an http server without them), so the file goes on from its
+        first bad piece (pieces.from_first_bad)."""
+        if f.remote_url[:5].lower() not in ("http:", "https"):
+            from_first_bad(f, fd)
+            return None
         sink = PlacedSink(self._service, self._job, index)
         validator = RemoteValidator.from_dict(f.validator or {"size": f.bytes_total})
         try:
             while f.repair:
                 at, length = f.repair[0]
                 spec = DownloadSpec(f.remote_url, at, validator, self._headers, tls=self._tls)
-                validator = await self._transport.download_range(spec, at, at + length - 1, fd, sink, self._throttle,
-                                                                 self._access)
+                try:
+                    validator = await self._transport.download_range(spec, at, at + length - 1, fd, sink,
+                                                                     self._throttle, self._access)
+                except TransferError as exc:  # raised before any byte of the answer is written
+                    if exc.code != ErrorCode.BG_E_INSUFFICIENT_RANGE_SUPPORT:
+                        raise
+                    from_first_bad(f, fd)
+                    return None
                 f.repair.pop(0)
                 f.bytes_transferred += length
                 await self._service.commit(self._job, (index,))
