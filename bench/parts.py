@@ -52,11 +52,13 @@ class Sizes:
     queue_tasks: int = 64
     #: seconds the 100k-job fill may take before the part measures what it has and extrapolates
     queue_budget: float = 300.0
+    #: random 64 KiB reads of the big file, on demand (bench/ondemand.py)
+    ondemand_reads: int = 200
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(big_bytes=64 << 20, small_count=500, runs=1, big_runs=1, api_jobs=300, api_sequential_jobs=100,
-                   queue_jobs=2000, queue_budget=20.0)
+                   queue_jobs=2000, queue_budget=20.0, ondemand_reads=50)
 
 
 @dataclass
