@@ -94,9 +94,12 @@ class JobFile:
     #: Metalink's <size>: a mirror that serves another size fails (BG_E_VALIDATION_FAILED)
     expected_size: int | None = None
     #: Metalink's <pieces>: bytes per piece and each one's "algorithm:hex"; a file that fails its digest keeps
-    #: the pieces before the first bad one and fetches from there on
+    #: the pieces that match and fetches only the others again (core/pieces.py)
     piece_length: int | None = None
     piece_hashes: list[str] | None = None
+    #: [offset, length] of the runs of pieces that failed their hashes, still to fetch again, each at its own
+    #: offset of the temporary file (whose other bytes are whole and durable up to durable_offset)
+    repair: list[list[int]] = field(default_factory=list)
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -146,6 +149,7 @@ class JobFile:
         self.bytes_transferred = 0
         self.durable_offset = 0
         self.validator = None
+        self.repair = []
 
     def local_ranges(self, size: int) -> list[tuple[int, int | None, int]]:
         """(remote first, remote last, local offset) of each range for a remote file of `size` bytes. While
