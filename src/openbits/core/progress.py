@@ -45,6 +45,7 @@ class SavedProgress:
         f, now = self._file, time.monotonic()
         if f.meter is None:
             f.meter = RateMeter(f.bytes_transferred, now)
+            self._job.metered.append(f)
         else:
             f.meter.sample(f.bytes_transferred, now)
         self._service.events.progressed(self._job, self._index)

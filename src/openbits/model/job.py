@@ -183,6 +183,8 @@ class Job:
                             limits={"max_length": 1024})
     state: JobState = JobState.SUSPENDED
     files: list[JobFile] = field(default_factory=list)
+    #: the files whose rate is sampled (SavedProgress.arrived): rate_now sums these, not all 10,000 of a job
+    metered: list[JobFile] = field(default_factory=list, metadata={"live": True})
     error: dict[str, Any] | None = None
     error_count: int = prop(0, doc="failed attempts so far (GetErrorCount)", label="Error count", notifies=False)
     minimum_retry_delay: int = prop(DEFAULT_MINIMUM_RETRY_DELAY, doc="seconds a transient error waits before the "
@@ -294,7 +296,7 @@ class Job:
         """Bytes per second arriving now, all files together (the daemon's own measure)."""
         if self.state != JobState.TRANSFERRING:
             return 0
-        return sum(f.rate_now() for f in self.files if f.meter is not None)
+        return sum(f.rate_now() for f in self.metered)
 
     @property
     def current_file(self) -> JobFile | None:
@@ -763,7 +765,7 @@ def check_local_path(path: str) -> None:
         )
 
 
-_JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"files"}
+_JOB_FIELDS = frozenset(name for name, f in Job.__dataclass_fields__.items() if name != "files" and not f.metadata.get("live"))
 #: the fields of a file the store keeps (the live ones, like its rate, are not)
 FILE_FIELDS = tuple(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
 _FILE_FIELDS = frozenset(FILE_FIELDS)
