@@ -72,6 +72,9 @@ use = egg:swift#proxy_logging
 [filter:cache]
 use = egg:swift#memcache
 memcache_servers = 127.0.0.1:{memcached}
+# Two connections a worker (the default) time out under 100 uploads at once, and after 10 timeouts memcached
+# is shunned for a minute: every request then asks the account and container servers again.
+memcache_max_connections = 64
 [filter:listing_formats]
 use = egg:swift#listing_formats
 [filter:bulk]
