@@ -199,6 +199,10 @@ class SwiftAllInOne:
                 raise RuntimeError(f"Swift did not listen within {timeout} s: {self.logs()}")
             time.sleep(0.05)
 
+    def pids(self) -> dict[str, list[int]]:
+        """The proxy and the storage servers (with memcached): whose CPU a benchmark counts."""
+        return {"swift-proxy": [self._procs[-1].pid], "swift storage": [p.pid for p in self._procs[:-1]]}
+
     def client(self) -> Any:
         """A botocore (synchronous) S3 client of this Swift, for fixtures and checks."""
         config = Config(region_name=REGION, s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
