@@ -142,8 +142,20 @@ class Bucket:
             await self.put(key, b"", 0, metadata)
             return
         plan = plan_parts(segments, max(PART_MIN, math.ceil(total / (max_parts - 1))))
+        upload = await self.start_upload(key, metadata)
+        try:
+            await self.complete(key, upload, await self.fill(key, upload, list(enumerate(plan, 1))))
+        except BaseException:
+            await self.abort(key, upload)
+            raise
+
+    async def start_upload(self, key: str, metadata: dict[str, str]) -> str:
         started = await guarded(self.client.create_multipart_upload(Bucket=self.name, Key=key, Metadata=metadata))
-        upload = started["UploadId"]
+        return str(started["UploadId"])
+
+    async def fill(self, key: str, upload: str, plan: list[tuple[int, list[tuple[str, int, int]]]]) -> list[dict[str, Any]]:
+        """Upload the numbered parts of `plan`, each the concatenation of its (source key, offset, length)
+        segments: one segment is copied inside the store, several are joined by this node."""
         gate, reads = asyncio.Semaphore(PARTS_IN_FLIGHT), asyncio.Semaphore(4 * PARTS_IN_FLIGHT)
 
         async def read(source: str, first: int, length: int) -> bytes:
@@ -163,14 +175,32 @@ class Bucket:
                 done = await guarded(self.client.upload_part(**common, Body=data))
                 return {"PartNumber": number, "ETag": done["ETag"]}
 
-        try:
-            parts = await asyncio.gather(*(part(n, p) for n, p in enumerate(plan, 1)))
-            await guarded(self.client.complete_multipart_upload(
-                Bucket=self.name, Key=key, UploadId=upload, MultipartUpload={"Parts": list(parts)}))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
-            raise
+        return list(await asyncio.gather(*(part(n, p) for n, p in plan)))
+
+    async def put_part(self, key: str, upload: str, number: int, body: Streamed, length: int) -> None:
+        await guarded(self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload, PartNumber=number,
+                                              Body=body, ContentLength=length))
+
+    async def uploaded_parts(self, key: str, upload: str) -> dict[int, str]:
+        """Part number -> ETag of the parts an upload has."""
+        out: dict[int, str] = {}
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key, "UploadId": upload}
+        while True:
+            page = await guarded(self.client.list_parts(**args))
+            out.update({p["PartNumber"]: p["ETag"] for p in page.get("Parts", [])})
+            if not page.get("IsTruncated"):
+                return out
+            args["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    async def complete(self, key: str, upload: str, parts: list[dict[str, Any]]) -> None:
+        parts = sorted(parts, key=lambda p: p["PartNumber"])
+        await guarded(self.client.complete_multipart_upload(Bucket=self.name, Key=key, UploadId=upload,
+                                                            MultipartUpload={"Parts": parts}))
+
+    async def abort(self, key: str, upload: str) -> None:
+        """Abort an upload, if the store answers (an upload left behind is clean-up's)."""
+        with contextlib.suppress(Exception):
+            await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
 
     async def range(self, key: str, first: int, length: int) -> bytes:
         answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
@@ -181,14 +211,15 @@ class Bucket:
             raise unavailable(EOFError(f"{key}: {len(data)} of {length} bytes"))
         return data
 
-    async def abort_stale_uploads(self, prefix: str, before: float) -> int:
-        """Abort multipart uploads under `prefix` started before `before` (a node died while assembling)."""
+    async def abort_stale_uploads(self, prefix: str, before: float, live: set[str]) -> int:
+        """Abort multipart uploads under `prefix` started before `before` but the `live` ones (a node died
+        while assembling, or a session's upload outlived it)."""
         aborted = 0
         args = {"Bucket": self.name, "Prefix": prefix}
         while True:
             page = await guarded(self.client.list_multipart_uploads(**args))
             for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() < before:
+                if upload["Initiated"].timestamp() < before and upload["UploadId"] not in live:
                     await guarded(self.client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"],
                                                                      UploadId=upload["UploadId"]))
                     aborted += 1

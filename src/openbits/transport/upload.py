@@ -221,8 +221,22 @@ class FragmentSizer:
         if nbytes < self.size // 2:
             return  # a short tail or probe says nothing about the link
         rate = nbytes / max(seconds, 1e-3)
-        wanted = int(rate * FRAGMENT_SECONDS)
+        # A power of two (1-2x FRAGMENT_SECONDS): with aligned() the fragments of a fast link are whole
+        # slots of an object store's multipart upload behind the server (8 MiB ones for openbits-server).
+        wanted = 1 << (int(rate * FRAGMENT_SECONDS) - 1).bit_length()
         self.size = max(MIN_FRAGMENT, min(MAX_FRAGMENT, self.size * 4, wanted))
+
+
+def aligned(offset: int, length: int, size: int) -> int:
+    """A fragment's length cut so that it ends on a multiple of the largest power of two not above it
+    (but the file's last): a server over object storage writes the whole slots of its multipart upload
+    straight into it (openbits-server, 8 MiB slots), and a fragment that ends mid-slot leaves the
+    next ones off the slots' bounds."""
+    end = offset + length
+    if end >= size or length <= 0:
+        return length
+    step = 1 << (length.bit_length() - 1)
+    return (end // step * step - offset) or length
 
 
 class UploadClient:
@@ -295,7 +309,8 @@ class UploadClient:
         sizer = FragmentSizer(MIN_FRAGMENT if throttle is not None else INITIAL_FRAGMENT)
         offset = 0
         while True:
-            length = min(1 if probe else sizer.size, spec.size - offset)
+            left = spec.size - offset
+            length = min(1, left) if probe else aligned(offset, min(sizer.size, left), spec.size)
             started = time.monotonic()
             ack, sent = await self._fragment(url, host, shown, session_id, spec, offset, length, throttle, waits=probe)
             if ack.status not in (200, 416):
