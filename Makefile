@@ -45,8 +45,8 @@ test-load: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m 'not servers and not slow' $(PYTEST_ARGS)
 
-# Downloads, small files, API rate, 100k queued jobs (bench/RESULTS.md); then uploads and upload sessions;
-# then ten users' clients with and without one hostile user (issue 16; root).
+# Downloads, checksums, small files, API rate, 100k queued jobs, on-demand reads (bench/RESULTS.md); then uploads
+# and upload sessions; then ten users' clients with and without one hostile user (issue 16; root).
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/upload.py

@@ -129,9 +129,11 @@ def children_rss_mib(pid: int) -> float:
     return total
 
 
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """User + system CPU time of one thread of `pid` (tid == pid: its main thread, the event loop)."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of one thread of `pid` (tid == pid: its main thread, the event loop), or of
+    all its threads (tid None)."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

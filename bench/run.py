@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py              # everything; rewrites bench/RESULTS.md
     .venv/bin/python bench/run.py --quick      # small sizes, a smoke test in under a minute
-    .venv/bin/python bench/run.py --only small # one part (big, checksum, small, api, queue); may repeat
+    .venv/bin/python bench/run.py --only small # one part (big, checksum, small, api, queue, ondemand); may repeat
 
 Data lives under a scratch directory (default /var/tmp/openbits-bench), made
 and removed by this script. Only a full run (no --quick, no --only) rewrites
@@ -21,7 +21,12 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "src")]
 
 from machine import check_disk, fresh_dir, load_average, machine_line, source_line, tool_versions  # noqa: E402
-from parts import PARTS, Context, Row, Sizes  # noqa: E402
+from ondemand import bench_ondemand  # noqa: E402
+from parts import Context, Row, Sizes  # noqa: E402
+from parts import PARTS as _PARTS  # noqa: E402
+
+#: every part, in the order a full run takes them
+PARTS = {**_PARTS, "ondemand": bench_ondemand}
 
 RESULTS = HERE / "RESULTS.md"
 HEADER = ("measure", "openbits", "competitor", "their figure", "ratio", "goal", "met")
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the page cache could not be dropped; downloads ran with a warm cache")
     print()
     print(text_table(rows))
+    print("", *(f"- {note}" for note in ctx.notes), sep="\n")
     if write:
         command = "make bench" if argv is None and len(sys.argv) == 1 else "bench/run.py " + " ".join(sys.argv[1:])
         write_results(rows, ctx, machine, command, (start_load, load_average()))

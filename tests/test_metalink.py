@@ -1,6 +1,7 @@
 """Metalink (RFC 5854): `openbits addmetalink` against a real daemon and the fault-injecting server: a file's
 mirrors by priority, failover on a dying mirror keeping the bytes, a wrong mirror's bytes re-fetched from the
-next, digests and sizes checked; and the parser's refusals (entity attacks included)."""
+next, a corrupt piece fetched again alone, digests and sizes checked; and the parser's refusals (entity
+attacks included)."""
 
 from __future__ import annotations
 
@@ -148,25 +149,86 @@ def test_addmetalink_refuses_a_bad_file_with_a_reason(cli: Cli, tmp_path: Path) 
     assert cli.ok("getfilestotal", job).strip() == "0"
 
 
-def test_piece_hashes_keep_the_pieces_before_a_bad_one(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
-    """A mirror whose bytes go wrong at 200 KB: the 64 KiB pieces before it stay, the next mirror sends the rest."""
-    good = f"/ml/{uuid.uuid4().hex}.bin?size=512k"
-    body = content(good)
-    corrupt = tmp_path / "corrupt.bin"
-    corrupt.write_bytes(body[:200_000] + bytes(len(body) - 200_000))
-    piece = 65536
-    pieces = "".join(f"<hash>{hashlib.sha1(body[at:at + piece]).hexdigest()}</hash>"
-                     for at in range(0, len(body), piece))
-    entry = file_entry("p.bin", [(corrupt.as_uri(), 1), (faulty.url(good), 2)], size=len(body), sha=sha256(good))
-    entry = entry.replace("<url", f'<pieces length="{piece}" type="sha-1">{pieces}</pieces><url', 1)
+PIECE = 65536
+
+
+def with_pieces(entry: str, body: bytes) -> str:
+    """A <file> entry with the sha-1 of each PIECE bytes of `body` as its <pieces>."""
+    pieces = "".join(f"<hash>{hashlib.sha1(body[at:at + PIECE]).hexdigest()}</hash>"
+                     for at in range(0, len(body), PIECE))
+    return entry.replace("<url", f'<pieces length="{PIECE}" type="sha-1">{pieces}</pieces><url', 1)
+
+
+def fetched_with_pieces(cli: Cli, tmp_path: Path, mirrors: list[tuple[str, int | None]], body: bytes) -> bytes:
+    """The bytes a job ends with for a Metalink of one file from `mirrors`, with the size, sha-256 and pieces
+    of `body`."""
+    entry = file_entry("p.bin", mirrors, size=len(body), sha=hashlib.sha256(body).hexdigest())
     meta = tmp_path / "set.meta4"
-    meta.write_bytes(meta4(entry))
+    meta.write_bytes(meta4(with_pieces(entry, body)))
     (tmp_path / "out").mkdir()
     job = cli.ok("create", "metalink pieces").strip()
     cli.ok("addmetalink", job, str(meta), str(tmp_path / "out"))
     cli.ok("resume", job)
     assert cli("wait", job, "--timeout", "60").returncode == 0
     cli.ok("complete", job)
-    assert (tmp_path / "out" / "p.bin").read_bytes() == body
+    return (tmp_path / "out" / "p.bin").read_bytes()
+
+
+def test_piece_hashes_keep_the_pieces_before_a_bad_one(cli: Cli, faulty: FaultyServer, tmp_path: Path) -> None:
+    """A file:// mirror whose bytes go wrong from 200 KB on: the 64 KiB pieces before it stay, and the next
+    mirror (http) is asked for the bad pieces, one run to the end."""
+    good = f"/ml/{uuid.uuid4().hex}.bin?size=512k"
+    body = content(good)
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(body[:200_000] + bytes(len(body) - 200_000))
+    assert fetched_with_pieces(cli, tmp_path, [(corrupt.as_uri(), 1), (faulty.url(good), 2)], body) == body
     asked = [r.headers.get("Range") for r in faulty.requests if r.path_qs == good]
-    assert asked == [f"bytes={3 * piece}-"], asked  # pieces 0-2 (196,608 bytes) were whole and stayed
+    assert asked == [f"bytes={3 * PIECE}-{len(body) - 1}"], asked  # pieces 0-2 (196,608 bytes) were whole
+
+
+def test_a_corrupt_piece_in_the_middle_is_fetched_again_alone(cli: Cli, faulty: FaultyServer,
+                                                              tmp_path: Path) -> None:
+    """A mirror that corrupts one byte of piece 5 of 16: the next mirror is asked for that piece's range alone,
+    the pieces after it stay, and the file is byte-identical (its sha-256 checked over the whole)."""
+    path = f"/ml/{uuid.uuid4().hex}.bin"
+    bad, good = f"{path}?size=1m&corrupt={5 * PIECE + 1000}", f"{path}?size=1m"
+    body = content(good)
+    assert fetched_with_pieces(cli, tmp_path, [(faulty.url(bad), 1), (faulty.url(good), 2)], body) == body
+    fetches = [(r.path_qs, r.range) for r in faulty.requests if r.path_qs.startswith(path)]
+    assert fetches == [(bad, None), (good, f"bytes={5 * PIECE}-{6 * PIECE - 1}")], fetches
+
+
+def test_a_corrupt_piece_from_a_mirror_without_ranges_goes_on_from_it(cli: Cli, faulty: FaultyServer,
+                                                                     tmp_path: Path) -> None:
+    """The next mirror answers the piece's range with the whole file (no range support): the file is fetched
+    the way that mirror can send it, and ends byte-identical."""
+    path = f"/ml/{uuid.uuid4().hex}.bin"
+    bad, whole = f"{path}?size=1m&corrupt={5 * PIECE}", f"{path}?size=1m&ranges=0"
+    body = content(whole)
+    assert fetched_with_pieces(cli, tmp_path, [(faulty.url(bad), 1), (faulty.url(whole), 2)], body) == body
+    asked = [r.range for r in faulty.requests if r.path_qs == whole]
+    assert asked[0] == f"bytes={5 * PIECE}-{6 * PIECE - 1}", asked
+
+
+def test_a_corrupt_piece_of_the_only_mirror_is_fetched_again_at_resume(cli: Cli, faulty: FaultyServer,
+                                                                       tmp_path: Path) -> None:
+    """One mirror, its first answer corrupt in piece 9: ERROR says only that piece goes again (kept on record),
+    and Resume asks the same server for exactly that range."""
+    path_qs = f"/ml/{uuid.uuid4().hex}.bin?size=1m&corrupt={9 * PIECE}&fail=1"
+    body = content(path_qs)
+    entry = file_entry("one.bin", [(faulty.url(path_qs), 1)], size=len(body), sha=hashlib.sha256(body).hexdigest())
+    meta = tmp_path / "set.meta4"
+    meta.write_bytes(meta4(with_pieces(entry, body)))
+    job = cli.ok("create", "metalink one").strip()
+    cli.ok("addmetalink", job, str(meta), str(tmp_path))
+    cli.ok("resume", job)
+    assert cli("wait", job, "--timeout", "60").returncode == 4
+    error = cli.ok("geterror", job)
+    assert "BG_E_VALIDATION_FAILED" in error and f"bytes {9 * PIECE}-{10 * PIECE - 1}" in error, error
+    assert "only they are fetched again" in error
+    cli.ok("resume", job)
+    assert cli("wait", job, "--timeout", "60").returncode == 0
+    cli.ok("complete", job)
+    assert (tmp_path / "one.bin").read_bytes() == body
+    asked = [r.range for r in faulty.requests if r.path_qs == path_qs]
+    assert asked == [None, f"bytes={9 * PIECE}-{10 * PIECE - 1}"], asked

@@ -7,6 +7,7 @@ body, the store, the event comparison, the Python client and `openbits info` wit
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -14,11 +15,11 @@ from rich.console import Console
 from openbits.cli.render import _SHOWN, job_panel
 from openbits.client.sync import Job as ClientJob
 from openbits.client.sync import _Setting
-from openbits.enums import JobPriority, JobType, ProxyUsage
+from openbits.enums import LENGTH_TO_EOF, JobPriority, JobType, ProxyUsage
 from openbits.events.bus import _Seen, _Totals
-from openbits.model.job import JOB_PROPERTIES, Job, job_from_record, job_to_record
+from openbits.model.job import JOB_PROPERTIES, Job, JobFile, job_from_record, job_to_record
 from openbits.schema.models import JobInfo, JobProperties
-from openbits.schema.views import job_info
+from openbits.schema.views import job_info, job_json
 from openbits.store import SqliteStore
 
 
@@ -94,3 +95,19 @@ def test_info_shows_every_labelled_property() -> None:
         if p.how.label:
             assert p.how.label in text, p.how.label
     assert "12.0 kB/s" in text and "X-A: 1" in text and "LOW" in text
+
+
+def test_the_answer_written_with_its_files_by_orjson_is_the_wire_model_s_document() -> None:
+    """job_json writes the files without models; the document must be JobInfo's, file fields included."""
+    job = _job()
+    job.files = [
+        JobFile("http://h/a", "/d/a", "/d/.a.1.bits-part", 4096, 4096, 4096, True, {"size": 4096},
+                ["Server: nginx", "ETag: \"1\""], checksums=["sha256:" + "0" * 64], validation_state=True),
+        JobFile("http://h/b", "/d/b", "/d/.b.2.bits-part", ranges=[[0, 100], [2000, LENGTH_TO_EOF]],
+                mirrors=["http://h/b", "http://m/b"]),
+        JobFile("http://h/c", "/d/c", "/d/.c.3.bits-part", filled=[[0, 65536]], requested=[[65536, 10]]),
+    ]
+    explain = lambda j: (0, "")  # noqa: E731
+    written = json.loads(job_json(job, explain))
+    assert written == json.loads(job_info(job, explain).model_dump_json())
+    assert JobInfo.model_validate(written).files[2].filled_ranges[0].length == 65536

@@ -11,6 +11,8 @@ the size and the faults. URL grammar (all parameters optional):
       &retry_after=S           Retry-After: S (seconds) ...
       &retry_after=date:S      ... or an HTTP date S seconds ahead
       &drop=N                  send N body bytes, then close the connection
+      &corrupt=N               the file's byte at offset N goes out inverted, when
+                               the answer covers it (a piece gone bad on the way)
       &stall=S&stall_at=N      after N body bytes (default 0), send nothing for S seconds
       &trickle=MS              send the body in 4 KiB pieces, MS milliseconds apart
       &changing=1              each request sees a new version (content, ETag,
@@ -232,6 +234,10 @@ class _App:
         elif bad_range == "always":
             status = 206
             headers["Content-Range"] = f"bytes 1-{last}/{size}"
+        sent = version.body[first : last + 1]
+        at = int(query["corrupt"]) - first if faulty and "corrupt" in query else -1
+        if 0 <= at < len(sent):
+            sent = sent[:at] + bytes([sent[at] ^ 0xFF]) + sent[at + 1:]
         headers.update(_digest_header(query.get("digest"), version.body, version.body[first : last + 1]))
         response = web.StreamResponse(status=status, headers=headers)
         if query.get("chunked") == "1":
@@ -242,7 +248,7 @@ class _App:
             response.force_close()
         await response.prepare(request)
         record.status = status
-        await self._send(request, response, record, version.body[first : last + 1], query if faulty else {})
+        await self._send(request, response, record, sent, query if faulty else {})
         return response
 
     @staticmethod

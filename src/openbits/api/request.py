@@ -25,7 +25,7 @@ from ..identity import Identity
 from ..model.job import Job
 from ..schema.models import (AddFilesRequest, CredentialsRequest, ErrorBody, HelperTokenRequest, LogonRequest,
                              NotifyCmdLine)
-from ..schema.views import RateExplainer, job_info
+from ..schema.views import RateExplainer, job_json
 
 log = logging.getLogger("openbits.api")
 
@@ -145,4 +145,4 @@ def flag(request: web.Request, name: str) -> bool:
 
 def respond_job(request: web.Request, job: Job, status: int = 200) -> web.Response:
     """The job as its caller sees it (JobInfo), with the rate it may use now."""
-    return respond(job_info(job, request.app[RATES]), status)
+    return web.Response(body=job_json(job, request.app[RATES]), status=status, content_type="application/json")

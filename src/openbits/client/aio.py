@@ -167,7 +167,8 @@ class AsyncJob:
                           piece_length: int | None = None, piece_hashes: Iterable[str] | None = None) -> JobInfo:
         """Metalink: file `file_index` comes from the first of `mirrors` and fails over to the next one on
         errors, keeping its bytes; `size` (when known) is the size it must have; `piece_hashes` ('sha1:HEX',
-        ... of each `piece_length` bytes) let a file that fails its digest keep the pieces before a bad one."""
+        ... of each `piece_length` bytes) let a file that fails its digest keep the pieces that match and fetch
+        only the bad ones again."""
         return await self._call("PUT", f"/files/{file_index}/mirrors", _request(
             Mirrors, mirrors=list(mirrors), size=size, piece_length=piece_length,
             piece_hashes=None if piece_hashes is None else list(piece_hashes)))

@@ -29,6 +29,8 @@ CHUNK = 1024 * 1024
 IDLE = 0.002
 #: Digest header algorithm names -> hashlib's (RFC 9530's registry; RFC 3230's upper-case names).
 _HEADER_ALGORITHMS = {"sha-256": "sha256", "sha-512": "sha512"}
+#: What a failed digest's error says of the partial file (core/pieces.py says more when pieces stay).
+DISCARDED = "the partial file is discarded and Resume downloads it again"
 _DICT_MEMBER = re.compile(r"\s*([A-Za-z0-9_.*-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*")
 
 
@@ -138,6 +140,13 @@ class Verification:
             # after the transport has cut the file back (it does so right after this call returns)
             asyncio.get_running_loop().call_soon(self._follower.restart, algorithms)
 
+    def rehash(self) -> None:
+        """Bytes were replaced in the middle of the file (Metalink pieces fetched again, core/pieces.py): the
+        file's own digests are hashed over the whole file again, read once through the descriptor."""
+        algorithms = {a for a, _, _ in self._own}
+        if algorithms:
+            self._follower = Follower(self._fd, algorithms, self._pool)
+
     async def check(self, size: int, local_path: str) -> BitsError | None:
         """BG_E_VALIDATION_FAILED for the first digest the file's `size` bytes do not have; None: all match."""
         if self._follower is None:
@@ -150,8 +159,8 @@ class Verification:
         for algorithm, digest, source in self._own + self._claimed:
             if actual[algorithm] != digest:
                 return BitsError(ErrorCode.BG_E_VALIDATION_FAILED, f"{local_path}: the {algorithm} digest is "
-                                 f"{actual[algorithm]}, expected {digest} ({source}); the partial file is "
-                                 "discarded and Resume downloads it again", ErrorContext.REMOTE_FILE)
+                                 f"{actual[algorithm]}, expected {digest} ({source}); {DISCARDED}",
+                                 ErrorContext.REMOTE_FILE)
         return None
 
     @property
@@ -162,18 +171,3 @@ class Verification:
         if self._follower is not None:
             await self._follower.close()
 
-
-def verified_pieces(fd: int, length: int, hashes: list[str], size: int) -> int:
-    """Bytes of the file from its start that are whole pieces matching their Metalink piece hashes ("sha1:HEX",
-    ...): what a file that failed its digest may keep. Blocking: run it in the digests pool."""
-    good = 0
-    for digest in hashes:
-        algorithm, _, expected = digest.partition(":")
-        wanted = min(length, size - good)
-        if wanted <= 0:
-            break
-        piece = os.pread(fd, wanted, good)
-        if len(piece) != wanted or hashlib.new(algorithm, piece).hexdigest() != expected:
-            break
-        good += wanted
-    return good

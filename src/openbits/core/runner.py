@@ -11,12 +11,12 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from yarl import URL
 
 from ..enums import LENGTH_TO_EOF, SIZE_UNKNOWN, ErrorContext, JobState
-from ..errors import BitsError, ErrorCode
+from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle, VersionChanged
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
@@ -24,88 +24,15 @@ from ..model.job import Job, JobFile, first_gap, merged
 from ..transport.tls import TlsSettings
 from .attempt import run_attempt
 from .certificates import tls_settings
-from .digests import Verification, verified_pieces
+from .digests import Verification
+from .pieces import from_first_bad, keep_good_pieces
 from .progress import SavedProgress
+from .sinks import FileSink, PlacedSink, RangesSink, keep_remote_time
 from .access import JobAccess
 from .proxy import proxy_route
 from .service import JobService
 
 log = logging.getLogger("openbits.runner")
-
-
-class _FileSink(SavedProgress):
-    """DownloadSink for one file: progress in memory, durable offsets to the store."""
-
-    def __init__(self, service: JobService, job: Job, index: int,
-                 on_started: Callable[[int, int], None] = lambda index, size: None,
-                 verification: Verification | None = None) -> None:
-        super().__init__(service, job, index)
-        self._on_started = on_started
-        self._verification = verification
-
-    def started(self, validator: RemoteValidator, offset: int) -> None:
-        f = self._file
-        forgets_bytes = offset == 0 and f.durable_offset > 0
-        if offset == 0:
-            f.restart()
-        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
-        f.bytes_total = validator.size
-        if self._verification is not None:
-            self._verification.answered(validator.headers, offset)
-        self._on_started(self._index, validator.size)  # the runner may start the next small file
-        # Save only what must be on record now: a restart from zero (the stored offset must not
-        # outlive the bytes) or the job's move to TRANSFERRING. Otherwise the first durable offset
-        # or the completion records the validator, saving a commit per small file.
-        if forgets_bytes or self._job.state != JobState.TRANSFERRING:
-            self._job.state = JobState.TRANSFERRING
-            self._save()
-
-    def received(self, offset: int) -> None:
-        self.moved(offset, self._file.bytes_transferred)
-        self._file.bytes_transferred = offset
-        self.arrived()
-
-    def durable(self, offset: int) -> None:
-        if offset > self._file.bytes_transferred:  # a stopped transfer's last bytes, never shown (ProgressReporter)
-            self.received(offset)
-        self._file.durable_offset = offset
-        self._save()
-
-    def redirected(self, url: str) -> None:
-        """REPORT or DISALLOW: the remote name becomes the URL the server redirected to (a JobModification)."""
-        self._file.remote_url = url
-        self._job.touch()
-        self._service.events.modified(self._job)
-        self._save()
-
-
-class _RangesSink(_FileSink):
-    """A file of ranges: the remote answers tell the version, the local size is the ranges' (set by the runner)."""
-
-    def started(self, validator: RemoteValidator, offset: int) -> None:
-        f = self._file
-        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
-        if self._job.state != JobState.TRANSFERRING:
-            self._job.state = JobState.TRANSFERRING
-            self._save()
-
-
-class _OnDemandSink(_RangesSink):
-    """A file of an on-demand job: its progress is the ranges in (the runner counts them), not an offset."""
-
-    def received(self, offset: int) -> None:
-        self.moved(offset, 0)
-
-    def durable(self, offset: int) -> None:
-        pass  # the runner records a range once download_range has made it durable
-
-
-def keep_remote_time(fd: int, validator: RemoteValidator) -> None:
-    """The file's modification time is the remote Last-Modified (BITS keeps the remote time); the
-    descriptor's, so no path is touched (the daemon's root may change the times of a file it may write)."""
-    mtime = validator.mtime
-    if mtime is not None:
-        os.utime(fd, (mtime, mtime))
 
 
 #: Files started side by side within one job, when they are small (per-file latency dominates).
@@ -240,11 +167,12 @@ class DownloadRunner:
                 await self._service.commit(job)
             answers = await self._transport.fetch_small([(url, fd) for _, url, fd in ready], self._headers,
                                                         BATCH_LANES, self._throttle) if ready else []
-            written = []
+            written, told = [], self._service.events.hears_exchanges()
             for (i, _, fd), answer in zip(ready, answers):
                 if answer is not None:
                     validator, f = answer.validator, files[i]
-                    SavedProgress(self._service, job, i).exchanged(answer.request, answer.response, answer.headers)
+                    if told:
+                        SavedProgress(self._service, job, i).exchanged(*answer.exchange(), answer.headers)
                     f.validator, f.bytes_total = validator.to_dict(), validator.size
                     f.bytes_transferred, f.response_headers = validator.size, list(validator.headers)
                     keep_remote_time(fd, validator)
@@ -327,28 +255,25 @@ class DownloadRunner:
         job = self._job
         fd = await self._open_temp(f)
         verification = Verification(fd, f.checksums, self._transport.pools.digests)
-        sink = _FileSink(self._service, job, index, self._file_started, verification)
+        sink = FileSink(self._service, job, index, self._file_started, verification)
         try:
-            previous = RemoteValidator.from_dict(f.validator) if f.validator else None
-            spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
-                                defer_sync_below=SMALL_FILE, tls=self._tls, method=job.http_method)
-            validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
+            # Metalink pieces that failed their hashes: those alone, then the whole file hashed again
+            validator = await self._repair(index, f, fd) if f.repair else None
+            if validator is not None:
+                verification.rehash()
+            else:
+                previous = RemoteValidator.from_dict(f.validator) if f.validator else None
+                spec = DownloadSpec(f.remote_url, f.durable_offset, previous, self._headers, job.dynamic_content,
+                                    defer_sync_below=SMALL_FILE, tls=self._tls, method=job.http_method)
+                validator = await self._transport.download(spec, fd, sink, self._throttle, self._access)
             size = validator.size if validator.size >= 0 else f.bytes_transferred
             failed = await verification.check(size, f.local_path)
             if failed is None and f.expected_size is not None and size != f.expected_size:
                 failed = BitsError(ErrorCode.BG_E_VALIDATION_FAILED, f"{f.local_path}: {f.remote_url} served "
                                    f"{size} bytes, the Metalink says {f.expected_size}", ErrorContext.REMOTE_FILE)
-            if failed is not None:  # the partial file is discarded, but for its verified pieces
-                kept = await self._verified_pieces(fd, f, size)
-                f.restart()
-                os.ftruncate(fd, kept)
-                if kept:
-                    f.bytes_transferred = f.durable_offset = kept
-                    f.validator = {"size": size}  # the rest from kept on, from any mirror
-                    failed = BitsError(failed.code, failed.description.replace(
-                        "the partial file is discarded and Resume downloads it again", f"its first {kept} bytes are "
-                        "whole pieces that match their Metalink hashes and stay; the rest is fetched again"),
-                        failed.context)
+            if failed is not None:
+                failed = await keep_good_pieces(f, fd, size, failed, self._transport.pools.digests,
+                                                lambda: self._syncs.sync([fd], f.local_path))
                 await self._service.commit(job, (index,))
                 raise failed
             f.validation_state = verification.checked
@@ -369,7 +294,7 @@ class DownloadRunner:
         """AddFileWithRanges: each range into the temporary file after the one before, in the order given.
         The remote file changing between two ranges starts the file again, once."""
         fd = await self._open_temp(f)
-        sink = _RangesSink(self._service, self._job, index)
+        sink = RangesSink(self._service, self._job, index)
         try:
             try:
                 validator = await self._fetch_ranges(f, fd, sink)
@@ -399,7 +324,7 @@ class DownloadRunner:
                 f.filled, f.validator = [], None  # gone or replaced: start over
         if fd is None:
             fd = await files.open_temp(f.temp_path, create=True)
-        sink = _OnDemandSink(self._service, job, index)
+        sink = PlacedSink(self._service, job, index)
         try:
             while f.requested:
                 offset, length = f.requested[0]
@@ -436,14 +361,36 @@ class DownloadRunner:
             self._finished.add(index)
             await self._complete_in_order()
 
-    async def _verified_pieces(self, fd: int, f: JobFile, size: int) -> int:
-        """Bytes from the start of a file that failed its digest that its Metalink piece hashes vouch for."""
-        if not f.piece_length or not f.piece_hashes:
-            return 0
-        return await asyncio.get_running_loop().run_in_executor(
-            self._transport.pools.digests, verified_pieces, fd, f.piece_length, f.piece_hashes, size)
+    async def _repair(self, index: int, f: JobFile, fd: int) -> RemoteValidator | None:
+        """Fetch again only the runs of pieces that failed their hashes, each at its own offset; each is on
+        record as done once durable. The version must keep the size the pieces were laid over. None: the
+        source sends no ranges (file://, smb://, an http server without them), so the file goes on from its
+        first bad piece (pieces.from_first_bad)."""
+        if f.remote_url[:5].lower() not in ("http:", "https"):
+            from_first_bad(f, fd)
+            return None
+        sink = PlacedSink(self._service, self._job, index)
+        validator = RemoteValidator.from_dict(f.validator or {"size": f.bytes_total})
+        try:
+            while f.repair:
+                at, length = f.repair[0]
+                spec = DownloadSpec(f.remote_url, at, validator, self._headers, tls=self._tls)
+                try:
+                    validator = await self._transport.download_range(spec, at, at + length - 1, fd, sink,
+                                                                     self._throttle, self._access)
+                except TransferError as exc:  # raised before any byte of the answer is written
+                    if exc.code != ErrorCode.BG_E_INSUFFICIENT_RANGE_SUPPORT:
+                        raise
+                    from_first_bad(f, fd)
+                    return None
+                f.repair.pop(0)
+                f.bytes_transferred += length
+                await self._service.commit(self._job, (index,))
+        finally:
+            await sink.flush()
+        return validator
 
-    async def _fetch_ranges(self, f: JobFile, fd: int, sink: _RangesSink) -> RemoteValidator:
+    async def _fetch_ranges(self, f: JobFile, fd: int, sink: RangesSink) -> RemoteValidator:
         """The ranges from the first one not yet durable on (the bytes before it are: ranges are written in order)."""
         validator = RemoteValidator.from_dict(f.validator) if f.validator else None
         while True:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 from ..enums import ErrorContext, TokenFlags
-from ..errors import BitsError, ErrorCode, TransferError
+from ..errors import BitsError, ErrorCode
 from ..identity import Identity
 from ..identity.logon import LogonChecker
 from ..enums import AuthScheme, AuthTarget

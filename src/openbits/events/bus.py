@@ -277,6 +277,10 @@ class EventBus:
                     except asyncio.QueueFull:
                         sub.end("too slow: reconnect with the last seq to catch up")
 
+    def hears_exchanges(self) -> bool:
+        """Whether a live stream asked for HTTP exchanges: if none did, nobody need describe them."""
+        return any(sub.exchanges and sub.ended is None for sub in self._subscribers)
+
     def exchanged(self, job: Job, index: int, request: str, response: str, file_name: str | None) -> None:
         """An HTTP request of the job and its answer, to the live streams that asked for them (not stored)."""
         listening = [sub for sub in self._subscribers if sub.exchanges and sub.ended is None]

@@ -94,9 +94,12 @@ class JobFile:
     #: Metalink's <size>: a mirror that serves another size fails (BG_E_VALIDATION_FAILED)
     expected_size: int | None = None
     #: Metalink's <pieces>: bytes per piece and each one's "algorithm:hex"; a file that fails its digest keeps
-    #: the pieces before the first bad one and fetches from there on
+    #: the pieces that match and fetches only the others again (core/pieces.py)
     piece_length: int | None = None
     piece_hashes: list[str] | None = None
+    #: [offset, length] of the runs of pieces that failed their hashes, still to fetch again, each at its own
+    #: offset of the temporary file (whose other bytes are whole and durable up to durable_offset)
+    repair: list[list[int]] = field(default_factory=list)
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -146,6 +149,7 @@ class JobFile:
         self.bytes_transferred = 0
         self.durable_offset = 0
         self.validator = None
+        self.repair = []
 
     def local_ranges(self, size: int) -> list[tuple[int, int | None, int]]:
         """(remote first, remote last, local offset) of each range for a remote file of `size` bytes. While
@@ -760,7 +764,9 @@ def check_local_path(path: str) -> None:
 
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__) - {"files"}
-_FILE_FIELDS = frozenset(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
+#: the fields of a file the store keeps (the live ones, like its rate, are not)
+FILE_FIELDS = tuple(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
+_FILE_FIELDS = frozenset(FILE_FIELDS)
 #: fields stored as numbers and kept as their enumeration in memory
 _ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
     name: hint for name, hint in typing.get_type_hints(Job).items() if isinstance(hint, type) and issubclass(hint, enum.IntEnum)}
@@ -788,8 +794,3 @@ def _known(fields: frozenset[str], record: dict[str, Any]) -> dict[str, Any]:
     if record.keys() <= fields:
         return record  # the usual case, checked in one set operation (100,000 jobs load at start-up)
     return {key: value for key, value in record.items() if key in fields}
-
-
-def file_to_record(f: JobFile) -> dict[str, Any]:
-    """Every save of a file's progress makes one: no deep copy (asdict) of what json.dumps only reads."""
-    return {name: getattr(f, name) for name in _FILE_FIELDS}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
 import os
 import queue
 import sqlite3
@@ -21,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ..model.job import Job, JobFile, file_to_record, job_from_record, job_to_record
+from ..model.job import FILE_FIELDS, Job, JobFile, job_from_record, job_to_record
 from ..model.event import Event, EventKind
 
 _SCHEMA = """
@@ -130,7 +131,7 @@ class SqliteStore:
 
     async def save_job(self, job: Job, files: Sequence[int] = (), events: Sequence[Event] = ()) -> None:
         doc = orjson.dumps(_compact(job_to_record(job), _JOB_EMPTY)).decode()
-        file_rows = [(job.id, i, orjson.dumps(_compact(file_to_record(job.files[i]), _FILE_EMPTY)).decode())
+        file_rows = [(job.id, i, orjson.dumps(_file_record(job.files[i])).decode())
                      for i in files]
         await self._submit(_Rows([(job.id, doc)], file_rows, _event_rows(events)))
 
@@ -253,7 +254,23 @@ def _empty_defaults(cls: type) -> dict[str, object]:
 
 
 _JOB_EMPTY = _empty_defaults(Job)
-_FILE_EMPTY = _empty_defaults(JobFile)
+_NOT_EMPTY = object()
+
+
+class _Compactor:
+    """A record of `fields` of an object without those that hold their empty default, in one pass:
+    no full record first (asdict would deep-copy what orjson only reads); a batch saves thousands."""
+
+    def __init__(self, fields: tuple[str, ...], empty: dict[str, object]) -> None:
+        self._fields, self._values = fields, operator.attrgetter(*fields)
+        self._empty = tuple(empty.get(name, _NOT_EMPTY) for name in fields)
+
+    def __call__(self, obj: object) -> dict[str, Any]:
+        return {name: value for name, value, empty in zip(self._fields, self._values(obj), self._empty)
+                if value is not empty and (type(value) is not type(empty) or value != empty)}
+
+
+_file_record = _Compactor(FILE_FIELDS, _empty_defaults(JobFile))
 
 
 def _compact(record: dict[str, Any], empty: dict[str, object]) -> dict[str, Any]:

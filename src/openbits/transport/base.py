@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -34,20 +35,21 @@ class RemoteValidator:
     headers: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
-    def of_answer(cls, size: int, headers: Mapping[str, str], old: RemoteValidator | None = None) -> RemoteValidator:
-        """The version an HTTP answer describes; a partial answer may leave out validators `old` has."""
+    def of_answer(cls, size: int, headers: Mapping[str, str], old: RemoteValidator | None = None,
+                  lines: tuple[str, ...] | None = None) -> RemoteValidator:
+        """The version an HTTP answer describes; a partial answer may leave out validators `old` has.
+        `lines`: the header lines as received, when the caller has them (else they are written again)."""
         etag, last_modified = headers.get("ETag"), headers.get("Last-Modified")
         if old is not None:
             etag, last_modified = etag or old.etag, last_modified or old.last_modified
-        return cls(size, etag, last_modified, tuple(f"{name}: {value}" for name, value in headers.items()))
+        if lines is None:
+            lines = tuple(f"{name}: {value}" for name, value in headers.items())
+        return cls(size, etag, last_modified, lines)
 
     @property
     def mtime(self) -> float | None:
         """Last-Modified as Unix time: the local file keeps the remote time, as BITS does."""
-        try:
-            return email.utils.parsedate_to_datetime(self.last_modified).timestamp() if self.last_modified else None
-        except (TypeError, ValueError):
-            return None
+        return _unix_time(self.last_modified) if self.last_modified else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
@@ -71,14 +73,23 @@ class RemoteValidator:
         return SIZE_UNKNOWN in (self.size, other.size) or self.size == other.size
 
 
+@functools.lru_cache(maxsize=1024)
+def _unix_time(http_date: str) -> float | None:
+    """An HTTP date as Unix time, or None; cached, since the files of one server share a few dates."""
+    try:
+        return email.utils.parsedate_to_datetime(http_date).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
 class SmallAnswer(NamedTuple):
-    """What a batch of small files got for one of them: its version, and the request and status lines with the
-    headers that `transfer -v` shows (the per-file way tells them through its sink)."""
+    """What a batch of small files got for one of them: its version and the answer's headers, and how to
+    make the request and status lines that `transfer -v` shows (the per-file way tells them through its
+    sink); made only when a stream watches, since a batch of 10,000 files made them all for nobody."""
 
     validator: RemoteValidator
-    request: str
-    response: str
     headers: Mapping[str, str]
+    exchange: Callable[[], tuple[str, str]]
 
 
 @dataclass(frozen=True)

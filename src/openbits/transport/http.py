@@ -131,8 +131,8 @@ class HttpTransport:
         assert self._fast is not None
         heads = await self._fast.fetch_all(files, headers, lanes, functools.partial(watching, throttle))
         return [None if head is None or head.content_length is None else
-                SmallAnswer(RemoteValidator.of_answer(head.content_length, head.headers),
-                            *_exchange(url, headers, head), head.headers)
+                SmallAnswer(RemoteValidator.of_answer(head.content_length, head.headers, lines=head.lines), head.headers,
+                            functools.partial(_exchange, url, headers, head))
                 for (url, _), head in zip(files, heads)]
 
     async def download(

@@ -48,12 +48,14 @@ def plain_request(url: URL, headers: Mapping[str, str]) -> bool:
 
 
 class ResponseHead:
-    __slots__ = ("status", "reason", "headers", "content_length", "keep_alive")
+    __slots__ = ("status", "reason", "headers", "content_length", "keep_alive", "lines")
 
     def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], content_length: int | None,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, lines: tuple[str, ...]) -> None:
         self.status, self.reason, self.headers = status, reason, headers
         self.content_length, self.keep_alive = content_length, keep_alive
+        #: the header lines as the server sent them (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS shows these)
+        self.lines = lines
 
 
 def parse_head(raw: bytes) -> ResponseHead:
@@ -80,4 +82,4 @@ def parse_head(raw: bytes) -> ResponseHead:
     keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
     if status < 200 or (status in (200, 206) and (length is None or "Transfer-Encoding" in headers)):
         raise Unsupported(f"HTTP {status} without a Content-Length body")
-    return ResponseHead(status, reason, CIMultiDictProxy(headers), length, keep_alive)
+    return ResponseHead(status, reason, CIMultiDictProxy(headers), length, keep_alive, tuple(lines[1:]))
