@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 4 --dist loadfile --no-loadscope-reorder -m 'not serial and not load' $(PYTEST_ARGS)
 	$(PY) -m pytest -m 'serial and not load' $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# The farm under 100 concurrent 8 MiB uploads (issue 19): some 20 minutes on 2 cores.
+# The farm under 100 concurrent 8 MiB uploads (issue 19): under two minutes on 2 cores (81-98 s, load 3-6).
 test-load: $(STAMP)
 	$(PY) -m pytest -m load $(PYTEST_ARGS)
 

@@ -3,6 +3,7 @@ and openbits-server as a farm on object storage (a Swift all-in-one with its S3 
 
     .venv/bin/python bench/upload.py                  # 1 GiB, sessions 100/1000/4000, farm 32 x 64 MiB
     .venv/bin/python bench/upload.py --size-mib 64 --sessions 100 --farm-files 8 --farm-mib 16
+    .venv/bin/python bench/upload.py --parts farm     # the farm figures alone
 
 curl cannot speak BITS, so its side is `curl -T FILE` (one PUT) to a plain
 aiohttp PUT endpoint in this file that writes the body and fsyncs it once at
@@ -48,7 +49,6 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-from openbits import Manager  # noqa: E402
 from openbits.enums import JobPriority, JobState, JobType  # noqa: E402
 from openbits.uploadprotocol import PROTOCOL_BITS_1_5, Header, format_content_range  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
@@ -58,6 +58,8 @@ from tests.servers.swift import ACCESS_KEY, SECRET_KEY, SwiftAllInOne, ensure_in
 BUCKET = "bench"
 
 FRAGMENT = 64 * 1024
+#: The figures --parts chooses from: the 1 GiB upload, concurrent sessions, the farm.
+PARTS = ["one", "sessions", "farm"]
 
 
 def _spawn(command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -197,22 +199,66 @@ async def sessions(work: Path, counts: list[int]) -> list[tuple[int, int, float]
     return rounds
 
 
-def direct(swift: SwiftAllInOne, source: Path, files: int) -> float:
-    """Seconds for boto3's multipart upload_file of `files` copies of `source` at once (one thread each)."""
+def _cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of these processes and their descendants (children reaped included)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK"))
+    counted, todo, total = set(), list(roots), 0.0
+    while todo:
+        pid = todo.pop()
+        if pid in counted or pid not in stats:
+            continue
+        counted.add(pid)
+        total += stats[pid][1]
+        todo += [child for child, (parent, _) in stats.items() if parent == pid]
+    return total
+
+
+class CpuMeter:
+    """CPU seconds per GiB of each group of processes over a stretch of the benchmark."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups = groups
+        self._start = {name: _cpu_seconds(pids) for name, pids in groups.items()}
+        self._self = time.process_time()
+
+    def per_gib(self, nbytes: int, in_process: str | None = None) -> str:
+        """`in_process`: the name of what ran in this process meanwhile (boto3)."""
+        used = {name: _cpu_seconds(pids) - self._start[name] for name, pids in self._groups.items()}
+        if in_process:
+            used[in_process] = time.process_time() - self._self
+        gib = nbytes / (1 << 30)
+        shown = ", ".join(f"{name} {seconds / gib:.1f}" for name, seconds in used.items())
+        return f"CPU s/GiB: {shown}; total {sum(used.values()) / gib:.1f}"
+
+
+def direct(swift: SwiftAllInOne, source: Path, files: int) -> tuple[float, str]:
+    """Seconds for boto3's multipart upload_file of `files` copies of `source` at once (one thread each),
+    and the CPU it took. Like the daemon's uploads: one part of each file at a time (a BITS client sends
+    one fragment at a time), parts of the client's largest fragment, payload unsigned as the nodes send it."""
     import boto3
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
+    from openbits.transport.upload import MAX_FRAGMENT
+
     client = boto3.client("s3", endpoint_url=swift.endpoint, aws_access_key_id=ACCESS_KEY,
                           aws_secret_access_key=SECRET_KEY, config=Config(
-                              region_name="us-east-1", s3={"addressing_style": "path"}, max_pool_connections=files * 4,
-                              request_checksum_calculation="when_required"))
-    transfer = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
+                              region_name="us-east-1", s3={"addressing_style": "path", "payload_signing_enabled": False},
+                              max_pool_connections=files, request_checksum_calculation="when_required"))
+    transfer = TransferConfig(multipart_chunksize=MAX_FRAGMENT, max_concurrency=1, use_threads=False)
+    meter = CpuMeter(swift.pids())
     started = time.monotonic()
     with ThreadPoolExecutor(files) as pool:
         list(pool.map(lambda i: client.upload_file(str(source), BUCKET, f"direct/{i}.bin", Config=transfer),
                       range(files)))
-    return time.monotonic() - started
+    return time.monotonic() - started, meter.per_gib(files * source.stat().st_size, "boto3")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -222,8 +268,10 @@ def _peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int, nodes: int) -> tuple[float, list[float]]:
-    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, and each node's peak RSS (MiB)."""
+def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int,
+                 nodes: int) -> tuple[float, list[float], str]:
+    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, each node's peak RSS (MiB) and
+    the CPU each part took."""
     tag = f"farm{nodes}"
     config = write_config(work / tag, swift.endpoint, BUCKET, f"{tag}/", {"/": {}})
     farm = Farm(work / tag, config, count=nodes).start()
@@ -235,6 +283,9 @@ def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int, nod
                 job = manager.create_job(f"farm {i}", JobType.UPLOAD, priority=JobPriority.FOREGROUND)
                 job.add_file(farm.url(f"{i}.bin"), source)
                 jobs.append(job)
+            assert daemon.proc is not None and farm.nginx is not None
+            meter = CpuMeter({"nodes": [n.pid for n in farm.nodes], **swift.pids(), "nginx": [farm.nginx.pid],
+                              "client daemon": [daemon.proc.pid]})
             started = time.monotonic()
             for job in jobs:
                 job.resume()
@@ -242,9 +293,10 @@ def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int, nod
                 state = job.wait(1800)
                 assert state == JobState.TRANSFERRED, job.error
             seconds = time.monotonic() - started
+            cpu = meter.per_gib(files * source.stat().st_size)
             for job in jobs:
                 job.complete()
-        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes]
+        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes], cpu
     finally:
         daemon.stop()
         farm.stop()
@@ -289,17 +341,17 @@ def failover(work: Path, swift: SwiftAllInOne, source: Path, attempts: int = 5) 
 def farm_figures(work: Path, swift: SwiftAllInOne, files: int, size: int) -> None:
     source = _source(work, size)
     total = files * size / 1e6
-    seconds = direct(swift, source, files)
-    print(f"farm: {files} x {size >> 20} MiB straight into the store (boto3 multipart): {seconds:.1f} s, "
-          f"{total / seconds:.0f} MB/s", flush=True)
+    seconds, cpu = direct(swift, source, files)
+    print(f"farm: {files} x {size >> 20} MiB straight into the store (boto3 multipart, one part of each file at "
+          f"a time): {seconds:.1f} s, {total / seconds:.0f} MB/s; {cpu}", flush=True)
     for nodes in (1, 3):
-        farm_seconds, rss = through_farm(work, swift, source, files, nodes)
+        farm_seconds, rss, cpu = through_farm(work, swift, source, files, nodes)
         print(f"farm: {files} x {size >> 20} MiB through {nodes} node(s): {farm_seconds:.1f} s, "
               f"{total / farm_seconds:.0f} MB/s = {seconds / farm_seconds:.2f}x boto3; peak RSS per node "
-              f"{', '.join(f'{r:.0f}' for r in rss)} MiB", flush=True)
+              f"{', '.join(f'{r:.0f}' for r in rss)} MiB; {cpu}", flush=True)
     after = failover(work, swift, _source(work, 256 << 20))
     print("farm: kill -9 of the node receiving a fragment -> next fragment acknowledged after "
-          + (f"{after:.2f} s" if after is not None else "(no kill met a fragment in flight)"), flush=True)
+          + (f"{after:.2f} s (goal: 2 s)" if after is not None else "(no kill met a fragment in flight)"), flush=True)
 
 
 def main() -> None:
@@ -309,6 +361,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[100, 1000, 4000])
     parser.add_argument("--farm-files", type=int, default=32, help="concurrent uploads through the farm")
     parser.add_argument("--farm-mib", type=int, default=64, help="size of each of them")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which figures (default: all)")
     parser.add_argument("--put-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.put_server:
@@ -322,7 +375,7 @@ def main() -> None:
         ensure_installed()
         with SwiftAllInOne() as swift:
             swift.make_bucket(BUCKET)
-            for backend, store in (("local directory", None), ("object storage", swift)):
+            for backend, store in (("local directory", None), ("object storage", swift))[:2 * ("one" in args.parts)]:
                 ours, curl = one_gib(work, size, args.runs, store)
                 mib = size / (1 << 20)
                 print(f"upload {mib:.0f} MiB ({backend}), best of {args.runs}: openbits {min(ours):.2f} s "
@@ -330,10 +383,11 @@ def main() -> None:
                       f"({mib / min(curl):.0f} MiB/s), time ratio {min(ours) / min(curl):.2f}x (runs: openbits "
                       f"{', '.join(f'{t:.2f}' for t in ours)}; curl {', '.join(f'{t:.2f}' for t in curl)} s)",
                       flush=True)
-            for count, ok, seconds in asyncio.run(sessions(work, args.sessions)):
+            for count, ok, seconds in asyncio.run(sessions(work, args.sessions if "sessions" in args.parts else [])):
                 print(f"concurrent sessions: {ok}/{count} succeeded in {seconds:.1f} s "
                       f"({'sustained' if ok == count else 'NOT sustained'})", flush=True)
-            farm_figures(work, swift, args.farm_files, args.farm_mib << 20)
+            if "farm" in args.parts:
+                farm_figures(work, swift, args.farm_files, args.farm_mib << 20)
 
 
 if __name__ == "__main__":

@@ -473,7 +473,7 @@ async def test_disk_full(bits: Bits, root: Path, monkeypatch: pytest.MonkeyPatch
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "pwrite", full)
+    monkeypatch.setattr(os, "pwritev", full)
     ack = await bits.fragment("/f.txt", sid, DATA[100:200], 100, 300)
     assert ack.status == 507 and ack.error == (0x80070070, 5) and ack.received == 100
     monkeypatch.undo()

@@ -81,6 +81,11 @@ class NginxServer:
         )
         self._wait_listening(timeout)
 
+    @property
+    def pid(self) -> int:
+        """The one nginx process (master_process off)."""
+        return self._proc.pid
+
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -72,6 +72,9 @@ use = egg:swift#proxy_logging
 [filter:cache]
 use = egg:swift#memcache
 memcache_servers = 127.0.0.1:{memcached}
+# Two connections a worker (the default) time out under 100 uploads at once, and after 10 timeouts memcached
+# is shunned for a minute: every request then asks the account and container servers again.
+memcache_max_connections = 64
 [filter:listing_formats]
 use = egg:swift#listing_formats
 [filter:bulk]
@@ -195,6 +198,10 @@ class SwiftAllInOne:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Swift did not listen within {timeout} s: {self.logs()}")
             time.sleep(0.05)
+
+    def pids(self) -> dict[str, list[int]]:
+        """The proxy and the storage servers (with memcached): whose CPU a benchmark counts."""
+        return {"swift-proxy": [self._procs[-1].pid], "swift storage": [p.pid for p in self._procs[:-1]]}
 
     def client(self) -> Any:
         """A botocore (synchronous) S3 client of this Swift, for fixtures and checks."""

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes gathered from the request before one write: fewer system calls than one per received chunk.
 WRITE_BYTES = 1 << 20
+#: Chunks gathered at most (one pwritev takes up to IOV_MAX, 1024 on Linux).
+WRITE_CHUNKS = 512
 
 
 class LocalSession(Session):
@@ -78,12 +80,12 @@ class LocalSession(Session):
                         start = offset + skip
                     pending.append(memoryview(chunk)[skip:])
                     raw.received = end
-                    if end - start >= WRITE_BYTES:
-                        raw.write(start, b"".join(pending) if len(pending) > 1 else pending[0])
+                    if end - start >= WRITE_BYTES or len(pending) >= WRITE_CHUNKS:
+                        raw.write(start, pending)
                         pending = []
                 offset = end
             if pending:
-                raw.write(start, b"".join(pending) if len(pending) > 1 else pending[0])
+                raw.write(start, pending)
             if offset != span.last + 1:
                 raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range")
             if self.complete:  # durable before the last Ack

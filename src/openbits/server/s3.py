@@ -2,8 +2,10 @@
 
 Nothing of a session is in a node's memory. Under `<prefix><vdir>/<session directory>/<session id>/`:
 
-    session.json                 id, name, URL, protocol (written once, at Create-Session)
+    session.json                 id, name, URL, protocol, upload id (written once, at Create-Session)
+    mpu/<upload id, hex>         the destination's multipart upload belongs to a live session
     data/<first>-<end>-<total>   one piece per fragment (hex offsets): the bytes [first, end) it added
+    part/<first>-<end>-<total>   bytes [first, end) are that multipart upload's part (empty: a record)
     request                      the whole upload as one object, for the server application
     outcome.json                 the application accepted the upload (what it answered)
     response                     the application's reply
@@ -16,6 +18,13 @@ LIST). Pieces never change; duplicates and overlaps from retried fragments are h
 assembles the pieces into the destination object with one multipart upload (ranges copied inside the
 store; pieces smaller than a part are joined by the node), so the destination appears at once, complete,
 and carries the session id in its metadata.
+
+Without a server application the bytes go to the destination, so Create-Session starts its multipart
+upload at once, and a fragment's bytes that fill a whole slot of it (slot(total) bytes, 8 MiB and up, at
+a multiple of that) stream into it as that slot's part: the store writes them once, not as a piece and
+again as a part (3.4x the store's CPU per byte of a plain multipart upload, bench/upload.py). A slot's
+part is always the same bytes, so a retried fragment that writes it again changes nothing. The rest of
+a fragment is pieces, joined into their slots' parts at Close-Session.
 """
 
 from __future__ import annotations
@@ -28,279 +37,34 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
-import aiohttp
-from aiobotocore.session import get_session
 from aiohttp import web
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from ..errors import ErrorCode
 from ..uploadprotocol import BG_E_SESSION_NOT_FOUND, ContentRange, is_session_id, new_session_id
 from .acks import AckError
-from .settings import ObjectStorage, VirtualDirectory
+from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, guarded, is_missing, open_client, plan_parts
+from .settings import NotificationType, ObjectStorage, VirtualDirectory
 from .storage import Outcome, Session, Storage
+
+__all__ = ["PART_MIN", "S3Storage", "plan_parts", "storages"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: S3's smallest part but the last.
-PART_MIN = 5 << 20
-#: S3's largest UploadPartCopy range and single PUT.
-COPY_MAX = 5 << 30
 #: Largest piece one PUT stores; a longer fragment becomes several.
 PIECE_MAX = 256 << 20
-#: Parts of one assembly in flight at once.
-PARTS_IN_FLIGHT = 4
 #: Seconds a packet waits for a session's lock before it is answered 503 (the client retries).
 LOCK_WAIT = 30.0
 #: Metadata key (x-amz-meta-...) naming the session a destination object came from.
 SESSION_META = "bits-session-id"
-
-
-def client_config(storage: ObjectStorage) -> Config:
-    """Path-style, payload unsigned (a fragment streams into its PUT instead of being hashed first), no
-    flexible checksums (not every S3-compatible store knows them), no retries of a streamed body."""
-    return Config(
-        region_name=storage.region,
-        s3={"addressing_style": "path", "payload_signing_enabled": False},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"mode": "standard", "total_max_attempts": 2},
-        max_pool_connections=storage.connections,
-        connect_timeout=5,
-        read_timeout=60,
-    )
-
-
-async def open_client(storage: ObjectStorage, stack: AsyncExitStack) -> Any:
-    """An aiobotocore S3 client, closed with `stack`."""
-    return await stack.enter_async_context(get_session().create_client(
-        "s3", endpoint_url=storage.endpoint, aws_access_key_id=storage.access_key_id,
-        aws_secret_access_key=storage.secret_access_key, config=client_config(storage)))
-
-
-def unavailable(exc: BaseException) -> AckError:
-    """503: the store did not answer; the client retries the packet later (5xx is transient to BITS)."""
-    return AckError(503, ErrorCode.http(503), f"the object store is unavailable ({type(exc).__name__}); retry later")
-
-
-async def guarded(call: Awaitable[T]) -> T:
-    """A store call whose failure becomes a 503 Ack (missing keys are the caller's business: ClientError)."""
-    try:
-        return await call
-    except ClientError as exc:
-        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500) >= 500:
-            raise unavailable(exc) from exc
-        raise
-    except (BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-        raise unavailable(exc) from exc
-
-
-def _missing(exc: ClientError) -> bool:
-    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or \
-        exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
-
-
-@dataclass(frozen=True)
-class Listed:
-    key: str
-    size: int
-    modified: float
-
-
-class Bucket:
-    """The few S3 calls the store needs, each failing as a 503 Ack when the store does not answer."""
-
-    def __init__(self, client: Any, name: str) -> None:
-        self.client = client
-        self.name = name
-
-    async def put(self, key: str, body: bytes | _Streamed, length: int | None = None,
-                  metadata: dict[str, str] | None = None) -> None:
-        args: dict[str, Any] = {"Bucket": self.name, "Key": key, "Body": body}
-        if length is not None:
-            args["ContentLength"] = length
-        if metadata:
-            args["Metadata"] = metadata
-        await guarded(self.client.put_object(**args))
-
-    async def read(self, key: str) -> bytes | None:
-        try:
-            answer = await guarded(self.client.get_object(Bucket=self.name, Key=key))
-            async with answer["Body"] as body:
-                return await guarded(body.read())
-        except ClientError as exc:
-            if _missing(exc):
-                return None
-            raise unavailable(exc) from exc
-
-    async def head(self, key: str) -> dict[str, Any] | None:
-        try:
-            return await guarded(self.client.head_object(Bucket=self.name, Key=key))
-        except ClientError as exc:
-            if _missing(exc):
-                return None
-            raise unavailable(exc) from exc
-
-    async def list(self, prefix: str) -> list[Listed]:
-        out: list[Listed] = []
-        args = {"Bucket": self.name, "Prefix": prefix}
-        while True:
-            page = await guarded(self.client.list_objects_v2(**args))
-            out += [Listed(o["Key"], o["Size"], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
-                return out
-            args["ContinuationToken"] = page["NextContinuationToken"]
-
-    async def delete(self, keys: list[str]) -> None:
-        """One DELETE per key, some at once: DeleteObjects wants a Content-MD5 that botocore no longer sends."""
-        gate = asyncio.Semaphore(16)
-
-        async def one(key: str) -> None:
-            async with gate:
-                await guarded(self.client.delete_object(Bucket=self.name, Key=key))
-
-        await asyncio.gather(*(one(k) for k in keys))
-
-    async def assemble(self, key: str, segments: list[tuple[str, int, int]], total: int, max_parts: int,
-                       metadata: dict[str, str]) -> None:
-        """Make `key` the concatenation of (source key, offset, length) segments, atomically (multipart)."""
-        if total == 0:
-            await self.put(key, b"", 0, metadata)
-            return
-        plan = plan_parts(segments, max(PART_MIN, math.ceil(total / (max_parts - 1))))
-        started = await guarded(self.client.create_multipart_upload(Bucket=self.name, Key=key, Metadata=metadata))
-        upload = started["UploadId"]
-        gate, reads = asyncio.Semaphore(PARTS_IN_FLIGHT), asyncio.Semaphore(4 * PARTS_IN_FLIGHT)
-
-        async def read(source: str, first: int, length: int) -> bytes:
-            async with reads:
-                return await self.range(source, first, length)
-
-        async def part(number: int, pieces: list[tuple[str, int, int]]) -> dict[str, Any]:
-            async with gate:
-                common = {"Bucket": self.name, "Key": key, "UploadId": upload, "PartNumber": number}
-                if len(pieces) == 1:
-                    source, first, length = pieces[0]
-                    done = await guarded(self.client.upload_part_copy(
-                        **common, CopySource={"Bucket": self.name, "Key": source},
-                        CopySourceRange=f"bytes={first}-{first + length - 1}"))
-                    return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
-                data = b"".join(await asyncio.gather(*(read(*p) for p in pieces)))
-                done = await guarded(self.client.upload_part(**common, Body=data))
-                return {"PartNumber": number, "ETag": done["ETag"]}
-
-        try:
-            parts = await asyncio.gather(*(part(n, p) for n, p in enumerate(plan, 1)))
-            await guarded(self.client.complete_multipart_upload(
-                Bucket=self.name, Key=key, UploadId=upload, MultipartUpload={"Parts": list(parts)}))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
-            raise
-
-    async def range(self, key: str, first: int, length: int) -> bytes:
-        answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
-                                                      Range=f"bytes={first}-{first + length - 1}"))
-        async with answer["Body"] as body:
-            data: bytes = await guarded(body.read())
-        if len(data) != length:
-            raise unavailable(EOFError(f"{key}: {len(data)} of {length} bytes"))
-        return data
-
-    async def abort_stale_uploads(self, prefix: str, before: float) -> int:
-        """Abort multipart uploads under `prefix` started before `before` (a node died while assembling)."""
-        aborted = 0
-        args = {"Bucket": self.name, "Prefix": prefix}
-        while True:
-            page = await guarded(self.client.list_multipart_uploads(**args))
-            for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() < before:
-                    await guarded(self.client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"],
-                                                                     UploadId=upload["UploadId"]))
-                    aborted += 1
-            if not page.get("IsTruncated"):
-                return aborted
-            args.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
-
-
-def plan_parts(segments: list[tuple[str, int, int]], target: int) -> list[list[tuple[str, int, int]]]:
-    """Multipart parts from ordered segments: a segment of at least `target` bytes is copied alone (inside
-    the store); smaller ones are joined (through this node) into parts of exactly `target`, filled from
-    the head of the next segment if need be. Every part but the last has `target` bytes or more, so there
-    are at most total/target + 1 of them."""
-    parts: list[list[tuple[str, int, int]]] = []
-    group: list[tuple[str, int, int]] = []
-    size = 0
-    for key, first, length in segments:
-        while length:
-            if not group and length >= target:
-                take = min(length, COPY_MAX)
-                parts.append([(key, first, take)])
-            else:
-                take = min(length, target - size)
-                group.append((key, first, take))
-                size += take
-                if size >= target:
-                    parts.append(group)
-                    group, size = [], 0
-            first, length = first + take, length - take
-    if group:
-        parts.append(group)
-    return parts
-
-
-class _Streamed:
-    """A request body for botocore that aiohttp streams: exactly `length` bytes of `source`.
-
-    botocore only checks that a body has read(); aiohttp sends any async iterable. A store that fails
-    mid-body cannot be retried with it (botocore cannot rewind), and the client retries the fragment.
-    """
-
-    def __init__(self, source: _Body, length: int) -> None:
-        self._source, self._length = source, length
-
-    def read(self, *args: object) -> bytes:
-        raise TypeError("streamed bodies are sent by aiohttp, not read")
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._source.take(self._length)
-
-
-class _Body:
-    """A fragment's body read in exact slices: skip what the session has, then one slice per piece."""
-
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
-        self._chunks = chunks.__aiter__()
-        self._left = memoryview(b"")
-        self.short = False
-
-    async def _next(self) -> memoryview:
-        if not self._left:
-            try:
-                self._left = memoryview(await self._chunks.__anext__())
-            except StopAsyncIteration:
-                self.short = True
-                raise EOFError("the fragment body ended early") from None
-        return self._left
-
-    async def take(self, length: int) -> AsyncIterator[memoryview]:
-        while length:
-            chunk = (await self._next())[:length]
-            self._left = self._left[len(chunk):]
-            length -= len(chunk)
-            yield chunk  # aiohttp writes memoryviews: no copy
-
-    async def skip(self, length: int) -> None:
-        async for _ in self.take(length):
-            pass
-
+#: The smallest slot of a destination's multipart upload (a part but the last; a power of two, as the
+#: client's fragment ends are multiples of one).
+SLOT = 8 << 20
 
 @dataclass
 class _State:
@@ -328,7 +92,7 @@ def read_state(objects: list[Listed], root: str) -> _State:
     for obj in objects:
         name = obj.key[len(root):]
         state.newest = max(state.newest, obj.modified)
-        if name.startswith("data/"):
+        if name.startswith(("data/", "part/")):
             try:
                 first, end, total = (int(v, 16) for v in name[5:].split("-"))
             except ValueError:
@@ -345,14 +109,35 @@ def read_state(objects: list[Listed], root: str) -> _State:
     return state
 
 
-def cover(pieces: tuple[tuple[int, int, str], ...], total: int) -> list[tuple[str, int, int]]:
-    """Non-overlapping (key, offset in it, length) segments of [0, total) from the pieces."""
-    out, at = [], 0
-    for first, end, key in pieces:
-        if end > at >= first:
-            out.append((key, at - first, end - at))
-            at = end
-    assert at >= total, "cover() of an incomplete session"
+def cover(pieces: tuple[tuple[int, int, str], ...], end: int, start: int = 0) -> list[tuple[str, int, int]]:
+    """Non-overlapping (key, offset in it, length) segments of [start, end) from the pieces."""
+    out, at = [], start
+    for first, stop, key in pieces:
+        if at >= end:
+            break
+        if stop > at >= first:
+            take = min(stop, end) - at
+            out.append((key, at - first, take))
+            at += take
+    assert at >= end, "cover() of an incomplete session"
+    return out
+
+
+def spans(start: int, end: int, total: int, slot: int | None) -> list[tuple[int, int, bool]]:
+    """[start, end) of a fragment cut into (first, end, whole slot?): with a multipart upload (`slot`), at
+    its slots' bounds; what is not a whole slot is pieces of at most PIECE_MAX."""
+    out = []
+    at = start
+    while at < end:
+        if slot is None:
+            stop, whole = min(end, at + PIECE_MAX), False
+        else:
+            low = at // slot * slot
+            high = min(low + slot, total)
+            stop = min(end, high, at + PIECE_MAX)
+            whole = at == low and stop == high
+        out.append((at, stop, whole))
+        at = stop
     return out
 
 
@@ -440,15 +225,16 @@ class S3Session(Session):
 
     async def receive(self, span: ContentRange, body: AsyncIterable[bytes]) -> None:
         assert self.total is not None
-        reader = _Body(body)
+        reader = FragmentBody(body)
         start, end = max(span.first, self.received), span.last + 1
         written: list[str] = []
         try:
             await reader.skip(min(start, end) - span.first)
             if span.total == 0:
                 written.append(await self._piece(reader, 0, 0))
-            for first in range(start, end, PIECE_MAX):
-                written.append(await self._piece(reader, first, min(end, first + PIECE_MAX)))
+            slot = self._store.slot(self.total) if "upload" in self._info else None
+            for first, stop, whole in spans(start, end, self.total, slot):
+                written.append(await (self._part if whole else self._piece)(reader, first, stop))
         except Exception:
             if written:  # what a failure left is still progress
                 await self._settle(written)
@@ -467,9 +253,19 @@ class S3Session(Session):
             await self._store.bucket.delete(written)
         self._apply(state)
 
-    async def _piece(self, reader: _Body, first: int, end: int) -> str:
+    async def _piece(self, reader: FragmentBody, first: int, end: int) -> str:
         key = f"{self.folder}data/{first:016x}-{end:016x}-{self.total:016x}"
-        await self._store.bucket.put(key, _Streamed(reader, end - first) if end > first else b"", end - first)
+        await self._store.bucket.put(key, Streamed(reader, end - first) if end > first else b"", end - first)
+        return key
+
+    async def _part(self, reader: FragmentBody, first: int, end: int) -> str:
+        """A whole slot into the destination's upload, then its record."""
+        assert self.total is not None
+        number = first // self._store.slot(self.total) + 1
+        await self._store.bucket.put_part(self._store.destination(self.parts), self._info["upload"], number,
+                                          Streamed(reader, end - first), end - first)
+        key = f"{self.folder}part/{first:016x}-{end:016x}-{self.total:016x}"
+        await self._store.bucket.put(key, b"", 0)
         return key
 
     async def prepare_data(self) -> None:
@@ -516,11 +312,16 @@ class S3Session(Session):
             if not allow_overwrites:
                 raise AckError(409, ErrorCode.ERROR_FILE_EXISTS, "the file exists and overwrites are not allowed")
         assert self.total is not None
+        if "upload" in self._info and self.total:
+            await self._store.complete(key, self._info["upload"], self._state.pieces, self.total)
+            return
         if self._state.request:
             segments = [(self.folder + "request", 0, self.total)] if self.total else []
         else:
             segments = cover(self._state.pieces, self.total)
         await self._store.assemble(key, segments, self)
+        if "upload" in self._info:
+            await self._store.bucket.abort(key, self._info["upload"])  # an empty file: one PUT, no parts
 
     async def close(self) -> None:
         await self._store.bucket.put(self.folder + "closed", b"", 0)
@@ -531,6 +332,8 @@ class S3Session(Session):
     async def discard(self) -> None:
         objects = await self._store.bucket.list(self.folder)
         await self._store.bucket.delete([o.key for o in objects if "/lock/" not in o.key])
+        if "upload" in self._info:
+            await self._store.bucket.abort(self._store.destination(self.parts), self._info["upload"])
         self._state.info = False
 
     async def reply_response(self, request: web.Request) -> web.StreamResponse:
@@ -541,7 +344,7 @@ class S3Session(Session):
         try:
             answer = await guarded(bucket.client.get_object(**args))
         except ClientError as exc:
-            if _missing(exc):
+            if is_missing(exc):
                 raise web.HTTPNotFound(text="no such reply\n") from None
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
                 raise web.HTTPRequestRangeNotSatisfiable() from None
@@ -571,6 +374,8 @@ class S3Storage(Storage):
         self.vdir = vdir
         self.bucket = bucket
         self.max_parts = settings.max_parts
+        #: Whether the upload goes straight to its destination (no server application to see it first).
+        self.direct = vdir.notification_type is NotificationType.NONE
         self._base = settings.prefix + (vdir.prefix.strip("/") + "/" if vdir.prefix != "/" else "")
         self.root = self._base + vdir.session_directory.strip("/") + "/"
         #: The lock outlives the longest thing done under it: the application's answer, then an assembly.
@@ -587,6 +392,26 @@ class S3Storage(Storage):
     async def state(self, sid: str) -> _State:
         return read_state(await self.bucket.list(self.folder(sid)), self.folder(sid))
 
+    def slot(self, total: int) -> int:
+        """The bytes of each part (but the last) of a session's multipart upload: SLOT, or more for a file
+        that would need more than max_parts."""
+        return SLOT * max(1, math.ceil(total / (self.max_parts * SLOT)))
+
+    async def complete(self, key: str, upload: str, pieces: tuple[tuple[int, int, str], ...], total: int) -> None:
+        """Finish a session's multipart upload: the slots that are parts already, the others joined from
+        the pieces."""
+        slot = self.slot(total)
+        have = await self.bucket.uploaded_parts(key, upload)
+        direct = {first for first, _, key in pieces if "/part/" in key}
+        plain = tuple(p for p in pieces if "/part/" not in p[2])
+        parts, todo = [], []
+        for number, low in enumerate(range(0, total, slot), 1):
+            if low in direct and number in have:
+                parts.append({"PartNumber": number, "ETag": have[number]})
+            else:
+                todo.append((number, cover(plain, min(low + slot, total), low)))
+        await self.bucket.complete(key, upload, parts + await self.bucket.fill(key, upload, todo))
+
     async def assemble(self, key: str, segments: list[tuple[str, int, int]], session: S3Session) -> None:
         assert session.total is not None
         await self.bucket.assemble(key, segments, session.total, self.max_parts, {SESSION_META: session.id})
@@ -598,6 +423,10 @@ class S3Storage(Storage):
     async def create(self, remote: str, url: str, protocol: str) -> Session:
         sid = new_session_id()
         info = {"id": sid, "remote": remote, "url": url, "protocol": protocol}
+        if self.direct:
+            info["upload"] = await self.bucket.start_upload(self.destination(tuple(remote.split("/"))),
+                                                            {SESSION_META: sid})
+            await self.bucket.put(f"{self.folder(sid)}mpu/{info['upload'].encode().hex()}", b"", 0)
         raw = json.dumps(info).encode()
         await self.bucket.put(self.folder(sid) + "session.json", raw, len(raw))
         return S3Session(self, sid, info, _State(info=True, newest=time.time()))
@@ -639,9 +468,13 @@ class S3Storage(Storage):
         two nodes delete the same session and none deletes one that moved meanwhile."""
         now = time.time()
         newest: dict[str, float] = {}
+        uploads: dict[str, str] = {}
         for obj in await self.bucket.list(self.root):  # one listing of every session, not one per session
-            sid = obj.key[len(self.root):].split("/", 1)[0]
+            sid, _, rest = obj.key[len(self.root):].partition("/")
             newest[sid] = max(newest.get(sid, 0.0), obj.modified)
+            if rest.startswith("mpu/"):
+                with contextlib.suppress(ValueError):
+                    uploads[sid] = bytes.fromhex(rest[4:]).decode()
         removed = 0
         for sid, modified in newest.items():
             if not is_session_id(sid) or now - modified <= self.vdir.session_timeout:
@@ -653,10 +486,12 @@ class S3Storage(Storage):
                     if unlocked and time.time() - max(o.modified for o in unlocked) > self.vdir.session_timeout:
                         log.info("session %s made no progress for %s s; removing it", sid, self.vdir.session_timeout)
                         await self.bucket.delete([o.key for o in unlocked])
+                        uploads.pop(sid, None)  # its upload is aborted below
                         removed += 1
             except AckError:
                 continue  # another node holds it: it is alive, or that node is cleaning it
-        removed += await self.bucket.abort_stale_uploads(self._base, now - self.vdir.session_timeout)
+        removed += await self.bucket.abort_stale_uploads(self._base, now - self.vdir.session_timeout,
+                                                         set(uploads.values()))
         return removed
 
     async def shutdown(self) -> None:

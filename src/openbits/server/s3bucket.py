@@ -1,0 +1,300 @@
+"""The S3 calls of the object-storage store (s3.py), each failing as a 503 Ack when the store does not answer,
+and the streamed request bodies that carry a fragment into them without a copy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import ErrorCode
+from .acks import AckError
+from .settings import ObjectStorage
+
+T = TypeVar("T")
+
+#: S3's smallest part but the last.
+PART_MIN = 5 << 20
+#: S3's largest UploadPartCopy range and single PUT.
+COPY_MAX = 5 << 30
+#: Parts of one assembly in flight at once.
+PARTS_IN_FLIGHT = 4
+
+
+def client_config(storage: ObjectStorage) -> Config:
+    """Path-style, payload unsigned (a fragment streams into its PUT instead of being hashed first), no
+    flexible checksums (not every S3-compatible store knows them), no retries of a streamed body."""
+    return Config(
+        region_name=storage.region,
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "total_max_attempts": 2},
+        max_pool_connections=storage.connections,
+        connect_timeout=5,
+        read_timeout=60,
+    )
+
+
+async def open_client(storage: ObjectStorage, stack: AsyncExitStack) -> Any:
+    """An aiobotocore S3 client, closed with `stack`."""
+    return await stack.enter_async_context(get_session().create_client(
+        "s3", endpoint_url=storage.endpoint, aws_access_key_id=storage.access_key_id,
+        aws_secret_access_key=storage.secret_access_key, config=client_config(storage)))
+
+
+def unavailable(exc: BaseException) -> AckError:
+    """503: the store did not answer; the client retries the packet later (5xx is transient to BITS)."""
+    return AckError(503, ErrorCode.http(503), f"the object store is unavailable ({type(exc).__name__}); retry later")
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    """A store call whose failure becomes a 503 Ack (missing keys are the caller's business: ClientError)."""
+    try:
+        return await call
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500) >= 500:
+            raise unavailable(exc) from exc
+        raise
+    except (BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise unavailable(exc) from exc
+
+
+def is_missing(exc: ClientError) -> bool:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or \
+        exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    modified: float
+
+
+class Bucket:
+    """The few S3 calls the store needs, each failing as a 503 Ack when the store does not answer."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    async def put(self, key: str, body: bytes | Streamed, length: int | None = None,
+                  metadata: dict[str, str] | None = None) -> None:
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key, "Body": body}
+        if length is not None:
+            args["ContentLength"] = length
+        if metadata:
+            args["Metadata"] = metadata
+        await guarded(self.client.put_object(**args))
+
+    async def read(self, key: str) -> bytes | None:
+        try:
+            answer = await guarded(self.client.get_object(Bucket=self.name, Key=key))
+            async with answer["Body"] as body:
+                return await guarded(body.read())
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise unavailable(exc) from exc
+
+    async def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return await guarded(self.client.head_object(Bucket=self.name, Key=key))
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise unavailable(exc) from exc
+
+    async def list(self, prefix: str) -> list[Listed]:
+        out: list[Listed] = []
+        args = {"Bucket": self.name, "Prefix": prefix}
+        while True:
+            page = await guarded(self.client.list_objects_v2(**args))
+            out += [Listed(o["Key"], o["Size"], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return out
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def delete(self, keys: list[str]) -> None:
+        """One DELETE per key, some at once: DeleteObjects wants a Content-MD5 that botocore no longer sends."""
+        gate = asyncio.Semaphore(16)
+
+        async def one(key: str) -> None:
+            async with gate:
+                await guarded(self.client.delete_object(Bucket=self.name, Key=key))
+
+        await asyncio.gather(*(one(k) for k in keys))
+
+    async def assemble(self, key: str, segments: list[tuple[str, int, int]], total: int, max_parts: int,
+                       metadata: dict[str, str]) -> None:
+        """Make `key` the concatenation of (source key, offset, length) segments, atomically (multipart)."""
+        if total == 0:
+            await self.put(key, b"", 0, metadata)
+            return
+        plan = plan_parts(segments, max(PART_MIN, math.ceil(total / (max_parts - 1))))
+        upload = await self.start_upload(key, metadata)
+        try:
+            await self.complete(key, upload, await self.fill(key, upload, list(enumerate(plan, 1))))
+        except BaseException:
+            await self.abort(key, upload)
+            raise
+
+    async def start_upload(self, key: str, metadata: dict[str, str]) -> str:
+        started = await guarded(self.client.create_multipart_upload(Bucket=self.name, Key=key, Metadata=metadata))
+        return str(started["UploadId"])
+
+    async def fill(self, key: str, upload: str, plan: list[tuple[int, list[tuple[str, int, int]]]]) -> list[dict[str, Any]]:
+        """Upload the numbered parts of `plan`, each the concatenation of its (source key, offset, length)
+        segments: one segment is copied inside the store, several are joined by this node."""
+        gate, reads = asyncio.Semaphore(PARTS_IN_FLIGHT), asyncio.Semaphore(4 * PARTS_IN_FLIGHT)
+
+        async def read(source: str, first: int, length: int) -> bytes:
+            async with reads:
+                return await self.range(source, first, length)
+
+        async def part(number: int, pieces: list[tuple[str, int, int]]) -> dict[str, Any]:
+            async with gate:
+                common = {"Bucket": self.name, "Key": key, "UploadId": upload, "PartNumber": number}
+                if len(pieces) == 1:
+                    source, first, length = pieces[0]
+                    done = await guarded(self.client.upload_part_copy(
+                        **common, CopySource={"Bucket": self.name, "Key": source},
+                        CopySourceRange=f"bytes={first}-{first + length - 1}"))
+                    return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
+                data = b"".join(await asyncio.gather(*(read(*p) for p in pieces)))
+                done = await guarded(self.client.upload_part(**common, Body=data))
+                return {"PartNumber": number, "ETag": done["ETag"]}
+
+        return list(await asyncio.gather(*(part(n, p) for n, p in plan)))
+
+    async def put_part(self, key: str, upload: str, number: int, body: Streamed, length: int) -> None:
+        await guarded(self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload, PartNumber=number,
+                                              Body=body, ContentLength=length))
+
+    async def uploaded_parts(self, key: str, upload: str) -> dict[int, str]:
+        """Part number -> ETag of the parts an upload has."""
+        out: dict[int, str] = {}
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key, "UploadId": upload}
+        while True:
+            page = await guarded(self.client.list_parts(**args))
+            out.update({p["PartNumber"]: p["ETag"] for p in page.get("Parts", [])})
+            if not page.get("IsTruncated"):
+                return out
+            args["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    async def complete(self, key: str, upload: str, parts: list[dict[str, Any]]) -> None:
+        parts = sorted(parts, key=lambda p: p["PartNumber"])
+        await guarded(self.client.complete_multipart_upload(Bucket=self.name, Key=key, UploadId=upload,
+                                                            MultipartUpload={"Parts": parts}))
+
+    async def abort(self, key: str, upload: str) -> None:
+        """Abort an upload, if the store answers (an upload left behind is clean-up's)."""
+        with contextlib.suppress(Exception):
+            await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
+
+    async def range(self, key: str, first: int, length: int) -> bytes:
+        answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
+                                                      Range=f"bytes={first}-{first + length - 1}"))
+        async with answer["Body"] as body:
+            data: bytes = await guarded(body.read())
+        if len(data) != length:
+            raise unavailable(EOFError(f"{key}: {len(data)} of {length} bytes"))
+        return data
+
+    async def abort_stale_uploads(self, prefix: str, before: float, live: set[str]) -> int:
+        """Abort multipart uploads under `prefix` started before `before` but the `live` ones (a node died
+        while assembling, or a session's upload outlived it)."""
+        aborted = 0
+        args = {"Bucket": self.name, "Prefix": prefix}
+        while True:
+            page = await guarded(self.client.list_multipart_uploads(**args))
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < before and upload["UploadId"] not in live:
+                    await guarded(self.client.abort_multipart_upload(Bucket=self.name, Key=upload["Key"],
+                                                                     UploadId=upload["UploadId"]))
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            args.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
+
+def plan_parts(segments: list[tuple[str, int, int]], target: int) -> list[list[tuple[str, int, int]]]:
+    """Multipart parts from ordered segments: a segment of at least `target` bytes is copied alone (inside
+    the store); smaller ones are joined (through this node) into parts of exactly `target`, filled from
+    the head of the next segment if need be. Every part but the last has `target` bytes or more, so there
+    are at most total/target + 1 of them."""
+    parts: list[list[tuple[str, int, int]]] = []
+    group: list[tuple[str, int, int]] = []
+    size = 0
+    for key, first, length in segments:
+        while length:
+            if not group and length >= target:
+                take = min(length, COPY_MAX)
+                parts.append([(key, first, take)])
+            else:
+                take = min(length, target - size)
+                group.append((key, first, take))
+                size += take
+                if size >= target:
+                    parts.append(group)
+                    group, size = [], 0
+            first, length = first + take, length - take
+    if group:
+        parts.append(group)
+    return parts
+
+
+class Streamed:
+    """A request body for botocore that aiohttp streams: exactly `length` bytes of `source`.
+
+    botocore only checks that a body has read(); aiohttp sends any async iterable. A store that fails
+    mid-body cannot be retried with it (botocore cannot rewind), and the client retries the fragment.
+    """
+
+    def __init__(self, source: FragmentBody, length: int) -> None:
+        self._source, self._length = source, length
+
+    def read(self, *args: object) -> bytes:
+        raise TypeError("streamed bodies are sent by aiohttp, not read")
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._source.take(self._length)
+
+
+class FragmentBody:
+    """A fragment's body read in exact slices: skip what the session has, then one slice per piece."""
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = chunks.__aiter__()
+        self._left = memoryview(b"")
+        self.short = False
+
+    async def _next(self) -> memoryview:
+        if not self._left:
+            try:
+                self._left = memoryview(await self._chunks.__anext__())
+            except StopAsyncIteration:
+                self.short = True
+                raise EOFError("the fragment body ended early") from None
+        return self._left
+
+    async def take(self, length: int) -> AsyncIterator[memoryview]:
+        while length:
+            chunk = (await self._next())[:length]
+            self._left = self._left[len(chunk):]
+            length -= len(chunk)
+            yield chunk  # aiohttp writes memoryviews: no copy
+
+    async def skip(self, length: int) -> None:
+        async for _ in self.take(length):
+            pass
