@@ -408,6 +408,7 @@ class _PacedBody(AsyncIterablePayload):
     is about PIECE_SECONDS of the rate, so a burst adds at most that much queue at the bottleneck.
     """
 
+    #: never noted: a paced fragment goes at the throttle's rate, so the sizer times it to its Ack
     sent: float | None = None
 
     def __init__(self, data: bytes, throttle: Throttle) -> None:
