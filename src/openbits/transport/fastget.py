@@ -180,6 +180,9 @@ class FastClient:
             for conn in conns:
                 conn._fetches.clear()  # cancelled: no callback may touch the caller's descriptors any more
                 self._release(key, conn)
+            # start and done hold each other through their cells, and with them every head and URL of the
+            # batch: emptying the cells frees those now, by reference counting, not at the next collection
+            del start, done
         return results
 
     def _pop_idle(self, key: tuple[str, int]) -> Connection | None:
