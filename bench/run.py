@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(PARTS), help="run only this part (repeatable)")
     parser.add_argument("--scratch", type=Path, default=Path("/var/tmp/openbits-bench"), help="scratch directory")
     parser.add_argument("--keep", action="store_true", help="leave the scratch directory (and daemon logs) behind")
-    parser.add_argument("--volume", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--volume", action="store_true",
                         help="when root and the scratch is on an ext4 without a journal, run on a fresh journaled "
-                        "ext4 image mounted there (default: yes, but not with --keep; see bench/machine.py scratch_volume)")
+                        "ext4 image mounted there (not with --keep; see bench/machine.py scratch_volume)")
     parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=None,
                         help="rewrite bench/RESULTS.md (default: only for a full run)")
     args = parser.parse_args(argv)
