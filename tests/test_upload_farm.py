@@ -217,10 +217,13 @@ async def test_whole_slots_go_straight_into_the_destinations_upload(farm: Farm, 
     sid = await a.create(path)
     assert (await b.fragment(path, sid, data[: 3 * MiB], 0, len(data))).received == 3 * MiB
     assert (await c.fragment(path, sid, data[3 * MiB : 17 * MiB], 3 * MiB, len(data))).received == 17 * MiB
-    assert (await a.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
+    # resent from 8 MiB to the node that knows 17 MiB are in (one whose view is behind stores from where it
+    # knew: the same bytes again, harmlessly)
+    assert (await c.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
     names = sorted("/".join(k.rsplit("/", 2)[-2:]) for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/"))
-    parts = [n for n in names if n.startswith("part/")]
-    assert parts == [f"part/{8 * MiB:016x}-{16 * MiB:016x}-{len(data):016x}"], names
+    parts = [n.rsplit("-", 1) for n in names if n.startswith("part/")]
+    assert [name for name, _ in parts] == [f"part/{8 * MiB:016x}-{16 * MiB:016x}-{len(data):016x}"], names
+    assert parts[0][1] == hashlib.md5(data[8 * MiB : 16 * MiB]).hexdigest()  # the part's ETag
     assert (await b.close(path, sid)).status == 200
     assert _stored(swift, "uploads/raw/slots.bin") == data
     uploads = swift.client().list_multipart_uploads(Bucket=BUCKET, Prefix=PREFIX + "uploads/raw/slots")

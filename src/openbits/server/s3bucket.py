@@ -4,7 +4,9 @@ and the streamed request bodies that carry a fragment into them without a copy."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
@@ -28,6 +30,8 @@ PART_MIN = 5 << 20
 COPY_MAX = 5 << 30
 #: Parts of one assembly in flight at once.
 PARTS_IN_FLIGHT = 4
+#: Keys one DeleteObjects takes at most.
+DELETE_MAX = 1000
 
 
 def client_config(storage: ObjectStorage) -> Config:
@@ -47,9 +51,17 @@ def client_config(storage: ObjectStorage) -> Config:
 
 async def open_client(storage: ObjectStorage, stack: AsyncExitStack) -> Any:
     """An aiobotocore S3 client, closed with `stack`."""
-    return await stack.enter_async_context(get_session().create_client(
+    client = await stack.enter_async_context(get_session().create_client(
         "s3", endpoint_url=storage.endpoint, aws_access_key_id=storage.access_key_id,
         aws_secret_access_key=storage.secret_access_key, config=client_config(storage)))
+    client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5)
+    return client
+
+
+def _content_md5(request: Any, **kwargs: Any) -> None:
+    """DeleteObjects with a Content-MD5, which S3 requires of it and Swift's s3api checks (botocore now sends
+    a CRC32 instead, which older stores ignore)."""
+    request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(request.body).digest()).decode()
 
 
 def unavailable(exc: BaseException) -> AckError:
@@ -126,14 +138,13 @@ class Bucket:
             args["ContinuationToken"] = page["NextContinuationToken"]
 
     async def delete(self, keys: list[str]) -> None:
-        """One DELETE per key, some at once: DeleteObjects wants a Content-MD5 that botocore no longer sends."""
-        gate = asyncio.Semaphore(16)
-
-        async def one(key: str) -> None:
-            async with gate:
-                await guarded(self.client.delete_object(Bucket=self.name, Key=key))
-
-        await asyncio.gather(*(one(k) for k in keys))
+        """One DeleteObjects a thousand keys (a key already gone is deleted)."""
+        for at in range(0, len(keys), DELETE_MAX):
+            batch = {"Objects": [{"Key": k} for k in keys[at:at + DELETE_MAX]], "Quiet": True}
+            answer = await guarded(self.client.delete_objects(Bucket=self.name, Delete=batch))
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise unavailable(OSError(f"deleting {failed[0].get('Key')}: {failed[0].get('Code')}"))
 
     async def assemble(self, key: str, segments: list[tuple[str, int, int]], total: int, max_parts: int,
                        metadata: dict[str, str]) -> None:
@@ -177,9 +188,11 @@ class Bucket:
 
         return list(await asyncio.gather(*(part(n, p) for n, p in plan)))
 
-    async def put_part(self, key: str, upload: str, number: int, body: Streamed, length: int) -> None:
-        await guarded(self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload, PartNumber=number,
-                                              Body=body, ContentLength=length))
+    async def put_part(self, key: str, upload: str, number: int, body: Streamed, length: int) -> str:
+        """Upload one part; its ETag."""
+        done = await guarded(self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload, PartNumber=number,
+                                                     Body=body, ContentLength=length))
+        return str(done["ETag"])
 
     async def uploaded_parts(self, key: str, upload: str) -> dict[int, str]:
         """Part number -> ETag of the parts an upload has."""
