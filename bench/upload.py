@@ -21,6 +21,10 @@ Sessions: N clients at once each Create-Session, send four 64 KiB fragments
 and Close-Session against one openbits-server process; a round is sustained
 when every session succeeds.
 
+Memory: N sessions at once (8, 32, 100) against a fresh node on the store, the
+same bytes each (8 MiB in 2 MiB fragments: pieces, joined at Close-Session):
+the node's peak RSS (VmHWM), which should not grow with N.
+
 Farm: F files of M MiB uploaded at once by the daemon (FOREGROUND jobs) through
 nginx round-robin to 1 and to 3 openbits-server nodes on the store, against the
 same files put straight into the store by boto3's multipart upload (F threads):
@@ -58,8 +62,10 @@ from tests.servers.swift import ACCESS_KEY, SECRET_KEY, SwiftAllInOne, ensure_in
 BUCKET = "bench"
 
 FRAGMENT = 64 * 1024
-#: The figures --parts chooses from: the 1 GiB upload, concurrent sessions, the farm.
-PARTS = ["one", "sessions", "farm"]
+#: The figures --parts chooses from: the 1 GiB upload, concurrent sessions, a node's memory, the farm.
+PARTS = ["one", "sessions", "memory", "farm"]
+#: Each session of the memory figure: bytes, and the fragments they are sent in (all pieces, joined at Close).
+MEMORY_BYTES, MEMORY_FRAGMENT = 8 << 20, 2 << 20
 
 
 def _spawn(command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -157,7 +163,7 @@ def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None
             proc.wait()
 
 
-async def _session(http: aiohttp.ClientSession, url: str, data: bytes) -> bool:
+async def _session(http: aiohttp.ClientSession, url: str, data: bytes, fragment: int = FRAGMENT) -> bool:
     async def send(packet: str, headers: dict[str, str], body: bytes | None = None) -> aiohttp.ClientResponse:
         async with http.request("BITS_POST", url, headers={Header.PACKET_TYPE: packet, **headers}, data=body) as r:
             await r.read()
@@ -166,8 +172,8 @@ async def _session(http: aiohttp.ClientSession, url: str, data: bytes) -> bool:
     try:
         created = await send("Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
         sid = created.headers[Header.SESSION_ID]
-        for first in range(0, len(data), FRAGMENT):
-            piece = data[first : first + FRAGMENT]
+        for first in range(0, len(data), fragment):
+            piece = data[first : first + fragment]
             ack = await send("Fragment", {Header.SESSION_ID: sid, Header.CONTENT_RANGE: format_content_range(
                 first, first + len(piece) - 1, len(data))}, piece)
             if ack.status != 200:
@@ -196,6 +202,31 @@ async def sessions(work: Path, counts: list[int]) -> list[tuple[int, int, float]
     finally:
         server.terminate()
         server.wait()
+    return rounds
+
+
+def node_memory(work: Path, swift: SwiftAllInOne, counts: list[int]) -> list[tuple[int, int, float]]:
+    """(sessions, succeeded, the node's peak RSS in MiB) per round: N raw BITS sessions at once against a
+    fresh node on the store, each MEMORY_BYTES in MEMORY_FRAGMENT fragments (so Close-Session joins them)."""
+    config = write_config(work / "memory", swift.endpoint, BUCKET, "memory/", {"/": {"allow_overwrites": True}})
+    data = os.urandom(MEMORY_BYTES)
+    rounds = []
+    for count in counts:
+        node, port = _spawn([sys.executable, "-m", "openbits.server", "--config", str(config),
+                             "--listen", "127.0.0.1:0", "--log-level", "WARNING"])
+
+        async def run() -> int:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as http:
+                done = await asyncio.gather(*(_session(http, f"http://127.0.0.1:{port}/m{i}.bin", data, MEMORY_FRAGMENT)
+                                              for i in range(count)))
+            return sum(done)
+
+        try:
+            rounds.append((count, asyncio.run(run()), _peak_rss_mib(node.pid)))
+        finally:
+            node.terminate()
+            node.wait()
     return rounds
 
 
@@ -359,6 +390,8 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs of the upload; the best counts")
     parser.add_argument("--sessions", type=int, nargs="+", default=[100, 1000, 4000])
+    parser.add_argument("--memory-sessions", type=int, nargs="+", default=[8, 32, 100],
+                        help="concurrent sessions against one node on the store, for its peak RSS")
     parser.add_argument("--farm-files", type=int, default=32, help="concurrent uploads through the farm")
     parser.add_argument("--farm-mib", type=int, default=64, help="size of each of them")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which figures (default: all)")
@@ -386,6 +419,10 @@ def main() -> None:
             for count, ok, seconds in asyncio.run(sessions(work, args.sessions if "sessions" in args.parts else [])):
                 print(f"concurrent sessions: {ok}/{count} succeeded in {seconds:.1f} s "
                       f"({'sustained' if ok == count else 'NOT sustained'})", flush=True)
+            for count, ok, rss in node_memory(work, swift, args.memory_sessions if "memory" in args.parts else []):
+                print(f"node memory: {count} sessions at once ({MEMORY_BYTES >> 20} MiB each in "
+                      f"{MEMORY_FRAGMENT >> 20} MiB fragments), {ok} succeeded: peak RSS {rss:.0f} MiB "
+                      f"({rss / count:.1f} MiB a session)", flush=True)
             if "farm" in args.parts:
                 farm_figures(work, swift, args.farm_files, args.farm_mib << 20)
 

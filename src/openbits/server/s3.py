@@ -162,7 +162,7 @@ class S3Session(Session):
     async def _piece(self, reader: FragmentBody, first: int, end: int) -> str:
         assert self.total is not None
         key = piece_key(self.folder, first, end, self.total)
-        await self._store.bucket.put(key, Streamed(reader, end - first) if end > first else b"", end - first)
+        await self._store.bucket.put(key, Streamed(reader.take(end - first)) if end > first else b"", end - first)
         return key
 
     async def _part(self, reader: FragmentBody, first: int, end: int) -> str:
@@ -170,7 +170,7 @@ class S3Session(Session):
         assert self.total is not None
         number = first // self._store.slot(self.total) + 1
         return await self._store.bucket.put_part(self._store.destination(self.parts), self._info["upload"], number,
-                                                 Streamed(reader, end - first), end - first)
+                                                 Streamed(reader.take(end - first)), end - first)
 
     async def _record(self, parts: list[tuple[int, int, str]]) -> list[str]:
         """One record of the run of parts this fragment wrote (emptied: a failure after it records none again)."""

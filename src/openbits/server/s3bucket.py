@@ -166,12 +166,9 @@ class Bucket:
 
     async def fill(self, key: str, upload: str, plan: list[tuple[int, list[tuple[str, int, int]]]]) -> list[dict[str, Any]]:
         """Upload the numbered parts of `plan`, each the concatenation of its (source key, offset, length)
-        segments: one segment is copied inside the store, several are joined by this node."""
-        gate, reads = asyncio.Semaphore(PARTS_IN_FLIGHT), asyncio.Semaphore(4 * PARTS_IN_FLIGHT)
-
-        async def read(source: str, first: int, length: int) -> bytes:
-            async with reads:
-                return await self.range(source, first, length)
+        segments: one segment is copied inside the store, several are joined by this node as they stream
+        through it (a part held whole was 2 slots of memory per part in flight, per session closing)."""
+        gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
 
         async def part(number: int, pieces: list[tuple[str, int, int]]) -> dict[str, Any]:
             async with gate:
@@ -182,8 +179,8 @@ class Bucket:
                         **common, CopySource={"Bucket": self.name, "Key": source},
                         CopySourceRange=f"bytes={first}-{first + length - 1}"))
                     return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
-                data = b"".join(await asyncio.gather(*(read(*p) for p in pieces)))
-                done = await guarded(self.client.upload_part(**common, Body=data))
+                done = await guarded(self.client.upload_part(**common, Body=Streamed(self._ranges(pieces)),
+                                                             ContentLength=sum(p[2] for p in pieces)))
                 return {"PartNumber": number, "ETag": done["ETag"]}
 
         return list(await asyncio.gather(*(part(n, p) for n, p in plan)))
@@ -215,14 +212,18 @@ class Bucket:
         with contextlib.suppress(Exception):
             await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
 
-    async def range(self, key: str, first: int, length: int) -> bytes:
-        answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
-                                                      Range=f"bytes={first}-{first + length - 1}"))
-        async with answer["Body"] as body:
-            data: bytes = await guarded(body.read())
-        if len(data) != length:
-            raise unavailable(EOFError(f"{key}: {len(data)} of {length} bytes"))
-        return data
+    async def _ranges(self, segments: list[tuple[str, int, int]]) -> AsyncIterator[bytes]:
+        """The bytes of (key, offset, length) segments one after the other, as they arrive."""
+        for key, first, length in segments:
+            answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
+                                                          Range=f"bytes={first}-{first + length - 1}"))
+            got = 0
+            async with answer["Body"] as body:
+                while chunk := await guarded(body.read(1 << 20)):
+                    got += len(chunk)
+                    yield chunk
+            if got != length:
+                raise unavailable(EOFError(f"{key}: {got} of {length} bytes"))
 
     async def abort_stale_uploads(self, prefix: str, before: float, live: set[str]) -> int:
         """Abort multipart uploads under `prefix` started before `before` but the `live` ones (a node died
@@ -268,20 +269,20 @@ def plan_parts(segments: list[tuple[str, int, int]], target: int) -> list[list[t
 
 
 class Streamed:
-    """A request body for botocore that aiohttp streams: exactly `length` bytes of `source`.
+    """A request body for botocore that aiohttp streams from `chunks` (the caller gives the length).
 
     botocore only checks that a body has read(); aiohttp sends any async iterable. A store that fails
-    mid-body cannot be retried with it (botocore cannot rewind), and the client retries the fragment.
+    mid-body cannot be retried with it (botocore cannot rewind), and the client retries the packet.
     """
 
-    def __init__(self, source: FragmentBody, length: int) -> None:
-        self._source, self._length = source, length
+    def __init__(self, chunks: AsyncIterator[bytes | memoryview]) -> None:
+        self._chunks = chunks
 
     def read(self, *args: object) -> bytes:
         raise TypeError("streamed bodies are sent by aiohttp, not read")
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._source.take(self._length)
+    def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        return self._chunks
 
 
 class FragmentBody:
