@@ -30,6 +30,10 @@ PART_MIN = 5 << 20
 COPY_MAX = 5 << 30
 #: Parts of one assembly in flight at once.
 PARTS_IN_FLIGHT = 4
+#: Parts joined through this node at once, whatever the sessions closing: the memory they take is
+#: JOINS_IN_FLIGHT x JOIN_READ, however many sessions close together.
+JOINS_IN_FLIGHT = 16
+JOIN_READ = 256 << 10
 #: Keys one DeleteObjects takes at most.
 DELETE_MAX = 1000
 
@@ -99,6 +103,7 @@ class Bucket:
     def __init__(self, client: Any, name: str) -> None:
         self.client = client
         self.name = name
+        self._joins = asyncio.Semaphore(JOINS_IN_FLIGHT)
 
     async def put(self, key: str, body: bytes | Streamed, length: int | None = None,
                   metadata: dict[str, str] | None = None) -> None:
@@ -179,8 +184,9 @@ class Bucket:
                         **common, CopySource={"Bucket": self.name, "Key": source},
                         CopySourceRange=f"bytes={first}-{first + length - 1}"))
                     return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
-                done = await guarded(self.client.upload_part(**common, Body=Streamed(self._ranges(pieces)),
-                                                             ContentLength=sum(p[2] for p in pieces)))
+                async with self._joins:
+                    done = await guarded(self.client.upload_part(**common, Body=Streamed(self._ranges(pieces)),
+                                                                 ContentLength=sum(p[2] for p in pieces)))
                 return {"PartNumber": number, "ETag": done["ETag"]}
 
         return list(await asyncio.gather(*(part(n, p) for n, p in plan)))
@@ -219,7 +225,7 @@ class Bucket:
                                                           Range=f"bytes={first}-{first + length - 1}"))
             got = 0
             async with answer["Body"] as body:
-                while chunk := await guarded(body.read(1 << 20)):
+                while chunk := await guarded(body.read(JOIN_READ)):
                     got += len(chunk)
                     yield chunk
             if got != length:
