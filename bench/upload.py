@@ -46,6 +46,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -112,10 +113,12 @@ def _source(work: Path, size: int) -> Path:
     return source
 
 
-def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None) -> tuple[list[float], list[float]]:
+def one_gib(work: Path, size: int, runs: int,
+            swift: SwiftAllInOne | None = None) -> tuple[list[float], list[float], list[float]]:
     """Seconds per run for openbits (daemon -> openbits-server) and for curl -T (-> plain PUT), same file,
     interleaved; each run starts after a sync, so none pays for the writeback of the one before. With
-    `swift`, openbits-server stores in it (the object-storage backend) instead of a directory."""
+    `swift`, openbits-server stores in it (the object-storage backend) instead of a directory, and the
+    third list is the file put straight into the store by boto3 in one PUT (the limit that node sits on)."""
     source = _source(work, size)
     bits, put_dir = work / f"bits-{swift is not None}", work / f"put-{swift is not None}"
     bits.mkdir()
@@ -129,10 +132,17 @@ def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None
     daemon = DaemonProcess(work / "daemon").start()
     ours: list[float] = []
     curl: list[float] = []
+    plain: list[float] = []
     try:
         with daemon.manager() as manager:
             for attempt in range(runs):
                 name = f"f{attempt}.bin"
+                if swift is not None:
+                    os.sync()
+                    started = time.monotonic()
+                    with source.open("rb") as body:
+                        _boto3(swift, 1).put_object(Bucket=BUCKET, Key=f"plain/{name}", Body=body)
+                    plain.append(time.monotonic() - started)
                 os.sync()
                 started = time.monotonic()
                 subprocess.run(["curl", "-sS", "-o", "/dev/null", "-T", str(source),
@@ -155,7 +165,7 @@ def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None
                     (bits / name).unlink()
                 else:
                     assert swift.client().head_object(Bucket=BUCKET, Key=f"one/{name}")["ContentLength"] == size
-        return ours, curl
+        return ours, curl, plain
     finally:
         daemon.stop()
         for proc in (server, put):
@@ -269,20 +279,26 @@ class CpuMeter:
         return f"CPU s/GiB: {shown}; total {sum(used.values()) / gib:.1f}"
 
 
+def _boto3(swift: SwiftAllInOne, connections: int) -> Any:
+    """A boto3 client of the store that sends payloads unsigned, as the nodes do."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=swift.endpoint, aws_access_key_id=ACCESS_KEY,
+                        aws_secret_access_key=SECRET_KEY, config=Config(
+                            region_name="us-east-1", s3={"addressing_style": "path", "payload_signing_enabled": False},
+                            max_pool_connections=connections, request_checksum_calculation="when_required"))
+
+
 def direct(swift: SwiftAllInOne, source: Path, files: int) -> tuple[float, str]:
     """Seconds for boto3's multipart upload_file of `files` copies of `source` at once (one thread each),
     and the CPU it took. Like the daemon's uploads: one part of each file at a time (a BITS client sends
     one fragment at a time), parts of the client's largest fragment, payload unsigned as the nodes send it."""
-    import boto3
     from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
 
     from openbits.transport.upload import MAX_FRAGMENT
 
-    client = boto3.client("s3", endpoint_url=swift.endpoint, aws_access_key_id=ACCESS_KEY,
-                          aws_secret_access_key=SECRET_KEY, config=Config(
-                              region_name="us-east-1", s3={"addressing_style": "path", "payload_signing_enabled": False},
-                              max_pool_connections=files, request_checksum_calculation="when_required"))
+    client = _boto3(swift, files)
     transfer = TransferConfig(multipart_chunksize=MAX_FRAGMENT, max_concurrency=1, use_threads=False)
     meter = CpuMeter(swift.pids())
     started = time.monotonic()
@@ -409,13 +425,18 @@ def main() -> None:
         with SwiftAllInOne() as swift:
             swift.make_bucket(BUCKET)
             for backend, store in (("local directory", None), ("object storage", swift))[:2 * ("one" in args.parts)]:
-                ours, curl = one_gib(work, size, args.runs, store)
+                ours, curl, plain = one_gib(work, size, args.runs, store)
                 mib = size / (1 << 20)
                 print(f"upload {mib:.0f} MiB ({backend}), best of {args.runs}: openbits {min(ours):.2f} s "
                       f"({mib / min(ours):.0f} MiB/s), curl -T to a plain PUT {min(curl):.2f} s "
                       f"({mib / min(curl):.0f} MiB/s), time ratio {min(ours) / min(curl):.2f}x (runs: openbits "
                       f"{', '.join(f'{t:.2f}' for t in ours)}; curl {', '.join(f'{t:.2f}' for t in curl)} s)",
                       flush=True)
+                if plain:
+                    print(f"upload {mib:.0f} MiB (object storage): boto3 in one PUT straight into the store "
+                          f"{min(plain):.2f} s ({mib / min(plain):.0f} MiB/s), openbits through a node "
+                          f"{min(ours) / min(plain):.2f}x its time (runs: {', '.join(f'{t:.2f}' for t in plain)} s)",
+                          flush=True)
             for count, ok, seconds in asyncio.run(sessions(work, args.sessions if "sessions" in args.parts else [])):
                 print(f"concurrent sessions: {ok}/{count} succeeded in {seconds:.1f} s "
                       f"({'sustained' if ok == count else 'NOT sustained'})", flush=True)
