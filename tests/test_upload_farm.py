@@ -202,8 +202,8 @@ async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: Sw
     assert (await b.close(path, sid)).status == 200  # a retried Close-Session (its Ack lost)
     after = await c.fragment(path, sid, data[:10], 0, len(data))
     assert after.status == 400 and after.error[0] == 0x8020001F
-    assert _keys(swift, f"uploads/BITS-Sessions/{sid}/") == [PREFIX + f"uploads/BITS-Sessions/{sid}/{n}"
-                                                            for n in ("closed", "session.json")]
+    tombstone = [PREFIX + f"uploads/BITS-Sessions/{sid}/{n}" for n in ("closed", "session.json")]
+    await asyncio.to_thread(wait_for, lambda: _keys(swift, f"uploads/BITS-Sessions/{sid}/") == tombstone, 10)
 
 
 async def test_whole_slots_go_straight_into_the_destinations_upload(farm: Farm, swift: SwiftAllInOne,

@@ -23,8 +23,9 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ErrorCode
 from .acks import AckError
@@ -182,10 +183,11 @@ class Lease:
             await asyncio.sleep(random.uniform(0.01, 0.05) * 2 ** min(attempt, 5))
         raise AckError(503, ErrorCode.http(503), "another server is finishing this upload session; retry later")
 
-    async def release_with(self, keys: list[str]) -> None:
-        """Delete `keys` and the claim in one request: the lock goes with what it guarded."""
+    def release_with(self, keys: list[str]) -> Coroutine[Any, Any, None]:
+        """Delete `keys` and the claim in one request: the lock goes with what it guarded (released now,
+        for __aexit__; the deletion is the coroutine's)."""
         claim, self.key = [self.key] if self.key else [], None
-        await self._bucket.delete(keys + claim)
+        return self._bucket.delete(keys + claim)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.key is not None:
