@@ -41,7 +41,7 @@ from botocore.exceptions import ClientError
 from ..errors import ErrorCode
 from ..uploadprotocol import BG_E_SESSION_NOT_FOUND, ContentRange, is_session_id, new_session_id
 from .acks import AckError
-from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, guarded, is_missing, open_client, plan_parts
+from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, open_client, plan_parts
 from .s3folder import INFO, FolderState, Lease, cover, piece_key, read_state, record_key, spans
 from .settings import NotificationType, ObjectStorage, VirtualDirectory
 from .storage import Outcome, Session, Storage
@@ -197,12 +197,8 @@ class S3Session(Session):
     def reply_name(self) -> str:
         return f"s3://{self._store.bucket.name}/{self.folder}response"
 
-    async def data(self) -> AsyncIterator[bytes]:
-        answer = await guarded(self._store.bucket.client.get_object(Bucket=self._store.bucket.name,
-                                                                    Key=self.folder + "request"))
-        async with answer["Body"] as body:
-            while chunk := await guarded(body.read(1 << 20)):
-                yield chunk
+    def data(self) -> AsyncIterator[bytes]:
+        return self._store.bucket.stream(self.folder + "request")
 
     async def save_reply(self, body: AsyncIterable[bytes]) -> None:
         data = b"".join([chunk async for chunk in body])  # replies are small; a PUT needs the length
@@ -260,30 +256,7 @@ class S3Session(Session):
         self._state.info = False
 
     async def reply_response(self, request: web.Request) -> web.StreamResponse:
-        bucket = self._store.bucket
-        args: dict[str, Any] = {"Bucket": bucket.name, "Key": self.folder + "response"}
-        if "Range" in request.headers:
-            args["Range"] = request.headers["Range"]
-        try:
-            answer = await guarded(bucket.client.get_object(**args))
-        except ClientError as exc:
-            if is_missing(exc):
-                raise web.HTTPNotFound(text="no such reply\n") from None
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
-                raise web.HTTPRequestRangeNotSatisfiable() from None
-            raise
-        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
-        if "ContentRange" in answer:
-            headers["Content-Range"] = answer["ContentRange"]
-        response = web.StreamResponse(status=206 if "ContentRange" in answer else 200, headers=headers)
-        response.content_length = answer["ContentLength"]
-        await response.prepare(request)
-        async with answer["Body"] as body:
-            if request.method != "HEAD":
-                while chunk := await guarded(body.read(1 << 20)):
-                    await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await self._store.bucket.serve(request, self.folder + "response")
 
 
 class S3Storage(Storage):

@@ -1,5 +1,5 @@
 """The S3 calls of the object-storage store (s3.py), each failing as a 503 Ack when the store does not answer,
-and the streamed request bodies that carry a fragment into them without a copy."""
+the streamed request bodies that carry a fragment into them without a copy, and objects served back."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -123,6 +124,39 @@ class Bucket:
             if is_missing(exc):
                 return None
             raise unavailable(exc) from exc
+
+    async def stream(self, key: str) -> AsyncIterator[bytes]:
+        """An object's bytes as they arrive."""
+        answer = await guarded(self.client.get_object(Bucket=self.name, Key=key))
+        async with answer["Body"] as body:
+            while chunk := await guarded(body.read(1 << 20)):
+                yield chunk
+
+    async def serve(self, request: web.Request, key: str) -> web.StreamResponse:
+        """An object as the answer to a GET or HEAD of it, with its Range if the request has one."""
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key}
+        if "Range" in request.headers:
+            args["Range"] = request.headers["Range"]
+        try:
+            answer = await guarded(self.client.get_object(**args))
+        except ClientError as exc:
+            if is_missing(exc):
+                raise web.HTTPNotFound(text="no such reply\n") from None
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                raise web.HTTPRequestRangeNotSatisfiable() from None
+            raise
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        if "ContentRange" in answer:
+            headers["Content-Range"] = answer["ContentRange"]
+        response = web.StreamResponse(status=206 if "ContentRange" in answer else 200, headers=headers)
+        response.content_length = answer["ContentLength"]
+        await response.prepare(request)
+        async with answer["Body"] as body:
+            if request.method != "HEAD":
+                while chunk := await guarded(body.read(1 << 20)):
+                    await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def head(self, key: str) -> dict[str, Any] | None:
         try:
