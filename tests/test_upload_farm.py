@@ -211,21 +211,24 @@ async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: Sw
 async def test_whole_slots_go_straight_into_the_destinations_upload(farm: Farm, swift: SwiftAllInOne,
                                                                     http: aiohttp.ClientSession) -> None:
     """A fragment covering a whole 8 MiB slot writes it as a part of the destination's multipart upload
-    (only a record of it in the session); the rest are pieces (the bytes a resent fragment adds to a
-    slot begun too), joined into their slots' parts at Close-Session."""
+    (only a record of it in the session); one that ends a slot begun by pieces joins them into its part
+    at once; the rest are pieces."""
     a, b, c = (Bits(http, node.url) for node in farm.nodes)
     data = os.urandom(20 * MiB + 7)
     path = "/uploads/raw/slots.bin"
     sid = await a.create(path)
     assert (await b.fragment(path, sid, data[: 3 * MiB], 0, len(data))).received == 3 * MiB
     assert (await c.fragment(path, sid, data[3 * MiB : 17 * MiB], 3 * MiB, len(data))).received == 17 * MiB
-    # resent from 8 MiB to the node that knows 17 MiB are in (one whose view is behind stores from where it
-    # knew: the same bytes again, harmlessly)
-    assert (await c.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
+    # resent from 8 MiB to a node whose view is behind (it saw only Create-Session): it writes the slots
+    # from 8 MiB again, whole, the same bytes
+    assert (await a.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
     names = sorted("/".join(k.rsplit("/", 2)[-2:]) for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/"))
-    parts = [n.rsplit("-", 1) for n in names if n.startswith("part/")]
-    assert [name for name, _ in parts] == [f"part/{8 * MiB:016x}-{16 * MiB:016x}-{len(data):016x}"], names
-    assert parts[0][1] == hashlib.md5(data[8 * MiB : 16 * MiB]).hexdigest()  # the part's ETag
+    records = [n.rsplit("-", 1) for n in names if n.startswith("part/")]
+    assert [name for name, _ in records] == [f"part/{0:016x}-{16 * MiB:016x}-{len(data):016x}",
+                                             f"part/{8 * MiB:016x}-{len(data):016x}-{len(data):016x}"], names
+    assert records[0][1].split(".")[1] == hashlib.md5(data[8 * MiB : 16 * MiB]).hexdigest()  # the part's ETag
+    assert [n for n in names if n.startswith("data/")] == [f"data/{0:016x}-{3 * MiB:016x}-{len(data):016x}",
+                                                           f"data/{16 * MiB:016x}-{17 * MiB:016x}-{len(data):016x}"]
     assert (await b.close(path, sid)).status == 200
     assert _stored(swift, "uploads/raw/slots.bin") == data
     uploads = swift.client().list_multipart_uploads(Bucket=BUCKET, Prefix=PREFIX + "uploads/raw/slots")

@@ -12,8 +12,10 @@ Without a server application the bytes go to the destination, so Create-Session 
 upload at once, and a fragment's bytes that fill a whole slot of it (slot(total) bytes, 8 MiB and up, at
 a multiple of that) stream into it as that slot's part: the store writes them once, not as a piece and
 again as a part (3.4x the store's CPU per byte of a plain multipart upload, bench/upload.py). A slot's
-part is always the same bytes, so a retried fragment that writes it again changes nothing. The rest of
-a fragment is pieces, joined into their slots' parts at Close-Session.
+part is always the same bytes, so a retried fragment that writes it again changes nothing. A fragment's
+head that ends a slot whose beginning is pieces becomes that slot's part at once, the pieces streamed
+back through the node ahead of it (a 64 MiB upload's 1, 3 and 12 MiB first fragments: its first slot is
+a part at the third). The rest of a fragment is pieces, joined into their slots' parts at Close-Session.
 
 Each request costs the store CPU (tens of ms in Swift), so a packet makes few: a fragment, its pieces
 and parts, one record of its parts (with their ETags, so Close-Session needs no ListParts) and one LIST;
@@ -41,8 +43,8 @@ from botocore.exceptions import ClientError
 from ..errors import ErrorCode
 from ..uploadprotocol import BG_E_SESSION_NOT_FOUND, ContentRange, is_session_id, new_session_id
 from .acks import AckError
-from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, open_client, plan_parts
-from .s3folder import INFO, FolderState, Lease, cover, piece_key, read_state, record_key, spans
+from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, chained, open_client, plan_parts
+from .s3folder import INFO, FolderState, Lease, cover, covered, piece_key, read_state, record_key, spans
 from .settings import NotificationType, ObjectStorage, VirtualDirectory
 from .storage import Outcome, Session, Storage
 
@@ -119,22 +121,34 @@ class S3Session(Session):
         behind costs bytes stored twice (harmless), never a LIST more before the fragment."""
         assert self.total is not None
         reader = FragmentBody(body)
-        start, end = max(span.first, self.received), span.last + 1
+        total, end = self.total, span.last + 1
+        slot = self._store.slot(total) if "upload" in self._info else None
+        start = max(span.first, self.received)
+        if slot is not None and start % slot and end >= min(start // slot * slot + slot, total) and \
+                covered(self._state.pieces, start, start // slot * slot) is None:
+            self._apply(await self._store.state(self.id))  # the pieces that begin its slot may be in
+            start = max(start, self.received)
         written: list[str] = []
         parts: list[tuple[int, int, str]] = []
         try:
             await reader.skip(min(start, end) - span.first)
             if span.total == 0:
                 written.append(await self._piece(reader, 0, 0))
-            slot = self._store.slot(self.total) if "upload" in self._info else None
-            for first, stop, whole in spans(start, end, self.total, slot):
-                if whole:
-                    parts.append((first, stop, await self._part(reader, first, stop)))
+            for first, stop, whole in spans(start, end, total, slot):
+                low = first // slot * slot if slot else first
+                head = None if whole or slot is None or stop != min(low + slot, total) else \
+                    covered(self._state.pieces, first, low)
+                if whole or head:  # a whole slot, or the end of one begun by pieces: joined with them now
+                    chunks = reader.take(stop - first)
+                    parts.append((low, stop, await self._part(low, stop, chained(self._store.bucket.ranges(head), chunks)
+                                                              if head else chunks)))
                 else:
                     written.append(await self._piece(reader, first, stop))
         except Exception:
-            if written or parts:  # what a failure left is still progress
-                await self._settle(written, parts)
+            with contextlib.suppress(AckError):  # what a failure left is still progress; and the session
+                await self._settle(written, parts)  # may have ended (a piece to join is gone)
+            if self.ended:
+                raise AckError(400, BG_E_SESSION_NOT_FOUND, "the upload session has ended") from None
             if reader.short:  # however the PUT failed, it failed because the client sent too little
                 raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range") from None
             raise
@@ -175,12 +189,12 @@ class S3Session(Session):
         await self._store.bucket.put(key, Streamed(reader.take(end - first)) if end > first else b"", end - first)
         return key
 
-    async def _part(self, reader: FragmentBody, first: int, end: int) -> str:
+    async def _part(self, first: int, end: int, chunks: AsyncIterator[bytes | memoryview]) -> str:
         """A whole slot into the destination's upload; its ETag."""
         assert self.total is not None
         number = first // self._store.slot(self.total) + 1
         return await self._store.bucket.put_part(self._store.destination(self.parts), self._info["upload"], number,
-                                                 Streamed(reader.take(end - first)), end - first)
+                                                 Streamed(chunks), end - first)
 
     async def prepare_data(self) -> None:
         if not self._state.request:

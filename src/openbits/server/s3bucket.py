@@ -219,7 +219,7 @@ class Bucket:
                         CopySourceRange=f"bytes={first}-{first + length - 1}"))
                     return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
                 async with self._joins:
-                    done = await guarded(self.client.upload_part(**common, Body=Streamed(self._ranges(pieces)),
+                    done = await guarded(self.client.upload_part(**common, Body=Streamed(self.ranges(pieces)),
                                                                  ContentLength=sum(p[2] for p in pieces)))
                 return {"PartNumber": number, "ETag": done["ETag"]}
 
@@ -252,11 +252,14 @@ class Bucket:
         with contextlib.suppress(Exception):
             await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
 
-    async def _ranges(self, segments: list[tuple[str, int, int]]) -> AsyncIterator[bytes]:
+    async def ranges(self, segments: list[tuple[str, int, int]]) -> AsyncIterator[bytes]:
         """The bytes of (key, offset, length) segments one after the other, as they arrive."""
         for key, first, length in segments:
-            answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
-                                                          Range=f"bytes={first}-{first + length - 1}"))
+            try:
+                answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
+                                                              Range=f"bytes={first}-{first + length - 1}"))
+            except ClientError as exc:  # gone: the session ended meanwhile (its packet finds out)
+                raise unavailable(exc) from exc
             got = 0
             async with answer["Body"] as body:
                 while chunk := await guarded(body.read(JOIN_READ)):
@@ -306,6 +309,13 @@ def plan_parts(segments: list[tuple[str, int, int]], target: int) -> list[list[t
     if group:
         parts.append(group)
     return parts
+
+
+async def chained(*sources: AsyncIterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    """The chunks of each source in turn."""
+    for source in sources:
+        async for chunk in source:
+            yield chunk
 
 
 class Streamed:

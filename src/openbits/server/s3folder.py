@@ -110,8 +110,9 @@ def read_state(objects: list[Listed], root: str, slot: Callable[[int], int]) -> 
     return state
 
 
-def cover(pieces: tuple[tuple[int, int, str], ...], end: int, start: int = 0) -> list[tuple[str, int, int]]:
-    """Non-overlapping (key, offset in it, length) segments of [start, end) from the pieces."""
+def covered(pieces: tuple[tuple[int, int, str], ...], end: int, start: int = 0) -> list[tuple[str, int, int]] | None:
+    """Non-overlapping (key, offset in it, length) segments of [start, end) from the pieces; None if they
+    leave a gap."""
     out, at = [], start
     for first, stop, key in pieces:
         if at >= end:
@@ -120,7 +121,13 @@ def cover(pieces: tuple[tuple[int, int, str], ...], end: int, start: int = 0) ->
             take = min(stop, end) - at
             out.append((key, at - first, take))
             at += take
-    assert at >= end, "cover() of an incomplete session"
+    return out if at >= end else None
+
+
+def cover(pieces: tuple[tuple[int, int, str], ...], end: int, start: int = 0) -> list[tuple[str, int, int]]:
+    """covered() of bytes that are all there."""
+    out = covered(pieces, end, start)
+    assert out is not None, "cover() of an incomplete session"
     return out
 
 
