@@ -17,11 +17,11 @@ head that ends a slot whose beginning is pieces becomes that slot's part at once
 back through the node ahead of it (a 64 MiB upload's 1, 3 and 12 MiB first fragments: its first slot is
 a part at the third). The rest of a fragment is pieces, joined into their slots' parts at Close-Session.
 
-Each request costs the store CPU (tens of ms in Swift), so a packet makes few: a fragment, its pieces
+Each request costs the store CPU (about 10 ms of Swift's), so a packet makes few: a fragment, its pieces
 and parts, one record of its parts (with their ETags, so Close-Session needs no ListParts) and one LIST;
 a node's first packet of a session, a LIST and a GET of session.json more. Close-Session: the lock (a
 PUT and a LIST, which is also the refresh), a HEAD of the destination, the slots not yet parts, the
-completion, the tombstone and one DeleteObjects.
+completion, the tombstone and, after the Ack, one DeleteObjects.
 """
 
 from __future__ import annotations
