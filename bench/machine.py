@@ -9,7 +9,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -66,6 +67,57 @@ def drop_caches() -> bool:
     except OSError:
         return False
     return True
+
+
+def _journal_less(path: Path) -> bool:
+    """Whether `path` lies on an ext4 mounted without a journal (this machine's root is: see scratch_volume)."""
+    probe = str(path if path.exists() else path.parent)
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    under = [m for m in mounts if probe == m[1] or probe.startswith(m[1].rstrip("/") + "/")]
+    if not under:
+        return False
+    device, _, kind = max(under, key=lambda m: len(m[1]))[:3]
+    name = Path(device).name
+    # a journaled ext4 has a jbd2 entry named after its device
+    return kind == "ext4" and Path(f"/sys/fs/ext4/{name}").exists() and not any(Path("/proc/fs/jbd2").glob(f"{name}-*"))
+
+
+@contextmanager
+def scratch_volume(path: Path, size: int) -> Iterator[str]:
+    """Mount a fresh ext4 (mkfs.ext4's defaults, with its journal) at `path` for the run, when `path` lies on
+    an ext4 without a journal and we are root; yields a line saying what the scratch is.
+
+    Why: without a journal, ext4's inode allocator passes over every inode freed in the last 60-360 s
+    (fs/ext4/ialloc.c, recently_deleted()), and each pass costs CPU. On this machine's journal-less root,
+    creating 10,000 empty files took 0.25 to 2.9 s of CPU depending on what anyone had deleted just before
+    (the previous run's outputs, other work's tests); on a journaled ext4 it took 0.21 s whatever came before.
+    A small-files figure should not depend on that, for us or for curl and aria2c.
+    """
+    host = f"scratch {path} on the host's file system"
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4") or not _journal_less(path):
+        yield host
+        return
+    image = path.with_name(path.name + ".img")
+    if os.path.ismount(path):  # left by a run that was killed
+        subprocess.run(["umount", str(path)], check=False)
+    fresh_dir(path)
+    with open(image, "wb") as fh:
+        fh.truncate(0)
+        fh.truncate(size)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
+                          capture_output=True, text=True, check=False)
+    mounted = made.returncode == 0 and subprocess.run(["mount", "-o", "loop", str(image), str(path)],
+                                                      capture_output=True, check=False).returncode == 0
+    try:
+        yield (f"scratch {path} on a fresh {size / 2**30:.0f} GiB ext4 image with a journal, loop-mounted for "
+               "the run (the host's ext4 has none: see bench/machine.py scratch_volume)") if mounted else (
+               f"{host} (a journaled ext4 image could not be mounted there)")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+        image.unlink(missing_ok=True)
+        if not os.path.ismount(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def fresh_dir(path: Path) -> Path:

@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "src")]
 
-from machine import check_disk, fresh_dir, load_average, machine_line, source_line, tool_versions  # noqa: E402
+from machine import (check_disk, fresh_dir, load_average, machine_line, scratch_volume, source_line,  # noqa: E402
+                     tool_versions)
 from ondemand import bench_ondemand  # noqa: E402
 from parts import Context, Row, Sizes  # noqa: E402
 from parts import PARTS as _PARTS  # noqa: E402
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(PARTS), help="run only this part (repeatable)")
     parser.add_argument("--scratch", type=Path, default=Path("/var/tmp/openbits-bench"), help="scratch directory")
     parser.add_argument("--keep", action="store_true", help="leave the scratch directory (and daemon logs) behind")
+    parser.add_argument("--volume", action=argparse.BooleanOptionalAction, default=True,
+                        help="when root and the scratch is on an ext4 without a journal, run on a fresh journaled "
+                        "ext4 image mounted there (default: yes, but not with --keep; see bench/machine.py scratch_volume)")
     parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=None,
                         help="rewrite bench/RESULTS.md (default: only for a full run)")
     args = parser.parse_args(argv)
@@ -106,15 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
     start_load = load_average()
     print(f"{machine}\n{source_line(ROOT)}; load average {start_load}")
-    ctx = Context(fresh_dir(args.scratch), sizes)
     rows: list[Row] = []
-    try:
-        for name in names:
-            print(f"== {name}", flush=True)
-            rows += PARTS[name](ctx)
-    finally:
-        if not args.keep:
-            shutil.rmtree(args.scratch, ignore_errors=True)
+    with scratch_volume(args.scratch, needed + (4 << 30)) if args.volume and not args.keep else nullcontext(
+            f"scratch {args.scratch} on the host's file system") as where:
+        print(where)
+        ctx = Context(fresh_dir(args.scratch / "bench"), sizes)
+        ctx.notes.append(f"Scratch: {where}.")
+        try:
+            for name in names:
+                print(f"== {name}", flush=True)
+                rows += PARTS[name](ctx)
+        finally:
+            if not args.keep:
+                shutil.rmtree(args.scratch, ignore_errors=True)
     if not ctx.cold_cache:
         print("note: the page cache could not be dropped; downloads ran with a warm cache")
     print()

@@ -17,7 +17,8 @@ from openbits.client.sync import Job as ClientJob
 from openbits.client.sync import _Setting
 from openbits.enums import LENGTH_TO_EOF, JobPriority, JobType, ProxyUsage
 from openbits.events.bus import _Seen, _Totals
-from openbits.model.job import JOB_PROPERTIES, Job, JobFile, job_from_record, job_to_record
+from openbits.model.job import JOB_PROPERTIES, Job, job_from_record, job_to_record
+from openbits.model.jobfile import JobFile
 from openbits.schema.models import JobInfo, JobProperties
 from openbits.schema.views import job_info, job_json
 from openbits.store import SqliteStore

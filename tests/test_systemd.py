@@ -24,7 +24,8 @@ from openbits import JobPriority, JobState, JobType, Manager
 from openbits.daemon.activity import Activity
 from openbits.daemon import systemd
 from openbits.locations import answers
-from openbits.model.job import Job, JobFile
+from openbits.model.job import Job
+from openbits.model.jobfile import JobFile
 
 from .daemon import DaemonProcess
 

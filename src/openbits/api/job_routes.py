@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..core.proxy import check_proxy_settings
-from ..model.job import Job, check_local_path, check_security_flags
+from ..model.job import Job
+from ..model.checks import check_local_path, check_security_flags
 from ..errors import BitsError, ErrorCode
 from ..schema.models import (
     AddFilesRequest,
@@ -29,7 +30,7 @@ from ..schema.models import (
     ValidationState,
     WireModel,
 )
-from ..model.job import NEW_FILE_MODE
+from ..model.jobfile import NEW_FILE_MODE
 from ..schema.openapi import openapi_document
 from ..schema.views import job_info
 from ..version import __version__

@@ -9,7 +9,7 @@ import click
 
 from ..client.reader import BUFFER
 from ..enums import LENGTH_TO_EOF
-from ..model.job import range_length
+from ..model.ranges import range_length
 from ..model.metalink import MAX_SIZE, MetalinkError, parse_metalink
 from ..schema.models import FileInfo
 from .app import cli, open_job

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from ..enums import JobState
 from ..errors import BitsError, ErrorCode
-from ..model.job import first_gap
+from ..model.ranges import first_gap
 from ..schema.models import FileInfo, JobInfo
 from .types import bits_error
 

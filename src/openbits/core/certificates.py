@@ -20,7 +20,8 @@ from ..errors import BitsError, ErrorCode
 from ..identity import Identity, LocalFiles
 from ..transport import clientcert
 from ..transport.tls import ClientCertificate, TlsSettings
-from ..model.job import Job, check_local_path
+from ..model.job import Job
+from ..model.checks import check_local_path
 from .service import JobService
 
 #: the owner's store folder, under their home

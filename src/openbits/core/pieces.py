@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 from ..errors import BitsError
-from ..model.job import JobFile
+from ..model.jobfile import JobFile
 from .digests import DISCARDED
 
 

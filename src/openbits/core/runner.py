@@ -20,7 +20,9 @@ from ..errors import BitsError, ErrorCode, TransferError
 from ..transport.base import DownloadSpec, RemoteValidator, Throttle, VersionChanged
 from ..transport.syncbatch import SyncBatch
 from ..transport.router import Transport
-from ..model.job import Job, JobFile, first_gap, merged
+from ..model.job import Job
+from ..model.jobfile import JobFile
+from ..model.ranges import first_gap, merged
 from ..transport.tls import TlsSettings
 from .attempt import run_attempt
 from .certificates import tls_settings

@@ -24,7 +24,9 @@ from ..identity.tokens import Credential, TokenStore, split_userinfo
 from ..events.bus import EventBus
 from ..store import Store
 from ..waiting import wait_set
-from ..model.job import NEW_FILE_MODE, Job, check_local_path
+from ..model.job import Job
+from ..model.jobfile import NEW_FILE_MODE
+from ..model.checks import check_local_path
 from .changes import JobChanges
 from .transfers import Transfers
 

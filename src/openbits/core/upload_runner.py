@@ -23,7 +23,8 @@ from ..transport.base import DownloadSpec, RemoteValidator, Throttle
 from ..transport.router import Transport
 from ..transport.smb import is_smb
 from ..transport.upload import HostId, SessionLost, UploadClient, UploadSpec, local_file_changed
-from ..model.job import Job, JobFile
+from ..model.job import Job
+from ..model.jobfile import JobFile
 from .access import JobAccess
 from .proxy import PreconfiguredProxy, proxy_route
 from .attempt import run_attempt

@@ -1,4 +1,4 @@
-"""The job and file records and the BITS state machine that guards them.
+"""The job record and the BITS state machine that guards it (its files: model/jobfile.py).
 
 Every method here is a pure state change on memory: it either raises the
 BitsError that BITS documents for the call, or changes the record. Persisting
@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, LENGTH_TO_EOF, REDIRECT_POLICY_MASK, SECURITY_FLAGS_KNOWN,
-                     SIZE_UNKNOWN, ErrorContext, JobPriority, JobState, JobType, ProxyUsage, SecurityFlags)
+from ..enums import (DEFAULT_COST_FLAGS, DEFAULT_NOTIFY_FLAGS, LENGTH_TO_EOF, SIZE_UNKNOWN, ErrorContext, JobPriority,
+                     JobState, JobType, ProxyUsage)
 from ..errors import BitsError, ErrorCode
+from .checks import PIECE_ALGORITHMS, check_checksums, check_local_path
+from .jobfile import FILE_FIELDS, NEW_FILE_MODE, JobFile, temp_path_for
 from .properties import described, prop
-from .rate import RateMeter
+from .ranges import check_ranges, range_length
 from .remote import check_remote_url, scheme_of
 
 
@@ -40,133 +42,6 @@ _UPLOAD_SCHEMES = {JobType.UPLOAD: ("http", "https", "smb"), JobType.UPLOAD_REPL
 DEFAULT_HTTP_METHOD = "GET"
 #: An HTTP method is a token (RFC 9110 5.6.2).
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
-
-
-#: A new file's mode when the client sent no umask: 0666 & ~022
-NEW_FILE_MODE = 0o644
-
-
-#: The longest file name Linux file systems take (bytes)
-NAME_MAX = 255
-
-
-def temp_path_for(local_path: str, file_id: str) -> str:
-    """Hidden temporary name beside the destination, unique per file of a job, within NAME_MAX bytes
-    whatever the final name's length (the final name is cut, at a character boundary, to make room)."""
-    directory, name = os.path.split(local_path)
-    suffix = f".{file_id}.bits-part"
-    room = NAME_MAX - 1 - len(suffix.encode())
-    stem = os.fsencode(name)[:room].decode("utf-8", "ignore") if len(os.fsencode(name)) > room else name
-    return os.path.join(directory, f".{stem}{suffix}")
-
-
-@dataclass(slots=True)
-class JobFile:
-    remote_url: str
-    local_path: str
-    temp_path: str
-    bytes_total: int = SIZE_UNKNOWN
-    #: bytes written so far (progress); may run ahead of durable_offset
-    bytes_transferred: int = 0
-    #: bytes known to be fsync'ed in the temporary file; the resume point after a crash
-    durable_offset: int = 0
-    completed: bool = False
-    #: RemoteValidator.to_dict() of the response that produced the bytes on disk
-    validator: dict[str, Any] | None = None
-    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the header lines of the last answer for this file
-    response_headers: list[str] = field(default_factory=list)
-    #: AddFileWithRanges: [offset, length] of the remote file (length LENGTH_TO_EOF: to its end), written one
-    #: after another in this order; None: the whole file
-    ranges: list[list[int]] | None = None
-    #: digests the file must have, "algorithm:hex" (check_checksums); checked before it counts as transferred
-    checksums: list[str] | None = None
-    #: on-demand jobs (BITS_JOB_PROPERTY_ON_DEMAND_MODE): [offset, length] of the bytes in the temporary file,
-    #: each at its own offset, merged and ordered (GetFilledFileRanges); and those asked for (RequestFileRanges)
-    filled: list[list[int]] = field(default_factory=list)
-    requested: list[list[int]] = field(default_factory=list)
-    #: UpdateDownloadPosition: where a Resume without requested ranges starts filling in the rest
-    download_position: int = 0
-    #: GetValidationState: its digests matched (or SetValidationState(TRUE)); Complete validates implicitly
-    validation_state: bool = False
-    #: Metalink (RFC 5854): every remote name the file may come from, in priority order (remote_url is one);
-    #: a mirror that fails hands the file to the next, keeping the bytes here (the digests prove them)
-    mirrors: list[str] | None = None
-    #: Metalink's <size>: a mirror that serves another size fails (BG_E_VALIDATION_FAILED)
-    expected_size: int | None = None
-    #: Metalink's <pieces>: bytes per piece and each one's "algorithm:hex"; a file that fails its digest keeps
-    #: the pieces that match and fetches only the others again (core/pieces.py)
-    piece_length: int | None = None
-    piece_hashes: list[str] | None = None
-    #: [offset, length] of the runs of pieces that failed their hashes, still to fetch again, each at its own
-    #: offset of the temporary file (whose other bytes are whole and durable up to durable_offset)
-    repair: list[list[int]] = field(default_factory=list)
-    # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
-    #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
-    session_id: str | None = None
-    #: Close-Session was sent: on a retry, close again before concluding the session is lost
-    session_closing: bool = False
-    #: st_mtime_ns of the local file when its upload began (with bytes_total, the BITS change check)
-    local_mtime_ns: int | None = None
-    #: BITS-Host-Id of the session: the server of a farm that has it, which every later packet goes to
-    session_host: str | None = None
-    #: BITS-Host-Id-Fallback-Timeout: seconds session_host may stay unreachable before the packets go
-    #: to the URL's own host again (None: never)
-    session_host_fallback: int | None = None
-    #: Unix time of the first failed connection to session_host since it was last reached
-    session_host_unreachable_since: float | None = None
-    #: how fast the bytes arrive now; live only, never stored (see _FILE_FIELDS)
-    meter: RateMeter | None = field(default=None, metadata={"live": True})
-
-    def rate_now(self) -> int:
-        """Bytes per second arriving now (0 when complete or nothing arrives)."""
-        return 0 if self.meter is None or self.completed else self.meter.rate(time.monotonic())
-    #: mode of the file Complete creates where none existed: 0666 & ~ the umask the client sent at
-    #: AddFile (a file it replaces keeps its own mode)
-    mode: int = NEW_FILE_MODE
-
-    def next_mirror(self, tried: set[str]) -> str | None:
-        """The first mirror after the current one not yet tried in this attempt, or None."""
-        if not self.mirrors:
-            return None
-        at = self.mirrors.index(self.remote_url) if self.remote_url in self.mirrors else -1
-        return next((url for url in self.mirrors[at + 1:] + self.mirrors[:at + 1] if url not in tried), None)
-
-    def fail_over(self, url: str) -> None:
-        """Fetch from mirror `url` now, keeping the bytes here: the new server is asked for the rest without
-        If-Range, since mirrors share no validators, and the file's digests prove the whole at the end."""
-        self.remote_url = url
-        self.bytes_transferred = self.durable_offset
-        self.validator = None if not self.durable_offset else {"size": self.bytes_total}
-
-    def forget_session(self) -> None:
-        """The upload session is gone (the server lost it): the file goes again, in a new one."""
-        self.session_id = self.session_host = self.session_host_fallback = self.session_host_unreachable_since = None
-        self.session_closing = False
-        self.bytes_transferred = self.durable_offset = 0
-
-    def restart(self) -> None:
-        """Forget every byte: the remote file changed or cannot be resumed."""
-        self.bytes_transferred = 0
-        self.durable_offset = 0
-        self.validator = None
-        self.repair = []
-
-    def local_ranges(self, size: int) -> list[tuple[int, int | None, int]]:
-        """(remote first, remote last, local offset) of each range for a remote file of `size` bytes. While
-        the size is unknown a range to the end has last None, and the ranges after it no place yet."""
-        assert self.ranges is not None
-        found: list[tuple[int, int | None, int]] = []
-        at = 0
-        for offset, length in self.ranges:
-            end = (None if size == SIZE_UNKNOWN else size) if length == LENGTH_TO_EOF else offset + length
-            if size != SIZE_UNKNOWN and end is not None and (offset >= size or end > size):
-                raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)} is outside "
-                                f"{self.remote_url} ({size} bytes); fix the file's ranges", ErrorContext.REMOTE_FILE)
-            found.append((offset, None if end is None else end - 1, at))
-            if end is None:
-                break
-            at += end - offset
-        return found
 
 
 @dataclass(slots=True)
@@ -667,107 +542,7 @@ class Job:
         self.touch()
 
 
-#: The digests a file may be checked against, and their length in hex digits.
-CHECKSUM_ALGORITHMS = {"sha256": 64, "sha512": 128, "blake2b": 128}
-#: ... and a Metalink piece (sha1 finds a bad piece; the file's own digest proves the whole)
-PIECE_ALGORITHMS = {"sha1": 40, "sha256": 64, "sha512": 128}
-
-
-def check_checksums(checksums: list[str]) -> list[str]:
-    """'algorithm:hex' digests (sha256, sha512, blake2b), lower case; E_INVALIDARG naming the bad one."""
-    found = []
-    for checksum in checksums:
-        algorithm, colon, digest = checksum.strip().partition(":")
-        algorithm, digest = algorithm.lower(), digest.lower()
-        wanted = CHECKSUM_ALGORITHMS.get(algorithm)
-        if not colon or wanted is None or len(digest) != wanted or digest.strip("0123456789abcdef"):
-            raise BitsError(ErrorCode.E_INVALIDARG, f"checksum {checksum!r}: give algorithm:hex with one of "
-                            + ", ".join(f"{name} ({n} hex digits)" for name, n in CHECKSUM_ALGORITHMS.items()),
-                            ErrorContext.GENERAL_QUEUE_MANAGER)
-        found.append(f"{algorithm}:{digest}")
-    return found
-
-
-def first_gap(filled: list[list[int]], start: int, end: int | None) -> tuple[int, int | None] | None:
-    """The first stretch of [start, end) (end None: to the unknown end) that `filled` (merged, ordered) lacks."""
-    for offset, length in filled:
-        if offset > start:
-            break
-        start = max(start, offset + length)
-    if end is not None and start >= end:
-        return None
-    following = next((offset for offset, _ in filled if offset > start), None)
-    stop = following if end is None else min(end, following) if following is not None else end
-    return start, stop
-
-
-def merged(filled: list[list[int]], start: int, end: int) -> list[list[int]]:
-    """`filled` with [start, end) added, merged and ordered."""
-    spans = sorted([*((o, o + n) for o, n in filled), (start, end)])
-    out: list[list[int]] = []
-    for a, b in spans:
-        if out and a <= out[-1][0] + out[-1][1]:
-            out[-1][1] = max(out[-1][1], b - out[-1][0])
-        else:
-            out.append([a, b - a])
-    return out
-
-
-def range_length(length: int) -> str:
-    """A range's length as bitsadmin writes it: a number, or eof for BG_LENGTH_TO_EOF."""
-    return "eof" if length == LENGTH_TO_EOF else str(length)
-
-
-def check_ranges(ranges: list[list[int]], max_ranges: int | None) -> None:
-    """AddFileWithRanges' refusals: none, too many (MaxRangesPerFile; None: no limit, as for administrators),
-    a range that starts at BG_LENGTH_TO_EOF or is empty, duplicates or overlaps (ranges may come in any order)."""
-    if not ranges:
-        raise BitsError(ErrorCode.E_INVALIDARG, "AddFileWithRanges needs one or more ranges", ErrorContext.GENERAL_QUEUE_MANAGER)
-    if max_ranges is not None and len(ranges) > max_ranges:
-        raise BitsError(ErrorCode.BG_E_TOO_MANY_RANGES_IN_FILE, f"{len(ranges)} ranges for one file; MaxRangesPerFile "
-                        f"allows {max_ranges} (administrators have no limit)", ErrorContext.GENERAL_QUEUE_MANAGER)
-    for offset, length in ranges:
-        if not 0 <= offset < LENGTH_TO_EOF or not 0 < length <= LENGTH_TO_EOF:
-            raise BitsError(ErrorCode.BG_E_INVALID_RANGE, f"range {offset}:{range_length(length)}: an offset is a "
-                            "byte position (not BG_LENGTH_TO_EOF) and a length at least 1", ErrorContext.GENERAL_QUEUE_MANAGER)
-    ordered = sorted(ranges)
-    for (offset, length), (following, _) in zip(ordered, ordered[1:]):
-        if length == LENGTH_TO_EOF or offset + length > following:
-            raise BitsError(ErrorCode.BG_E_OVERLAPPING_RANGES, f"range {offset}:{range_length(length)} overlaps the "
-                            f"range at {following}; give each byte once", ErrorContext.GENERAL_QUEUE_MANAGER)
-
-
-def check_security_flags(flags: int) -> None:
-    """SetSecurityFlags answers E_NOTIMPL for a flag BITS does not define and for a redirect policy not one of its three."""
-    policy = flags & REDIRECT_POLICY_MASK
-    if flags & ~SECURITY_FLAGS_KNOWN or policy not in (0, SecurityFlags.HTTP_REDIRECT_POLICY_ALLOW_REPORT,
-                                                       SecurityFlags.HTTP_REDIRECT_POLICY_DISALLOW):
-        raise BitsError(
-            ErrorCode.E_NOTIMPL,
-            f"security flags 0x{flags:x}: the flags are ENABLE_CRL_CHECK 0x1, IGNORE_CERT_CN_INVALID 0x2, "
-            "IGNORE_CERT_DATE_INVALID 0x4, IGNORE_UNKNOWN_CA 0x8, IGNORE_CERT_WRONG_USAGE 0x10, one redirect policy "
-            "(ALLOW_SILENT 0x0, ALLOW_REPORT 0x100, DISALLOW 0x200) and ALLOW_HTTPS_TO_HTTP 0x800",
-            ErrorContext.GENERAL_QUEUE_MANAGER,
-        )
-
-
-def check_local_path(path: str) -> None:
-    if not os.path.isabs(path) or "\0" in path or path.endswith("/"):
-        raise BitsError(
-            ErrorCode.E_INVALIDARG,
-            f"local name {path!r} must be an absolute path to a file (the client library makes paths absolute)",
-            ErrorContext.LOCAL_FILE,
-        )
-    if os.path.normpath(path) != path:
-        raise BitsError(
-            ErrorCode.E_INVALIDARG, f"local name {path!r} must be normalised (no '..', '.' or '//')",
-            ErrorContext.LOCAL_FILE,
-        )
-
-
 _JOB_FIELDS = frozenset(name for name, f in Job.__dataclass_fields__.items() if name != "files" and not f.metadata.get("live"))
-#: the fields of a file the store keeps (the live ones, like its rate, are not)
-FILE_FIELDS = tuple(name for name, f in JobFile.__dataclass_fields__.items() if not f.metadata.get("live"))
 _FILE_FIELDS = frozenset(FILE_FIELDS)
 #: fields stored as numbers and kept as their enumeration in memory
 _ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {

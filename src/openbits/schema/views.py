@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel
 
-from ..model.job import JOB_PROPERTIES, Job, JobFile
+from ..model.job import JOB_PROPERTIES, Job
+from ..model.jobfile import JobFile
 from ..enums import JobState
 from ..errors import BitsError
 from ..model.identity import Identity

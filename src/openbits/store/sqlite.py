@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from ..model.job import FILE_FIELDS, Job, JobFile, job_from_record, job_to_record
+from ..model.job import Job, job_from_record, job_to_record
+from ..model.jobfile import FILE_FIELDS, JobFile
 from ..model.event import Event, EventKind
 
 _SCHEMA = """

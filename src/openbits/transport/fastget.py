@@ -77,6 +77,39 @@ class Response:
         self._client._release(self._key, self._conn)
 
 
+class _Batch:
+    """One fetch_all: which file each lane asks next, and what came back.
+
+    An object rather than two closures that call each other: those held each other through their cells,
+    and with them every head and URL of the batch, which then waited for the garbage collector
+    (~54,000 objects per 10,000 small files); this one is freed by reference counting.
+    """
+
+    def __init__(self, client: FastClient, files: Sequence[tuple[URL, int]], headers: Mapping[str, str],
+                 conns: list[Connection]) -> None:
+        self._client, self._files, self._headers, self._conns = client, files, headers, conns
+        self.results: list[ResponseHead | None] = [None] * len(files)
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._position = 0
+
+    def start(self, conn: Connection) -> None:
+        """Give `conn` its next PIPELINE_DEPTH files, or end the batch when no lane has any left."""
+        if conn._fetches:
+            return  # the lane's last requests are still under way
+        files = self._files
+        if self._position < len(files) and conn.reusable:
+            chunk = range(self._position, min(self._position + PIPELINE_DEPTH, len(files)))
+            self._position = chunk.stop
+            conn.fetch([(self._client._request(files[i][0], self._headers), files[i][1],
+                         functools.partial(self._done, conn, i)) for i in chunk])
+        elif not any(c._fetches for c in self._conns) and not self.finished.done():
+            self.finished.set_result(None)
+
+    def _done(self, conn: Connection, index: int, head: ResponseHead | None) -> None:
+        self.results[index] = head
+        self.start(conn)
+
+
 class FastClient:
     """Keep-alive pools per (host, port), at most `limit` requests at once."""
 
@@ -135,28 +168,7 @@ class FastClient:
         connection at all)."""
         host, port = files[0][0].raw_host or "", files[0][0].port or 80
         key = (host, port)
-        results: list[ResponseHead | None] = [None] * len(files)
-        loop = asyncio.get_running_loop()
-        finished = loop.create_future()
         conns: list[Connection] = []
-        position = 0
-
-        def start(conn: Connection) -> None:
-            nonlocal position
-            if conn._fetches:
-                return  # the lane's last requests are still under way
-            if position < len(files) and conn.reusable:
-                chunk = range(position, min(position + PIPELINE_DEPTH, len(files)))
-                position = chunk.stop
-                conn.fetch([(self._request(files[i][0], headers), files[i][1], functools.partial(done, conn, i))
-                            for i in chunk])
-            elif not any(c._fetches for c in conns) and not finished.done():
-                finished.set_result(None)
-
-        def done(conn: Connection, index: int, head: ResponseHead | None) -> None:
-            results[index] = head
-            start(conn)
-
         for lane in range(min(lanes, len(files))):
             if lane and self._slots.locked():
                 break  # more lanes only while free: waiting with lanes held could deadlock two batches
@@ -167,20 +179,21 @@ class FastClient:
                 self._slots.release()
                 break
             conns.append(conn)
+        batch = _Batch(self, files, headers, conns)
         try:
             with contextlib.ExitStack() as watched:
                 for conn in conns:
                     if conn.transport is not None:
                         watched.enter_context(watch(conn.transport.get_extra_info("socket")))
                 for conn in list(conns):
-                    start(conn)
+                    batch.start(conn)
                 if conns:
-                    await finished
+                    await batch.finished
         finally:
             for conn in conns:
                 conn._fetches.clear()  # cancelled: no callback may touch the caller's descriptors any more
                 self._release(key, conn)
-        return results
+        return batch.results
 
     def _pop_idle(self, key: tuple[str, int]) -> Connection | None:
         idle = self._idle.get(key)

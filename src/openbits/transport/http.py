@@ -5,20 +5,16 @@ One `HttpTransport` owns one aiohttp session and one `fastget` pool, so
 connections are reused across files and jobs (10,000 small files cost
 connections, not bytes). Plain http GETs take the fast path; aiohttp takes
 https, proxies, challenges, chunked bodies and the origins that needed it once.
+Whether an answer is the one asked for is httpanswer.py's; how a download fails, httperrors.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import functools
-import re
-import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import NoReturn
 
 import aiohttp
 from yarl import URL
@@ -27,34 +23,21 @@ from ..enums import REDIRECT_POLICY_MASK, SIZE_UNKNOWN, ErrorContext, SecurityFl
 from ..errors import ErrorCode, TransferError
 from ..pools import Pools
 from . import fastget
-from .httphead import ConnectFailed, FastGetError, ResponseHead, Unsupported, plain_request
+from .httphead import FastGetError, ResponseHead, Unsupported, plain_request
 from .auth import ANSWERED, ChallengeAuth, challenge_scheme
-from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, SmallAnswer, Throttle, VersionChanged,
-                   status_phrase, watching)
+from .base import (DownloadSink, DownloadSpec, ProgressReporter, RemoteValidator, SmallAnswer, Throttle, status_phrase,
+                   watching)
 from .durable import DurableWriter
-from .tls import TlsContexts, certificate_error
+from .httpanswer import REDIRECTS, accept_answer, range_answer, redirect_target
+from .httperrors import MAX_REDIRECTS, display_url, network_error, raise_for_status, redirect_failed
+from .tls import TlsContexts
 from .tunnel import TunnelConnector
 
-MAX_REDIRECTS = 10
 #: aiohttp buffers up to twice this per connection before it stops reading the socket.
 READ_BUFSIZE = 2 * 1024 * 1024
 
 #: Largest read while a bandwidth cap applies, so the cap is smooth rather than bursty.
 THROTTLED_READ = 64 * 1024
-
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
-_TRANSIENT_STATUS = frozenset({408, 429})
-_REDIRECTS = frozenset({300, 301, 302, 303, 307, 308})
-#: BG_HTTP_REDIRECT_POLICY_DISALLOW: HRESULT_FROM_WIN32(HTTP_STATUS_*) of the redirect the server sent
-_DISALLOWED = {300: ErrorCode.HTTP_STATUS_AMBIGUOUS, 301: ErrorCode.HTTP_STATUS_MOVED,
-               302: ErrorCode.HTTP_STATUS_REDIRECT, 303: ErrorCode.HTTP_STATUS_REDIRECT_METHOD,
-               307: ErrorCode.HTTP_STATUS_REDIRECT_KEEP_VERB, 308: ErrorCode.HTTP_STATUS_PERMANENT_REDIRECT}
-
-
-def display_url(url: URL) -> str:
-    """The URL as errors show it: never with the user name or password."""
-    return str(url.with_user(None)) if url.user or url.password else str(url)
 
 
 class HttpTransport:
@@ -159,7 +142,7 @@ class HttpTransport:
                     self._general.add(origin)
             return await self._download(url, shown, spec, writer, sink, throttle, auth)
         except (aiohttp.ClientError, asyncio.TimeoutError, FastGetError) as exc:
-            raise _network_error(exc, shown, self._read_timeout) from exc
+            raise network_error(exc, shown, self._read_timeout) from exc
         finally:
             await writer.close()
 
@@ -188,8 +171,8 @@ class HttpTransport:
                         else self._get(url, headers, throttle, auth, spec, sink, shown)) as (resp, final):
                 _tell_exchanges(sink, final, headers, resp)
                 if resp.status not in (200, 206, 416):
-                    _raise_for_status(resp, shown)
-                accepted = _accept(resp, spec.offset if resume else 0, old if resume else None)
+                    raise_for_status(resp, shown)
+                accepted = accept_answer(resp, spec.offset if resume else 0, old if resume else None)
                 if accepted is None:
                     if not resume:
                         raise TransferError(
@@ -230,7 +213,7 @@ class HttpTransport:
                 url, headers=headers, max_redirects=MAX_REDIRECTS, middlewares=None if auth is None else (auth,),
                 proxy=spec.proxy, ssl=self.tls.context(spec.tls), read_bufsize=None if throttle is None else THROTTLED_READ,
             ) as resp:
-                validator = _range_answer(resp, first, last, old, shown)
+                validator = range_answer(resp, first, last, old, shown)
                 sink.started(validator, spec.offset)
                 progress = ProgressReporter(sink)
                 read = resp.content.readany if throttle is None else functools.partial(resp.content.read,
@@ -251,7 +234,7 @@ class HttpTransport:
                 await writer.flush()
                 return validator
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _network_error(exc, shown, self._read_timeout) from exc
+            raise network_error(exc, shown, self._read_timeout) from exc
         finally:
             await writer.close()
 
@@ -270,13 +253,13 @@ class HttpTransport:
                 read_bufsize=None if throttle is None else THROTTLED_READ,
             )
             location = response.headers.get("Location")
-            if response.status not in _REDIRECTS or location is None:
+            if response.status not in REDIRECTS or location is None:
                 break
             _tell_exchanges(sink, url, headers, response)  # each hop is a request of its own (-v shows it)
             response.release()
-            url = _redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
+            url = redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
         else:
-            raise _redirect_failed(shown, "TooManyRedirects")
+            raise redirect_failed(shown, "TooManyRedirects")
         try:
             yield response, url
         finally:
@@ -293,46 +276,21 @@ class HttpTransport:
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._fast.get(url, headers, read_ahead)
             location = response.headers.get("Location")
-            if response.status not in _REDIRECTS or location is None:
+            if response.status not in REDIRECTS or location is None:
                 break
             _tell_exchanges(sink, url, headers, response)
             response.release()
-            url = _redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
+            url = redirect_target(url, response.status, location, spec.tls.flags, sink, shown)
             if not plain_request(url, headers):
                 raise Unsupported("a redirect away from plain http")
         else:
-            raise _redirect_failed(shown, "TooManyRedirects")
+            raise redirect_failed(shown, "TooManyRedirects")
         try:
             if response.status == 401 and auth is not None and challenge_scheme(response) in ANSWERED:
                 raise Unsupported("an authentication challenge")
             yield response, url
         finally:
             response.release()
-
-
-def _redirect_target(url: URL, status: int, location: str, flags: int, sink: DownloadSink, shown: str) -> URL:
-    """Where a redirect leads, if the job's security flags let it be followed (SetSecurityFlags)."""
-    try:
-        target = url.join(URL(location))
-    except ValueError:
-        raise _redirect_failed(shown, f"a redirect to {location!r}") from None
-    if target.scheme not in ("http", "https"):
-        raise _redirect_failed(shown, f"a redirect to {display_url(target)}")
-    if flags & REDIRECT_POLICY_MASK == SecurityFlags.HTTP_REDIRECT_POLICY_DISALLOW:
-        sink.redirected(str(target))  # BITS updates the remote name with the redirected URL
-        raise TransferError(
-            _DISALLOWED.get(status, ErrorCode.HTTP_STATUS_REDIRECT),
-            f"The server redirected {shown} to {display_url(target)} (HTTP {status}) and the job's redirect "
-            "policy is DISALLOW (security flag 0x200); allow redirects with setsecurityflags, or use that URL.",
-            ErrorContext.REMOTE_FILE, status, transient=False)
-    if url.scheme == "https" and target.scheme == "http" and not (
-            flags & SecurityFlags.HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP):
-        raise TransferError(
-            ErrorCode.ERROR_HTTP_REDIRECT_FAILED,
-            f"The server redirected {shown} from https to {display_url(target)}, which is not encrypted; a job "
-            "follows such a redirect only with the security flag HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP (0x800).",
-            ErrorContext.REMOTE_FILE, status, transient=False)
-    return target
 
 
 def _exchange(url: URL, headers: Mapping[str, str],
@@ -371,68 +329,6 @@ def _parse_url(raw: str) -> URL:
         )
     return url
 
-
-def _accept(
-    resp: aiohttp.ClientResponse, offset: int, old: RemoteValidator | None
-) -> tuple[RemoteValidator, int] | None:
-    """The response's validator and where its body starts in the file; None for an unusable partial answer.
-
-    200 is the whole file (the remote changed, or the server ignores ranges).
-    A 206 must start where we asked and describe the same version we have.
-    """
-    if resp.status == 200:
-        size = resp.content_length if resp.content_length is not None else SIZE_UNKNOWN
-        return RemoteValidator.of_answer(size, resp.headers), 0
-    content_range = resp.headers.get("Content-Range", "")
-    if old is None:
-        return None
-    if resp.status == 416:
-        # Everything was already here (crash after the last byte was made durable, before completion).
-        match = _UNSATISFIED_RANGE.fullmatch(content_range.strip())
-        if match and int(match[1]) == offset == old.size:
-            validator = RemoteValidator.of_answer(offset, resp.headers, old)
-            return (validator, offset) if old.same_version(validator) else None
-        return None
-    if resp.status != 206:
-        return None
-    match = _CONTENT_RANGE.fullmatch(content_range.strip())
-    if match is None:
-        return None
-    first, last = int(match[1]), int(match[2])
-    size = old.size if match[3] == "*" else int(match[3])
-    validator = RemoteValidator.of_answer(size, resp.headers, old)  # the validators it has must match
-    if first != offset or (size != SIZE_UNKNOWN and last != size - 1) or not old.same_version(validator):
-        return None
-    if resp.content_length is not None and resp.content_length != last - first + 1:
-        return None
-    return validator, offset
-
-
-def _range_answer(resp: aiohttp.ClientResponse, first: int, last: int | None, old: RemoteValidator | None,
-                  shown: str) -> RemoteValidator:
-    """The version a range request was answered with, or the BITS error for an answer that is no such range."""
-    if resp.status == 416:
-        raise TransferError(ErrorCode.BG_E_INVALID_RANGE, f"bytes {first}- are outside {shown} (the server answered "
-                            f"HTTP 416, Content-Range: {resp.headers.get('Content-Range')!r}); fix the file's ranges",
-                            ErrorContext.REMOTE_FILE, 416, transient=False)
-    if resp.status not in (200, 206):
-        _raise_for_status(resp, shown)
-    size = resp.content_length if resp.status == 200 and resp.content_length is not None else SIZE_UNKNOWN
-    match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip()) if resp.status == 206 else None
-    if match is not None and match[3] != "*":
-        size = int(match[3])
-    validator = RemoteValidator.of_answer(size, resp.headers, old)
-    if old is not None and not old.same_version(validator):
-        raise VersionChanged(shown)
-    if match is None or int(match[1]) != first or (last is not None and int(match[2]) != min(last, size - 1)):
-        raise TransferError(ErrorCode.BG_E_INSUFFICIENT_RANGE_SUPPORT, f"the server sent {shown} without the range "
-                            f"bytes={first}-{'' if last is None else last} (HTTP {resp.status}, Content-Range: "
-                            f"{resp.headers.get('Content-Range')!r}); use a server that supports ranges",
-                            ErrorContext.REMOTE_FILE, resp.status, transient=False)
-    if size != SIZE_UNKNOWN and last is not None and last >= size:
-        raise TransferError(ErrorCode.BG_E_INVALID_RANGE, f"bytes {first}-{last} run past the end of {shown} "
-                            f"({size} bytes); fix the file's ranges", ErrorContext.REMOTE_FILE, transient=False)
-    return validator
 
 
 async def _receive(
@@ -488,111 +384,3 @@ async def _splice(resp: fastget.Response, writer: DurableWriter, progress: Progr
         raise
     except OSError as exc:  # the temporary file's: the socket's come as Broken
         raise writer.failed(exc) from exc
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds from now: either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _raise_for_status(resp: aiohttp.ClientResponse, shown: str) -> NoReturn:
-    """Every status but 200, 206 and 416: 5xx, 408 and 429 are worth a retry, the rest needs a person."""
-    status = resp.status
-    phrase = status_phrase(status, resp.reason)
-    answer = f"The server answered {shown} with HTTP {status} {phrase}"
-    if status >= 500 or status in _TRANSIENT_STATUS:
-        retry_after = _retry_after(resp.headers.get("Retry-After"))
-        wait = f" (it asked to wait {retry_after:.0f} s)" if retry_after is not None else ""
-        raise TransferError(
-            ErrorCode.http(status),
-            f"{answer}{wait}; the job retries later.",
-            ErrorContext.REMOTE_FILE,
-            status,
-            transient=True,
-            retry_after=retry_after,
-        )
-    if status in (404, 410):
-        advice = "Check the URL, or point the file at another server."
-    elif status == 401:
-        advice = "The server wants credentials; set them for the job."
-    elif status == 407:
-        advice = ("The proxy wants credentials: setcredentials JOB PROXY BASIC USER, or a ~/.netrc entry for "
-                  "the proxy host (Basic only).")
-    elif status == 403:
-        advice = "The server refuses this client; check the URL and the server's permissions."
-    else:
-        advice = "Check the URL and the job's custom headers."
-    raise TransferError(ErrorCode.http(status), f"{answer}. {advice}", ErrorContext.REMOTE_FILE, status, transient=False)
-
-
-def proxy_refused(exc: aiohttp.ClientHttpProxyError, shown: str) -> TransferError:
-    """https through a proxy: the proxy refused the CONNECT tunnel (407: it wants credentials)."""
-    return TransferError(
-        ErrorCode.http(exc.status),
-        f"The proxy refused to connect to {shown} with HTTP {exc.status} {exc.message}"
-        + ("; set PROXY credentials for the job (Basic) or a ~/.netrc entry for the proxy host."
-           if exc.status == 407 else "; the job retries later." if exc.status >= 500 else "."),
-        ErrorContext.REMOTE_FILE,
-        exc.status,
-        transient=exc.status >= 500 or exc.status in _TRANSIENT_STATUS,
-    )
-
-
-def certificate_refused(exc: aiohttp.ClientConnectorCertificateError, shown: str) -> TransferError:
-    """The server's certificate failed the job's checks (its security flags, its trust): the BITS code for why."""
-    error = exc.certificate_error
-    code, why = certificate_error(getattr(error, "verify_code", 0), getattr(error, "verify_message", str(error)))
-    return TransferError(code, f"The server's certificate for {shown} is not accepted: {why}.",
-                         ErrorContext.GENERAL_TRANSPORT, transient=False)
-
-
-def _network_error(exc: BaseException, shown: str, read_timeout: float) -> TransferError:
-    """Sort an aiohttp or fastget failure: redirects and bad URLs are permanent, everything on the wire is transient."""
-    transport = ErrorContext.GENERAL_TRANSPORT
-    if isinstance(exc, (aiohttp.TooManyRedirects, aiohttp.RedirectClientError)):
-        return _redirect_failed(shown, type(exc).__name__)
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return proxy_refused(exc, shown)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return TransferError(
-            ErrorCode.ERROR_INTERNET_INVALID_URL, f"{shown} is not a valid URL: {exc}.", transient=False
-        )
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return certificate_refused(exc, shown)
-    cause = exc.cause if isinstance(exc, ConnectFailed) else None
-    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(cause, socket.gaierror):
-        code, what = ErrorCode.ERROR_INTERNET_NAME_NOT_RESOLVED, "the server's name does not resolve"
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        code, what = ErrorCode.ERROR_INTERNET_SECURE_FAILURE, f"the TLS handshake failed ({exc})"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        code, what = ErrorCode.ERROR_INTERNET_CANNOT_CONNECT, f"cannot connect ({exc.strerror or exc})"
-    elif isinstance(exc, aiohttp.ConnectionTimeoutError) or isinstance(cause, TimeoutError):
-        code, what = ErrorCode.ERROR_INTERNET_TIMEOUT, "connecting to the server timed out"
-    elif cause is not None:
-        code, what = ErrorCode.ERROR_INTERNET_CANNOT_CONNECT, f"cannot connect ({cause.strerror or cause})"
-    elif isinstance(exc, asyncio.TimeoutError):
-        code, what = ErrorCode.ERROR_INTERNET_TIMEOUT, f"the server sent nothing for {read_timeout:g} s"
-    else:
-        code, what = ErrorCode.ERROR_INTERNET_CONNECTION_RESET, f"the connection broke ({exc or type(exc).__name__})"
-    return TransferError(code, f"Downloading {shown}: {what}; the job retries later.", transport, transient=True)
-
-
-def _redirect_failed(shown: str, why: str) -> TransferError:
-    return TransferError(
-        ErrorCode.ERROR_HTTP_REDIRECT_FAILED,
-        f"Following the redirects of {shown} failed ({why}, at most {MAX_REDIRECTS} are "
-        "followed, only to http:// and https://). Use the final URL of the file.",
-        ErrorContext.REMOTE_FILE,
-        transient=False,
-    )

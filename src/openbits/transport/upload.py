@@ -43,7 +43,8 @@ from ..uploadprotocol import (
 )
 from .base import Throttle, status_phrase, watching
 from .auth import ChallengeAuth
-from .http import THROTTLED_READ, certificate_refused, display_url, proxy_refused
+from .http import THROTTLED_READ
+from .httperrors import certificate_refused, display_url, proxy_refused
 
 #: First fragment; later ones are sized from the measured rate.
 INITIAL_FRAGMENT = 1024 * 1024
