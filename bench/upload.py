@@ -268,6 +268,8 @@ class CpuMeter:
         self._groups = groups
         self._start = {name: _cpu_seconds(pids) for name, pids in groups.items()}
         self._self = time.process_time()
+        #: CPU seconds of all of them at the last per_gib().
+        self.seconds = 0.0
 
     def per_gib(self, nbytes: int, in_process: str | None = None) -> str:
         """`in_process`: the name of what ran in this process meanwhile (boto3)."""
@@ -276,7 +278,8 @@ class CpuMeter:
             used[in_process] = time.process_time() - self._self
         gib = nbytes / (1 << 30)
         shown = ", ".join(f"{name} {seconds / gib:.1f}" for name, seconds in used.items())
-        return f"CPU s/GiB: {shown}; total {sum(used.values()) / gib:.1f}"
+        self.seconds = sum(used.values())
+        return f"CPU s/GiB: {shown}; total {self.seconds / gib:.1f}"
 
 
 def _boto3(swift: SwiftAllInOne, connections: int) -> Any:
@@ -316,9 +319,9 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int,
-                 nodes: int) -> tuple[float, list[float], str]:
-    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, each node's peak RSS (MiB) and
-    the CPU each part took."""
+                 nodes: int) -> tuple[float, list[float], str, float]:
+    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, each node's peak RSS (MiB),
+    the CPU each part took and the CPU seconds of them all."""
     tag = f"farm{nodes}"
     config = write_config(work / tag, swift.endpoint, BUCKET, f"{tag}/", {"/": {}})
     farm = Farm(work / tag, config, count=nodes).start()
@@ -341,9 +344,10 @@ def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int,
                 assert state == JobState.TRANSFERRED, job.error
             seconds = time.monotonic() - started
             cpu = meter.per_gib(files * source.stat().st_size)
+            cpu_seconds = meter.seconds
             for job in jobs:
                 job.complete()
-        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes], cpu
+        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes], cpu, cpu_seconds
     finally:
         daemon.stop()
         farm.stop()
@@ -392,10 +396,12 @@ def farm_figures(work: Path, swift: SwiftAllInOne, files: int, size: int) -> Non
     print(f"farm: {files} x {size >> 20} MiB straight into the store (boto3 multipart, one part of each file at "
           f"a time): {seconds:.1f} s, {total / seconds:.0f} MB/s; {cpu}", flush=True)
     for nodes in (1, 3):
-        farm_seconds, rss, cpu = through_farm(work, swift, source, files, nodes)
+        farm_seconds, rss, cpu, cpu_seconds = through_farm(work, swift, source, files, nodes)
+        best = cpu_seconds / (os.cpu_count() or 1)  # every core busy with nothing else
         print(f"farm: {files} x {size >> 20} MiB through {nodes} node(s): {farm_seconds:.1f} s, "
               f"{total / farm_seconds:.0f} MB/s = {seconds / farm_seconds:.2f}x boto3; peak RSS per node "
-              f"{', '.join(f'{r:.0f}' for r in rss)} MiB; {cpu}", flush=True)
+              f"{', '.join(f'{r:.0f}' for r in rss)} MiB; {cpu}; that CPU on {os.cpu_count()} cores takes at least "
+              f"{best:.1f} s, at best {seconds / best:.2f}x boto3", flush=True)
     after = failover(work, swift, _source(work, 256 << 20))
     print("farm: kill -9 of the node receiving a fragment -> next fragment acknowledged after "
           + (f"{after:.2f} s (goal: 2 s)" if after is not None else "(no kill met a fragment in flight)"), flush=True)
