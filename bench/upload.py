@@ -21,6 +21,10 @@ Sessions: N clients at once each Create-Session, send four 64 KiB fragments
 and Close-Session against one openbits-server process; a round is sustained
 when every session succeeds.
 
+Memory: N sessions at once (8, 32, 100) against a fresh node on the store, the
+same bytes each (8 MiB in 2 MiB fragments: pieces, joined at Close-Session):
+the node's peak RSS (VmHWM), which should not grow with N.
+
 Farm: F files of M MiB uploaded at once by the daemon (FOREGROUND jobs) through
 nginx round-robin to 1 and to 3 openbits-server nodes on the store, against the
 same files put straight into the store by boto3's multipart upload (F threads):
@@ -42,6 +46,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -58,8 +63,10 @@ from tests.servers.swift import ACCESS_KEY, SECRET_KEY, SwiftAllInOne, ensure_in
 BUCKET = "bench"
 
 FRAGMENT = 64 * 1024
-#: The figures --parts chooses from: the 1 GiB upload, concurrent sessions, the farm.
-PARTS = ["one", "sessions", "farm"]
+#: The figures --parts chooses from: the 1 GiB upload, concurrent sessions, a node's memory, the farm.
+PARTS = ["one", "sessions", "memory", "farm"]
+#: Each session of the memory figure: bytes, and the fragments they are sent in (all pieces, joined at Close).
+MEMORY_BYTES, MEMORY_FRAGMENT = 8 << 20, 2 << 20
 
 
 def _spawn(command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -106,10 +113,12 @@ def _source(work: Path, size: int) -> Path:
     return source
 
 
-def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None) -> tuple[list[float], list[float]]:
+def one_gib(work: Path, size: int, runs: int,
+            swift: SwiftAllInOne | None = None) -> tuple[list[float], list[float], list[float]]:
     """Seconds per run for openbits (daemon -> openbits-server) and for curl -T (-> plain PUT), same file,
     interleaved; each run starts after a sync, so none pays for the writeback of the one before. With
-    `swift`, openbits-server stores in it (the object-storage backend) instead of a directory."""
+    `swift`, openbits-server stores in it (the object-storage backend) instead of a directory, and the
+    third list is the file put straight into the store by boto3 in one PUT (the limit that node sits on)."""
     source = _source(work, size)
     bits, put_dir = work / f"bits-{swift is not None}", work / f"put-{swift is not None}"
     bits.mkdir()
@@ -123,10 +132,17 @@ def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None
     daemon = DaemonProcess(work / "daemon").start()
     ours: list[float] = []
     curl: list[float] = []
+    plain: list[float] = []
     try:
         with daemon.manager() as manager:
             for attempt in range(runs):
                 name = f"f{attempt}.bin"
+                if swift is not None:
+                    os.sync()
+                    started = time.monotonic()
+                    with source.open("rb") as body:
+                        _boto3(swift, 1).put_object(Bucket=BUCKET, Key=f"plain/{name}", Body=body)
+                    plain.append(time.monotonic() - started)
                 os.sync()
                 started = time.monotonic()
                 subprocess.run(["curl", "-sS", "-o", "/dev/null", "-T", str(source),
@@ -149,7 +165,7 @@ def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None
                     (bits / name).unlink()
                 else:
                     assert swift.client().head_object(Bucket=BUCKET, Key=f"one/{name}")["ContentLength"] == size
-        return ours, curl
+        return ours, curl, plain
     finally:
         daemon.stop()
         for proc in (server, put):
@@ -157,7 +173,7 @@ def one_gib(work: Path, size: int, runs: int, swift: SwiftAllInOne | None = None
             proc.wait()
 
 
-async def _session(http: aiohttp.ClientSession, url: str, data: bytes) -> bool:
+async def _session(http: aiohttp.ClientSession, url: str, data: bytes, fragment: int = FRAGMENT) -> bool:
     async def send(packet: str, headers: dict[str, str], body: bytes | None = None) -> aiohttp.ClientResponse:
         async with http.request("BITS_POST", url, headers={Header.PACKET_TYPE: packet, **headers}, data=body) as r:
             await r.read()
@@ -166,8 +182,8 @@ async def _session(http: aiohttp.ClientSession, url: str, data: bytes) -> bool:
     try:
         created = await send("Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
         sid = created.headers[Header.SESSION_ID]
-        for first in range(0, len(data), FRAGMENT):
-            piece = data[first : first + FRAGMENT]
+        for first in range(0, len(data), fragment):
+            piece = data[first : first + fragment]
             ack = await send("Fragment", {Header.SESSION_ID: sid, Header.CONTENT_RANGE: format_content_range(
                 first, first + len(piece) - 1, len(data))}, piece)
             if ack.status != 200:
@@ -199,6 +215,31 @@ async def sessions(work: Path, counts: list[int]) -> list[tuple[int, int, float]
     return rounds
 
 
+def node_memory(work: Path, swift: SwiftAllInOne, counts: list[int]) -> list[tuple[int, int, float]]:
+    """(sessions, succeeded, the node's peak RSS in MiB) per round: N raw BITS sessions at once against a
+    fresh node on the store, each MEMORY_BYTES in MEMORY_FRAGMENT fragments (so Close-Session joins them)."""
+    config = write_config(work / "memory", swift.endpoint, BUCKET, "memory/", {"/": {"allow_overwrites": True}})
+    data = os.urandom(MEMORY_BYTES)
+    rounds = []
+    for count in counts:
+        node, port = _spawn([sys.executable, "-m", "openbits.server", "--config", str(config),
+                             "--listen", "127.0.0.1:0", "--log-level", "WARNING"])
+
+        async def run() -> int:
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as http:
+                done = await asyncio.gather(*(_session(http, f"http://127.0.0.1:{port}/m{i}.bin", data, MEMORY_FRAGMENT)
+                                              for i in range(count)))
+            return sum(done)
+
+        try:
+            rounds.append((count, asyncio.run(run()), _peak_rss_mib(node.pid)))
+        finally:
+            node.terminate()
+            node.wait()
+    return rounds
+
+
 def _cpu_seconds(roots: list[int]) -> float:
     """User + system CPU seconds of these processes and their descendants (children reaped included)."""
     stats: dict[int, tuple[int, float]] = {}
@@ -227,6 +268,8 @@ class CpuMeter:
         self._groups = groups
         self._start = {name: _cpu_seconds(pids) for name, pids in groups.items()}
         self._self = time.process_time()
+        #: CPU seconds of all of them at the last per_gib().
+        self.seconds = 0.0
 
     def per_gib(self, nbytes: int, in_process: str | None = None) -> str:
         """`in_process`: the name of what ran in this process meanwhile (boto3)."""
@@ -235,23 +278,30 @@ class CpuMeter:
             used[in_process] = time.process_time() - self._self
         gib = nbytes / (1 << 30)
         shown = ", ".join(f"{name} {seconds / gib:.1f}" for name, seconds in used.items())
-        return f"CPU s/GiB: {shown}; total {sum(used.values()) / gib:.1f}"
+        self.seconds = sum(used.values())
+        return f"CPU s/GiB: {shown}; total {self.seconds / gib:.1f}"
+
+
+def _boto3(swift: SwiftAllInOne, connections: int) -> Any:
+    """A boto3 client of the store that sends payloads unsigned, as the nodes do."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=swift.endpoint, aws_access_key_id=ACCESS_KEY,
+                        aws_secret_access_key=SECRET_KEY, config=Config(
+                            region_name="us-east-1", s3={"addressing_style": "path", "payload_signing_enabled": False},
+                            max_pool_connections=connections, request_checksum_calculation="when_required"))
 
 
 def direct(swift: SwiftAllInOne, source: Path, files: int) -> tuple[float, str]:
     """Seconds for boto3's multipart upload_file of `files` copies of `source` at once (one thread each),
     and the CPU it took. Like the daemon's uploads: one part of each file at a time (a BITS client sends
     one fragment at a time), parts of the client's largest fragment, payload unsigned as the nodes send it."""
-    import boto3
     from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
 
     from openbits.transport.upload import MAX_FRAGMENT
 
-    client = boto3.client("s3", endpoint_url=swift.endpoint, aws_access_key_id=ACCESS_KEY,
-                          aws_secret_access_key=SECRET_KEY, config=Config(
-                              region_name="us-east-1", s3={"addressing_style": "path", "payload_signing_enabled": False},
-                              max_pool_connections=files, request_checksum_calculation="when_required"))
+    client = _boto3(swift, files)
     transfer = TransferConfig(multipart_chunksize=MAX_FRAGMENT, max_concurrency=1, use_threads=False)
     meter = CpuMeter(swift.pids())
     started = time.monotonic()
@@ -269,9 +319,9 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int,
-                 nodes: int) -> tuple[float, list[float], str]:
-    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, each node's peak RSS (MiB) and
-    the CPU each part took."""
+                 nodes: int) -> tuple[float, list[float], str, float]:
+    """Seconds for `files` upload jobs at once through nginx to `nodes` nodes, each node's peak RSS (MiB),
+    the CPU each part took and the CPU seconds of them all."""
     tag = f"farm{nodes}"
     config = write_config(work / tag, swift.endpoint, BUCKET, f"{tag}/", {"/": {}})
     farm = Farm(work / tag, config, count=nodes).start()
@@ -294,9 +344,10 @@ def through_farm(work: Path, swift: SwiftAllInOne, source: Path, files: int,
                 assert state == JobState.TRANSFERRED, job.error
             seconds = time.monotonic() - started
             cpu = meter.per_gib(files * source.stat().st_size)
+            cpu_seconds = meter.seconds
             for job in jobs:
                 job.complete()
-        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes], cpu
+        return seconds, [_peak_rss_mib(n.pid) for n in farm.nodes], cpu, cpu_seconds
     finally:
         daemon.stop()
         farm.stop()
@@ -345,10 +396,12 @@ def farm_figures(work: Path, swift: SwiftAllInOne, files: int, size: int) -> Non
     print(f"farm: {files} x {size >> 20} MiB straight into the store (boto3 multipart, one part of each file at "
           f"a time): {seconds:.1f} s, {total / seconds:.0f} MB/s; {cpu}", flush=True)
     for nodes in (1, 3):
-        farm_seconds, rss, cpu = through_farm(work, swift, source, files, nodes)
+        farm_seconds, rss, cpu, cpu_seconds = through_farm(work, swift, source, files, nodes)
+        best = cpu_seconds / (os.cpu_count() or 1)  # every core busy with nothing else
         print(f"farm: {files} x {size >> 20} MiB through {nodes} node(s): {farm_seconds:.1f} s, "
               f"{total / farm_seconds:.0f} MB/s = {seconds / farm_seconds:.2f}x boto3; peak RSS per node "
-              f"{', '.join(f'{r:.0f}' for r in rss)} MiB; {cpu}", flush=True)
+              f"{', '.join(f'{r:.0f}' for r in rss)} MiB; {cpu}; that CPU on {os.cpu_count()} cores takes at least "
+              f"{best:.1f} s, at best {seconds / best:.2f}x boto3", flush=True)
     after = failover(work, swift, _source(work, 256 << 20))
     print("farm: kill -9 of the node receiving a fragment -> next fragment acknowledged after "
           + (f"{after:.2f} s (goal: 2 s)" if after is not None else "(no kill met a fragment in flight)"), flush=True)
@@ -359,6 +412,8 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs of the upload; the best counts")
     parser.add_argument("--sessions", type=int, nargs="+", default=[100, 1000, 4000])
+    parser.add_argument("--memory-sessions", type=int, nargs="+", default=[8, 32, 100],
+                        help="concurrent sessions against one node on the store, for its peak RSS")
     parser.add_argument("--farm-files", type=int, default=32, help="concurrent uploads through the farm")
     parser.add_argument("--farm-mib", type=int, default=64, help="size of each of them")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="which figures (default: all)")
@@ -376,16 +431,25 @@ def main() -> None:
         with SwiftAllInOne() as swift:
             swift.make_bucket(BUCKET)
             for backend, store in (("local directory", None), ("object storage", swift))[:2 * ("one" in args.parts)]:
-                ours, curl = one_gib(work, size, args.runs, store)
+                ours, curl, plain = one_gib(work, size, args.runs, store)
                 mib = size / (1 << 20)
                 print(f"upload {mib:.0f} MiB ({backend}), best of {args.runs}: openbits {min(ours):.2f} s "
                       f"({mib / min(ours):.0f} MiB/s), curl -T to a plain PUT {min(curl):.2f} s "
                       f"({mib / min(curl):.0f} MiB/s), time ratio {min(ours) / min(curl):.2f}x (runs: openbits "
                       f"{', '.join(f'{t:.2f}' for t in ours)}; curl {', '.join(f'{t:.2f}' for t in curl)} s)",
                       flush=True)
+                if plain:
+                    print(f"upload {mib:.0f} MiB (object storage): boto3 in one PUT straight into the store "
+                          f"{min(plain):.2f} s ({mib / min(plain):.0f} MiB/s), openbits through a node "
+                          f"{min(ours) / min(plain):.2f}x its time (runs: {', '.join(f'{t:.2f}' for t in plain)} s)",
+                          flush=True)
             for count, ok, seconds in asyncio.run(sessions(work, args.sessions if "sessions" in args.parts else [])):
                 print(f"concurrent sessions: {ok}/{count} succeeded in {seconds:.1f} s "
                       f"({'sustained' if ok == count else 'NOT sustained'})", flush=True)
+            for count, ok, rss in node_memory(work, swift, args.memory_sessions if "memory" in args.parts else []):
+                print(f"node memory: {count} sessions at once ({MEMORY_BYTES >> 20} MiB each in "
+                      f"{MEMORY_FRAGMENT >> 20} MiB fragments), {ok} succeeded: peak RSS {rss:.0f} MiB "
+                      f"({rss / count:.1f} MiB a session)", flush=True)
             if "farm" in args.parts:
                 farm_figures(work, swift, args.farm_files, args.farm_mib << 20)
 

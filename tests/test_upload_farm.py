@@ -191,6 +191,8 @@ async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: Sw
     assert overlap.status == 200 and overlap.received == 5 * MiB
     gap = await b.fragment(path, sid, data[6 * MiB :], 6 * MiB, len(data))
     assert gap.status == 416 and gap.received == 5 * MiB
+    # b's view (3 MiB) was behind: it stored the fragment before its LIST showed the gap, then took it back
+    assert not [k for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/data/") if f"/{6 * MiB:016x}-" in k]
     wholly_old = await a.fragment(path, sid, data[:1000], 0, len(data))
     assert wholly_old.status == 200 and wholly_old.received == 5 * MiB
     assert (await c.fragment(path, sid, data[5 * MiB :], 5 * MiB, len(data))).received == len(data)
@@ -202,29 +204,53 @@ async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: Sw
     assert (await b.close(path, sid)).status == 200  # a retried Close-Session (its Ack lost)
     after = await c.fragment(path, sid, data[:10], 0, len(data))
     assert after.status == 400 and after.error[0] == 0x8020001F
-    assert _keys(swift, f"uploads/BITS-Sessions/{sid}/") == [PREFIX + f"uploads/BITS-Sessions/{sid}/{n}"
-                                                            for n in ("closed", "session.json")]
+    tombstone = [PREFIX + f"uploads/BITS-Sessions/{sid}/{n}" for n in ("closed", "session.json")]
+    await asyncio.to_thread(wait_for, lambda: _keys(swift, f"uploads/BITS-Sessions/{sid}/") == tombstone, 10)
 
 
 async def test_whole_slots_go_straight_into_the_destinations_upload(farm: Farm, swift: SwiftAllInOne,
                                                                     http: aiohttp.ClientSession) -> None:
     """A fragment covering a whole 8 MiB slot writes it as a part of the destination's multipart upload
-    (only a record of it in the session); the rest are pieces (the bytes a resent fragment adds to a
-    slot begun too), joined into their slots' parts at Close-Session."""
+    (only a record of it in the session); one that ends a slot begun by pieces joins them into its part
+    at once; the rest are pieces."""
     a, b, c = (Bits(http, node.url) for node in farm.nodes)
     data = os.urandom(20 * MiB + 7)
     path = "/uploads/raw/slots.bin"
     sid = await a.create(path)
     assert (await b.fragment(path, sid, data[: 3 * MiB], 0, len(data))).received == 3 * MiB
     assert (await c.fragment(path, sid, data[3 * MiB : 17 * MiB], 3 * MiB, len(data))).received == 17 * MiB
+    # resent from 8 MiB to a node whose view is behind (it saw only Create-Session): it writes the slots
+    # from 8 MiB again, whole, the same bytes
     assert (await a.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
     names = sorted("/".join(k.rsplit("/", 2)[-2:]) for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/"))
-    parts = [n for n in names if n.startswith("part/")]
-    assert parts == [f"part/{8 * MiB:016x}-{16 * MiB:016x}-{len(data):016x}"], names
+    records = [n.rsplit("-", 1) for n in names if n.startswith("part/")]
+    assert [name for name, _ in records] == [f"part/{0:016x}-{16 * MiB:016x}-{len(data):016x}",
+                                             f"part/{8 * MiB:016x}-{len(data):016x}-{len(data):016x}"], names
+    assert records[0][1].split(".")[1] == hashlib.md5(data[8 * MiB : 16 * MiB]).hexdigest()  # the part's ETag
+    assert [n for n in names if n.startswith("data/")] == [f"data/{0:016x}-{3 * MiB:016x}-{len(data):016x}",
+                                                           f"data/{16 * MiB:016x}-{17 * MiB:016x}-{len(data):016x}"]
     assert (await b.close(path, sid)).status == 200
     assert _stored(swift, "uploads/raw/slots.bin") == data
     uploads = swift.client().list_multipart_uploads(Bucket=BUCKET, Prefix=PREFIX + "uploads/raw/slots")
     assert uploads.get("Uploads", []) == []
+
+
+async def test_a_part_whose_recorded_etag_the_store_rejects_is_listed(farm: Farm, swift: SwiftAllInOne,
+                                                                      http: aiohttp.ClientSession) -> None:
+    """Close-Session completes the upload with the ETags the part records name; a store whose ETag of a
+    part changed (not an MD5, and the fragment resent) rejects one, and the node lists the parts instead."""
+    a, b, _ = (Bits(http, node.url) for node in farm.nodes)
+    data = os.urandom(9 * MiB)
+    path = "/uploads/raw/etag.bin"
+    sid = await a.create(path)
+    assert (await b.fragment(path, sid, data[: 8 * MiB], 0, len(data))).received == 8 * MiB
+    assert (await a.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
+    client = swift.client()
+    (record,) = [k for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/part/") if f"/{0:016x}-" in k]
+    client.put_object(Bucket=BUCKET, Key=record.rsplit("-", 1)[0] + "-" + "0" * 32, Body=b"")
+    client.delete_object(Bucket=BUCKET, Key=record)
+    assert (await b.close(path, sid)).status == 200
+    assert _stored(swift, "uploads/raw/etag.bin") == data
 
 
 async def test_no_host_id_with_object_storage(farm: Farm, http: aiohttp.ClientSession) -> None:

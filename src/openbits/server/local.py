@@ -70,6 +70,8 @@ class LocalSession(Session):
 
     async def receive(self, span: ContentRange, body: AsyncIterable[bytes]) -> None:
         raw = self.raw
+        if span.first > raw.received:
+            raise AckError(416, ErrorCode.http(416), f"the fragment starts at {span.first}, not at {raw.received}")
         offset, pending, start = span.first, [], 0
         try:
             async for chunk in body:

@@ -1,10 +1,12 @@
 """The S3 calls of the object-storage store (s3.py), each failing as a 503 Ack when the store does not answer,
-and the streamed request bodies that carry a fragment into them without a copy."""
+the streamed request bodies that carry a fragment into them without a copy, and objects served back."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -28,6 +31,12 @@ PART_MIN = 5 << 20
 COPY_MAX = 5 << 30
 #: Parts of one assembly in flight at once.
 PARTS_IN_FLIGHT = 4
+#: Parts joined through this node at once, whatever the sessions closing: the memory they take is
+#: JOINS_IN_FLIGHT x JOIN_READ, however many sessions close together.
+JOINS_IN_FLIGHT = 16
+JOIN_READ = 256 << 10
+#: Keys one DeleteObjects takes at most.
+DELETE_MAX = 1000
 
 
 def client_config(storage: ObjectStorage) -> Config:
@@ -47,9 +56,17 @@ def client_config(storage: ObjectStorage) -> Config:
 
 async def open_client(storage: ObjectStorage, stack: AsyncExitStack) -> Any:
     """An aiobotocore S3 client, closed with `stack`."""
-    return await stack.enter_async_context(get_session().create_client(
+    client = await stack.enter_async_context(get_session().create_client(
         "s3", endpoint_url=storage.endpoint, aws_access_key_id=storage.access_key_id,
         aws_secret_access_key=storage.secret_access_key, config=client_config(storage)))
+    client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5)
+    return client
+
+
+def _content_md5(request: Any, **kwargs: Any) -> None:
+    """DeleteObjects with a Content-MD5, which S3 requires of it and Swift's s3api checks (botocore now sends
+    a CRC32 instead, which older stores ignore)."""
+    request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(request.body).digest()).decode()
 
 
 def unavailable(exc: BaseException) -> AckError:
@@ -87,6 +104,7 @@ class Bucket:
     def __init__(self, client: Any, name: str) -> None:
         self.client = client
         self.name = name
+        self._joins = asyncio.Semaphore(JOINS_IN_FLIGHT)
 
     async def put(self, key: str, body: bytes | Streamed, length: int | None = None,
                   metadata: dict[str, str] | None = None) -> None:
@@ -107,6 +125,39 @@ class Bucket:
                 return None
             raise unavailable(exc) from exc
 
+    async def stream(self, key: str) -> AsyncIterator[bytes]:
+        """An object's bytes as they arrive."""
+        answer = await guarded(self.client.get_object(Bucket=self.name, Key=key))
+        async with answer["Body"] as body:
+            while chunk := await guarded(body.read(1 << 20)):
+                yield chunk
+
+    async def serve(self, request: web.Request, key: str) -> web.StreamResponse:
+        """An object as the answer to a GET or HEAD of it, with its Range if the request has one."""
+        args: dict[str, Any] = {"Bucket": self.name, "Key": key}
+        if "Range" in request.headers:
+            args["Range"] = request.headers["Range"]
+        try:
+            answer = await guarded(self.client.get_object(**args))
+        except ClientError as exc:
+            if is_missing(exc):
+                raise web.HTTPNotFound(text="no such reply\n") from None
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                raise web.HTTPRequestRangeNotSatisfiable() from None
+            raise
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        if "ContentRange" in answer:
+            headers["Content-Range"] = answer["ContentRange"]
+        response = web.StreamResponse(status=206 if "ContentRange" in answer else 200, headers=headers)
+        response.content_length = answer["ContentLength"]
+        await response.prepare(request)
+        async with answer["Body"] as body:
+            if request.method != "HEAD":
+                while chunk := await guarded(body.read(1 << 20)):
+                    await response.write(chunk)
+        await response.write_eof()
+        return response
+
     async def head(self, key: str) -> dict[str, Any] | None:
         try:
             return await guarded(self.client.head_object(Bucket=self.name, Key=key))
@@ -126,14 +177,13 @@ class Bucket:
             args["ContinuationToken"] = page["NextContinuationToken"]
 
     async def delete(self, keys: list[str]) -> None:
-        """One DELETE per key, some at once: DeleteObjects wants a Content-MD5 that botocore no longer sends."""
-        gate = asyncio.Semaphore(16)
-
-        async def one(key: str) -> None:
-            async with gate:
-                await guarded(self.client.delete_object(Bucket=self.name, Key=key))
-
-        await asyncio.gather(*(one(k) for k in keys))
+        """One DeleteObjects a thousand keys (a key already gone is deleted)."""
+        for at in range(0, len(keys), DELETE_MAX):
+            batch = {"Objects": [{"Key": k} for k in keys[at:at + DELETE_MAX]], "Quiet": True}
+            answer = await guarded(self.client.delete_objects(Bucket=self.name, Delete=batch))
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise unavailable(OSError(f"deleting {failed[0].get('Key')}: {failed[0].get('Code')}"))
 
     async def assemble(self, key: str, segments: list[tuple[str, int, int]], total: int, max_parts: int,
                        metadata: dict[str, str]) -> None:
@@ -155,12 +205,9 @@ class Bucket:
 
     async def fill(self, key: str, upload: str, plan: list[tuple[int, list[tuple[str, int, int]]]]) -> list[dict[str, Any]]:
         """Upload the numbered parts of `plan`, each the concatenation of its (source key, offset, length)
-        segments: one segment is copied inside the store, several are joined by this node."""
-        gate, reads = asyncio.Semaphore(PARTS_IN_FLIGHT), asyncio.Semaphore(4 * PARTS_IN_FLIGHT)
-
-        async def read(source: str, first: int, length: int) -> bytes:
-            async with reads:
-                return await self.range(source, first, length)
+        segments: one segment is copied inside the store, several are joined by this node as they stream
+        through it (a part held whole was 2 slots of memory per part in flight, per session closing)."""
+        gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
 
         async def part(number: int, pieces: list[tuple[str, int, int]]) -> dict[str, Any]:
             async with gate:
@@ -171,15 +218,18 @@ class Bucket:
                         **common, CopySource={"Bucket": self.name, "Key": source},
                         CopySourceRange=f"bytes={first}-{first + length - 1}"))
                     return {"PartNumber": number, "ETag": done["CopyPartResult"]["ETag"]}
-                data = b"".join(await asyncio.gather(*(read(*p) for p in pieces)))
-                done = await guarded(self.client.upload_part(**common, Body=data))
+                async with self._joins:
+                    done = await guarded(self.client.upload_part(**common, Body=Streamed(self.ranges(pieces)),
+                                                                 ContentLength=sum(p[2] for p in pieces)))
                 return {"PartNumber": number, "ETag": done["ETag"]}
 
         return list(await asyncio.gather(*(part(n, p) for n, p in plan)))
 
-    async def put_part(self, key: str, upload: str, number: int, body: Streamed, length: int) -> None:
-        await guarded(self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload, PartNumber=number,
-                                              Body=body, ContentLength=length))
+    async def put_part(self, key: str, upload: str, number: int, body: Streamed, length: int) -> str:
+        """Upload one part; its ETag."""
+        done = await guarded(self.client.upload_part(Bucket=self.name, Key=key, UploadId=upload, PartNumber=number,
+                                                     Body=body, ContentLength=length))
+        return str(done["ETag"])
 
     async def uploaded_parts(self, key: str, upload: str) -> dict[int, str]:
         """Part number -> ETag of the parts an upload has."""
@@ -202,14 +252,21 @@ class Bucket:
         with contextlib.suppress(Exception):
             await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload)
 
-    async def range(self, key: str, first: int, length: int) -> bytes:
-        answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
-                                                      Range=f"bytes={first}-{first + length - 1}"))
-        async with answer["Body"] as body:
-            data: bytes = await guarded(body.read())
-        if len(data) != length:
-            raise unavailable(EOFError(f"{key}: {len(data)} of {length} bytes"))
-        return data
+    async def ranges(self, segments: list[tuple[str, int, int]]) -> AsyncIterator[bytes]:
+        """The bytes of (key, offset, length) segments one after the other, as they arrive."""
+        for key, first, length in segments:
+            try:
+                answer = await guarded(self.client.get_object(Bucket=self.name, Key=key,
+                                                              Range=f"bytes={first}-{first + length - 1}"))
+            except ClientError as exc:  # gone: the session ended meanwhile (its packet finds out)
+                raise unavailable(exc) from exc
+            got = 0
+            async with answer["Body"] as body:
+                while chunk := await guarded(body.read(JOIN_READ)):
+                    got += len(chunk)
+                    yield chunk
+            if got != length:
+                raise unavailable(EOFError(f"{key}: {got} of {length} bytes"))
 
     async def abort_stale_uploads(self, prefix: str, before: float, live: set[str]) -> int:
         """Abort multipart uploads under `prefix` started before `before` but the `live` ones (a node died
@@ -254,21 +311,28 @@ def plan_parts(segments: list[tuple[str, int, int]], target: int) -> list[list[t
     return parts
 
 
+async def chained(*sources: AsyncIterator[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
+    """The chunks of each source in turn."""
+    for source in sources:
+        async for chunk in source:
+            yield chunk
+
+
 class Streamed:
-    """A request body for botocore that aiohttp streams: exactly `length` bytes of `source`.
+    """A request body for botocore that aiohttp streams from `chunks` (the caller gives the length).
 
     botocore only checks that a body has read(); aiohttp sends any async iterable. A store that fails
-    mid-body cannot be retried with it (botocore cannot rewind), and the client retries the fragment.
+    mid-body cannot be retried with it (botocore cannot rewind), and the client retries the packet.
     """
 
-    def __init__(self, source: FragmentBody, length: int) -> None:
-        self._source, self._length = source, length
+    def __init__(self, chunks: AsyncIterator[bytes | memoryview]) -> None:
+        self._chunks = chunks
 
     def read(self, *args: object) -> bytes:
         raise TypeError("streamed bodies are sent by aiohttp, not read")
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._source.take(self._length)
+    def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        return self._chunks
 
 
 class FragmentBody:

@@ -69,7 +69,8 @@ class Session(ABC):
     @abstractmethod
     async def receive(self, span: ContentRange, body: AsyncIterable[bytes]) -> None:
         """Store the part of a fragment's body beyond `received` (bytes already there are not rewritten)
-        and update `received`; AckError 400 if the body is shorter than its range."""
+        and update `received`; AckError 400 if the body is shorter than its range, 416 if the fragment
+        starts beyond what is received (which a shared store may only know once the fragment is in)."""
 
     @abstractmethod
     async def prepare_data(self) -> None:
