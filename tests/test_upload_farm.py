@@ -405,6 +405,9 @@ async def test_store_unreachable_is_503_and_retried(swift: SwiftAllInOne, amanag
 
         async def transient() -> Any:
             while (info := await job.info()).state != JobState.TRANSIENT_ERROR:
+                assert node.proc is not None and node.proc.poll() is None, (
+                    f"the node exited ({None if node.proc is None else node.proc.returncode}): "
+                    f"{node.log.read_text(errors='replace')[-2000:]}")
                 await asyncio.sleep(0.05)
             return info
 
