@@ -279,10 +279,8 @@ class DiskFiles:
             mode = st.S_IMODE(replaced.st_mode) & 0o777 if replaced is not None and st.S_ISREG(replaced.st_mode) \
                 else mode & 0o666
             try:
-                fd = os.open(temp_name, os.O_RDONLY | _OPEN, dir_fd=folder)
+                fd = self._regular(os.open(temp_name, os.O_RDONLY | _OPEN, dir_fd=folder), temp, blocking=False)
                 try:
-                    if not st.S_ISREG(os.fstat(fd).st_mode):
-                        raise local_error(ErrorCode.E_INVALIDARG, f"{temp} is not a regular file")
                     os.fchmod(fd, mode)
                 finally:
                     os.close(fd)
@@ -294,12 +292,14 @@ class DiskFiles:
                 raise self._error(exc, "rename to", final) from None
         return parent
 
-    def _regular(self, fd: int, path: str) -> int:
-        """Keep fd only if it is a regular file; make it blocking again for the daemon."""
+    def _regular(self, fd: int, path: str, blocking: bool = True) -> int:
+        """Keep fd only if it is a regular file; make it blocking again for the daemon (`blocking`; a
+        descriptor the broker closes at once need not be)."""
         try:
             if not st.S_ISREG(os.fstat(fd).st_mode):
                 raise local_error(ErrorCode.E_INVALIDARG, f"{path} is not a regular file")
-            os.set_blocking(fd, True)
+            if blocking:
+                os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
