@@ -111,4 +111,8 @@ def test_the_answer_written_with_its_files_by_orjson_is_the_wire_model_s_documen
     explain = lambda j: (0, "")  # noqa: E731
     written = json.loads(job_json(job, explain))
     assert written == json.loads(job_info(job, explain).model_dump_json())
+    assert written["files"][0]["response_headers"] is None  # only GET of the job shows them
+    with_headers = json.loads(job_json(job, explain, headers=True))
+    assert with_headers == json.loads(job_info(job, explain, headers=True).model_dump_json())
+    assert with_headers["files"][0]["response_headers"] == ["Server: nginx", "ETag: \"1\""]
     assert JobInfo.model_validate(written).files[2].filled_ranges[0].length == 65536

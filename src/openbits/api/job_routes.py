@@ -67,7 +67,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/v1/jobs/{job:[^/]+}")
 async def get_job(request: web.Request) -> web.Response:
-    return respond_job(request, request.app[SERVICE].find(caller(request), request.match_info["job"]))
+    return respond_job(request, request.app[SERVICE].find(caller(request), request.match_info["job"]), headers=True)
 
 
 @routes.patch("/v1/jobs/{job:[^/]+}")

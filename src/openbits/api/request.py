@@ -143,6 +143,8 @@ def flag(request: web.Request, name: str) -> bool:
     return value in ("true", "1")
 
 
-def respond_job(request: web.Request, job: Job, status: int = 200) -> web.Response:
-    """The job as its caller sees it (JobInfo), with the rate it may use now."""
-    return web.Response(body=job_json(job, request.app[RATES]), status=status, content_type="application/json")
+def respond_job(request: web.Request, job: Job, status: int = 200, headers: bool = False) -> web.Response:
+    """The job as its caller sees it (JobInfo), with the rate it may use now; its files' response headers
+    with `headers` (GET of the job: GetProperty), not in the answer of every action."""
+    return web.Response(body=job_json(job, request.app[RATES], headers), status=status,
+                        content_type="application/json")

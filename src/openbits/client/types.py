@@ -96,7 +96,7 @@ class File:
         progress = FileProgress(info.bytes_total, info.bytes_transferred, info.completed)
         ranges = None if info.ranges is None else tuple((r.offset, r.length) for r in info.ranges)
         filled = None if info.filled_ranges is None else tuple((r.offset, r.length) for r in info.filled_ranges)
-        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers), ranges,
+        return cls(info.remote_url, info.local_path, info.temp_path, progress, tuple(info.response_headers or ()), ranges,
                    filled)
 
 

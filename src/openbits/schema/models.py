@@ -109,8 +109,9 @@ class FileInfo(WireModel):
     bytes_transferred: int
     completed: bool
     transfer_rate: int = Field(0, description="bytes/s arriving now, as the daemon measures it (0: none)")
-    response_headers: list[str] = Field(default_factory=list, description="BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_"
-                                        "HEADERS: the 'Name: value' lines of the last answer for the file")
+    response_headers: list[str] | None = Field(None, description="BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: "
+                                               "the 'Name: value' lines of the last answer for the file; in "
+                                               "GET /v1/jobs/{job} only, null in other answers and in events")
     ranges: list[FileRange] | None = Field(None, description="GetFileRanges: null for a whole file")
     checksums: list[str] | None = Field(None, description="the digests the file is checked against")
     filled_ranges: list[FileRange] | None = Field(None, description="GetFilledFileRanges of an on-demand job's file: "
