@@ -97,5 +97,5 @@ def from_first_bad(f: JobFile, fd: int) -> None:
     os.ftruncate(fd, kept)
     if not kept:
         f.restart()
-    f.repair = []
+    f.repair = ()
     f.bytes_transferred = f.durable_offset = kept

@@ -45,6 +45,8 @@ class SavedProgress:
         f, now = self._file, time.monotonic()
         if f.meter is None:
             f.meter = RateMeter(f.bytes_transferred, now)
+            if self._job.metered is None:
+                self._job.metered = []
             self._job.metered.append(f)
         else:
             f.meter.sample(f.bytes_transferred, now)

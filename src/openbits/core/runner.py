@@ -176,7 +176,7 @@ class DownloadRunner:
                     if told:
                         SavedProgress(self._service, job, i).exchanged(*answer.exchange(), answer.headers)
                     f.validator, f.bytes_total = validator.to_dict(), validator.size
-                    f.bytes_transferred, f.response_headers = validator.size, list(validator.headers)
+                    f.bytes_transferred, f.response_headers = validator.size, validator.headers
                     keep_remote_time(fd, validator)
                     fetched.append(i)
                     written.append(fd)
@@ -323,7 +323,7 @@ class DownloadRunner:
             try:
                 fd = await files.open_temp(f.temp_path, create=False)
             except BitsError:
-                f.filled, f.validator = [], None  # gone or replaced: start over
+                f.filled, f.validator = (), None  # gone or replaced: start over
         if fd is None:
             fd = await files.open_temp(f.temp_path, create=True)
         sink = PlacedSink(self._service, job, index)
@@ -335,7 +335,7 @@ class DownloadRunner:
                     end = f.bytes_total
                 gap = first_gap(f.filled, offset, end)
                 if gap is None:
-                    f.requested.pop(0)
+                    f.requested = f.requested[1:]
                     await self._service.commit(job, (index,), (index, [[offset, length]]))
                     continue
                 validator = RemoteValidator.from_dict(f.validator) if f.validator else None
@@ -344,7 +344,7 @@ class DownloadRunner:
                     validator = await self._transport.download_range(
                         spec, gap[0], None if gap[1] is None else gap[1] - 1, fd, sink, self._throttle, self._access)
                 except VersionChanged:  # another version: what is in belongs to the old one
-                    f.filled, f.validator = [], None
+                    f.filled, f.validator = (), None
                     os.ftruncate(fd, 0)
                     continue
                 f.bytes_total = validator.size
@@ -385,7 +385,7 @@ class DownloadRunner:
                         raise
                     from_first_bad(f, fd)
                     return None
-                f.repair.pop(0)
+                f.repair = f.repair[1:]
                 f.bytes_transferred += length
                 await self._service.commit(self._job, (index,))
         finally:

@@ -32,7 +32,7 @@ class FileSink(SavedProgress):
         forgets_bytes = offset == 0 and f.durable_offset > 0
         if offset == 0:
             f.restart()
-        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
+        f.validator, f.response_headers = validator.to_dict(), validator.headers
         f.bytes_total = validator.size
         if self._verification is not None:
             self._verification.answered(validator.headers, offset)
@@ -68,7 +68,7 @@ class RangesSink(FileSink):
 
     def started(self, validator: RemoteValidator, offset: int) -> None:
         f = self._file
-        f.validator, f.response_headers = validator.to_dict(), list(validator.headers)
+        f.validator, f.response_headers = validator.to_dict(), validator.headers
         if self._job.state != JobState.TRANSFERRING:
             self._job.state = JobState.TRANSFERRING
             self._save()

@@ -206,7 +206,7 @@ class TokenService:
         name = _sealed_name(target, scheme)
         secret = json.dumps([credential.username, credential.password]).encode()
         sealer = self._keys.sealer or await asyncio.get_running_loop().run_in_executor(None, self._keys.get)
-        job.sealed_credentials[name] = sealer.seal(secret, _label(job.id, name))
+        job.sealed_credentials = {**(job.sealed_credentials or {}), name: sealer.seal(secret, _label(job.id, name))}
         job.touch()
         await self.service.commit(job)
         return job
@@ -215,7 +215,7 @@ class TokenService:
         job = self.service.find(caller, ref)
         job.check_modifiable()
         self.service.tokens.remove_credential(job.id, target, scheme)
-        removed = job.sealed_credentials.pop(_sealed_name(target, scheme), None)
+        removed = job.sealed_credentials.pop(_sealed_name(target, scheme), None) if job.sealed_credentials else None
         job.touch()
         await self.service.commit(job)
         if removed is not None:  # the save overwrote it (secure_delete); the WAL's copy goes too

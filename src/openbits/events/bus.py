@@ -49,6 +49,9 @@ PRUNE_EVERY = 60.0
 
 #: a file not counted yet
 _NOTHING = (0, 0, False)
+#: a file not started, and a job of such files: shared, not a tuple more in each of 100,000 queued jobs
+_UNSTARTED = (SIZE_UNKNOWN, 0, False)
+_NO_PROGRESS = (SIZE_UNKNOWN, 0)
 
 
 class _Totals:
@@ -76,6 +79,8 @@ class _Totals:
                 self.files.append(_NOTHING)
             old = self.files[index]
             new = (f.bytes_total, f.bytes_transferred, f.completed)
+            if new == _UNSTARTED:
+                new = _UNSTARTED
             self.files[index] = new
             self.unknown += (new[0] == SIZE_UNKNOWN) - (old[0] == SIZE_UNKNOWN)
             self.bytes_total += new[0] - old[0]
@@ -87,7 +92,8 @@ class _Totals:
 
     @property
     def progress(self) -> tuple[int, int]:
-        return (SIZE_UNKNOWN if self.unknown else self.bytes_total, self.bytes_transferred)
+        progress = (SIZE_UNKNOWN if self.unknown else self.bytes_total, self.bytes_transferred)
+        return _NO_PROGRESS if progress == _NO_PROGRESS else progress
 
 
 class _Seen(NamedTuple):
@@ -103,9 +109,10 @@ class _Seen(NamedTuple):
 
     @classmethod
     def of(cls, job: Job, totals: _Totals) -> _Seen:
-        # the lists as copies: a list changed in place still shows as a change
-        lists = tuple([tuple(v) if v else () for v in _LISTED(job)])
-        return cls(job.state, (_PLAIN(job), lists, job.owner_uid, len(job.files)), totals.progress)
+        # the lists as copies: a list changed in place still shows as a change; one flat tuple, not
+        # one per kind (100,000 queued jobs keep one of these each)
+        return cls(job.state, (*_PLAIN(job), *[tuple(v) if v else () for v in _LISTED(job)], job.owner_uid,
+                               len(job.files)), totals.progress)
 
 
 #: The properties whose change is a JOB_MODIFICATION event (model/properties.py), each kind read in one C call.

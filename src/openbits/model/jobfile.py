@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from ..enums import LENGTH_TO_EOF, SIZE_UNKNOWN, ErrorContext
@@ -48,8 +49,10 @@ class JobFile:
     completed: bool = False
     #: RemoteValidator.to_dict() of the response that produced the bytes on disk
     validator: dict[str, Any] | None = None
-    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the header lines of the last answer for this file
-    response_headers: list[str] = field(default_factory=list)
+    #: BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS: the header lines of the last answer for this file.
+    #: This and the other sequences below are replaced, never changed in place: their default is the one
+    #: shared empty tuple, since an empty list a field cost 56 bytes in each of 100,000 queued jobs.
+    response_headers: Sequence[str] = ()
     #: AddFileWithRanges: [offset, length] of the remote file (length LENGTH_TO_EOF: to its end), written one
     #: after another in this order; None: the whole file
     ranges: list[list[int]] | None = None
@@ -57,8 +60,8 @@ class JobFile:
     checksums: list[str] | None = None
     #: on-demand jobs (BITS_JOB_PROPERTY_ON_DEMAND_MODE): [offset, length] of the bytes in the temporary file,
     #: each at its own offset, merged and ordered (GetFilledFileRanges); and those asked for (RequestFileRanges)
-    filled: list[list[int]] = field(default_factory=list)
-    requested: list[list[int]] = field(default_factory=list)
+    filled: Sequence[list[int]] = ()
+    requested: Sequence[list[int]] = ()
     #: UpdateDownloadPosition: where a Resume without requested ranges starts filling in the rest
     download_position: int = 0
     #: GetValidationState: its digests matched (or SetValidationState(TRUE)); Complete validates implicitly
@@ -74,7 +77,7 @@ class JobFile:
     piece_hashes: list[str] | None = None
     #: [offset, length] of the runs of pieces that failed their hashes, still to fetch again, each at its own
     #: offset of the temporary file (whose other bytes are whole and durable up to durable_offset)
-    repair: list[list[int]] = field(default_factory=list)
+    repair: Sequence[list[int]] = ()
     # -- upload jobs: bytes_transferred is what the server acknowledged (BITS-Received-Content-Range)
     #: BITS-Session-Id of the upload session; kept so a restarted daemon continues the same session
     session_id: str | None = None
@@ -124,7 +127,7 @@ class JobFile:
         self.bytes_transferred = 0
         self.durable_offset = 0
         self.validator = None
-        self.repair = []
+        self.repair = ()
 
     def local_ranges(self, size: int) -> list[tuple[int, int | None, int]]:
         """(remote first, remote last, local offset) of each range for a remote file of `size` bytes. While

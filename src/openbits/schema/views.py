@@ -90,7 +90,7 @@ def file_values(f: JobFile, headers: bool = False) -> dict[str, Any]:
     return {"remote_url": f.remote_url, "local_path": f.local_path, "temp_path": f.temp_path,
             "bytes_total": f.bytes_total, "bytes_transferred": f.bytes_transferred, "completed": f.completed,
             "transfer_rate": f.rate_now(),
-            "response_headers": f.response_headers if headers else None,
+            "response_headers": list(f.response_headers) if headers else None,
             "checksums": f.checksums, "validation_state": f.validation_state, "mirrors": f.mirrors,
             "filled_ranges": [{"offset": o, "length": n} for o, n in f.filled] if f.filled or f.requested else None,
             "ranges": None if f.ranges is None else [{"offset": o, "length": n} for o, n in f.ranges]}

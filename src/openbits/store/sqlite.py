@@ -241,7 +241,7 @@ class SqliteStore:
 
 
 def _empty_defaults(cls: type) -> dict[str, object]:
-    """Fields whose default is empty (None, 0, False, "", []): a record leaves them out when they hold it.
+    """Fields whose default is empty (None, 0, False, "", [], ()): a record leaves them out when they hold it.
 
     Only empty defaults, whose meaning no later version will change; the loader fills them in again.
     A queued job's record halves (816 -> 408 bytes), and so does the start-up's JSON work.
@@ -249,7 +249,7 @@ def _empty_defaults(cls: type) -> dict[str, object]:
     empty: dict[str, object] = {}
     for name, f in cls.__dataclass_fields__.items():  # type: ignore[attr-defined]
         default = f.default_factory() if f.default_factory in (list, dict) else f.default
-        if default is None or (type(default) in (int, float, bool, str, list, dict) and not default):
+        if default is None or (type(default) in (int, float, bool, str, list, dict, tuple) and not default):
             empty[name] = default
     return empty
 
