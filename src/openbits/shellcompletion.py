@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import click
+if TYPE_CHECKING:
+    import click
 
 
 def as_click(parser: argparse.ArgumentParser) -> click.Command:
-    """The parser's options as a click.Command (choices complete as choices, paths as paths)."""
+    """The parser's options as a click.Command (choices complete as choices, paths as paths). Click is
+    imported here, when a shell asks: the daemon would otherwise carry its 4 MiB for its whole life."""
+    import click
+
     params: list[click.Parameter] = []
     for action in parser._actions:  # argparse has no public listing of its actions
         if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
