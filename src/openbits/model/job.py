@@ -547,6 +547,7 @@ _FILE_FIELDS = frozenset(FILE_FIELDS)
 #: fields stored as numbers and kept as their enumeration in memory
 _ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
     name: hint for name, hint in typing.get_type_hints(Job).items() if isinstance(hint, type) and issubclass(hint, enum.IntEnum)}
+_ENUM_MEMBERS = {name: {member.value: member for member in kind} for name, kind in _ENUM_FIELDS.items()}
 #: every property of a job, as model/properties.py describes it
 JOB_PROPERTIES = described(Job)
 
@@ -561,11 +562,12 @@ def job_to_record(job: Job) -> dict[str, Any]:
 
 def job_from_record(record: dict[str, Any], files: list[dict[str, Any]]) -> Job:
     """Fields a newer or older openbits stored and this one does not know are dropped, not fatal."""
-    job = Job(**_shared(_JOB_DEFAULTS, _known(_JOB_FIELDS, record)),
-              files=[JobFile(**_shared(_FILE_DEFAULTS, _known(_FILE_FIELDS, f))) for f in files])
-    for name, kind in _ENUM_FIELDS.items():
-        setattr(job, name, kind(getattr(job, name)))
-    return job
+    values = _shared(_JOB_DEFAULTS, _known(_JOB_FIELDS, record))
+    for name, members in _ENUM_MEMBERS.items():  # a dict lookup: the enum's call took 0.25 s for 100,000 jobs
+        if name in values:
+            value = values[name]
+            values[name] = members[value] if value in members else _ENUM_FIELDS[name](value)
+    return Job(**values, files=[JobFile(**_shared(_FILE_DEFAULTS, _known(_FILE_FIELDS, f))) for f in files])
 
 
 def _shared(defaults: dict[str, str | int], record: dict[str, Any]) -> dict[str, Any]:
