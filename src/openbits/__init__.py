@@ -5,8 +5,12 @@ The public API, in BITS's vocabulary: a `Manager` (or `AsyncManager`) creates
 documented name, number and context.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .version import __version__
-from .client import AsyncJob, AsyncManager, DaemonUnavailableError, File, FileProgress, Job, Manager, Progress
 from .enums import (
     LENGTH_TO_EOF,
     SIZE_UNKNOWN,
@@ -21,8 +25,29 @@ from .enums import (
     TransferPolicy,
 )
 from .errors import BitsError, ErrorCode
-from .client.logon import logon
-from .client.tokens import impersonate
+
+if TYPE_CHECKING:
+    from .client import AsyncJob, AsyncManager, DaemonUnavailableError, File, FileProgress, Job, Manager, Progress
+    from .client.logon import logon
+    from .client.tokens import impersonate
+
+#: The client's names, imported on first use (PEP 562): openbitsd and openbits-server live in this
+#: package, and importing it must not load the client into them.
+_CLIENT = {name: ".client" for name in ("AsyncJob", "AsyncManager", "DaemonUnavailableError", "File",
+                                        "FileProgress", "Job", "Manager", "Progress")}
+_CLIENT.update(logon=".client.logon", impersonate=".client.tokens")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _CLIENT:
+        raise AttributeError(f"module 'openbits' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_CLIENT[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "LENGTH_TO_EOF",
