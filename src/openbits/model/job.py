@@ -581,8 +581,9 @@ def _shared(defaults: dict[str, str | int], record: dict[str, Any]) -> dict[str,
 
 
 def _immutable_defaults(cls: type) -> dict[str, str | int]:
+    """The str and int defaults that are objects of their own (CPython shares the ints -5..256)."""
     return {name: f.default for name, f in cls.__dataclass_fields__.items()  # type: ignore[attr-defined]
-            if type(f.default) in (str, int) and f.default}
+            if (type(f.default) is str and f.default) or (type(f.default) is int and not -5 <= f.default <= 256)}
 
 
 _JOB_DEFAULTS = _immutable_defaults(Job)
