@@ -130,11 +130,11 @@ class BandwidthPolicy:
             cap, whose = own, f" for {priority.name} jobs"
         sensor = self._sensors[upload]
         decision = None if sensor is None else sensor.decision()
-        capped = f"capped by policy at {kbit(cap)}{whose}"
-        if decision is None:
-            return cap, capped if cap else "no limit: no link is shared now"
-        if cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle()):
-            return cap, capped
+        if decision is None and not cap:
+            return cap, "no limit: no link is shared now"
+        # the cap's words only when they are the answer: every API answer asks, most of them uncapped
+        if decision is None or (cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle())):
+            return cap, f"capped by policy at {kbit(cap)}{whose}"
         return decision.rate, decision.reason
 
     def _priority_rate(self, upload: bool, priority: JobPriority) -> int:
