@@ -45,7 +45,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     finally:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        request.app[METRICS].api_requests.labels(name, request.method, str(status)).inc()
+        request.app[METRICS].count_request(name, request.method, status)
 
 
 async def serve_tcp(listen: str, metrics: Metrics) -> web.AppRunner | None:

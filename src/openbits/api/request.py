@@ -96,6 +96,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         request.protocol.close()
         raise BitsError(ErrorCode.E_INVALIDARG, f"uid {uid} is already sending {_in_flight[uid]} bytes of request "
                         "bodies; wait for those answers first")
+    if request.content.is_eof():
+        # All of it is here (a small body mostly is): taken without waiting, so no deadline to arm and
+        # nothing in flight meanwhile; arming and cancelling asyncio.timeout's timer was 40 % of this call.
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            request.protocol.close()
+            raise BitsError(ErrorCode.E_INVALIDARG, f"{request.method} {request.path} takes a body of at most "
+                            f"{limit} bytes")
+        return body
     _in_flight[uid] += claim
     deadline = request.app[SERVICE].config.request_timeout
     chunks, size = [], 0

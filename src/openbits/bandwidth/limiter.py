@@ -117,9 +117,11 @@ class BandwidthPolicy:
             for upload in (False, True) for priority in JobPriority if priority != JobPriority.FOREGROUND}
         self._per_job: dict[str, TokenBucket] = {}
 
-    def background_rate(self, upload: bool = False, priority: JobPriority | None = None) -> tuple[int, str]:
-        """Bytes/s all background downloads (or uploads; of `priority` only) share now (0 = unlimited), and why."""
-        limits = self._limits()
+    def background_rate(self, upload: bool = False, priority: JobPriority | None = None,
+                        limits: BandwidthLimits | None = None) -> tuple[int, str]:
+        """Bytes/s all background downloads (or uploads; of `priority` only) share now (0 = unlimited), and why;
+        `limits`: the caps in force, when the caller has just read them."""
+        limits = self._limits() if limits is None else limits
         if limits.total == 0 or (priority is not None and limits.blocks(priority.name)):
             whose = "background jobs" if limits.total == 0 or priority is None else f"{priority.name} jobs"
             return MIN_POLICY_RATE, f"{BLOCKED_BY_POLICY}: the bandwidth policy in force allows {whose} nothing"
@@ -128,11 +130,11 @@ class BandwidthPolicy:
             cap, whose = own, f" for {priority.name} jobs"
         sensor = self._sensors[upload]
         decision = None if sensor is None else sensor.decision()
-        capped = f"capped by policy at {kbit(cap)}{whose}"
-        if decision is None:
-            return cap, capped if cap else "no limit: no link is shared now"
-        if cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle()):
-            return cap, capped
+        if decision is None and not cap:
+            return cap, "no limit: no link is shared now"
+        # the cap's words only when they are the answer: every API answer asks, most of them uncapped
+        if decision is None or (cap and cap < decision.rate and not (decision.idle and self._ignore_when_idle())):
+            return cap, f"capped by policy at {kbit(cap)}{whose}"
         return decision.rate, decision.reason
 
     def _priority_rate(self, upload: bool, priority: JobPriority) -> int:
@@ -149,10 +151,12 @@ class BandwidthPolicy:
         """The rate `job` may use (0 = unlimited) and why, for `openbits info`."""
         if job.priority == JobPriority.FOREGROUND:
             rate, reason = 0, "foreground: not throttled, competes like any other flow"
-        elif self._limits().blocks(job.priority.name):
-            return 0, self.background_rate(job.type != JobType.DOWNLOAD, job.priority)[1]
         else:
-            rate, reason = self.background_rate(job.type != JobType.DOWNLOAD, job.priority)
+            # read once: each read asks the clock and walks the schedule, and every API answer explains its job
+            limits = self._limits()
+            rate, reason = self.background_rate(job.type != JobType.DOWNLOAD, job.priority, limits)
+            if limits.blocks(job.priority.name):
+                return 0, reason
         if job.max_bandwidth and (rate == 0 or job.max_bandwidth < rate):
             rate, reason = job.max_bandwidth, f"capped by the job at {kbit(job.max_bandwidth)}"
         return rate, reason

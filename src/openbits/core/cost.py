@@ -59,8 +59,9 @@ def network_cost(metered: bool, roaming: bool) -> CostState:
 
 
 def cost_allows(cost_flags: int, state: CostState) -> bool:
-    """BITS_JOB_PROPERTY_ID_COST_FLAGS: the job transfers in the states its flags contain."""
-    return bool(cost_flags & state)
+    """BITS_JOB_PROPERTY_ID_COST_FLAGS: the job transfers in the states its flags contain. The ints' own `&`:
+    CostState's (enum.Flag's, in Python) builds a flag for the answer, 7x as slow, and every answer asks."""
+    return bool(int.__and__(cost_flags, state))
 
 
 def blocked_by_cost(cost_flags: int, state: CostState) -> BitsError:

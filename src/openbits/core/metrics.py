@@ -151,6 +151,8 @@ class Metrics:
         self.registry.register(_Bandwidth(policy, sensors))
         self.api_requests = Counter("openbits_api_requests", "API requests answered, by route and status.",
                                     ["route", "method", "status"], registry=self.registry)
+        #: api_requests' series by (route, method, status): labels() checks and locks on every call, three a job
+        self._request_series: dict[tuple[str, str, int], Counter] = {}
         Gauge("openbits_api_connections", "Open connections to the API socket.",
               registry=self.registry).set_function(connections)
         self.registry.register(_Single(CounterMetricFamily, "openbits_logons_failed",
@@ -163,6 +165,13 @@ class Metrics:
               registry=self.registry).set_function(broker_processes)
         Gauge("openbits_store_size_bytes", "Size of the job database with its write-ahead log.",
               registry=self.registry).set_function(lambda: _size(store_path) + _size(Path(f"{store_path}-wal")))
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        """One answered API request in openbits_api_requests_total."""
+        series = self._request_series.get((route, method, status))
+        if series is None:
+            series = self._request_series[route, method, status] = self.api_requests.labels(route, method, str(status))
+        series.inc()
 
     async def measure_lag(self) -> None:
         """Sleep LAG_INTERVAL on the loop and record how much later than asked it woke."""

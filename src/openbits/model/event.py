@@ -27,8 +27,9 @@ NOTIFICATIONS = {JobState.TRANSFERRED: EventKind.JOB_TRANSFERRED, JobState.ERROR
 
 
 def wanted(flags: int, kind: EventKind) -> bool:
-    """Whether SetNotifyFlags asked for `kind`; DISABLE silences everything."""
-    return not flags & NotifyFlags.DISABLE and bool(flags & kind.flag)
+    """Whether SetNotifyFlags asked for `kind`; DISABLE silences everything. The ints' own `&`, as in
+    core/cost.py cost_allows: enum.Flag's builds a flag for each answer, and every event asks."""
+    return not int.__and__(flags, NotifyFlags.DISABLE) and bool(int.__and__(flags, kind.flag))
 
 
 @dataclass(frozen=True, slots=True)

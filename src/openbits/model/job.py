@@ -8,6 +8,7 @@ the change and starting transfers is the service's business.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import re
 import time
@@ -552,9 +553,14 @@ _ENUM_MEMBERS = {name: {member.value: member for member in kind} for name, kind 
 JOB_PROPERTIES = described(Job)
 
 
+#: the stored fields' values in one call (a getattr each: 42 a save, three saves an API-made job)
+_JOB_NAMES = tuple(_JOB_FIELDS)
+_job_values = operator.attrgetter(*_JOB_NAMES)
+
+
 def job_to_record(job: Job) -> dict[str, Any]:
     """The job's own fields as plain JSON values; files are stored (and saved) one by one."""
-    record = {name: getattr(job, name) for name in _JOB_FIELDS}
+    record = dict(zip(_JOB_NAMES, _job_values(job)))
     for name in _ENUM_FIELDS:
         record[name] = int(record[name])
     return record
