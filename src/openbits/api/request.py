@@ -101,9 +101,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         # nothing in flight meanwhile; arming and cancelling asyncio.timeout's timer was 40 % of this call.
         body = request.content.read_nowait()
         if len(body) > limit:
-            request.protocol.close()
-            raise BitsError(ErrorCode.E_INVALIDARG, f"{request.method} {request.path} takes a body of at most "
-                            f"{limit} bytes")
+            raise _too_long(request, limit)
         return body
     _in_flight[uid] += claim
     deadline = request.app[SERVICE].config.request_timeout
@@ -113,9 +111,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > limit:
-                    request.protocol.close()
-                    raise BitsError(ErrorCode.E_INVALIDARG, f"{request.method} {request.path} takes a body of at "
-                                    f"most {limit} bytes")
+                    raise _too_long(request, limit)
                 chunks.append(chunk)
     except TimeoutError:
         request.protocol.close()  # the answer goes out, then the connection closes
@@ -126,6 +122,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if not _in_flight[uid]:
             del _in_flight[uid]
     return b"".join(chunks)
+
+
+def _too_long(request: web.Request, limit: int) -> BitsError:
+    """The refusal of a body that ran past `limit`; the connection closes after the answer (the rest unread)."""
+    request.protocol.close()
+    return BitsError(ErrorCode.E_INVALIDARG, f"{request.method} {request.path} takes a body of at most {limit} bytes")
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
