@@ -98,7 +98,7 @@ def read_state(objects: list[Listed], root: str, slot: Callable[[int], int]) -> 
             pieces.append((first, end, key))
             continue
         size = slot(total)
-        if len(etags) != -(-(end - first) // size):
+        if first % size or len(etags) != -(-(end - first) // size):
             continue  # not a record this layout wrote: as if absent (the client is told less, and resends)
         direct.append((first, end))
         state.etags.update({first + i * size: etag for i, etag in enumerate(etags)})
