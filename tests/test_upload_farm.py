@@ -26,6 +26,8 @@ from openbits.client import AsyncJob
 from openbits.enums import JobPriority, JobState, JobType
 from openbits.server import load_settings
 from openbits.server.s3 import PART_MIN, plan_parts
+from openbits.server.s3bucket import Listed
+from openbits.server.s3folder import piece_key, read_state, record_key
 from openbits.uploadprotocol import Header, new_session_id
 
 from .daemon import DaemonProcess
@@ -180,6 +182,19 @@ def test_parts_are_copied_whole_or_joined_to_the_part_size() -> None:
 # ---------------------------------------------------------------- any node, any packet (raw packets)
 
 
+def test_a_record_of_another_slot_size_says_nothing() -> None:
+    """A record names its slot size: one a node of another layout wrote (8 MiB slots) is as if absent, so
+    the client is told less and resends, and no completion takes its ETag for a part of this layout."""
+    total, sixteen = 36 * MiB, lambda _: 16 * MiB
+    ours = [Listed(piece_key("s/", 0, 16 * MiB, total), 0, 0.0),
+            Listed(record_key("s/", 16 * MiB, 32 * MiB, total, 16 * MiB, ["b"]), 0, 0.0)]
+    theirs = Listed(record_key("s/", 32 * MiB, total, total, 8 * MiB, ["c"]), 0, 0.0)  # its part 5, our part 3
+    state = read_state([*ours, theirs], "s/", sixteen)
+    assert (state.received, state.etags) == (32 * MiB, {16 * MiB: "b"})
+    mine = Listed(record_key("s/", 32 * MiB, total, total, 16 * MiB, ["d"]), 0, 0.0)
+    assert read_state([*ours, theirs, mine], "s/", sixteen).received == total
+
+
 async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: SwiftAllInOne,
                                                            http: aiohttp.ClientSession) -> None:
     a, b, c = (Bits(http, node.url) for node in farm.nodes)
@@ -224,8 +239,8 @@ async def test_whole_slots_go_straight_into_the_destinations_upload(farm: Farm, 
     assert (await a.fragment(path, sid, data[16 * MiB :], 16 * MiB, len(data))).received == len(data)
     names = sorted("/".join(k.rsplit("/", 2)[-2:]) for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/"))
     records = [n.rsplit("-", 1) for n in names if n.startswith("part/")]
-    assert [name for name, _ in records] == [f"part/{0:016x}-{32 * MiB:016x}-{len(data):016x}",
-                                             f"part/{16 * MiB:016x}-{len(data):016x}-{len(data):016x}"], names
+    assert [name for name, _ in records] == [f"part/{0:016x}-{32 * MiB:016x}-{len(data):016x}-{16 * MiB:x}",
+                                             f"part/{16 * MiB:016x}-{len(data):016x}-{len(data):016x}-{16 * MiB:x}"], names
     assert records[0][1].split(".")[1] == hashlib.md5(data[16 * MiB : 32 * MiB]).hexdigest()  # the part's ETag
     assert [n for n in names if n.startswith("data/")] == [f"data/{0:016x}-{3 * MiB:016x}-{len(data):016x}",
                                                            f"data/{32 * MiB:016x}-{33 * MiB:016x}-{len(data):016x}"]

@@ -179,7 +179,8 @@ class S3Session(Session):
         stored: list[Coroutine[Any, Any, None]] = []
         if parts:
             assert self.total is not None
-            written.append(record_key(self.folder, parts[0][0], parts[-1][1], self.total, [e for _, _, e in parts]))
+            written.append(record_key(self.folder, parts[0][0], parts[-1][1], self.total, self._store.slot(self.total),
+                                      [e for _, _, e in parts]))
             stored.append(bucket.put(written[-1], b"", 0))
         if seen:
             await asyncio.gather(*stored)
