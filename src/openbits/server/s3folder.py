@@ -75,7 +75,7 @@ def record_key(folder: str, first: int, end: int, total: int, slot: int, etags: 
 def read_state(objects: list[Listed], root: str, slot: Callable[[int], int]) -> FolderState:
     """The state of the session whose folder is `root` from its listing; `slot(total)`: bytes per part."""
     state = FolderState(keys=tuple(o.key for o in objects))
-    #: (first, end, total, key, (slot, ETags) of a record or None for a piece)
+    # (first, end, total, key, (slot, ETags) of a record or None for a piece)
     found: list[tuple[int, int, int, str, tuple[int, list[str]] | None]] = []
     for obj in objects:
         name = obj.key[len(root):]
