@@ -26,6 +26,8 @@ from openbits.client import AsyncJob
 from openbits.enums import JobPriority, JobState, JobType
 from openbits.server import load_settings
 from openbits.server.s3 import PART_MIN, plan_parts
+from openbits.server.s3bucket import Listed
+from openbits.server.s3folder import piece_key, read_state, record_key
 from openbits.uploadprotocol import Header, new_session_id
 
 from .daemon import DaemonProcess
@@ -180,6 +182,19 @@ def test_parts_are_copied_whole_or_joined_to_the_part_size() -> None:
 # ---------------------------------------------------------------- any node, any packet (raw packets)
 
 
+def test_a_record_of_another_slot_size_says_nothing() -> None:
+    """A record names its slot size: one a node of another layout wrote (8 MiB slots) is as if absent, so
+    the client is told less and resends, and no completion takes its ETag for a part of this layout."""
+    total, sixteen = 36 * MiB, lambda _: 16 * MiB
+    ours = [Listed(piece_key("s/", 0, 16 * MiB, total), 0, 0.0),
+            Listed(record_key("s/", 16 * MiB, 32 * MiB, total, 16 * MiB, ["b"]), 0, 0.0)]
+    theirs = Listed(record_key("s/", 32 * MiB, total, total, 8 * MiB, ["c"]), 0, 0.0)  # its part 5, our part 3
+    state = read_state([*ours, theirs], "s/", sixteen)
+    assert (state.received, state.etags) == (32 * MiB, {16 * MiB: "b"})
+    mine = Listed(record_key("s/", 32 * MiB, total, total, 16 * MiB, ["d"]), 0, 0.0)
+    assert read_state([*ours, theirs, mine], "s/", sixteen).received == total
+
+
 async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: SwiftAllInOne,
                                                            http: aiohttp.ClientSession) -> None:
     a, b, c = (Bits(http, node.url) for node in farm.nodes)
@@ -210,29 +225,48 @@ async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: Sw
 
 async def test_whole_slots_go_straight_into_the_destinations_upload(farm: Farm, swift: SwiftAllInOne,
                                                                     http: aiohttp.ClientSession) -> None:
-    """A fragment covering a whole 8 MiB slot writes it as a part of the destination's multipart upload
+    """A fragment covering a whole 16 MiB slot writes it as a part of the destination's multipart upload
     (only a record of it in the session); one that ends a slot begun by pieces joins them into its part
     at once; the rest are pieces."""
     a, b, c = (Bits(http, node.url) for node in farm.nodes)
-    data = os.urandom(20 * MiB + 7)
+    data = os.urandom(40 * MiB + 7)
     path = "/uploads/raw/slots.bin"
     sid = await a.create(path)
     assert (await b.fragment(path, sid, data[: 3 * MiB], 0, len(data))).received == 3 * MiB
-    assert (await c.fragment(path, sid, data[3 * MiB : 17 * MiB], 3 * MiB, len(data))).received == 17 * MiB
-    # resent from 8 MiB to a node whose view is behind (it saw only Create-Session): it writes the slots
-    # from 8 MiB again, whole, the same bytes
-    assert (await a.fragment(path, sid, data[8 * MiB :], 8 * MiB, len(data))).received == len(data)
+    assert (await c.fragment(path, sid, data[3 * MiB : 33 * MiB], 3 * MiB, len(data))).received == 33 * MiB
+    # resent from 16 MiB to a node whose view is behind (it saw only Create-Session): it writes the slots
+    # from 16 MiB again, whole, the same bytes
+    assert (await a.fragment(path, sid, data[16 * MiB :], 16 * MiB, len(data))).received == len(data)
     names = sorted("/".join(k.rsplit("/", 2)[-2:]) for k in _keys(swift, f"uploads/BITS-Sessions/{sid}/"))
     records = [n.rsplit("-", 1) for n in names if n.startswith("part/")]
-    assert [name for name, _ in records] == [f"part/{0:016x}-{16 * MiB:016x}-{len(data):016x}",
-                                             f"part/{8 * MiB:016x}-{len(data):016x}-{len(data):016x}"], names
-    assert records[0][1].split(".")[1] == hashlib.md5(data[8 * MiB : 16 * MiB]).hexdigest()  # the part's ETag
+    assert [name for name, _ in records] == [f"part/{0:016x}-{32 * MiB:016x}-{len(data):016x}-{16 * MiB:x}",
+                                             f"part/{16 * MiB:016x}-{len(data):016x}-{len(data):016x}-{16 * MiB:x}"], names
+    assert records[0][1].split(".")[1] == hashlib.md5(data[16 * MiB : 32 * MiB]).hexdigest()  # the part's ETag
     assert [n for n in names if n.startswith("data/")] == [f"data/{0:016x}-{3 * MiB:016x}-{len(data):016x}",
-                                                           f"data/{16 * MiB:016x}-{17 * MiB:016x}-{len(data):016x}"]
+                                                           f"data/{32 * MiB:016x}-{33 * MiB:016x}-{len(data):016x}"]
     assert (await b.close(path, sid)).status == 200
     assert _stored(swift, "uploads/raw/slots.bin") == data
     uploads = swift.client().list_multipart_uploads(Bucket=BUCKET, Prefix=PREFIX + "uploads/raw/slots")
     assert uploads.get("Uploads", []) == []
+
+
+async def test_a_fragment_after_its_nodes_last_is_answered_from_its_view(farm: Farm, swift: SwiftAllInOne,
+                                                                        http: aiohttp.ClientSession) -> None:
+    """A node that stored the fragment before answers the next one's parts from what it saw and wrote (no
+    LIST): the range is right, a session another node cancelled meanwhile is still found ended (its
+    upload is gone, so the part is refused), and nothing of the fragment is left behind."""
+    a, b, c = (Bits(http, node.url) for node in farm.nodes)
+    data = os.urandom(48 * MiB)
+    path = "/uploads/raw/view.bin"
+    sid = await a.create(path)
+    assert (await b.fragment(path, sid, data[: 16 * MiB], 0, len(data))).received == 16 * MiB
+    assert (await b.fragment(path, sid, data[16 * MiB : 32 * MiB], 16 * MiB, len(data))).received == 32 * MiB
+    assert (await c.fragment(path, sid, data[16 * MiB : 17 * MiB], 16 * MiB, len(data))).received == 32 * MiB
+    assert (await c.send(path, "Cancel-Session", {Header.SESSION_ID: sid})).status == 200
+    gone = await b.fragment(path, sid, data[32 * MiB :], 32 * MiB, len(data))
+    assert gone.status == 400 and gone.error[0] == 0x8020001F
+    assert _keys(swift, f"uploads/BITS-Sessions/{sid}/") == []
+    assert _stored(swift, "uploads/raw/view.bin") is None
 
 
 async def test_a_part_whose_recorded_etag_the_store_rejects_is_listed(farm: Farm, swift: SwiftAllInOne,

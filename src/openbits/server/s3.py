@@ -3,14 +3,15 @@
 Nothing of a session is in a node's memory but what it saw of it last (a lower bound of its progress): its
 folder in the bucket is the truth (s3folder.py has what its names mean). A piece is one PUT, which a
 store makes visible whole or not at all, so a node that dies mid-fragment leaves nothing, and the received
-range every node answers is read from one LIST after the fragment is stored. Close-Session assembles the
+range every node answers is read from one LIST after the fragment is stored (or is what the node saw and
+the fragment added, if the node had seen its beginning received). Close-Session assembles the
 pieces into the destination object with one multipart upload (ranges copied inside the store; pieces
 smaller than a part are joined by the node), so the destination appears at once, complete, and carries
 the session id in its metadata.
 
 Without a server application the bytes go to the destination, so Create-Session starts its multipart
-upload at once, and a fragment's bytes that fill a whole slot of it (slot(total) bytes, 8 MiB and up, at
-a multiple of that) stream into it as that slot's part: the store writes them once, not as a piece and
+upload at once, and a fragment's bytes that fill a whole slot of it (slot(total) bytes, 16 MiB and up,
+at a multiple of that) stream into it as that slot's part: the store writes them once, not as a piece and
 again as a part (3.4x the store's CPU per byte of a plain multipart upload, bench/upload.py). A slot's
 part is always the same bytes, so a retried fragment that writes it again changes nothing. A fragment's
 head that ends a slot whose beginning is pieces becomes that slot's part at once, the pieces streamed
@@ -18,10 +19,11 @@ back through the node ahead of it (a 64 MiB upload's 1, 3 and 12 MiB first fragm
 a part at the third). The rest of a fragment is pieces, joined into their slots' parts at Close-Session.
 
 Each request costs the store CPU (about 10 ms of Swift's), so a packet makes few: a fragment, its pieces
-and parts, one record of its parts (with their ETags, so Close-Session needs no ListParts) and one LIST;
-a node's first packet of a session, a LIST and a GET of session.json more. Close-Session: the lock (a
-PUT and a LIST, which is also the refresh), a HEAD of the destination, the slots not yet parts, the
-completion, the tombstone and, after the Ack, one DeleteObjects.
+and parts, one record of its parts (with their ETags, so Close-Session needs no ListParts) and one LIST,
+none if it began within what its node saw and wrote a part (_settle); a node's first packet of a
+session, a LIST and a GET of session.json more. Close-Session: the lock (a PUT and a LIST, which is also
+the refresh), a HEAD of the destination, the slots not yet parts, the completion, the tombstone and,
+after the Ack, one DeleteObjects.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ log = logging.getLogger(__name__)
 
 #: Metadata key (x-amz-meta-...) naming the session a destination object came from.
 SESSION_META = "bits-session-id"
-#: The smallest slot of a destination's multipart upload (a part but the last; a power of two, as the
-#: client's fragment ends are multiples of one).
-SLOT = 8 << 20
+#: The smallest slot of a destination's multipart upload (a part but the last): the openbits client's
+#: largest fragment (MAX_FRAGMENT), a power of two at a multiple of which its fragments end, so each of a
+#: fast link's fragments is one part (8 MiB slots made two parts of it, a request to the store more).
+SLOT = 16 << 20
 
 
 class S3Session(Session):
@@ -128,6 +131,7 @@ class S3Session(Session):
                 covered(self._state.pieces, start, start // slot * slot) is None:
             self._apply(await self._store.state(self.id))  # the pieces that begin its slot may be in
             start = max(start, self.received)
+        seen = self._state.total == span.total and span.first <= self.received
         written: list[str] = []
         parts: list[tuple[int, int, str]] = []
         try:
@@ -146,13 +150,13 @@ class S3Session(Session):
                     written.append(await self._piece(reader, first, stop))
         except Exception:
             with contextlib.suppress(AckError):  # what a failure left is still progress; and the session
-                await self._settle(written, parts)  # may have ended (a piece to join is gone)
+                await self._settle(written, parts, False)  # may have ended (a piece to join is gone)
             if self.ended:
                 raise AckError(400, BG_E_SESSION_NOT_FOUND, "the upload session has ended") from None
             if reader.short:  # however the PUT failed, it failed because the client sent too little
                 raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range") from None
             raise
-        await self._settle(written, parts)
+        await self._settle(written, parts, seen and bool(parts))
         if self.ended:
             raise AckError(400, BG_E_SESSION_NOT_FOUND, "the upload session has ended")
         refused = None
@@ -164,20 +168,26 @@ class S3Session(Session):
             await self._store.bucket.delete(written)  # a node whose view was behind stored it before it knew
             raise refused
 
-    async def _settle(self, written: list[str], parts: list[tuple[int, int, str]]) -> None:
+    async def _settle(self, written: list[str], parts: list[tuple[int, int, str]], seen: bool) -> None:
         """The session as the store has it after this fragment: one LIST, while the one record of the
-        parts it wrote is stored (this node knows it is there; a LIST after it cost each fragment a round
-        trip more). Pieces written into a session cancelled or expired meanwhile are taken back."""
-        bucket = self._store.bucket
+        parts it wrote is stored (this node knows it is there). Pieces written into a session cancelled
+        or expired meanwhile are taken back. `seen`: the fragment began within what this node saw
+        received and the store took a part of the session's upload (which Close and Cancel end), so that
+        view and what the fragment wrote are the state without a LIST (half the requests of a 1 GiB
+        upload through one node)."""
+        bucket, now = self._store.bucket, time.time()
+        stored: list[Coroutine[Any, Any, None]] = []
         if parts:
             assert self.total is not None
-            record = record_key(self.folder, parts[0][0], parts[-1][1], self.total, [etag for _, _, etag in parts])
-            _, objects = await asyncio.gather(bucket.put(record, b"", 0), bucket.list(self.folder))
-            written.append(record)
-            if all(o.key != record for o in objects):
-                objects.append(Listed(record, 0, time.time()))
+            written.append(record_key(self.folder, parts[0][0], parts[-1][1], self.total, self._store.slot(self.total),
+                                      [e for _, _, e in parts]))
+            stored.append(bucket.put(written[-1], b"", 0))
+        if seen:
+            await asyncio.gather(*stored)
+            objects = [Listed(k, 0, self._state.newest) for k in self._state.keys]
         else:
-            objects = await bucket.list(self.folder)
+            objects = (await asyncio.gather(bucket.list(self.folder), *stored))[0]
+        objects += [Listed(k, 0, now) for k in written if all(o.key != k for o in objects)]
         state = self._store.read(self.id, objects)
         if not state.info and written:
             await self._store.bucket.delete(written)

@@ -5,8 +5,10 @@ and no GETs (session.json aside, read once per node):
 
     session.json                          id, name, URL, protocol, upload id (written once, at Create-Session)
     data/<first>-<end>-<total>            a piece: the bytes [first, end) a fragment added
-    part/<first>-<end>-<total>-<etags>    bytes [first, end) are parts of that multipart upload, the ETag
-                                          of each of its slots in order, dot-separated (empty object)
+    part/<first>-<end>-<total>-<slot>-<etags>
+                                          bytes [first, end) are parts of that multipart upload in slots
+                                          of <slot> bytes, the ETag of each in order, dot-separated (empty
+                                          object; a record of another slot size says nothing)
     request, outcome.json, response       for the server application: the upload, its answer, its reply
     closed                                the tombstone: Close-Session retried after a lost Ack gets 200
     lock/<claim>                          who holds the session's lock (see Lease)
@@ -66,14 +68,15 @@ def piece_key(folder: str, first: int, end: int, total: int) -> str:
     return f"{folder}data/{first:016x}-{end:016x}-{total:016x}"
 
 
-def record_key(folder: str, first: int, end: int, total: int, etags: list[str]) -> str:
-    return f"{folder}part/{first:016x}-{end:016x}-{total:016x}-{'.'.join(e.strip(chr(34)) for e in etags)}"
+def record_key(folder: str, first: int, end: int, total: int, slot: int, etags: list[str]) -> str:
+    return f"{folder}part/{first:016x}-{end:016x}-{total:016x}-{slot:x}-{'.'.join(e.strip(chr(34)) for e in etags)}"
 
 
 def read_state(objects: list[Listed], root: str, slot: Callable[[int], int]) -> FolderState:
     """The state of the session whose folder is `root` from its listing; `slot(total)`: bytes per part."""
     state = FolderState(keys=tuple(o.key for o in objects))
-    found: list[tuple[int, int, int, str, list[str] | None]] = []
+    # (first, end, total, key, (slot, ETags) of a record or None for a piece)
+    found: list[tuple[int, int, int, str, tuple[int, list[str]] | None]] = []
     for obj in objects:
         name = obj.key[len(root):]
         state.newest = max(state.newest, obj.modified)
@@ -82,23 +85,24 @@ def read_state(objects: list[Listed], root: str, slot: Callable[[int], int]) -> 
             fields = rest.split("-")
             try:
                 first, end, total = (int(v, 16) for v in fields[:3])
-            except ValueError:
+                record = (int(fields[3], 16), fields[4].split(".")) if kind == "part" else None
+            except (ValueError, IndexError):
                 continue
-            found.append((first, end, total, obj.key, fields[3].split(".") if kind == "part" and len(fields) > 3 else None))
+            found.append((first, end, total, obj.key, record))
         elif name in _MARKERS:
             setattr(state, _MARKERS[name], True)
     found.sort()
     if found:
         state.total = found[0][2]  # the first piece's (a fragment of another total was refused)
     pieces, direct = [], []
-    for first, end, total, key, etags in found:
+    for first, end, total, key, record in found:
         if total != state.total:
             continue
-        if etags is None:
+        if record is None:
             pieces.append((first, end, key))
             continue
-        size = slot(total)
-        if len(etags) != -(-(end - first) // size):
+        size, etags = slot(total), record[1]
+        if record[0] != size or len(etags) != -(-(end - first) // size):
             continue  # not a record this layout wrote: as if absent (the client is told less, and resends)
         direct.append((first, end))
         state.etags.update({first + i * size: etag for i, etag in enumerate(etags)})

@@ -223,7 +223,7 @@ class FragmentSizer:
             return  # a short tail or probe says nothing about the link
         rate = nbytes / max(seconds, 1e-3)
         # A power of two (1-2x FRAGMENT_SECONDS): with aligned() the fragments of a fast link are whole
-        # slots of an object store's multipart upload behind the server (8 MiB ones for openbits-server).
+        # slots of an object store's multipart upload behind the server (16 MiB ones for openbits-server).
         wanted = 1 << (int(rate * FRAGMENT_SECONDS) - 1).bit_length()
         self.size = max(MIN_FRAGMENT, min(MAX_FRAGMENT, self.size * 4, wanted))
 
@@ -231,7 +231,7 @@ class FragmentSizer:
 def aligned(offset: int, length: int, size: int) -> int:
     """A fragment's length cut so that it ends on a multiple of the largest power of two not above it
     (but the file's last): a server over object storage writes the whole slots of its multipart upload
-    straight into it (openbits-server, 8 MiB slots), and a fragment that ends mid-slot leaves the
+    straight into it (openbits-server, 16 MiB slots), and a fragment that ends mid-slot leaves the
     next ones off the slots' bounds."""
     end = offset + length
     if end >= size or length <= 0:
