@@ -296,13 +296,13 @@ def _boto3(swift: SwiftAllInOne, connections: int) -> Any:
 def direct(swift: SwiftAllInOne, source: Path, files: int) -> tuple[float, str]:
     """Seconds for boto3's multipart upload_file of `files` copies of `source` at once (one thread each),
     and the CPU it took. Like the daemon's uploads: one part of each file at a time (a BITS client sends
-    one fragment at a time), parts of the client's largest fragment, payload unsigned as the nodes send it."""
+    one fragment at a time), parts the size of the nodes' (16 MiB), payload unsigned as the nodes send it."""
     from boto3.s3.transfer import TransferConfig
 
-    from openbits.transport.upload import MAX_FRAGMENT
+    from openbits.server.s3 import SLOT
 
     client = _boto3(swift, files)
-    transfer = TransferConfig(multipart_chunksize=MAX_FRAGMENT, max_concurrency=1, use_threads=False)
+    transfer = TransferConfig(multipart_chunksize=SLOT, max_concurrency=1, use_threads=False)
     meter = CpuMeter(swift.pids())
     started = time.monotonic()
     with ThreadPoolExecutor(files) as pool:

@@ -20,7 +20,7 @@ import pytest
 from openbits.bandwidth import Decision, Sample
 from openbits.bandwidth.sensing import UP, UP_DELAY_WINDOW, LinkSensor
 from openbits.transport.http import THROTTLED_READ
-from openbits.transport.upload import PIECE_SECONDS, _PacedBody
+from openbits.transport.fragments import PIECE_SECONDS, PacedBody
 
 from .test_bandwidth_controller import load, rates
 
@@ -102,7 +102,7 @@ def test_paced_body_writes_pairs_of_full_segments_sized_to_the_rate(connected: s
     about PIECE_SECONDS of the rate, each paid for before it is written; unlimited, the largest."""
     data = bytes(range(256)) * 4000
     throttle, writer = _Throttle(rate), _Writer(connected)
-    asyncio.run(_PacedBody(data, throttle).write_with_length(writer, len(data)))  # type: ignore[arg-type]
+    asyncio.run(PacedBody(data, throttle).write_with_length(writer, len(data)))  # type: ignore[arg-type]
     assert b"".join(writer.chunks) == data
     assert throttle.paid == [len(c) for c in writer.chunks]
     pair = 2 * connected.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
@@ -186,6 +186,6 @@ def test_paced_body_never_writes_more_than_a_throttled_read(mss: int) -> None:
     """Loopback's segments are up to 64 KiB: however large a pair, a piece is at most THROTTLED_READ."""
     data = bytes(300_000)
     throttle, writer = _Throttle(8 * 1024), _Writer(_Segments(mss))  # type: ignore[arg-type]
-    asyncio.run(_PacedBody(data, throttle).write_with_length(writer, len(data)))  # type: ignore[arg-type]
+    asyncio.run(PacedBody(data, throttle).write_with_length(writer, len(data)))  # type: ignore[arg-type]
     sizes = [len(c) for c in writer.chunks]
     assert max(sizes) <= THROTTLED_READ and min(sizes[:-1]) > THROTTLED_READ // 2 and sum(sizes) == len(data)

@@ -28,7 +28,7 @@ from openbits.errors import BitsError, ErrorCode
 from openbits.schema.models import JobInfo
 from openbits.enums import AuthScheme, AuthTarget, SecurityFlags
 from openbits.server import BitsAppRunner, ServerSettings, VirtualDirectory, make_upload_app
-from openbits.uploadprotocol import Header
+from openbits.uploadprotocol import LEGACY_FRAGMENT_LIMIT, Header
 
 from .daemon import DaemonProcess
 from .servers import nginx
@@ -224,6 +224,26 @@ async def test_upload_end_to_end(amanager: AsyncManager, server: Callable[..., A
     assert _resent(s, len(data)) == 0
     info = await job.info()
     assert info.bytes_total == info.bytes_transferred == len(data) and info.state == JobState.ACKNOWLEDGED
+
+
+async def test_fragments_grow_to_the_limit_the_server_tells(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """openbits-server tells its OpenBits-Fragment-Limit (256 MiB by default), so a fast link's fragments
+    grow past 16 MiB; to a server that tells nothing (IIS takes 30,000,000 bytes a request) they stay at
+    most 16 MiB. Either way the file arrives whole."""
+    path, data = _file(tmp_path, (80 << 20) + 3)
+    for vdir, name in (({}, "told.bin"), ({"fragment_limit": 0}, "untold.bin")):
+        s = await server(**vdir)
+        job = await _upload_job(amanager, s.url(name), path)
+        assert await job.wait(60) == JobState.TRANSFERRED, (await job.info()).error
+        await job.complete()
+        assert _sha((s.root / name).read_bytes()) == _sha(data)
+        assert _resent(s, len(data)) == 0
+        if vdir:
+            assert max(s.fragment_bytes) <= LEGACY_FRAGMENT_LIMIT
+        else:
+            assert LEGACY_FRAGMENT_LIMIT < max(s.fragment_bytes) <= 256 << 20, s.fragment_bytes
 
 
 async def test_upload_reply_default_and_chosen_reply_file(

@@ -224,6 +224,18 @@ async def test_ping(bits: Bits) -> None:
     assert ack.status == 200 and ack.body == b""
 
 
+async def test_ping_and_create_session_tell_the_fragment_limit(start: Start) -> None:
+    """OpenBits-Fragment-Limit: 256 MiB unless the vdir says otherwise; fragment_limit = 0 tells nothing."""
+    for vdir, told in (({}, str(256 << 20)), ({"fragment_limit": 1 << 20}, str(1 << 20)), ({"fragment_limit": 0}, None)):
+        bits = await start(**vdir)
+        ping = await bits.send("/f.txt", "Ping")
+        created = await bits.send("/f.txt", "Create-Session", {Header.SUPPORTED_PROTOCOLS: PROTOCOL_BITS_1_5})
+        assert ping.headers.get(Header.FRAGMENT_LIMIT) == created.headers.get(Header.FRAGMENT_LIMIT) == told
+        await bits.stop()
+    with pytest.raises(ValueError, match="fragment_limit must not be negative"):
+        VirtualDirectory(prefix="/", directory=Path("/srv"), fragment_limit=-1)
+
+
 async def test_create_session(bits: Bits) -> None:
     supported = f"{OTHER_PROTOCOL} {PROTOCOL_BITS_1_5.upper()}"
     ack = await bits.send("/f.txt", "Create-Session", {Header.SUPPORTED_PROTOCOLS: supported})

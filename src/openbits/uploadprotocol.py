@@ -69,6 +69,14 @@ class Header:
     RESPONSE_DATAFILE_NAME = "BITS-Response-DataFile-Name"
     STATIC_RESPONSE_URL = "BITS-Static-Response-URL"
     COPY_FILE_TO_DESTINATION = "BITS-Copy-File-To-Destination"
+    # openbits's own, in the Acks of Ping and Create-Session: the largest Fragment the server takes. Without
+    # it a client stays at LEGACY_FRAGMENT_LIMIT (IIS refuses a request over 30,000,000 bytes by default).
+    FRAGMENT_LIMIT = "OpenBits-Fragment-Limit"
+
+
+#: The largest fragment an openbits client sends a server that does not say (upload-limits.md: IIS 7
+#: takes requests up to 30 million bytes unless maxAllowedContentLength says more).
+LEGACY_FRAGMENT_LIMIT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Uploads: we are the sender, so the delay is our smoothed RTT (tcpi_rtt; its
 minimum over time is the base, as for downloads; the least of the last
 `UP_DELAY_WINDOW` seconds is the current one). The actuator is the bucket
 itself: the body goes out in small pieces of full segments (transport/upload.py,
-`_PacedBody`, which says why not the kernel's pacing), so bytes wait in our
+`PacedBody` in transport/fragments.py, which says why not the kernel's pacing), so bytes wait in our
 process, not in the bottleneck's queue in front of someone's foreground upload.
 The counter is tx_bytes, and ours are the bytes we sent.
 

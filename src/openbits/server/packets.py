@@ -60,7 +60,11 @@ class Packet:
 
 
 async def ping(packet: Packet) -> web.Response:
-    return ack()
+    return ack(headers=_limits(packet.vdir))
+
+
+def _limits(vdir: VirtualDirectory) -> dict[str, str]:
+    return {Header.FRAGMENT_LIMIT: str(vdir.fragment_limit)} if vdir.fragment_limit else {}
 
 
 async def create_session(packet: Packet) -> web.Response:
@@ -71,7 +75,7 @@ async def create_session(packet: Packet) -> web.Response:
     # With a server application the folders must exist, whatever is there may be replaced.
     await packet.store.check_destination(parts, vdir.allow_overwrites or vdir.notification_type is not NotificationType.NONE)
     session = await packet.store.create("/".join(parts), str(packet.request.url), protocol)
-    headers = {Header.PROTOCOL: protocol, Header.ACCEPT_ENCODING: IDENTITY_ENCODING}
+    headers = {Header.PROTOCOL: protocol, Header.ACCEPT_ENCODING: IDENTITY_ENCODING, **_limits(vdir)}
     if vdir.host_id and packet.store.affinity:  # a store every node shares needs no affinity
         headers[Header.HOST_ID] = vdir.host_id
         if vdir.host_id_fallback_timeout is not None:

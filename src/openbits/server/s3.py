@@ -45,7 +45,7 @@ from botocore.exceptions import ClientError
 from ..errors import ErrorCode
 from ..uploadprotocol import BG_E_SESSION_NOT_FOUND, ContentRange, is_session_id, new_session_id
 from .acks import AckError
-from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, chained, open_client, plan_parts
+from .s3bucket import PART_MIN, Bucket, FragmentBody, Listed, Streamed, chained, gather_parts, open_client, plan_parts
 from .s3folder import INFO, FolderState, Lease, cover, covered, piece_key, read_state, record_key, spans
 from .settings import NotificationType, ObjectStorage, VirtualDirectory
 from .storage import Outcome, Session, Storage
@@ -57,8 +57,10 @@ log = logging.getLogger(__name__)
 #: Metadata key (x-amz-meta-...) naming the session a destination object came from.
 SESSION_META = "bits-session-id"
 #: The smallest slot of a destination's multipart upload (a part but the last): the openbits client's
-#: largest fragment (MAX_FRAGMENT), a power of two at a multiple of which its fragments end, so each of a
-#: fast link's fragments is one part (8 MiB slots made two parts of it, a request to the store more).
+#: largest fragment to a server that tells no limit (LEGACY_FRAGMENT_LIMIT), a power of two at a multiple of
+#: which its fragments end, so a fast link's fragments are whole parts (8 MiB slots made two parts of a
+#: 16 MiB fragment, a request to the store more). Larger slots would make a slow link's 16 MiB fragments
+#: pieces, each read back into its part: three times the store's traffic.
 SLOT = 16 << 20
 
 
@@ -134,6 +136,7 @@ class S3Session(Session):
         seen = self._state.total == span.total and span.first <= self.received
         written: list[str] = []
         parts: list[tuple[int, int, str]] = []
+        sending: list[tuple[int, int, asyncio.Future[str]]] = []  # parts whose bodies are sent
         try:
             await reader.skip(min(start, end) - span.first)
             if span.total == 0:
@@ -144,11 +147,17 @@ class S3Session(Session):
                     covered(self._state.pieces, first, low)
                 if whole or head:  # a whole slot, or the end of one begun by pieces: joined with them now
                     chunks = reader.take(stop - first)
-                    parts.append((low, stop, await self._part(low, stop, chained(self._store.bucket.ranges(head), chunks)
-                                                              if head else chunks)))
+                    body = chained(self._store.bucket.ranges(head), chunks) if head else chunks
+                    sending.append((low, stop, await reader.overlapped(self._part(low, stop, body))))
                 else:
                     written.append(await self._piece(reader, first, stop))
+            await gather_parts(sending, parts)
+        except asyncio.CancelledError:
+            for _, _, sent in sending:
+                sent.cancel()
+            raise
         except Exception:
+            await gather_parts(sending, parts, failed=True)
             with contextlib.suppress(AckError):  # what a failure left is still progress; and the session
                 await self._settle(written, parts, False)  # may have ended (a piece to join is gone)
             if self.ended:

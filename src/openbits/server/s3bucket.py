@@ -342,6 +342,8 @@ class FragmentBody:
         self._chunks = chunks.__aiter__()
         self._left = memoryview(b"")
         self.short = False
+        #: Set when a take() is read to its end (or given up): the reader may go on to the next slice.
+        self._taken = asyncio.Event()
 
     async def _next(self) -> memoryview:
         if not self._left:
@@ -353,12 +355,46 @@ class FragmentBody:
         return self._left
 
     async def take(self, length: int) -> AsyncIterator[memoryview]:
-        while length:
-            chunk = (await self._next())[:length]
-            self._left = self._left[len(chunk):]
-            length -= len(chunk)
-            yield chunk  # aiohttp writes memoryviews: no copy
+        try:
+            while length:
+                chunk = (await self._next())[:length]
+                self._left = self._left[len(chunk):]
+                length -= len(chunk)
+                yield chunk  # aiohttp writes memoryviews: no copy
+        finally:
+            self._taken.set()
+
+    async def overlapped(self, put: Awaitable[T]) -> asyncio.Future[T]:
+        """`put`, whose body is this reader's next take(), run until that body is read (or `put` ends):
+        the store's answer comes later, while the next slice streams, so a fragment of several parts
+        waits for one part's commit, not for each (Swift's fsync and container update of every part)."""
+        self._taken.clear()
+        task, read = asyncio.ensure_future(put), asyncio.ensure_future(self._taken.wait())
+        try:
+            await asyncio.wait((task, read), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            read.cancel()
+        if not self._taken.is_set():
+            task.result()  # it failed with its body half read: the slices after it would be off
+        return task
 
     async def skip(self, length: int) -> None:
         async for _ in self.take(length):
             pass
+
+
+async def gather_parts(sending: list[tuple[int, int, asyncio.Future[str]]], parts: list[tuple[int, int, str]], *,
+                      failed: bool = False) -> None:
+    """The parts a fragment sent (FragmentBody.overlapped), into `parts` (first, end, ETag) as the store
+    takes them; the first failure is raised once all have ended (after another failure, with `failed`,
+    none is)."""
+    outcomes = await asyncio.gather(*(f for _, _, f in sending), return_exceptions=True)
+    error: BaseException | None = None
+    for (low, stop, _), outcome in zip(sending, outcomes):
+        if isinstance(outcome, BaseException):
+            error = error or outcome
+        else:
+            parts.append((low, stop, outcome))
+    sending.clear()
+    if error is not None and not failed:
+        raise error

@@ -15,6 +15,7 @@ A configuration file maps URL prefixes to directories::
     notification_timeout = 300        # seconds the server application may take to answer
     host_id = "node1.example.com"     # BITSHostId
     host_id_fallback_timeout = 86400  # BITSHostIdFallbackTimeout
+    fragment_limit = 268435456        # the largest fragment clients are told it takes (0: tell none)
 
 and, for a farm of stateless nodes, where every vdir keeps its sessions and uploads::
 
@@ -43,6 +44,10 @@ DEFAULT_HOST_ID_FALLBACK_TIMEOUT = 86_400
 DEFAULT_CLEANUP_INTERVAL = 43_200
 #: "The server application must provide a response within five minutes."
 DEFAULT_NOTIFICATION_TIMEOUT = 300.0
+#: Told to clients (OpenBits-Fragment-Limit): fragments stream through, so large ones cost no memory, and
+#: an openbits client sends a fast link's fragments this large (fewer Acks; on object storage, the
+#: commits of a fragment's parts overlap).
+DEFAULT_FRAGMENT_LIMIT = 256 << 20
 
 
 class NotificationType(enum.IntEnum):
@@ -69,6 +74,8 @@ class VirtualDirectory:
     notification_timeout: float = DEFAULT_NOTIFICATION_TIMEOUT
     host_id: str | None = None
     host_id_fallback_timeout: int | None = DEFAULT_HOST_ID_FALLBACK_TIMEOUT
+    #: The largest fragment clients are told this server takes (OpenBits-Fragment-Limit); 0 tells nothing.
+    fragment_limit: int = DEFAULT_FRAGMENT_LIMIT
 
     def __post_init__(self) -> None:
         prefix = "/" + self.prefix.strip("/")
@@ -82,6 +89,8 @@ class VirtualDirectory:
             raise ValueError(f"vdir {prefix}: max_upload_size must not be negative")
         if self.session_timeout <= 0:
             raise ValueError(f"vdir {prefix}: session_timeout must be positive")
+        if self.fragment_limit < 0:
+            raise ValueError(f"vdir {prefix}: fragment_limit must not be negative (0: do not tell clients)")
 
     @property
     def sessions_path(self) -> Path:

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.payload import AsyncIterablePayload, BytesPayload, Payload
+from aiohttp.payload import Payload
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -41,18 +39,12 @@ from ..uploadprotocol import (
     parse_hex,
     parse_received_range,
 )
-from .base import Throttle, status_phrase, watching
+from .base import Throttle, status_phrase
 from .auth import ChallengeAuth
-from .http import THROTTLED_READ
+from .fragments import INITIAL_FRAGMENT, MAX_PACED_FRAGMENT, MIN_FRAGMENT, FileBody, FragmentSizer, PacedBody, \
+    aligned, fragment_limit
 from .httperrors import certificate_refused, display_url, proxy_refused
 
-#: First fragment; later ones are sized from the measured rate.
-INITIAL_FRAGMENT = 1024 * 1024
-MIN_FRAGMENT = 64 * 1024
-#: Upper bound: a fragment is held in memory while it is sent.
-MAX_FRAGMENT = 16 * 1024 * 1024
-#: Seconds one fragment should take: short enough that an interruption costs little, long enough to amortise the Ack.
-FRAGMENT_SECONDS = 2.0
 #: The Ack of a completing fragment waits for the server application (IIS allows it five minutes).
 FINAL_ACK_TIMEOUT = 330.0
 
@@ -212,34 +204,6 @@ def _wire_error(exc: BaseException, shown: str) -> TransferError:
                          "server's received range", ErrorContext.GENERAL_TRANSPORT, transient=True)
 
 
-class FragmentSizer:
-    """Fragment size adapted to the link: about FRAGMENT_SECONDS of the rate the last fragment's body went out at."""
-
-    def __init__(self, initial: int = INITIAL_FRAGMENT) -> None:
-        self.size = initial
-
-    def measured(self, nbytes: int, seconds: float) -> None:
-        if nbytes < self.size // 2:
-            return  # a short tail or probe says nothing about the link
-        rate = nbytes / max(seconds, 1e-3)
-        # A power of two (1-2x FRAGMENT_SECONDS): with aligned() the fragments of a fast link are whole
-        # slots of an object store's multipart upload behind the server (16 MiB ones for openbits-server).
-        wanted = 1 << (int(rate * FRAGMENT_SECONDS) - 1).bit_length()
-        self.size = max(MIN_FRAGMENT, min(MAX_FRAGMENT, self.size * 4, wanted))
-
-
-def aligned(offset: int, length: int, size: int) -> int:
-    """A fragment's length cut so that it ends on a multiple of the largest power of two not above it
-    (but the file's last): a server over object storage writes the whole slots of its multipart upload
-    straight into it (openbits-server, 16 MiB slots), and a fragment that ends mid-slot leaves the
-    next ones off the slots' bounds."""
-    end = offset + length
-    if end >= size or length <= 0:
-        return length
-    step = 1 << (length.bit_length() - 1)
-    return (end // step * step - offset) or length
-
-
 class UploadClient:
     """Sends one file's packets on a shared aiohttp session (BITS_POST is an ordinary method to aiohttp),
     through `proxy` (the job's, core/proxy.py; https through a CONNECT tunnel) and answering the server's
@@ -268,7 +232,7 @@ class UploadClient:
         """
         url, shown = URL(spec.url), display_url(URL(spec.url))
         session_id, host = spec.session_id, spec.session_host
-        await self._packet(url, PacketType.PING, spec.headers, shown, host=host)
+        limit = fragment_limit((await self._packet(url, PacketType.PING, spec.headers, shown, host=host)).headers)
         for _ in range(2):
             try:
                 if session_id is None:
@@ -277,8 +241,9 @@ class UploadClient:
                     host = None if host_id is None else host_id.host
                     if host is not None:  # meets the host's own challenge before a fragment
                         await self._packet(url, PacketType.PING, spec.headers, shown, host=host)
-                    return await self._fragments(url, host, shown, session_id, spec, sink, throttle, probe=False)
-                return await self._fragments(url, host, shown, session_id, spec, sink, throttle, probe=True)
+                    return await self._fragments(url, host, shown, session_id, spec, sink, throttle, limit,
+                                                 probe=False)
+                return await self._fragments(url, host, shown, session_id, spec, sink, throttle, limit, probe=True)
             except SessionLost:
                 session_id = host = None
                 await sink.set_session(None)
@@ -306,8 +271,9 @@ class UploadClient:
         return session_id, _host_id(url, ack.headers)
 
     async def _fragments(self, url: URL, host: str | None, shown: str, session_id: str, spec: UploadSpec,
-                         sink: UploadSink, throttle: Throttle | None, *, probe: bool) -> str | None:
-        sizer = FragmentSizer(MIN_FRAGMENT if throttle is not None else INITIAL_FRAGMENT)
+                         sink: UploadSink, throttle: Throttle | None, limit: int, *, probe: bool) -> str | None:
+        sizer = FragmentSizer(INITIAL_FRAGMENT, limit) if throttle is None else \
+            FragmentSizer(MIN_FRAGMENT, min(limit, MAX_PACED_FRAGMENT))
         offset = 0
         while True:
             left = spec.size - offset
@@ -336,19 +302,25 @@ class UploadClient:
         a fragment's time (timed to the Ack, 100 uploads at once through the farm shrank to 64 KiB
         fragments, each one more round of requests to the store)."""
         _check_unchanged(spec)
-        data = await asyncio.get_running_loop().run_in_executor(self._reads, os.pread, spec.fd, length, offset) \
-            if length else b""
-        _check_unchanged(spec)
-        if len(data) != length:
-            raise local_file_changed(spec.local_path)
+        body: FileBody | PacedBody
+        if throttle is None:
+            body = FileBody(self._reads, spec.fd, offset, length)
+        else:
+            data = await asyncio.get_running_loop().run_in_executor(self._reads, os.pread, spec.fd, length, offset) \
+                if length else b""
+            if len(data) != length:
+                raise local_file_changed(spec.local_path)
+            body = PacedBody(data, throttle)
         headers = {**spec.headers, Header.SESSION_ID: session_id, "Content-Length": str(length),
                    Header.CONTENT_RANGE: format_content_range(offset, offset + length - 1, spec.size)}
         if offset == 0:
             headers[Header.CONTENT_NAME] = os.path.basename(spec.local_path)
-        body = _TimedBody(memoryview(data)) if throttle is None else _PacedBody(data, throttle)
         final = waits or offset + length == spec.size
-        ack = await self._packet(url, PacketType.FRAGMENT, headers, shown, host=host, body=body, long_wait=final,
-                                 check=False)
+        try:
+            ack = await self._packet(url, PacketType.FRAGMENT, headers, shown, host=host, body=body, long_wait=final,
+                                     check=False)
+        finally:
+            _check_unchanged(spec)  # the bytes sent were the file's as it began: else that is the error
         return ack, body.sent
 
     async def _packet(self, url: URL, packet: PacketType, headers: Mapping[str, str], shown: str, *,
@@ -377,73 +349,6 @@ class UploadClient:
         if check and ack.status not in (200, 201):
             raise _ack_error(ack, packet, shown)
         return ack
-
-
-class _TimedBody(BytesPayload):
-    """An unthrottled fragment body (a memoryview: aiohttp slices it to the length without a copy) that
-    notes when it was written."""
-
-    sent: float | None = None
-
-    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
-        await super().write_with_length(writer, content_length)
-        self.sent = time.monotonic()
-
-
-#: Seconds of the allowed rate one write of a throttled body holds: short bursts into the bottleneck.
-PIECE_SECONDS = 0.002
-#: MSS assumed when the socket does not tell (Ethernet, TCP timestamps).
-_DEFAULT_MSS = 1448
-
-
-class _PacedBody(AsyncIterablePayload):
-    """A throttled fragment body, written in pieces each paid for before it is sent, while a
-    background throttle watches its socket (the idle-bandwidth controller for uploads senses it).
-
-    The pacing is ours, not the kernel's (SO_MAX_PACING_RATE): a piece is an even number of full
-    segments, written at once, so the server ACKs it at once - receivers ACK every second full
-    segment (RFC 5681; Windows' TcpAckFrequency is 2) and delay the ACK of a lone one (40 ms
-    Linux, up to 200 ms Windows). Paced by the kernel, a slow upload went out as lone segments:
-    on the 20 ms lab link tcpi_rtt read 50-60 ms at 8-32 KB/s (21 ms written in pieces), which the
-    controller took for a queue, so a lone upload stayed at the floor (measured; issue 6). A piece
-    is about PIECE_SECONDS of the rate, so a burst adds at most that much queue at the bottleneck.
-    """
-
-    #: never noted: a paced fragment goes at the throttle's rate, so the sizer times it to its Ack
-    sent: float | None = None
-
-    def __init__(self, data: bytes, throttle: Throttle) -> None:
-        self._data, self._throttle = data, throttle
-        self._pair = 2 * _DEFAULT_MSS
-        super().__init__(self._pieces())
-
-    def _piece(self) -> int:
-        rate = getattr(self._throttle, "rate", lambda: 0)()
-        most = THROTTLED_READ // self._pair
-        if most == 0:
-            return THROTTLED_READ  # loopback's 64 KiB segments: nothing to pair
-        return max(1, min(most, int(rate * PIECE_SECONDS) // self._pair) if rate > 0 else most) * self._pair
-
-    async def _pieces(self) -> AsyncIterator[bytes]:
-        view = memoryview(self._data)
-        start = 0
-        while start < len(view):
-            piece = view[start : start + self._piece()]
-            await self._throttle.consume(len(piece))
-            yield bytes(piece)
-            start += len(piece)
-
-    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
-        transport = getattr(writer, "transport", None)
-        sock = None if transport is None else transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                self._pair = 2 * (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG) or _DEFAULT_MSS)
-            except OSError:
-                pass
-        with watching(self._throttle, sock):
-            await super().write_with_length(writer, content_length)
-        self.sent = time.monotonic()
 
 
 def _check_unchanged(spec: UploadSpec) -> None:
