@@ -26,7 +26,7 @@ from openbits.client import AsyncJob
 from openbits.enums import JobPriority, JobState, JobType
 from openbits.server import load_settings
 from openbits.server.s3 import PART_MIN, plan_parts
-from openbits.server.s3bucket import Listed
+from openbits.server.s3bucket import FragmentBody, Listed, gather_parts
 from openbits.server.s3folder import piece_key, read_state, record_key
 from openbits.uploadprotocol import Header, new_session_id
 
@@ -193,6 +193,49 @@ def test_a_record_of_another_slot_size_says_nothing() -> None:
     assert (state.received, state.etags) == (32 * MiB, {16 * MiB: "b"})
     mine = Listed(record_key("s/", 32 * MiB, total, total, 16 * MiB, ["d"]), 0, 0.0)
     assert read_state([*ours, theirs, mine], "s/", sixteen).received == total
+
+
+async def test_a_fragments_parts_overlap_and_a_part_cut_short_stops_it() -> None:
+    """The next part's bytes stream while the part before waits for the store's answer; a part that ends
+    before its body is read (failed, or answered early) stops the fragment there, so no later part gets
+    bytes from the wrong offset."""
+    async def body(*chunks: bytes) -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    answer = asyncio.Event()
+    log: list[str] = []
+
+    async def put(name: str, chunks: AsyncIterator[memoryview], wait: bool) -> str:
+        got = b"".join([bytes(c) async for c in chunks])
+        log.append(f"{name} read")
+        if wait:
+            await answer.wait()
+        log.append(f"{name} answered")
+        return got.decode()
+
+    reader = FragmentBody(body(b"aaa", b"abb", b"bbcc"))
+    first = await reader.overlapped(put("1", reader.take(4), wait=True))
+    second = await reader.overlapped(put("2", reader.take(4), wait=False))
+    await second
+    assert log == ["1 read", "2 read", "2 answered"]  # the second went while the first waited
+    answer.set()
+    sent: list[asyncio.Future[str]] = [first, second]
+    parts: list[tuple[int, int, str]] = []
+    await gather_parts([(0, 4, sent[0]), (4, 8, sent[1])], parts)
+    assert parts == [(0, 4, "aaaa"), (4, 8, "bbbb")]
+
+    async def refused(chunks: AsyncIterator[memoryview]) -> str:
+        await chunks.__anext__()  # a part of its body, then the store's error
+        raise OSError("store said no")
+
+    async def early(chunks: AsyncIterator[memoryview]) -> str:
+        return "answered before its body"
+
+    for cut, error in ((refused, OSError), (early, RuntimeError)):
+        reader = FragmentBody(body(b"aaaa", b"bbbb"))
+        with pytest.raises(error):
+            await reader.overlapped(cut(reader.take(8)))
 
 
 async def test_create_on_a_fragments_on_b_and_c_close_on_a(farm: Farm, swift: SwiftAllInOne,

@@ -342,7 +342,7 @@ class FragmentBody:
         self._chunks = chunks.__aiter__()
         self._left = memoryview(b"")
         self.short = False
-        #: Set when a take() is read to its end (or given up): the reader may go on to the next slice.
+        #: Set when a take() is read to its end: the reader may go on to the next slice.
         self._taken = asyncio.Event()
 
     async def _next(self) -> memoryview:
@@ -355,14 +355,12 @@ class FragmentBody:
         return self._left
 
     async def take(self, length: int) -> AsyncIterator[memoryview]:
-        try:
-            while length:
-                chunk = (await self._next())[:length]
-                self._left = self._left[len(chunk):]
-                length -= len(chunk)
-                yield chunk  # aiohttp writes memoryviews: no copy
-        finally:
-            self._taken.set()
+        while length:
+            chunk = (await self._next())[:length]
+            self._left = self._left[len(chunk):]
+            length -= len(chunk)
+            yield chunk  # aiohttp writes memoryviews: no copy
+        self._taken.set()  # only read to its end: a slice given up leaves the body mid-slice
 
     async def overlapped(self, put: Awaitable[T]) -> asyncio.Future[T]:
         """`put`, whose body is this reader's next take(), run until that body is read (or `put` ends):
@@ -374,8 +372,9 @@ class FragmentBody:
             await asyncio.wait((task, read), return_when=asyncio.FIRST_COMPLETED)
         finally:
             read.cancel()
-        if not self._taken.is_set():
-            task.result()  # it failed with its body half read: the slices after it would be off
+        if not self._taken.is_set():  # it ended with its body not read to the end: the next slices would be off
+            task.result()
+            raise RuntimeError("the store answered a part before its body was sent")
         return task
 
     async def skip(self, length: int) -> None:
