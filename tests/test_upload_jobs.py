@@ -59,6 +59,8 @@ class Server:
     digest_account: tuple[str, str] | None = None
     #: Fragments answered with a bare HTTP 500 (no BITS-Error-Code), before their body is read
     fail_fragments: int = 0
+    #: Requests with a longer body are answered 413 before it is read, as nginx's client_max_body_size does
+    body_limit: int | None = None
     runner: BitsAppRunner | None = None
 
     async def start(self) -> Server:
@@ -84,6 +86,8 @@ class Server:
         if self.fail_fragments and request.headers.get(Header.PACKET_TYPE) == "Fragment":
             self.fail_fragments -= 1
             return web.Response(status=500, text="Internal Server Error")
+        if self.body_limit is not None and (request.content_length or 0) > self.body_limit:
+            return web.Response(status=413, text="Request Entity Too Large")
         return await handler(request)
 
     @web.middleware
@@ -109,9 +113,10 @@ async def server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server
     servers: list[Server] = []
     (tmp_path / "root").mkdir()
 
-    async def start(digest_account: tuple[str, str] | None = None, fail_fragments: int = 0, **vdir: object) -> Server:
+    async def start(digest_account: tuple[str, str] | None = None, fail_fragments: int = 0,
+                    body_limit: int | None = None, **vdir: object) -> Server:
         servers.append(await Server(tmp_path / "root", vdir, digest_account=digest_account,
-                                    fail_fragments=fail_fragments).start())
+                                    fail_fragments=fail_fragments, body_limit=body_limit).start())
         return servers[-1]
 
     yield start
@@ -244,6 +249,23 @@ async def test_fragments_grow_to_the_limit_the_server_tells(
             assert max(s.fragment_bytes) <= LEGACY_FRAGMENT_LIMIT
         else:
             assert LEGACY_FRAGMENT_LIMIT < max(s.fragment_bytes) <= 256 << 20, s.fragment_bytes
+
+
+async def test_a_front_ends_413_for_a_large_fragment_brings_them_down_to_16_mib(
+    amanager: AsyncManager, server: Callable[..., Awaitable[Server]], tmp_path: Path
+) -> None:
+    """The server said 256 MiB, but a front end takes 20 MiB a request (nginx's client_max_body_size):
+    its bare 413 (no BITS-Error-Code) is not the server's BG_E_TOO_LARGE, and the fragments go on at
+    most 16 MiB."""
+    s = await server(body_limit=20 << 20)
+    path, data = _file(tmp_path, 80 << 20)
+    job = await _upload_job(amanager, s.url("capped.bin"), path)
+    assert await job.wait(60) == JobState.TRANSFERRED, (await job.info()).error
+    await job.complete()
+    assert _sha((s.root / "capped.bin").read_bytes()) == _sha(data)
+    sizes = s.fragment_bytes
+    refused = [i for i, n in enumerate(sizes) if n > 20 << 20]
+    assert len(refused) == 1 and max(sizes[refused[0] + 1:]) <= LEGACY_FRAGMENT_LIMIT, sizes
 
 
 async def test_upload_reply_default_and_chosen_reply_file(

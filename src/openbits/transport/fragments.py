@@ -38,6 +38,11 @@ class FragmentSizer:
     def __init__(self, initial: int = INITIAL_FRAGMENT, largest: int = MAX_FRAGMENT) -> None:
         self.size, self._largest = min(initial, largest), largest
 
+    def limit(self, largest: int) -> None:
+        """No fragment over `largest` from now on (a front end refused a larger one with 413)."""
+        self._largest = min(self._largest, largest)
+        self.size = min(self.size, largest)
+
     def measured(self, nbytes: int, seconds: float) -> None:
         if nbytes < self.size // 2:
             return  # a short tail or probe says nothing about the link

@@ -31,6 +31,7 @@ from ..errors import ErrorCode, TransferError
 from ..uploadprotocol import (
     BG_E_CLIENT_SERVER_PROTOCOL_MISMATCH,
     BG_E_SESSION_NOT_FOUND,
+    LEGACY_FRAGMENT_LIMIT,
     METHOD,
     PROTOCOL_BITS_1_5,
     Header,
@@ -280,6 +281,9 @@ class UploadClient:
             length = min(1, left) if probe else aligned(offset, min(sizer.size, left), spec.size)
             started = time.monotonic()
             ack, sent = await self._fragment(url, host, shown, session_id, spec, offset, length, throttle, waits=probe)
+            if ack.status == 413 and length > LEGACY_FRAGMENT_LIMIT and Header.ERROR_CODE not in ack.headers:
+                sizer.limit(LEGACY_FRAGMENT_LIMIT)  # not the server's refusal: a front end's body limit
+                continue
             if ack.status not in (200, 416):
                 raise _ack_error(ack, PacketType.FRAGMENT, shown)
             received = ack.received(shown)
