@@ -85,6 +85,7 @@ class LocalSession(Session):
                     if end - start >= WRITE_BYTES or len(pending) >= WRITE_CHUNKS:
                         raw.write(start, pending)
                         pending = []
+                        self._sync_behind()
                 offset = end
             if pending:
                 raw.write(start, pending)
@@ -92,14 +93,21 @@ class LocalSession(Session):
                 raise AckError(400, ErrorCode.E_INVALIDARG, "the fragment body is shorter than its Content-Range")
             if self.complete:  # durable before the last Ack
                 await self.settle()
-                await asyncio.to_thread(raw.sync)
-            elif raw.unsynced >= self._store.sync_bytes and raw.syncing is None:
-                raw.syncing = asyncio.ensure_future(asyncio.to_thread(raw.sync))
-                raw.syncing.add_done_callback(self._synced)
+                await asyncio.to_thread(raw.sync, raw.received)
+            else:
+                self._sync_behind()
         except OSError as exc:
             if pending:  # received ran ahead of the write that failed
                 raw.received = start
             raise self._error(exc) from exc
+
+    def _sync_behind(self) -> None:
+        """Every sync_bytes, within a fragment too: with a 256 MiB fragment the last Ack waited for the
+        writeback of the whole last fragment."""
+        raw = self.raw  # called with every gathered chunk written: received is what is written
+        if raw.unsynced >= self._store.sync_bytes and raw.syncing is None:
+            raw.syncing = asyncio.ensure_future(asyncio.to_thread(raw.sync, raw.received))
+            raw.syncing.add_done_callback(self._synced)
 
     def _synced(self, done: asyncio.Future[None]) -> None:
         """The writeback of the bytes before overlaps the receiving of the next ones (an fsync in line with

@@ -94,10 +94,11 @@ class Session:
             if written:
                 pieces = [pieces[0][written:], *pieces[1:]]
 
-    def sync(self) -> None:
+    def sync(self, written: int | None = None) -> None:
         """Make the written bytes durable, then record them as received (in that order). Safe in a worker
-        thread while the event loop writes on: it records only what was written before the fsync began."""
-        written = self.received
+        thread while the event loop writes on, given `written`, the bytes written when the sync was asked
+        for: the loop's `received` runs ahead of its writes by the chunks it gathers."""
+        written = self.received if written is None else written
         if self._fd is not None:
             os.fsync(self._fd)
         elif self.state.total == 0:
