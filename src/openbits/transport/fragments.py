@@ -94,7 +94,8 @@ class FileBody(Payload):
 
     async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
         loop = asyncio.get_running_loop()
-        at, end = self._offset, self._offset + min(self._size, self._size if content_length is None else content_length)
+        at = self._offset
+        end = at + (self._size if content_length is None else min(self._size, content_length))
         while at < end:
             chunk = await loop.run_in_executor(self._reads, os.pread, self._fd, min(FRAGMENT_READ, end - at), at)
             if not chunk:
