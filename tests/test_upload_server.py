@@ -216,6 +216,23 @@ def test_load_settings(tmp_path: Path) -> None:
         load_settings(config)
 
 
+@pytest.mark.parametrize(("setting", "said"), [
+    ('[vdir."/"]\ndirectory = "/x"\nfragment_limit = "big"', "vdir /: fragment_limit = 'big' must be a whole number"),
+    ('[vdir."/"]\ndirectory = "/x"\nmax_upload_size = true', "vdir /: max_upload_size = True must be a whole number"),
+    ('[vdir."/"]\ndirectory = "/x"\nallow_overwrites = 1', "vdir /: allow_overwrites = 1 must be true or false"),
+    ('[vdir."/"]\ndirectory = 5', "vdir /: directory = 5 must be a path"),
+    ('[vdir."/"]\ndirectory = "/x"\nnotification_type = "x"', "notification_type = 'x' must be 0, 1 or 2"),
+    ('sync_bytes = "1"\n[vdir."/"]\ndirectory = "/x"', "sync_bytes = '1' must be a whole number"),
+    ('[storage]\nbackend = "s3"\nbucket = 3\n[vdir."/"]', "[storage]: bucket = 3 must be a string"),
+])
+def test_a_setting_of_the_wrong_type_is_one_line_that_names_it(tmp_path: Path, setting: str, said: str) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(setting + "\n")
+    with pytest.raises(ValueError) as refused:
+        load_settings(config)
+    assert said in str(refused.value)
+
+
 # ---------------------------------------------------------------- packets
 
 

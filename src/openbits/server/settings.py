@@ -34,6 +34,7 @@ import enum
 import os
 import stat
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,24 @@ class ServerSettings:
 
 
 _VDIR_KEYS = {f.name for f in fields(VirtualDirectory)} - {"prefix"}
+#: What a TOML value of each field type is called, and the TOML types that give one.
+_TOML_TYPES: dict[object, tuple[str, tuple[type, ...]]] = {
+    int: ("a whole number", (int,)), float: ("a number", (int, float)), bool: ("true or false", (bool,)),
+    str: ("a string", (str,)), Path: ("a path (a string)", (str,)), NotificationType: ("0, 1 or 2", (int,)),
+}
+
+
+def _typed(where: str, table: dict[str, Any], cls: type) -> None:
+    """Each value of a table of the type its field takes, or one line saying which: not a TypeError
+    from deep inside (fragment_limit = "big")."""
+    hints = typing.get_type_hints(cls)
+    for key, value in table.items():
+        kinds = [k for k in typing.get_args(hints[key]) or (hints[key],) if k is not type(None)]
+        if not all(k in _TOML_TYPES for k in kinds):
+            continue  # not a TOML scalar (vdirs, storage): read on its own
+        toml = tuple(t for k in kinds for t in _TOML_TYPES[k][1])
+        if isinstance(value, bool) != (bool in kinds) or not isinstance(value, toml):
+            raise ValueError(f"{where}: {key} = {value!r} must be {' or '.join(_TOML_TYPES[k][0] for k in kinds)}")
 
 
 def load_settings(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> ServerSettings:
@@ -193,6 +212,7 @@ def load_settings(path: str | os.PathLike[str], root: str | os.PathLike[str] | N
         unknown = set(table) - _VDIR_KEYS
         if unknown:
             raise ValueError(f"vdir {prefix}: unknown settings {sorted(unknown)}")
+        _typed(f"vdir {prefix}", table, VirtualDirectory)
         if "directory" in table:
             table = {**table, "directory": Path(table["directory"])}
         vdirs.append(VirtualDirectory(prefix=prefix, **table))
@@ -202,6 +222,7 @@ def load_settings(path: str | os.PathLike[str], root: str | os.PathLike[str] | N
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
+    _typed(str(path), data, ServerSettings)
     return ServerSettings(vdirs=tuple(vdirs), storage=storage, **data)
 
 
@@ -225,6 +246,9 @@ def _storage(table: dict[str, Any], config: Path) -> ObjectStorage | None:
         raise ValueError(f"[storage]: {config} holds S3 credentials but is world-readable; chmod o-r it, or move "
                          "them to credentials_file (mode 0600) or to AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     credentials = table.pop("credentials_file", None)
+    if credentials is not None and not isinstance(credentials, str):
+        raise ValueError(f"[storage]: credentials_file = {credentials!r} must be a path (a string)")
+    _typed("[storage]", table, ObjectStorage)
     if credentials is not None:
         table.update(_credentials(Path(credentials)))
     return ObjectStorage(**table)
