@@ -523,7 +523,7 @@ async def test_a_stopped_broker_stalls_only_until_the_timeout(alice: RealUser, a
         os.kill(stopped, signal.SIGSTOP)
         begin = time.monotonic()
         assert await files.stat(str(adir)) is not None
-        assert 0.3 <= time.monotonic() - begin < 2.0
+        assert 0.3 <= time.monotonic() - begin < 5.0  # the timeout, then a new broker (fork, setuid) on a busy machine
         assert files.pid != stopped  # type: ignore[attr-defined]
         os.kill(stopped, signal.SIGCONT)
         wait_until(lambda: gone(stopped), 3, "the stopped broker to exit", interval=0.01)  # it sees EOF and exits
