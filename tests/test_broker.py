@@ -23,7 +23,13 @@ import pytest
 
 from openbits.enums import ErrorContext
 from openbits.errors import BitsError, ErrorCode
-from openbits.identity import FileBroker, FileStat, Identity, LocalFiles, peer_credentials
+from openbits.identity import (
+    FileBroker,
+    FileStat,
+    Identity,
+    LocalFiles,
+    peer_credentials,
+)
 from openbits.identity.localfiles import DiskFiles
 
 from .users import RealUser, RealUsers, owned_folder, require_root
@@ -472,7 +478,7 @@ def test_brokers_die_with_the_daemon(alice: RealUser, scratch: Path) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     for process in (zygote, broker_pid):
-        wait_until(lambda: gone(process), 3, f"process {process} to exit", interval=0.01)
+        wait_until(lambda process=process: gone(process), 3, f"process {process} to exit", interval=0.01)
 
 
 # --- throughput ----------------------------------------------------------------------------
